@@ -1,0 +1,107 @@
+"""The assistant: an LCEL chain (prompt | chat model | output parser) fed with history.
+
+No HTTP and no DingTalk here: it takes an IncomingMessage and returns a Reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+
+from agent.config import Settings
+from agent.errors import ModelError, ModelErrorKind
+from agent.formatting import has_structure, title_of
+from agent.history import HistoryStore, Turn
+from agent.messages import ContentKind, IncomingMessage, Reply
+from agent.model_errors import classify_model_error
+from agent.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+
+class Assistant:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        prompts: PromptSet,
+        model: BaseChatModel,
+        history: HistoryStore,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.prompts = prompts
+        self.model = model
+        self.history = history
+        self._clock = clock or (lambda: datetime.now(settings.timezone))
+
+    def history_scope(self, message: IncomingMessage) -> str:
+        if message.is_group and self.settings.group_shared_context:
+            return message.group_history_key
+        return message.history_key
+
+    def _human_entry(self, message: IncomingMessage) -> str:
+        """How the person's words are kept in history: with the nick when a group shares one history."""
+        if message.is_group and self.settings.group_shared_context:
+            return f"{message.sender_nick}: {message.text}"
+        return message.text
+
+    async def build_inputs(self, message: IncomingMessage, memories: list[str] | None = None) -> dict[str, Any]:
+        """The variables the chat prompt is rendered with."""
+        turns = await self.history.recent(self.history_scope(message))
+        history: list[BaseMessage] = []
+        for turn in turns:
+            history.extend([HumanMessage(turn.human), AIMessage(turn.ai)])
+        return {
+            "bot_name": self.settings.bot_name,
+            "now": self.prompts.render_now(self._clock()),
+            "timezone": self.settings.bot_timezone,
+            "speaker_nick": message.sender_nick or message.sender_id[-6:],
+            "chat_place": self.prompts.render_chat_place(
+                is_group=message.is_group, conversation_title=message.conversation_title
+            ),
+            "memories": self.prompts.render_memories(memories or []),
+            "history": history,
+            "text": message.text,
+        }
+
+    async def reply(self, message: IncomingMessage) -> Reply:
+        """Answer one message. Never raises for model failures: the person gets a clear notice."""
+        if message.kind is ContentKind.EMPTY:
+            return Reply(self.prompts.reply("empty", bot_name=self.settings.bot_name))
+        if message.kind is ContentKind.UNSUPPORTED:
+            return Reply(self.prompts.unsupported_reply(message.original_type))
+
+        inputs = await self.build_inputs(message)
+        chain = self.prompts.chat | self.model | StrOutputParser()
+        started = time.perf_counter()
+        try:
+            answer = (await chain.ainvoke(inputs)).strip()
+            if not answer:
+                raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified notice
+            error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
+            log.warning(
+                "model call failed after %.0f ms: %s. Fix: %s",
+                (time.perf_counter() - started) * 1000,
+                error.cause,
+                error.fix,
+            )
+            return Reply(self.prompts.model_error_reply(error.kind), failed=True)
+        log.info("model answered in %.0f ms (%d chars)", (time.perf_counter() - started) * 1000, len(answer))
+        log.debug("model answer: %s", answer)
+        structured = has_structure(answer)
+        return Reply(answer, markdown=structured, title=title_of(answer) if structured else "")
+
+    async def remember(self, message: IncomingMessage, reply: Reply) -> None:
+        """After the reply went out: keep the turn in short-term history (model answers only)."""
+        if message.kind is not ContentKind.TEXT or reply.failed:
+            return
+        await self.history.append(self.history_scope(message), Turn(self._human_entry(message), reply.text))

@@ -1,0 +1,207 @@
+"""Settings: every environment variable DingHook reads, with defaults and validation.
+
+The names are a public contract (../shared/settings.md). Nothing else in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROMPTS_DIR = PROJECT_ROOT / "prompts"
+
+
+class Provider(enum.StrEnum):
+    """Which kind of model endpoint the settings point at."""
+
+    MOCK = "mock"
+    OPENAI = "openai"
+    AZURE = "azure"  # https://<res>.openai.azure.com/ → deployments path, AzureChatOpenAI
+    AZURE_V1 = "azure-v1"  # https://<res>.openai.azure.com/openai/v1/ → plain ChatOpenAI
+    LOCAL = "local"  # Ollama, vLLM, anything on this machine
+    COMPATIBLE = "compatible"  # any other OpenAI-compatible endpoint
+
+
+# One hint per variable: what a valid value looks like. Shown when a value is rejected.
+_FIX_HINTS: dict[str, str] = {
+    "OPENAI_API_BASE": "use a full http(s) URL, e.g. OPENAI_API_BASE=https://api.openai.com/v1",
+    "OPENAI_TIMEOUT": "use a number of seconds greater than 0, e.g. OPENAI_TIMEOUT=60",
+    "OPENAI_MAX_RETRIES": "use a whole number from 0 to 10, e.g. OPENAI_MAX_RETRIES=2",
+    "FORCE_MOCK_OPENAI": "use 1/true/yes to turn mock mode on, 0/false/no (or unset) for off",
+    "GROUP_SHARED_CONTEXT": "use 1/true/yes or 0/false/no",
+    "PORT": "use a whole number from 1 to 65535, e.g. PORT=8080",
+    "CHECK_INTERVAL_SECONDS": "use a number of seconds greater than 0, e.g. CHECK_INTERVAL_SECONDS=60",
+    "HISTORY_TURNS": "use a whole number from 0 to 100, e.g. HISTORY_TURNS=10",
+    "WORKERS": "use a whole number from 1 to 64, e.g. WORKERS=4",
+    "BOT_TIMEZONE": "use an IANA time zone name, e.g. BOT_TIMEZONE=Asia/Shanghai",
+    "LOG_LEVEL": "use one of DEBUG, INFO, WARNING, ERROR",
+    "DINGTALK_OAPI_BASE": "use a full http(s) URL, e.g. DINGTALK_OAPI_BASE=https://oapi.dingtalk.com",
+    "DINGTALK_API_BASE": "use a full http(s) URL, e.g. DINGTALK_API_BASE=https://api.dingtalk.com",
+    "DINGTALK_SIGN_WINDOW_SECONDS": "use a number of seconds from 1 to 3600, e.g. 3600",
+    "PROMPTS_DIR": "point it at a folder that holds chat.yaml (the project's prompts/ folder)",
+}
+
+
+def _check_http_url(value: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration, from the environment or a `.env` file in the working directory."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- model (names from the seed guide) ---
+    openai_api_key: SecretStr | None = None
+    openai_api_base: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4-turbo"
+    force_mock_openai: bool = False
+    openai_timeout: float = Field(default=60.0, gt=0)
+    openai_max_retries: int = Field(default=2, ge=0, le=10)
+    openai_api_version: str = "2024-10-21"
+
+    # --- DingTalk ---
+    access_token: SecretStr | None = None
+    secret: SecretStr | None = None
+    dingtalk_client_id: str | None = None
+    dingtalk_client_secret: SecretStr | None = None
+    dingtalk_robot_secret: SecretStr | None = None
+    dingtalk_outgoing_token: SecretStr | None = None
+    dingtalk_sign_window_seconds: float = Field(default=3600.0, gt=0, le=3600)
+    dingtalk_oapi_base: str = "https://oapi.dingtalk.com"
+    dingtalk_api_base: str = "https://api.dingtalk.com"
+
+    # --- service ---
+    host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be reachable by DingTalk
+    port: int = Field(default=8080, ge=1, le=65535)
+    database_path: Path = Path("dingbot_memory.db")
+    check_interval_seconds: float = Field(default=60.0, gt=0)
+    workers: int = Field(default=4, ge=1, le=64)
+    log_level: str = "INFO"
+
+    # --- conversation ---
+    history_turns: int = Field(default=10, ge=0, le=100)
+    group_shared_context: bool = False
+    bot_name: str = "小钉"
+    bot_timezone: str = "Asia/Shanghai"
+    prompts_dir: Path = DEFAULT_PROMPTS_DIR
+
+    @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @field_validator("bot_timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown time zone") from exc
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _valid_log_level(cls, value: str) -> str:
+        upper = value.strip().upper()
+        if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("unknown log level")
+        return upper
+
+    @field_validator("openai_model", "bot_name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    # --- derived facts ---
+
+    @property
+    def mock_mode(self) -> bool:
+        return self.force_mock_openai
+
+    @property
+    def provider(self) -> Provider:
+        if self.mock_mode:
+            return Provider.MOCK
+        parts = urlsplit(self.openai_api_base)
+        host = (parts.hostname or "").lower()
+        if host.endswith(".openai.azure.com"):
+            return Provider.AZURE_V1 if "/openai/v1" in parts.path.rstrip("/") + "/" else Provider.AZURE
+        if host == "api.openai.com":
+            return Provider.OPENAI
+        if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.startswith("127."):  # noqa: S104
+            return Provider.LOCAL
+        return Provider.COMPATIBLE
+
+    @property
+    def callback_secret(self) -> SecretStr | None:
+        """The secret that verifies inbound callbacks: SECRET, else DINGTALK_CLIENT_SECRET."""
+        return self.secret or self.dingtalk_client_secret
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.bot_timezone)
+
+    def check_runnable(self) -> None:
+        """Cross-field rules that must hold before the service starts."""
+        if not self.mock_mode and (
+            self.openai_api_key is None or not self.openai_api_key.get_secret_value().strip()
+        ):
+            raise ConfigError(
+                "OPENAI_API_KEY is not set: set OPENAI_API_KEY (any value for Ollama/vLLM), "
+                "or set FORCE_MOCK_OPENAI=1 to run on the built-in mock model"
+            )
+        if not (self.prompts_dir / "chat.yaml").is_file():
+            raise ConfigError(f"PROMPTS_DIR has no chat.yaml: {_FIX_HINTS['PROMPTS_DIR']}")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    name = str(error["loc"][0]).upper() if error.get("loc") else "SETTINGS"
+    raw = error.get("input")
+    shown = "" if name in _SECRET_NAMES or isinstance(raw, dict) else f"={raw!r}"
+    reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    hint = _FIX_HINTS.get(name, "check its value against the settings table in README.md")
+    return f"{name}{shown} is invalid ({reason}): {hint}"
+
+
+_SECRET_NAMES = frozenset(
+    {
+        "OPENAI_API_KEY",
+        "SECRET",
+        "ACCESS_TOKEN",
+        "DINGTALK_CLIENT_SECRET",
+        "DINGTALK_ROBOT_SECRET",
+        "DINGTALK_OUTGOING_TOKEN",
+    }
+)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment; a bad value becomes one ConfigError line per variable."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(dict(e)) for e in exc.errors())) from None
+    settings.check_runnable()
+    return settings

@@ -1,0 +1,70 @@
+"""Short-term memory: the last HISTORY_TURNS turns of a conversation, in the SQLite database."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from agent.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    human: str
+    ai: str
+
+
+class HistoryStore:
+    """Turns per scope (a conversation and speaker, or a whole group). Never grows past `turns`."""
+
+    def __init__(self, db: Database, turns: int) -> None:
+        self._db = db
+        self.turns = turns
+
+    async def recent(self, scope: str) -> list[Turn]:
+        if self.turns == 0:
+            return []
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT role, content FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?",
+                (scope, self.turns * 2),
+            ).fetchall()
+            return [(str(r[0]), str(r[1])) for r in reversed(rows)]
+
+        rows = await self._db.run(read)
+        turns: list[Turn] = []
+        pending: str | None = None
+        for role, content in rows:
+            if role == "human":
+                pending = content
+            elif pending is not None:
+                turns.append(Turn(human=pending, ai=content))
+                pending = None
+        return turns
+
+    async def append(self, scope: str, turn: Turn) -> None:
+        keep = self.turns * 2
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT INTO history (scope, role, content, created_at) VALUES (?, ?, ?, ?)",
+                    [(scope, "human", turn.human, now), (scope, "ai", turn.ai, now)],
+                )
+                conn.execute(
+                    "DELETE FROM history WHERE scope = ? AND id NOT IN "
+                    "(SELECT id FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?)",
+                    (scope, scope, keep),
+                )
+
+        await self._db.run(write)
+
+    async def clear(self, scope: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
+
+        await self._db.run(delete)

@@ -1,0 +1,105 @@
+"""The chat model factory: a real OpenAI-compatible model, Azure, or the offline mock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+from agent.config import Provider, Settings
+
+_MEMORY_BLOCK = re.compile(r"<memories>(.*?)</memories>", re.DOTALL)
+
+
+def _content_text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in content)
+
+
+class MockChatModel(BaseChatModel):
+    """Deterministic, offline chat model for mock mode (FORCE_MOCK_OPENAI=1).
+
+    Its answer shows what it was given: the person's words (the last human message), how many
+    history turns preceded them, and how many memories the system message listed between
+    `<memories>` and `</memories>` (lines starting with "- ").
+    """
+
+    reply_template: str
+    chunk_size: int = 8
+
+    @property
+    def _llm_type(self) -> str:
+        return "dingbot-mock"
+
+    def describe(self, messages: list[BaseMessage]) -> str:
+        humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
+        last = humans[-1] if humans else len(messages)
+        text = _content_text(messages[last]).strip() if humans else ""
+        turns = sum(1 for m in messages[:last] if isinstance(m, AIMessage))
+        memory_count = 0
+        for message in messages:
+            if isinstance(message, SystemMessage):
+                for block in _MEMORY_BLOCK.findall(_content_text(message)):
+                    memory_count += sum(1 for line in block.splitlines() if line.strip().startswith("- "))
+        return self.reply_template.format(text=text, history_turns=turns, memory_count=memory_count)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=self.describe(messages)))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        text = self.describe(messages)
+        for start in range(0, len(text), self.chunk_size):
+            piece = text[start : start + self.chunk_size]
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+
+def build_chat_model(settings: Settings, *, mock_reply_template: str) -> BaseChatModel:
+    """Build the chat model the settings describe. Build it once: the first ChatOpenAI costs ~100 ms."""
+    provider = settings.provider
+    if provider is Provider.MOCK:
+        return MockChatModel(reply_template=mock_reply_template)
+
+    # Imported here: langchain_openai costs ~0.5 s to import, and mock mode never needs it.
+    from langchain_openai import AzureChatOpenAI, ChatOpenAI
+
+    assert settings.openai_api_key is not None  # Settings.check_runnable guarantees it
+    if provider is Provider.AZURE:
+        parts = urlsplit(settings.openai_api_base)
+        return AzureChatOpenAI(
+            azure_endpoint=f"{parts.scheme}://{parts.netloc}",
+            azure_deployment=settings.openai_model,
+            api_version=settings.openai_api_version,
+            api_key=settings.openai_api_key,
+            timeout=settings.openai_timeout,
+            max_retries=settings.openai_max_retries,
+        )
+    return ChatOpenAI(
+        model=settings.openai_model,
+        base_url=settings.openai_api_base,
+        api_key=settings.openai_api_key,
+        timeout=settings.openai_timeout,
+        max_retries=settings.openai_max_retries,
+    )

@@ -1,0 +1,167 @@
+"""Load the prompt files in `prompts/` into LangChain templates. No prompt text lives in Python."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+from agent.errors import ModelErrorKind, PromptError
+
+SYSTEM_VARIABLES = frozenset({"bot_name", "now", "timezone", "speaker_nick", "chat_place", "memories"})
+HUMAN_VARIABLES = frozenset({"text", "speaker_nick"})
+HISTORY_VARIABLE = "history"
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Everything loaded from one prompts folder."""
+
+    chat: ChatPromptTemplate
+    chat_place_direct: str
+    chat_place_group: str
+    memory_item: str
+    memory_empty: str
+    weekdays: tuple[str, ...]
+    replies: Mapping[str, Any]
+
+    def render_now(self, now: datetime) -> str:
+        return f"{now:%Y-%m-%d %H:%M} {self.weekdays[now.weekday()]}"
+
+    def render_memories(self, memories: list[str]) -> str:
+        if not memories:
+            return self.memory_empty
+        return "\n".join(self.memory_item.format(memory=m) for m in memories)
+
+    def render_chat_place(self, *, is_group: bool, conversation_title: str) -> str:
+        if is_group:
+            return self.chat_place_group.format(conversation_title=conversation_title or "")
+        return self.chat_place_direct
+
+    def reply_template(self, key: str) -> str:
+        """The raw template of a reply in replies.yaml, placeholders unfilled."""
+        return str(self.replies[key])
+
+    def reply(self, key: str, **values: str) -> str:
+        """A user-facing reply from replies.yaml, e.g. reply("empty", bot_name="小钉")."""
+        return str(self.replies[key]).format(**values)
+
+    def model_error_reply(self, kind: ModelErrorKind) -> str:
+        errors = self.replies["model_errors"]
+        return str(errors.get(kind.value) or errors["unknown"])
+
+    def unsupported_reply(self, original_type: str) -> str:
+        names = self.replies["type_names"]
+        return self.reply("unsupported", type_name=str(names.get(original_type) or names["default"]))
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _check(template: Any, allowed: frozenset[str], where: str) -> str:
+    if not isinstance(template, str) or not template.strip():
+        raise PromptError(f"{where}: must be a non-empty text")
+    try:
+        names = _fields(template)
+    except ValueError as exc:
+        raise PromptError(f"{where}: invalid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+    unknown = names - allowed
+    if unknown:
+        raise PromptError(
+            f"{where}: unknown variable(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+    return template
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PromptError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise PromptError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise PromptError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+_REQUIRED_REPLIES: dict[str, frozenset[str]] = {
+    "mock_reply": frozenset({"text", "history_turns", "memory_count"}),
+    "unsupported": frozenset({"type_name"}),
+    "empty": frozenset({"bot_name"}),
+}
+
+
+def _check_replies(path: Path, replies: dict[str, Any]) -> None:
+    for key, allowed in _REQUIRED_REPLIES.items():
+        _check(replies.get(key), allowed, f"{path}: {key}")
+    names = replies.get("type_names")
+    if not isinstance(names, dict) or "default" not in names:
+        raise PromptError(f"{path}: type_names must be a mapping with a `default` entry")
+    errors = replies.get("model_errors")
+    if not isinstance(errors, dict):
+        raise PromptError(f"{path}: model_errors must be a mapping")
+    missing = [kind.value for kind in ModelErrorKind if kind.value not in errors]
+    if missing:
+        raise PromptError(f"{path}: model_errors lacks {missing}")
+    for key, value in errors.items():
+        _check(value, frozenset(), f"{path}: model_errors.{key}")
+
+
+def load_prompts(folder: Path) -> PromptSet:
+    """Read chat.yaml, its system file and replies.yaml; raise PromptError naming the bad file."""
+    chat_path = folder / "chat.yaml"
+    chat = _read_yaml(chat_path)
+    system_name = chat.get("system_file")
+    if not isinstance(system_name, str):
+        raise PromptError(f"{chat_path}: system_file must name a file in {folder}")
+    system_path = folder / system_name
+    try:
+        system_text = system_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PromptError(f"{system_path}: file not found (named by system_file in {chat_path})") from None
+    _check(system_text, SYSTEM_VARIABLES, str(system_path))
+    human = _check(chat.get("human"), HUMAN_VARIABLES, f"{chat_path}: human")
+    if "text" not in _fields(human):
+        raise PromptError(f"{chat_path}: human must contain {{text}}")
+
+    place = chat.get("chat_place") or {}
+    memories = chat.get("memories") or {}
+    if not isinstance(place, dict) or not isinstance(memories, dict):
+        raise PromptError(f"{chat_path}: chat_place and memories must be mappings")
+    direct = _check(place.get("direct"), frozenset(), f"{chat_path}: chat_place.direct")
+    group = _check(place.get("group"), frozenset({"conversation_title"}), f"{chat_path}: chat_place.group")
+    item = _check(memories.get("item"), frozenset({"memory"}), f"{chat_path}: memories.item")
+    empty = _check(memories.get("empty"), frozenset(), f"{chat_path}: memories.empty")
+
+    weekdays = chat.get("weekdays")
+    if not isinstance(weekdays, list) or len(weekdays) != 7 or not all(isinstance(w, str) for w in weekdays):
+        raise PromptError(f"{chat_path}: weekdays must list 7 names, Monday first")
+
+    replies_path = folder / "replies.yaml"
+    replies = _read_yaml(replies_path)
+    _check_replies(replies_path, replies)
+
+    template = ChatPromptTemplate.from_messages(
+        [
+            ("system", system_text),
+            MessagesPlaceholder(HISTORY_VARIABLE, optional=True),
+            ("human", human),
+        ]
+    )
+    return PromptSet(
+        chat=template,
+        chat_place_direct=direct,
+        chat_place_group=group,
+        memory_item=item,
+        memory_empty=empty,
+        weekdays=tuple(weekdays),
+        replies=replies,
+    )

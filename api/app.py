@@ -1,0 +1,87 @@
+"""The FastAPI application. `create_app(settings)` does no work; the lifespan builds and closes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from agent.assistant import Assistant
+from agent.config import Settings
+from agent.database import Database
+from agent.history import HistoryStore
+from agent.llm import build_chat_model
+from agent.prompts import load_prompts
+from api.delivery import Dispatcher
+from api.dingtalk.sender import SessionWebhookSender
+from api.inbox import Inbox
+from api.routes import dingtalk, health
+from api.services import Services
+
+log = logging.getLogger(__name__)
+
+# httpx logs every request URL at INFO; a session webhook URL is a credential.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def _warn_about_authentication(settings: Settings) -> None:
+    if settings.callback_secret is not None or settings.dingtalk_outgoing_token is not None:
+        return
+    if settings.mock_mode:
+        log.warning(
+            "no SECRET (or DINGTALK_CLIENT_SECRET / DINGTALK_OUTGOING_TOKEN) is set: accepting UNSIGNED "
+            "callbacks because mock mode is on; set SECRET before exposing this service"
+        )
+    else:
+        log.warning(
+            "no SECRET (or DINGTALK_CLIENT_SECRET / DINGTALK_OUTGOING_TOKEN) is set: every callback will "
+            "be refused with 401 until SECRET is set to the robot's signing secret"
+        )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    database = Database(settings.database_path)
+    await database.open()
+    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+    try:
+        prompts = load_prompts(settings.prompts_dir)
+        model = build_chat_model(settings, mock_reply_template=prompts.reply_template("mock_reply"))
+        assistant = Assistant(
+            settings=settings, prompts=prompts, model=model, history=HistoryStore(database, settings.history_turns)
+        )
+        dispatcher = Dispatcher(
+            assistant=assistant,
+            sender=SessionWebhookSender(http),
+            inbox=Inbox(database),
+            workers=settings.workers,
+        )
+        app.state.services = Services(settings, database, assistant, dispatcher, http)
+        _warn_about_authentication(settings)
+        log.info(
+            "DingHook ready: provider=%s model=%s database=%s",
+            settings.provider.value,
+            "mock" if settings.mock_mode else settings.openai_model,
+            settings.database_path,
+        )
+        yield
+        await dispatcher.drain(SHUTDOWN_GRACE_SECONDS)
+    finally:
+        await http.aclose()
+        await database.close()
+        log.info("DingHook stopped")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(title="DingHook", lifespan=_lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.include_router(health.router)
+    app.include_router(dingtalk.router)
+    return app

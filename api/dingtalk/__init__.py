@@ -1,0 +1,1 @@
+"""DingTalk protocol: callback signatures, payload parsing, reply bodies, senders."""

@@ -1,0 +1,133 @@
+"""Parse a DingTalk robot callback body into a channel-neutral IncomingMessage.
+
+Field facts are in ../shared/dingtalk-protocol.md. Unknown fields are ignored, never rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from agent.messages import ContentKind, IncomingMessage
+
+REQUIRED_FIELDS = ("msgId", "msgtype", "conversationId", "conversationType", "senderId", "sessionWebhook")
+_MENTION_ONLY = re.compile(r"^\s*@\S+\s*$")
+
+
+class PayloadError(Exception):
+    """The body is not a usable callback. The message is a reason safe to return to the caller."""
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _content(body: dict[str, Any]) -> dict[str, Any]:
+    """`content` arrives as an object or as a JSON string: accept both."""
+    content = body.get("content")
+    if isinstance(content, str):
+        try:
+            content = json.loads(content)
+        except ValueError:
+            return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _rich_text(body: dict[str, Any]) -> str:
+    parts = _content(body).get("richText")
+    if not isinstance(parts, list):
+        return ""
+    texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    while texts and _MENTION_ONLY.match(texts[0]):  # the leading @bot part
+        texts.pop(0)
+    return "".join(texts)
+
+
+def _read_text(msgtype: str, body: dict[str, Any]) -> str | None:
+    """The words in the message, or None when this type carries none the bot can read."""
+    if msgtype == "text":
+        text = body.get("text")
+        content = text.get("content") if isinstance(text, dict) else None
+        return content if isinstance(content, str) else ""
+    if msgtype == "richText":
+        return _rich_text(body) or None
+    if msgtype == "audio":
+        recognition = _content(body).get("recognition")
+        return recognition if isinstance(recognition, str) and recognition.strip() else None
+    return None
+
+
+def person_id(body: dict[str, Any]) -> str:
+    """A person is senderCorpId + senderStaffId, falling back to the (encrypted) senderId."""
+    staff = body.get("senderStaffId")
+    corp = body.get("senderCorpId")
+    if isinstance(staff, str) and staff:
+        return f"{corp}:{staff}" if isinstance(corp, str) and corp else staff
+    return str(body["senderId"])
+
+
+def _mentions_someone_else(body: dict[str, Any]) -> bool:
+    """In a group, a message that explicitly does not @ this bot (isInAtList false, bot not in atUsers)."""
+    if body.get("isInAtList") is not False:
+        return False
+    bot = body.get("chatbotUserId")
+    at_users = body.get("atUsers")
+    if not isinstance(at_users, list) or not at_users:
+        return False
+    return not any(isinstance(u, dict) and u.get("dingtalkId") == bot for u in at_users)
+
+
+def parse_callback(raw: bytes) -> IncomingMessage:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise PayloadError("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise PayloadError("body must be a JSON object")
+    for field in REQUIRED_FIELDS:
+        value = body.get(field)
+        if value is None or value == "":
+            raise PayloadError(f"missing field: {field}")
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise PayloadError(f"field {field} must be a string")
+    conversation_type = str(body["conversationType"])
+    if conversation_type not in ("1", "2"):
+        raise PayloadError("field conversationType must be \"1\" or \"2\"")
+    msgtype = str(body["msgtype"])
+    is_group = conversation_type == "2"
+
+    text = _read_text(msgtype, body)
+    if text is None:
+        kind = ContentKind.UNSUPPORTED
+        text = ""
+    else:
+        text = text.strip()
+        kind = ContentKind.TEXT if text else ContentKind.EMPTY
+
+    nick = body.get("senderNick")
+    staff = body.get("senderStaffId")
+    title = body.get("conversationTitle")
+    return IncomingMessage(
+        message_id=str(body["msgId"]),
+        conversation_id=str(body["conversationId"]),
+        is_group=is_group,
+        person_id=person_id(body),
+        sender_id=str(body["senderId"]),
+        sender_staff_id=staff if isinstance(staff, str) else "",
+        sender_nick=nick if isinstance(nick, str) else "",
+        text=text,
+        kind=kind,
+        original_type=msgtype,
+        conversation_title=title if isinstance(title, str) else "",
+        created_at_ms=_as_int(body.get("createAt")),
+        reply_url=str(body["sessionWebhook"]),
+        reply_url_expires_ms=_as_int(body.get("sessionWebhookExpiredTime")),
+        addressed_to_bot=not (is_group and _mentions_someone_else(body)),
+    )

@@ -1,0 +1,65 @@
+"""POST /dingtalk/callback: verify on the raw request, parse, dedupe, ack at once, answer later."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import ServicesDep
+from api.dingtalk.parse import PayloadError, parse_callback
+from api.dingtalk.reply import webhook_allowed
+from api.dingtalk.signature import SignatureError, verify_callback
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["dingtalk"])
+
+EMPTY_ACK = {"msgtype": "empty"}
+
+
+def _refuse(status: int, reason: str) -> JSONResponse:
+    log.warning("callback refused (%d): %s", status, reason)
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+@router.post("/dingtalk/callback")
+async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResponse:
+    settings = services.settings
+    try:
+        verify_callback(
+            request.headers,
+            secret=settings.callback_secret,
+            outgoing_token=settings.dingtalk_outgoing_token,
+            window_seconds=settings.dingtalk_sign_window_seconds,
+            now_ms=int(time.time() * 1000),
+            allow_unsigned=settings.mock_mode,
+        )
+    except SignatureError as exc:
+        return _refuse(401, str(exc))
+
+    raw = await request.body()
+    try:
+        message = parse_callback(raw)
+    except PayloadError as exc:
+        return _refuse(400, str(exc))
+    if not webhook_allowed(message.reply_url, [settings.dingtalk_oapi_base, settings.dingtalk_api_base]):
+        return _refuse(400, "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)")
+
+    if not message.addressed_to_bot:
+        log.info("message %s: group message not addressed to the bot, ignored", message.message_id)
+        return JSONResponse(EMPTY_ACK)
+
+    if not await services.dispatcher.accept(message):
+        log.info("message %s: duplicate delivery, already handled", message.message_id)
+        return JSONResponse(EMPTY_ACK)
+    log.info(
+        "message %s: accepted (%s, %s)",
+        message.message_id,
+        "group" if message.is_group else "direct",
+        message.original_type,
+    )
+    log.debug("message %s text: %s", message.message_id, message.text)
+    services.dispatcher.schedule(message)
+    return JSONResponse(EMPTY_ACK)

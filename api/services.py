@@ -1,0 +1,21 @@
+"""The long-lived objects of a running service, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from agent.assistant import Assistant
+from agent.config import Settings
+from agent.database import Database
+from api.delivery import Dispatcher
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    database: Database
+    assistant: Assistant
+    dispatcher: Dispatcher
+    http: httpx.AsyncClient

@@ -1,0 +1,1 @@
+"""Entry points of DingHook: `python -m dingbot.server` and the `dingbot` command."""

@@ -1,0 +1,17 @@
+"""Logging for the entry points: one readable line per event, level from LOG_LEVEL."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Third-party loggers that print request URLs or message text at INFO.
+    for name in ("httpx", "httpcore", "openai", "mem0"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

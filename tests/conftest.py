@@ -1,0 +1,114 @@
+"""Hermetic fixtures: no test reads the developer's environment or leaves loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from agent.config import Settings
+from api.app import create_app
+from tests import network_guard
+from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+
+LIVE = os.environ.get("DINGBOT_LIVE_TESTS") == "1"
+if not LIVE:
+    network_guard.install()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(proxy, None)
+
+SECRET = "this is a secret"  # the protocol doc's test vector secret
+
+
+@pytest.fixture(autouse=True)
+def hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting leaks in from the developer's shell or a .env file."""
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "DINGTALK_", "EMBEDDING_", "MEMORY_", "BOT_")) or name in {
+            "FORCE_MOCK_OPENAI", "SECRET", "ACCESS_TOKEN", "PORT", "HOST", "DATABASE_PATH", "LOG_LEVEL",
+            "CHECK_INTERVAL_SECONDS", "WORKERS", "HISTORY_TURNS", "GROUP_SHARED_CONTEXT", "PROMPTS_DIR",
+        }:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def fake_dingtalk() -> Iterator[FakeDingTalk]:
+    server = FakeDingTalk().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "force_mock_openai": True,
+            "secret": SECRET,
+            "database_path": tmp_path / "data" / "dingbot.db",
+            "dingtalk_oapi_base": fake_dingtalk.url,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+class RunningApp:
+    def __init__(self, url: str, server: uvicorn.Server) -> None:
+        self.url = url
+        self.server = server
+        self.client = httpx.Client(base_url=url, timeout=10.0)
+
+    def post_callback(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return self.client.post("/dingtalk/callback", content=body, headers=headers)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[RunningApp]:
+    """The real app under real uvicorn, on a free loopback port, in a thread."""
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the app did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    app = RunningApp(f"http://127.0.0.1:{port}", server)
+    try:
+        yield app
+    finally:
+        app.client.close()
+        server.should_exit = True
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the app did not shut down"
+
+
+@pytest.fixture
+def run_app() -> Callable[[Settings], Any]:
+    return serve
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

@@ -1,0 +1,201 @@
+"""Local HTTP servers standing in for the processes across our boundaries: an OpenAI-compatible
+endpoint and DingTalk's session webhooks. Each runs in its own thread on a free loopback port and
+records every request it receives.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Scripted:
+    """One scripted answer. `status` 200 with `text` is a chat completion (streamed when asked)."""
+
+    status: int = 200
+    text: str = "你好"
+    body: dict[str, Any] | None = None  # a raw JSON answer instead of a completion
+    delay: float = 0.0
+    error_code: str | None = None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class LocalServer:
+    """A ThreadingHTTPServer on 127.0.0.1 with a per-test script and a request log."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+            def _record(self) -> Recorded:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                item = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                with owner._arrived:
+                    owner.requests.append(item)
+                    owner._arrived.notify_all()
+                return item
+
+            def do_GET(self) -> None:
+                owner.handle(self, self._record())
+
+            def do_POST(self) -> None:
+                owner.handle(self, self._record())
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> LocalServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[Recorded]:
+        """Block until `count` requests have arrived; return them."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while len(self.requests) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"expected {count} request(s), got {len(self.requests)}")
+                self._arrived.wait(left)
+            return list(self.requests)
+
+    @staticmethod
+    def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        raise NotImplementedError
+
+
+class FakeDingTalk(LocalServer):
+    """Session webhooks: answers with the scripted errcodes in order, then errcode 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errcodes: deque[int] = deque()
+
+    def webhook(self, session: str = "s1") -> str:
+        return f"{self.url}/robot/sendBySession?session={session}"
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        errcode = self.errcodes.popleft() if self.errcodes else 0
+        self.send_json(handler, 200, {"errcode": errcode, "errmsg": "ok" if errcode == 0 else "scripted"})
+
+    def replies(self) -> list[dict[str, Any]]:
+        return [r.json() for r in self.requests if r.method == "POST"]
+
+
+class FakeOpenAI(LocalServer):
+    """An OpenAI-compatible endpoint: /v1/models, chat completions (plain and streamed), Azure paths."""
+
+    def __init__(self, models: tuple[str, ...] = ("gpt-4-turbo",)) -> None:
+        super().__init__()
+        self.models = models
+        self.script: deque[Scripted] = deque()
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        path = request.path.split("?", 1)[0]
+        if request.method == "GET" and path.endswith("/models"):
+            self.send_json(handler, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+            return
+        if not path.endswith("/chat/completions"):
+            self.send_json(handler, 404, {"error": {"message": "no such route", "code": "not_found"}})
+            return
+        step = self.script.popleft() if self.script else Scripted()
+        if step.delay:
+            time.sleep(step.delay)
+        if step.body is not None:
+            self.send_json(handler, step.status, step.body)
+            return
+        if step.status != 200:
+            self.send_json(
+                handler,
+                step.status,
+                {"error": {"message": f"scripted {step.status}", "type": "error", "code": step.error_code}},
+            )
+            return
+        model = request.json().get("model") or "deployment"
+        if request.json().get("stream"):
+            self._stream(handler, step.text, model)
+        else:
+            self.send_json(handler, 200, _completion(step.text, model))
+
+    @staticmethod
+    def _stream(handler: BaseHTTPRequestHandler, text: str, model: str) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        pieces = [text[i : i + 2] for i in range(0, len(text), 2)]
+        for piece in pieces:
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}],
+            }
+            handler.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
+            handler.wfile.flush()
+        done = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        handler.wfile.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+        handler.wfile.flush()
+        handler.close_connection = True
+
+
+def _completion(text: str, model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }

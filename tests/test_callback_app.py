@@ -1,0 +1,271 @@
+"""Signed callbacks through the running app (real uvicorn, real SQLite) to a local fake DingTalk."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from agent.config import Settings
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk
+
+
+def post(app: Any, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    return app.post_callback(encode(body), headers if headers is not None else signed_headers(SECRET))
+
+
+def test_signed_text_message_is_acked_empty_and_answered_within_a_second(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(make_settings()) as app:
+        started = time.monotonic()
+        response = post(app, callback(fake_dingtalk.webhook(), "今天天气怎么样？"))
+        assert response.status_code == 200
+        assert response.json() == {"msgtype": "empty"}
+        [request] = fake_dingtalk.wait_for(1, timeout=1.0)
+        assert time.monotonic() - started < 1.0
+    assert request.path == "/robot/sendBySession?session=s1"
+    body = request.json()
+    assert body["msgtype"] == "text"
+    assert "模拟回复" in body["text"]["content"]
+    assert "「今天天气怎么样？」" in body["text"]["content"]
+    assert "0 轮历史对话" in body["text"]["content"]
+    assert body["at"] == {"isAtAll": False}
+
+
+def test_second_message_sees_the_first_turn_as_history(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(make_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook(), "第一句"))
+        fake_dingtalk.wait_for(1)
+        post(app, callback(fake_dingtalk.webhook(), "第二句"))
+        fake_dingtalk.wait_for(2)
+    second = fake_dingtalk.replies()[1]["text"]["content"]
+    assert "「第二句」" in second
+    assert "1 轮历史对话" in second
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing timestamp or sign header"),
+        ({"timestamp": "1577262236757"}, "missing timestamp or sign header"),
+        ({"timestamp": "abc", "sign": "x"}, "timestamp header is not a millisecond number"),
+        ("stale", "timestamp outside the accepted window"),
+        ("wrong-secret", "signature does not match"),
+    ],
+)
+def test_bad_signatures_get_401_with_a_reason_and_no_reply(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, headers: Any, reason: str
+) -> None:
+    if headers == "stale":
+        headers = signed_headers(SECRET, int(time.time() * 1000) - 3601 * 1000)
+    elif headers == "wrong-secret":
+        headers = signed_headers("another secret")
+    with serve(make_settings()) as app:
+        response = post(app, callback(fake_dingtalk.webhook()), headers)
+        assert response.status_code == 401
+        assert reason in response.json()["error"]
+        assert app.client.get("/healthz").status_code == 200
+    assert fake_dingtalk.requests == []
+
+
+def test_sign_window_is_configurable(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+    headers = signed_headers(SECRET, int(time.time() * 1000) - 120 * 1000)
+    with serve(make_settings(dingtalk_sign_window_seconds=60)) as app:
+        assert post(app, callback(fake_dingtalk.webhook()), headers).status_code == 401
+    with serve(make_settings(dingtalk_sign_window_seconds=300)) as app:
+        assert post(app, callback(fake_dingtalk.webhook()), headers).status_code == 200
+
+
+def test_client_secret_verifies_when_secret_is_unset(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    settings = make_settings(secret=None, dingtalk_client_secret="app secret")
+    with serve(settings) as app:
+        assert post(app, callback(fake_dingtalk.webhook()), signed_headers(SECRET)).status_code == 401
+        assert post(app, callback(fake_dingtalk.webhook()), signed_headers("app secret")).status_code == 200
+
+
+def test_outgoing_token_header_is_accepted(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+    settings = make_settings(dingtalk_outgoing_token="tok-123")
+    with serve(settings) as app:
+        assert post(app, callback(fake_dingtalk.webhook()), {"token": "tok-123"}).status_code == 200
+        wrong = post(app, callback(fake_dingtalk.webhook()), {"token": "nope"})
+        assert wrong.status_code == 401
+        assert "DINGTALK_OUTGOING_TOKEN" in wrong.json()["error"]
+        # a correct signature still works for the same robot
+        assert post(app, callback(fake_dingtalk.webhook())).status_code == 200
+
+
+def test_unsigned_callbacks_only_in_mock_mode(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, fake_openai: Any
+) -> None:
+    with serve(make_settings(secret=None)) as app:
+        assert post(app, callback(fake_dingtalk.webhook()), {}).status_code == 200
+    real = make_settings(
+        secret=None, force_mock_openai=False, openai_api_key="sk-test", openai_api_base=f"{fake_openai.url}/v1"
+    )
+    with serve(real) as app:
+        response = post(app, callback(fake_dingtalk.webhook()), {})
+        assert response.status_code == 401
+        assert "SECRET" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "body is not valid JSON"),
+        (b"[1, 2]", "body must be a JSON object"),
+        (b"\xff\xfe", "body is not valid JSON"),
+    ],
+)
+def test_malformed_bodies_get_400(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, raw: bytes, reason: str
+) -> None:
+    with serve(make_settings()) as app:
+        response = app.post_callback(raw, signed_headers(SECRET))
+        assert response.status_code == 400
+        assert response.json()["error"] == reason
+
+
+@pytest.mark.parametrize(
+    "field", ["msgId", "msgtype", "conversationId", "conversationType", "senderId", "sessionWebhook"]
+)
+def test_each_missing_required_field_gets_400_naming_it(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, field: str
+) -> None:
+    body = callback(fake_dingtalk.webhook())
+    del body[field]
+    with serve(make_settings()) as app:
+        response = post(app, body)
+        assert response.status_code == 400
+        assert response.json()["error"] == f"missing field: {field}"
+    assert fake_dingtalk.requests == []
+
+
+def test_session_webhook_on_a_foreign_host_is_refused(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(make_settings()) as app:
+        for url in (
+            "https://evil.example/robot/sendBySession?session=1",
+            f"{fake_dingtalk.url}@evil.example/robot",
+            fake_dingtalk.url.replace("127.0.0.1", "localhost"),
+            fake_dingtalk.url.replace("http://", "https://"),
+        ):
+            response = post(app, callback(url))
+            assert response.status_code == 400, url
+            assert "sessionWebhook" in response.json()["error"]
+
+
+def test_duplicate_msg_id_is_answered_once(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+    body = callback(fake_dingtalk.webhook(), "只回答一次")
+    with serve(make_settings()) as app:
+        codes = [post(app, body).status_code for _ in range(5)]
+        fake_dingtalk.wait_for(1)
+        time.sleep(0.3)
+        assert codes == [200] * 5
+    assert len(fake_dingtalk.requests) == 1
+
+
+def test_duplicate_is_remembered_across_restarts(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    settings = make_settings()
+    body = callback(fake_dingtalk.webhook())
+    with serve(settings) as app:
+        post(app, body)
+        fake_dingtalk.wait_for(1)
+    with serve(settings) as app:
+        assert post(app, body).json() == {"msgtype": "empty"}
+        time.sleep(0.3)
+    assert len(fake_dingtalk.requests) == 1
+
+
+def test_group_reply_mentions_the_sender(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+    with serve(make_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook(), "群里问个问题", group=True))
+        [request] = fake_dingtalk.wait_for(1)
+    body = request.json()
+    assert body["at"] == {"isAtAll": False, "atUserIds": ["042217062297"]}
+    assert body["text"]["content"].startswith("@042217062297 【模拟回复】")
+    assert "「群里问个问题」" in body["text"]["content"]  # leading space stripped
+
+
+def test_group_sender_without_staff_id_gets_nick_mention(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(make_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook(), "外部用户", group=True, senderStaffId=""))
+        [request] = fake_dingtalk.wait_for(1)
+    body = request.json()
+    assert body["at"] == {"isAtAll": False}
+    assert body["text"]["content"].startswith("@张三 ")
+
+
+def test_group_message_addressed_to_someone_else_is_not_answered(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    body = callback(
+        fake_dingtalk.webhook(), "@李四 你看下", group=True, isInAtList=False, atUsers=[{"dingtalkId": "$:other"}]
+    )
+    with serve(make_settings()) as app:
+        assert post(app, body).json() == {"msgtype": "empty"}
+        time.sleep(0.3)
+    assert fake_dingtalk.requests == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"msgtype": "richText", "content": {"richText": [{"text": "@小钉"}, {"text": "富文本问题"}]}}, "「富文本问题」"),
+        (
+            {"msgtype": "richText", "content": json.dumps({"richText": [{"text": "字符串形式"}]}, ensure_ascii=False)},
+            "「字符串形式」",
+        ),
+        ({"msgtype": "audio", "content": {"downloadCode": "x", "recognition": "语音转的文字"}}, "「语音转的文字」"),
+        ({"msgtype": "picture", "content": {"downloadCode": "x"}}, "暂时看不懂图片"),
+        ({"msgtype": "file", "content": {"fileName": "a.pdf"}}, "暂时看不懂文件"),
+        ({"msgtype": "video", "content": {}}, "暂时看不懂视频"),
+        ({"msgtype": "unknownMsgType"}, "暂时看不懂这种类型的消息"),
+        ({"msgtype": "richText", "content": {"richText": [{"downloadCode": "p", "type": "picture"}]}}, "只有图片的消息"),
+        ({"msgtype": "audio", "content": {"downloadCode": "x"}}, "这条语音"),
+        ({"msgtype": "text", "text": {"content": "   "}}, "有什么可以帮你"),
+    ],
+)
+def test_each_message_type_gets_the_right_answer(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, overrides: dict[str, Any], expected: str
+) -> None:
+    body = callback(fake_dingtalk.webhook())
+    body.pop("text")
+    body.update(overrides)
+    with serve(make_settings()) as app:
+        assert post(app, body).status_code == 200
+        [request] = fake_dingtalk.wait_for(1)
+    assert expected in request.json()["text"]["content"]
+
+
+def test_errcode_from_dingtalk_is_read_and_the_server_stays_healthy(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_dingtalk.errcodes.append(300001)
+    with serve(make_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook(), "第一条"))
+        fake_dingtalk.wait_for(1)
+        deadline = time.monotonic() + 3
+        while "errcode 300001" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert app.client.get("/healthz").json()["status"] == "ok"
+        # the failed turn is not in history: the next answer sees 0 turns
+        post(app, callback(fake_dingtalk.webhook(), "第二条"))
+        fake_dingtalk.wait_for(2)
+    assert "errcode 300001" in caplog.text
+    assert "session webhook expired" in caplog.text
+    assert "0 轮历史对话" in fake_dingtalk.replies()[1]["text"]["content"]

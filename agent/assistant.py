@@ -53,7 +53,9 @@ class Assistant:
             return f"{message.sender_nick}: {message.text}"
         return message.text
 
-    async def build_inputs(self, message: IncomingMessage, memories: list[str] | None = None) -> dict[str, Any]:
+    async def build_inputs(
+        self, message: IncomingMessage, memories: list[str] | None = None
+    ) -> dict[str, Any]:
         """The variables the chat prompt is rendered with."""
         turns = await self.history.recent(self.history_scope(message))
         history: list[BaseMessage] = []
@@ -69,7 +71,7 @@ class Assistant:
             ),
             "memories": self.prompts.render_memories(memories or []),
             "history": history,
-            "text": message.text,
+            "text": self._human_entry(message),
         }
 
     async def reply(self, message: IncomingMessage) -> Reply:
@@ -86,7 +88,7 @@ class Assistant:
             answer = (await chain.ainvoke(inputs)).strip()
             if not answer:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified notice
+        except Exception as exc:
             error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
             log.warning(
                 "model call failed after %.0f ms: %s. Fix: %s",

@@ -64,7 +64,7 @@ def _fix(kind: ModelErrorKind, settings: Settings) -> str:
             "check OPENAI_API_KEY is complete and current"
             + (" (Azure: Key 1 from 'Keys and Endpoint' of the resource)" if azure else "")
             + (" (OpenAI keys start with sk-)" if settings.provider is Provider.OPENAI else "")
-            + f"; test it with: curl {base.rstrip('/')}/models -H \"Authorization: Bearer $OPENAI_API_KEY\""
+            + f'; test it with: curl {base.rstrip("/")}/models -H "Authorization: Bearer $OPENAI_API_KEY"'
         ),
         ModelErrorKind.PERMISSION: "the key may not use this model: check the key's project/permissions",
         ModelErrorKind.MODEL_NOT_FOUND: (

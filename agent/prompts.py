@@ -71,12 +71,12 @@ def _check(template: Any, allowed: frozenset[str], where: str) -> str:
     try:
         names = _fields(template)
     except ValueError as exc:
-        raise PromptError(f"{where}: invalid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+        raise PromptError(
+            f"{where}: invalid template ({exc}); write a literal brace as {{{{ or }}}}"
+        ) from None
     unknown = names - allowed
     if unknown:
-        raise PromptError(
-            f"{where}: unknown variable(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-        )
+        raise PromptError(f"{where}: unknown variable(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     return template
 
 

@@ -55,7 +55,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         prompts = load_prompts(settings.prompts_dir)
         model = build_chat_model(settings, mock_reply_template=prompts.reply_template("mock_reply"))
         assistant = Assistant(
-            settings=settings, prompts=prompts, model=model, history=HistoryStore(database, settings.history_turns)
+            settings=settings,
+            prompts=prompts,
+            model=model,
+            history=HistoryStore(database, settings.history_turns),
         )
         dispatcher = Dispatcher(
             assistant=assistant,

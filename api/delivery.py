@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Runs at most `workers` messages at once; messages of one conversation and speaker run in order."""
 
-    def __init__(self, *, assistant: Assistant, sender: SessionWebhookSender, inbox: Inbox, workers: int) -> None:
+    def __init__(
+        self, *, assistant: Assistant, sender: SessionWebhookSender, inbox: Inbox, workers: int
+    ) -> None:
         self._assistant = assistant
         self._sender = sender
         self._inbox = inbox
@@ -65,19 +67,24 @@ class Dispatcher:
         result = await self._sender.send(message.reply_url, build_reply_body(message, reply))
         elapsed = (time.perf_counter() - started) * 1000
         if not result.ok:
-            log.warning("message %s: reply not delivered after %.0f ms: %s", message.message_id, elapsed, result.detail)
+            log.warning(
+                "message %s: reply not delivered after %.0f ms: %s",
+                message.message_id,
+                elapsed,
+                result.detail,
+            )
             await self._inbox.mark(message.message_id, InboxState.FAILED)
             return
         log.info("message %s: replied in %.0f ms", message.message_id, elapsed)
         await self._assistant.remember(message, reply)
         await self._inbox.mark(message.message_id, InboxState.DONE)
 
-    async def drain(self, timeout: float) -> None:
-        """On shutdown: let in-flight messages finish for up to `timeout` seconds, then cancel them."""
+    async def drain(self, grace_seconds: float) -> None:
+        """On shutdown: let in-flight messages finish for up to `grace_seconds`, then cancel them."""
         if not self._tasks:
             return
         pending = set(self._tasks)
-        _, still = await asyncio.wait(pending, timeout=timeout)
+        _, still = await asyncio.wait(pending, timeout=grace_seconds)
         for task in still:
             task.cancel()
         if still:

@@ -36,7 +36,9 @@ class Inbox:
         now = time.time()
 
         def update(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE inbox SET state = ?, updated_at = ? WHERE msg_id = ?", (state.value, now, msg_id))
+            conn.execute(
+                "UPDATE inbox SET state = ?, updated_at = ? WHERE msg_id = ?", (state.value, now, msg_id)
+            )
 
         await self._db.run(update)
 

@@ -30,7 +30,9 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dingbot", description="DingHook, a DingTalk assistant that remembers.")
+    parser = argparse.ArgumentParser(
+        prog="dingbot", description="DingHook, a DingTalk assistant that remembers."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the service (same as python -m dingbot.server)")
     sign = sub.add_parser("sign", help="print timestamp and sign headers for a test callback (uses SECRET)")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -25,6 +28,20 @@ def preflight() -> Settings:
     return settings
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; we exit 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main() -> int:
     try:
         settings = preflight()
@@ -41,7 +58,7 @@ def main() -> int:
         lifespan="on",
         workers=1,  # embedded stores have one owner: never more than one process (design.md)
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()  # handles SIGTERM/SIGINT: stops accepting, drains, runs the lifespan shutdown
     return 0 if server.started else 1
 

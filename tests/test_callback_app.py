@@ -76,7 +76,9 @@ def test_bad_signatures_get_401_with_a_reason_and_no_reply(
     assert fake_dingtalk.requests == []
 
 
-def test_sign_window_is_configurable(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+def test_sign_window_is_configurable(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
     headers = signed_headers(SECRET, int(time.time() * 1000) - 120 * 1000)
     with serve(make_settings(dingtalk_sign_window_seconds=60)) as app:
         assert post(app, callback(fake_dingtalk.webhook()), headers).status_code == 401
@@ -93,7 +95,9 @@ def test_client_secret_verifies_when_secret_is_unset(
         assert post(app, callback(fake_dingtalk.webhook()), signed_headers("app secret")).status_code == 200
 
 
-def test_outgoing_token_header_is_accepted(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+def test_outgoing_token_header_is_accepted(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
     settings = make_settings(dingtalk_outgoing_token="tok-123")
     with serve(settings) as app:
         assert post(app, callback(fake_dingtalk.webhook()), {"token": "tok-123"}).status_code == 200
@@ -110,7 +114,10 @@ def test_unsigned_callbacks_only_in_mock_mode(
     with serve(make_settings(secret=None)) as app:
         assert post(app, callback(fake_dingtalk.webhook()), {}).status_code == 200
     real = make_settings(
-        secret=None, force_mock_openai=False, openai_api_key="sk-test", openai_api_base=f"{fake_openai.url}/v1"
+        secret=None,
+        force_mock_openai=False,
+        openai_api_key="sk-test",
+        openai_api_base=f"{fake_openai.url}/v1",
     )
     with serve(real) as app:
         response = post(app, callback(fake_dingtalk.webhook()), {})
@@ -165,7 +172,9 @@ def test_session_webhook_on_a_foreign_host_is_refused(
             assert "sessionWebhook" in response.json()["error"]
 
 
-def test_duplicate_msg_id_is_answered_once(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+def test_duplicate_msg_id_is_answered_once(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
     body = callback(fake_dingtalk.webhook(), "只回答一次")
     with serve(make_settings()) as app:
         codes = [post(app, body).status_code for _ in range(5)]
@@ -189,7 +198,9 @@ def test_duplicate_is_remembered_across_restarts(
     assert len(fake_dingtalk.requests) == 1
 
 
-def test_group_reply_mentions_the_sender(make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk) -> None:
+def test_group_reply_mentions_the_sender(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
     with serve(make_settings()) as app:
         post(app, callback(fake_dingtalk.webhook(), "群里问个问题", group=True))
         [request] = fake_dingtalk.wait_for(1)
@@ -214,7 +225,11 @@ def test_group_message_addressed_to_someone_else_is_not_answered(
     make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
 ) -> None:
     body = callback(
-        fake_dingtalk.webhook(), "@李四 你看下", group=True, isInAtList=False, atUsers=[{"dingtalkId": "$:other"}]
+        fake_dingtalk.webhook(),
+        "@李四 你看下",
+        group=True,
+        isInAtList=False,
+        atUsers=[{"dingtalkId": "$:other"}],
     )
     with serve(make_settings()) as app:
         assert post(app, body).json() == {"msgtype": "empty"}
@@ -225,23 +240,38 @@ def test_group_message_addressed_to_someone_else_is_not_answered(
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"msgtype": "richText", "content": {"richText": [{"text": "@小钉"}, {"text": "富文本问题"}]}}, "「富文本问题」"),
         (
-            {"msgtype": "richText", "content": json.dumps({"richText": [{"text": "字符串形式"}]}, ensure_ascii=False)},
+            {"msgtype": "richText", "content": {"richText": [{"text": "@小钉"}, {"text": "富文本问题"}]}},
+            "「富文本问题」",
+        ),
+        (
+            {
+                "msgtype": "richText",
+                "content": json.dumps({"richText": [{"text": "字符串形式"}]}, ensure_ascii=False),
+            },
             "「字符串形式」",
         ),
-        ({"msgtype": "audio", "content": {"downloadCode": "x", "recognition": "语音转的文字"}}, "「语音转的文字」"),
+        (
+            {"msgtype": "audio", "content": {"downloadCode": "x", "recognition": "语音转的文字"}},
+            "「语音转的文字」",
+        ),
         ({"msgtype": "picture", "content": {"downloadCode": "x"}}, "暂时看不懂图片"),
         ({"msgtype": "file", "content": {"fileName": "a.pdf"}}, "暂时看不懂文件"),
         ({"msgtype": "video", "content": {}}, "暂时看不懂视频"),
         ({"msgtype": "unknownMsgType"}, "暂时看不懂这种类型的消息"),
-        ({"msgtype": "richText", "content": {"richText": [{"downloadCode": "p", "type": "picture"}]}}, "只有图片的消息"),
+        (
+            {"msgtype": "richText", "content": {"richText": [{"downloadCode": "p", "type": "picture"}]}},
+            "只有图片的消息",
+        ),
         ({"msgtype": "audio", "content": {"downloadCode": "x"}}, "这条语音"),
         ({"msgtype": "text", "text": {"content": "   "}}, "有什么可以帮你"),
     ],
 )
 def test_each_message_type_gets_the_right_answer(
-    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, overrides: dict[str, Any], expected: str
+    make_settings: Callable[..., Settings],
+    fake_dingtalk: FakeDingTalk,
+    overrides: dict[str, Any],
+    expected: str,
 ) -> None:
     body = callback(fake_dingtalk.webhook())
     body.pop("text")

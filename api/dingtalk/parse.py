@@ -99,7 +99,7 @@ def parse_callback(raw: bytes) -> IncomingMessage:
             raise PayloadError(f"field {field} must be a string")
     conversation_type = str(body["conversationType"])
     if conversation_type not in ("1", "2"):
-        raise PayloadError("field conversationType must be \"1\" or \"2\"")
+        raise PayloadError('field conversationType must be "1" or "2"')
     msgtype = str(body["msgtype"])
     is_group = conversation_type == "2"
 

@@ -62,6 +62,9 @@ class SessionWebhookSender:
         if errcode != 0:
             errmsg = str(answer.get("errmsg", ""))[:200]
             return SendResult(
-                False, errcode=errcode, status=200, detail=f"errcode {errcode} ({errmsg}): {errcode_meaning(errcode)}"
+                False,
+                errcode=errcode,
+                status=200,
+                detail=f"errcode {errcode} ({errmsg}): {errcode_meaning(errcode)}",
             )
         return SendResult(True, errcode=0, status=200)

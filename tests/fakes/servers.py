@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,6 +38,7 @@ class Scripted:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False
     allow_reuse_address = True
 
 
@@ -59,7 +60,9 @@ class LocalServer:
             def _record(self) -> Recorded:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                item = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                item = Recorded(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
                 with owner._arrived:
                     owner.requests.append(item)
                     owner._arrived.notify_all()
@@ -74,7 +77,7 @@ class LocalServer:
         self._server = _Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     def start(self) -> LocalServer:
         self._thread.start()
@@ -137,7 +140,9 @@ class FakeOpenAI(LocalServer):
     def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
         path = request.path.split("?", 1)[0]
         if request.method == "GET" and path.endswith("/models"):
-            self.send_json(handler, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+            self.send_json(
+                handler, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
+            )
             return
         if not path.endswith("/chat/completions"):
             self.send_json(handler, 404, {"error": {"message": "no such route", "code": "not_found"}})
@@ -174,7 +179,9 @@ class FakeOpenAI(LocalServer):
                 "object": "chat.completion.chunk",
                 "created": 0,
                 "model": model,
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}],
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}
+                ],
             }
             handler.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
             handler.wfile.flush()

@@ -1,0 +1,116 @@
+"""The running app with a real model client against a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+
+from agent.config import Settings
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+
+KEY = "sk-live-looking-key-abcdefghijklmnopqrstu"
+WEBHOOK_SESSION = "session-credential-9f8e7d"
+PRIVATE_TEXT = "我的私密问题：工资条在哪里看"
+
+
+def settings_for(
+    make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, **extra: object
+) -> Settings:
+    values: dict[str, object] = {
+        "force_mock_openai": False,
+        "openai_api_key": KEY,
+        "openai_api_base": f"{fake_openai.url}/v1",
+        "openai_model": "qwen2.5",
+        "openai_max_retries": 0,
+        "openai_timeout": 2,
+    }
+    return make_settings(**{**values, **extra})
+
+
+def test_reply_is_the_model_servers_text(
+    make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_openai.script.append(Scripted(text="## 结论\n- 服务器给出的回答"))
+    with serve(settings_for(make_settings, fake_openai)) as app:
+        app.post_callback(encode(callback(fake_dingtalk.webhook(), "问个问题")), signed_headers(SECRET))
+        [request] = fake_dingtalk.wait_for(1)
+    assert request.json() == {
+        "msgtype": "markdown",
+        "markdown": {"title": "结论", "text": "## 结论\n- 服务器给出的回答"},
+        "at": {"isAtAll": False},
+    }
+    assert fake_openai.requests[0].json()["model"] == "qwen2.5"
+
+
+@pytest.mark.parametrize(
+    ("scripted", "expected"),
+    [
+        (Scripted(status=401), "抱歉，模型服务拒绝了认证"),
+        (Scripted(status=404), "抱歉，配置的模型不存在"),
+        (Scripted(status=429), "模型服务现在太忙了"),
+        (Scripted(status=500), "模型服务暂时不可用"),
+        (Scripted(delay=3), "抱歉，模型服务响应超时"),
+    ],
+)
+def test_model_failures_reach_the_person_and_the_server_stays_healthy(
+    make_settings: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    fake_dingtalk: FakeDingTalk,
+    scripted: Scripted,
+    expected: str,
+) -> None:
+    fake_openai.script.extend([scripted, Scripted(text="恢复正常")])
+    with serve(settings_for(make_settings, fake_openai, openai_timeout=1)) as app:
+        app.post_callback(encode(callback(fake_dingtalk.webhook(), "第一问")), signed_headers(SECRET))
+        fake_dingtalk.wait_for(1, timeout=5)
+        assert app.client.get("/healthz").status_code == 200
+        app.post_callback(encode(callback(fake_dingtalk.webhook(), "第二问")), signed_headers(SECRET))
+        fake_dingtalk.wait_for(2, timeout=5)
+    first, second = (r["text"]["content"] for r in fake_dingtalk.replies())
+    assert first.startswith(expected)
+    assert second == "恢复正常"
+
+
+def test_no_secret_webhook_or_text_in_logs_at_info(
+    make_settings: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    fake_dingtalk: FakeDingTalk,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = "outgoing-token-abc123"
+    fake_openai.script.extend([Scripted(text="第一条回答"), Scripted(status=401), Scripted(status=500)])
+    fake_dingtalk.errcodes.extend([0, 0, 310000])
+    webhook = fake_dingtalk.webhook(WEBHOOK_SESSION)
+    good = signed_headers(SECRET)
+    with serve(settings_for(make_settings, fake_openai, dingtalk_outgoing_token=token)) as app:
+        app.post_callback(encode(callback(webhook, PRIVATE_TEXT)), good)
+        app.post_callback(encode(callback(webhook, PRIVATE_TEXT + "2", group=True)), good)
+        app.post_callback(encode(callback(webhook, PRIVATE_TEXT + "3")), {"token": token})
+        fake_dingtalk.wait_for(3)
+        app.post_callback(encode(callback(webhook, PRIVATE_TEXT)), signed_headers("wrong"))
+        app.post_callback(encode(callback(webhook, PRIVATE_TEXT)), {"token": "wrong-token"})
+        app.post_callback(b'{"text": "' + PRIVATE_TEXT.encode() + b'"}', good)
+        time.sleep(0.2)
+    secrets = [
+        KEY,
+        SECRET,
+        token,
+        WEBHOOK_SESSION,
+        webhook,
+        fake_dingtalk.url + "/robot",
+        PRIVATE_TEXT,
+        good["sign"],
+    ]
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(loud) > 8  # the scenario did log: callbacks, failures, errcode 310000
+    for line in loud:
+        for secret in secrets:
+            assert secret not in line, f"{secret!r} leaked at INFO+: {line}"
+    quiet = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(PRIVATE_TEXT in line for line in quiet)  # text is available at DEBUG, as documented

@@ -1,0 +1,111 @@
+"""Parsing DingTalk callback bodies into IncomingMessage."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agent.messages import ContentKind
+from api.dingtalk.parse import PayloadError, parse_callback
+from tests.fakes.payloads import callback, encode
+
+HOOK = "https://oapi.dingtalk.com/robot/sendBySession?session=1"
+
+
+def parse(body: dict[str, Any]) -> Any:
+    return parse_callback(encode(body))
+
+
+def test_protocol_sample_one_to_one() -> None:
+    m = parse(callback(HOOK, "hello DingTalk!", createAt="1695283635765"))
+    assert (m.text, m.kind, m.is_group) == ("hello DingTalk!", ContentKind.TEXT, False)
+    assert m.person_id == "ding9f50b15bccd16741:042217062297"
+    assert m.created_at_ms == 1695283635765
+    assert m.reply_url == HOOK
+    assert m.addressed_to_bot
+
+
+def test_group_text_loses_its_leading_space() -> None:
+    m = parse(callback(HOOK, "测试数据", group=True))
+    assert m.text == "测试数据"
+    assert m.is_group
+    assert m.conversation_title == "测试群"
+
+
+def test_person_falls_back_to_sender_id_without_staff_id() -> None:
+    m = parse(callback(HOOK, senderStaffId="", senderCorpId=""))
+    assert m.person_id == "$:LWCP_v1:$Y5u1kO0ehyqD3uPHdFmyPA=="
+    assert m.sender_staff_id == ""
+
+
+def test_rich_text_keeps_text_parts_and_drops_leading_mention() -> None:
+    parts = [
+        {"text": "@小钉 "},
+        {"text": "帮我看"},
+        {"downloadCode": "d", "type": "picture"},
+        {"text": "这个 @张三"},
+    ]
+    m = parse(callback(HOOK, msgtype="richText", content={"richText": parts}))
+    assert m.text == "帮我看这个 @张三"
+
+
+def test_content_may_be_a_json_string() -> None:
+    m = parse(
+        callback(HOOK, msgtype="audio", content=json.dumps({"recognition": "明天开会"}, ensure_ascii=False))
+    )
+    assert (m.text, m.kind) == ("明天开会", ContentKind.TEXT)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"msgtype": "picture", "content": {"downloadCode": "x"}},
+        {"msgtype": "audio", "content": {"recognition": ""}},
+        {"msgtype": "richText", "content": "not json"},
+        {"msgtype": "somethingNew"},
+    ],
+)
+def test_unreadable_types_are_unsupported(overrides: dict[str, Any]) -> None:
+    m = parse(callback(HOOK, **overrides))
+    assert m.kind is ContentKind.UNSUPPORTED
+    assert m.text == ""
+    assert m.original_type == overrides["msgtype"]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert parse(callback(HOOK, brandNewField={"x": 1})).text == "你好"
+
+
+def test_integer_conversation_type_is_accepted() -> None:
+    assert parse(callback(HOOK, conversationType=2)).is_group
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"conversationType": "3"}, "conversationType"),
+        ({"msgId": ""}, "missing field: msgId"),
+        ({"senderId": None}, "missing field: senderId"),
+        ({"sessionWebhook": ["x"]}, "sessionWebhook must be a string"),
+        ({"msgId": True}, "msgId must be a string"),
+    ],
+)
+def test_invalid_fields(overrides: dict[str, Any], reason: str) -> None:
+    with pytest.raises(PayloadError, match=reason):
+        parse(callback(HOOK, **overrides))
+
+
+def test_text_field_of_wrong_shape_is_empty_not_a_crash() -> None:
+    body = callback(HOOK)
+    body["text"] = "plain string"
+    m = parse(body)
+    assert m.kind is ContentKind.EMPTY
+
+
+def test_mention_detection_in_groups() -> None:
+    other = callback(HOOK, group=True, isInAtList=False, atUsers=[{"dingtalkId": "$:other"}])
+    assert not parse(other).addressed_to_bot
+    # without explicit information we answer (custom-robot outgoing may omit the fields)
+    assert parse(callback(HOOK, group=True, isInAtList=None, atUsers=None)).addressed_to_bot

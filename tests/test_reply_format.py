@@ -1,0 +1,79 @@
+"""Reply bodies for session webhooks, the webhook host rule, Markdown shaping."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.formatting import has_structure, title_of
+from agent.messages import Reply
+from api.dingtalk.parse import parse_callback
+from api.dingtalk.reply import build_reply_body, tables_to_lists, webhook_allowed
+from tests.fakes.payloads import callback, encode
+
+HOOK = "https://oapi.dingtalk.com/robot/sendBySession?session=1"
+BASES = ["https://oapi.dingtalk.com", "https://api.dingtalk.com"]
+
+
+def test_direct_text_reply_has_no_mention() -> None:
+    m = parse_callback(encode(callback(HOOK)))
+    assert build_reply_body(m, Reply("好的")) == {
+        "msgtype": "text",
+        "text": {"content": "好的"},
+        "at": {"isAtAll": False},
+    }
+
+
+def test_group_markdown_reply_mentions_in_text_and_at() -> None:
+    m = parse_callback(encode(callback(HOOK, group=True)))
+    body = build_reply_body(m, Reply("## 步骤\n- 一\n- 二", markdown=True, title="步骤"))
+    assert body == {
+        "msgtype": "markdown",
+        "markdown": {"title": "步骤", "text": "## 步骤\n- 一\n- 二\n\n@042217062297"},
+        "at": {"isAtAll": False, "atUserIds": ["042217062297"]},
+    }
+
+
+def test_tables_become_lists() -> None:
+    text = "对比：\n| 名称 | 价格 |\n|---|:---:|\n| 苹果 | 5 |\n| 梨 | 3 |\n结束"
+    assert tables_to_lists(text) == "对比：\n- 名称：苹果；价格：5\n- 名称：梨；价格：3\n结束"
+
+
+@pytest.mark.parametrize(
+    ("text", "structured"),
+    [
+        ("# 标题\n正文", True),
+        ("1. 第一步\n2. 第二步", True),
+        ("- 一项", True),
+        ("这是 **重点**", True),
+        ("见 [文档](https://example.com)", True),
+        ("```python\nprint(1)\n```", True),
+        ("普通的一句话，没有结构。", False),
+        ("价格是 3*4=12", False),
+    ],
+)
+def test_structure_detection(text: str, structured: bool) -> None:
+    assert has_structure(text) is structured
+
+
+def test_title_is_plain_and_short() -> None:
+    assert title_of("## **部署步骤**：如下\n- 一") == "部署步骤**：如下".replace("**", "")
+    assert len(title_of("很" * 50)) == 20
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        (HOOK, True),
+        ("https://oapi.dingtalk.com:443/robot/sendBySession?session=1", True),
+        ("https://api.dingtalk.com/v1.0/robot/x", True),
+        ("http://oapi.dingtalk.com/robot/sendBySession", False),
+        ("https://oapi.dingtalk.com:8443/robot", False),
+        ("https://oapi.dingtalk.com.evil.com/robot", False),
+        ("https://oapi.dingtalk.com@evil.com/robot", False),
+        ("https://evil.com/?h=oapi.dingtalk.com", False),
+        ("not a url", False),
+        ("https://[::1/robot", False),
+    ],
+)
+def test_webhook_host_rule(url: str, ok: bool) -> None:
+    assert webhook_allowed(url, BASES) is ok

@@ -1,0 +1,72 @@
+"""`python -m dingbot.server` as a real process: serves, answers, stops cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SECRET
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serves_answers_and_stops_cleanly(
+    tmp_path: Path, fake_dingtalk: FakeDingTalk, stop_signal: int
+) -> None:
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "FORCE_MOCK_OPENAI": "1",
+        "SECRET": SECRET,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_PATH": str(tmp_path / "data" / "bot.db"),
+        "DINGTALK_OAPI_BASE": fake_dingtalk.url,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dingbot.server"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "server exited early"
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.1)
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/dingtalk/callback",
+            content=encode(callback(fake_dingtalk.webhook(), "进程测试")),
+            headers=signed_headers(SECRET),
+        )
+        assert response.json() == {"msgtype": "empty"}
+        [request] = fake_dingtalk.wait_for(1)
+        assert "「进程测试」" in request.json()["text"]["content"]
+    finally:
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "DingHook stopped" in stderr
+    assert SECRET not in stderr
+    assert "进程测试" not in stderr
+    assert (tmp_path / "data" / "bot.db").exists()

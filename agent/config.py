@@ -197,11 +197,15 @@ _SECRET_NAMES = frozenset(
 )
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment; a bad value becomes one ConfigError line per variable."""
+def load_settings(*, runnable: bool = True, **overrides: Any) -> Settings:
+    """Build Settings from the environment; a bad value becomes one ConfigError line per variable.
+
+    `runnable=False` skips the checks that only the service needs (a model key, the prompts folder).
+    """
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(dict(e)) for e in exc.errors())) from None
-    settings.check_runnable()
+    if runnable:
+        settings.check_runnable()
     return settings

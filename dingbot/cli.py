@@ -15,7 +15,7 @@ def _sign(args: argparse.Namespace) -> int:
     from api.dingtalk.signature import compute_sign
 
     try:
-        settings = load_settings()
+        settings = load_settings(runnable=False)
     except ConfigError as exc:
         print(f"dingbot: {exc}", file=sys.stderr)
         return 2
@@ -29,6 +29,44 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catch(args: argparse.Namespace) -> int:
+    """Stand in for DingTalk's session webhook on this machine: print each reply, answer errcode 0."""
+    import json
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Catcher(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *values: object) -> None:
+            return
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                shown = json.dumps(json.loads(body), ensure_ascii=False, indent=2)
+            except ValueError:
+                shown = body.decode(errors="replace")
+            print(f"--- reply received {time.strftime('%H:%M:%S')} ---\n{shown}", flush=True)
+            answer = b'{"errcode":0,"errmsg":"ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+    server = HTTPServer((args.host, args.port), Catcher)
+    print(
+        f"catching replies on http://{args.host}:{args.port} (start the service with "
+        f"DINGTALK_OAPI_BASE=http://{args.host}:{args.port}); Ctrl+C to stop",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dingbot", description="DingHook, a DingTalk assistant that remembers."
@@ -37,11 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the service (same as python -m dingbot.server)")
     sign = sub.add_parser("sign", help="print timestamp and sign headers for a test callback (uses SECRET)")
     sign.add_argument("--timestamp", type=int, help="milliseconds since the epoch (default: now)")
+    catch = sub.add_parser(
+        "catch", help="print the replies the service sends (a local stand-in for DingTalk)"
+    )
+    catch.add_argument("--host", default="127.0.0.1")
+    catch.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
     if args.command == "serve":
         from dingbot.server import main as serve
 
         return serve()
+    if args.command == "catch":
+        return _catch(args)
     return _sign(args)
 
 

@@ -20,13 +20,23 @@ class Inbox:
         self._db = db
 
     async def claim(self, msg_id: str) -> bool:
-        """Record a msgId; False when it was already seen (one INSERT, no read-then-write)."""
+        """Record a msgId; False when it is being handled or was answered.
+
+        A new msgId is one INSERT; a redelivery of a message whose reply failed is claimed again by one
+        conditional UPDATE. Neither reads first, so concurrent duplicates cannot both win.
+        """
         now = time.time()
 
         def insert(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO inbox (msg_id, state, received_at, updated_at) VALUES (?, ?, ?, ?)",
                 (msg_id, InboxState.PROCESSING.value, now, now),
+            )
+            if cursor.rowcount == 1:
+                return True
+            cursor = conn.execute(
+                "UPDATE inbox SET state = ?, updated_at = ? WHERE msg_id = ? AND state = ?",
+                (InboxState.PROCESSING.value, now, msg_id, InboxState.FAILED.value),
             )
             return cursor.rowcount == 1
 

@@ -299,3 +299,40 @@ def test_errcode_from_dingtalk_is_read_and_the_server_stays_healthy(
     assert "errcode 300001" in caplog.text
     assert "session webhook expired" in caplog.text
     assert "0 轮历史对话" in fake_dingtalk.replies()[1]["text"]["content"]
+
+
+def test_redelivery_of_a_message_whose_reply_failed_is_answered(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.errcodes.append(310000)
+    body = callback(fake_dingtalk.webhook(), "重投")
+    with serve(make_settings()) as app:
+        post(app, body)
+        fake_dingtalk.wait_for(1)
+        deadline = time.monotonic() + 3
+        delivered = 1
+        while delivered < 2 and time.monotonic() < deadline:  # redeliver until the failure is recorded
+            post(app, body)
+            time.sleep(0.05)
+            delivered = len(fake_dingtalk.requests)
+        post(app, body)  # answered now: further redeliveries are dropped
+        time.sleep(0.3)
+    assert len(fake_dingtalk.requests) == 2
+    assert "「重投」" in fake_dingtalk.replies()[1]["text"]["content"]
+
+
+def test_concurrent_duplicates_get_one_reply(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    import concurrent.futures
+
+    body = encode(callback(fake_dingtalk.webhook(), "并发重复"))
+    with serve(make_settings()) as app:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+            codes = list(
+                pool.map(lambda _: app.post_callback(body, signed_headers(SECRET)).status_code, range(20))
+            )
+        fake_dingtalk.wait_for(1)
+        time.sleep(0.3)
+    assert codes == [200] * 20
+    assert len(fake_dingtalk.requests) == 1

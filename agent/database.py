@@ -1,8 +1,8 @@
 """The SQLite database at DATABASE_PATH. This module owns the schema of every table.
 
-All access goes through one connection on one dedicated thread, so the event loop never blocks on
-disk and no two statements race. SQL stays portable (no SQLite-only syntax beyond pragmas) so a
-server database can take over later.
+Statements run on dedicated threads (one connection each), so the event loop never blocks on disk.
+SQL stays portable (no SQLite-only syntax beyond pragmas and INSERT OR IGNORE) so a server database
+can take over later.
 """
 
 from __future__ import annotations
@@ -35,49 +35,74 @@ CREATE TABLE IF NOT EXISTS inbox (
 """
 
 
+class _Lane:
+    """One connection on one dedicated thread."""
+
+    def __init__(self, name: str) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.conn: sqlite3.Connection | None = None
+
+
 class Database:
-    """One SQLite connection, used from one worker thread."""
+    """SQLite at `path`, reached through two lanes, each a connection on its own thread.
+
+    The request lane serves the few statements a callback waits for (the dedupe insert); the work lane
+    serves everything else. So an acknowledgement never queues behind background history writes.
+    WAL mode lets the two connections read concurrently; writes take turns (busy_timeout).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._lanes: dict[str, _Lane] = {}
 
-    def _open(self) -> None:
-        if self.path.parent != Path():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA secure_delete=ON")  # deleted text does not linger in free pages
+        return conn
+
+    def _open_work_lane(self) -> sqlite3.Connection:
+        if self.path.parent != Path():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
         conn.executescript(SCHEMA)
-        self._conn = conn
+        return conn
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dingbot-db")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        loop = asyncio.get_running_loop()
+        work, request = _Lane("dingbot-db"), _Lane("dingbot-db-request")
+        self._lanes = {"work": work, "request": request}
+        work.conn = await loop.run_in_executor(work.executor, self._open_work_lane)
+        request.conn = await loop.run_in_executor(request.executor, self._connect)
+
+    async def _run_on(self, lane_name: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        lane = self._lanes.get(lane_name)
+        if lane is None or lane.conn is None:
+            raise RuntimeError("database is not open")
+        return await asyncio.get_running_loop().run_in_executor(lane.executor, work, lane.conn)
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(connection)` on the database thread."""
-        if self._executor is None or self._conn is None:
-            raise RuntimeError("database is not open")
-        conn = self._conn
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work, conn)
+        """Run `work(connection)` on the work lane."""
+        return await self._run_on("work", work)
+
+    async def run_for_request(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` on the request lane: only for short statements a caller waits on."""
+        return await self._run_on("request", work)
 
     async def ping(self) -> bool:
         try:
-            await self.run(lambda c: c.execute("SELECT 1").fetchone())
+            await self.run_for_request(lambda c: c.execute("SELECT 1").fetchone())
         except (sqlite3.Error, RuntimeError):
             return False
         return True
 
     async def close(self) -> None:
-        if self._executor is None:
-            return
-        if self._conn is not None:
-            conn = self._conn
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        loop = asyncio.get_running_loop()
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            if lane.conn is not None:
+                await loop.run_in_executor(lane.executor, lane.conn.close)
+                lane.conn = None
+            lane.executor.shutdown(wait=True)

@@ -10,12 +10,13 @@ from agent.config import Settings
 from api.services import Services
 
 
-def get_services(request: Request) -> Services:
+# Async on purpose: a plain `def` dependency runs in a worker thread on every request (slower acks).
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_settings(services: Annotated[Services, Depends(get_services)]) -> Settings:
+async def get_settings(services: Annotated[Services, Depends(get_services)]) -> Settings:
     return services.settings
 
 

@@ -40,7 +40,7 @@ class Inbox:
             )
             return cursor.rowcount == 1
 
-        return await self._db.run(insert)
+        return await self._db.run_for_request(insert)
 
     async def mark(self, msg_id: str, state: InboxState) -> None:
         now = time.time()

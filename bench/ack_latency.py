@@ -157,16 +157,21 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    name = " ".join(str(arg) for arg in proc.args[1:]) if isinstance(proc.args, list) else str(proc.args)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     with httpx.Client(timeout=1.0, trust_env=False) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{url} process exited with {proc.returncode}:\n{tail(log_path)}")
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode} before {url} answered:\n{tail(log_path)}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(url).status_code == 200:
                     return
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer 200 within {STARTUP_TIMEOUT_S:.0f} s:\n{tail(log_path)}")
+    raise RuntimeError(
+        f"{name}: {url} did not answer 200 within {STARTUP_TIMEOUT_S:.0f} s:\n{tail(log_path)}"
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> str | None:
@@ -327,11 +332,11 @@ def summarize(endpoint: Endpoint) -> dict[str, Any]:
     values = endpoint.latencies_ms
     return {
         "count": len(values),
-        "p50_ms": percentile(values, 50),
-        "p90_ms": percentile(values, 90),
-        "p99_ms": percentile(values, 99),
-        "max_ms": max(values) if values else math.nan,
-        "mean_ms": sum(values) / len(values) if values else math.nan,
+        "p50_ms": round(percentile(values, 50), 3),
+        "p90_ms": round(percentile(values, 90), 3),
+        "p99_ms": round(percentile(values, 99), 3),
+        "max_ms": round(max(values), 3) if values else math.nan,
+        "mean_ms": round(sum(values) / len(values), 3) if values else math.nan,
         "problems": dict(endpoint.problems),
     }
 
@@ -454,7 +459,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "callback": cb,
         "echo": ec,
-        "overhead": {"p50_ms": cb["p50_ms"] - ec["p50_ms"], "p99_ms": cb["p99_ms"] - ec["p99_ms"]},
+        "overhead": {
+            "p50_ms": round(cb["p50_ms"] - ec["p50_ms"], 3),
+            "p99_ms": round(cb["p99_ms"] - ec["p99_ms"], 3),
+        },
         "targets": {"ack_p99_ms": TARGET_ACK_P99_MS, "overhead_p50_ms": TARGET_OVERHEAD_P50_MS},
         "meets": {
             "ack_p99": cb["p99_ms"] <= TARGET_ACK_P99_MS,

@@ -90,6 +90,7 @@ class Assistant:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
         except Exception as exc:
             error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
+            log.debug("model call failure detail", exc_info=True)
             log.warning(
                 "model call failed after %.0f ms: %s. Fix: %s",
                 (time.perf_counter() - started) * 1000,
@@ -100,7 +101,8 @@ class Assistant:
         log.info("model answered in %.0f ms (%d chars)", (time.perf_counter() - started) * 1000, len(answer))
         log.debug("model answer: %s", answer)
         structured = has_structure(answer)
-        return Reply(answer, markdown=structured, title=title_of(answer) if structured else "")
+        title = (title_of(answer) or self.prompts.reply("markdown_title")) if structured else ""
+        return Reply(answer, markdown=structured, title=title)
 
     async def remember(self, message: IncomingMessage, reply: Reply) -> None:
         """After the reply went out: keep the turn in short-term history (model answers only)."""

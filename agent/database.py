@@ -1,8 +1,8 @@
 """The SQLite database at DATABASE_PATH. This module owns the schema of every table.
 
 Statements run on dedicated threads (one connection each), so the event loop never blocks on disk.
-SQL stays portable (no SQLite-only syntax beyond pragmas and INSERT OR IGNORE) so a server database
-can take over later.
+SQL stays portable (standard upserts, no SQLite-only syntax beyond pragmas) so a server database can
+take over later.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     scope TEXT NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('human', 'ai')),
     content TEXT NOT NULL,
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_scope ON history (scope, id);
+CREATE INDEX IF NOT EXISTS history_created ON history (created_at);
 
 CREATE TABLE IF NOT EXISTS inbox (
     msg_id TEXT PRIMARY KEY,
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     received_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS inbox_updated ON inbox (updated_at);
 """
 
 

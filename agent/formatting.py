@@ -19,9 +19,9 @@ def has_structure(text: str) -> bool:
 
 
 def title_of(text: str, limit: int = 20) -> str:
-    """A short plain title (chat-list preview) from the first non-empty line."""
+    """A short plain title (chat-list preview) from the first line with words; "" when there is none."""
     for line in text.splitlines():
         plain = _MARKUP.sub("", line).strip(" -+.:：")
         if plain:
             return plain if len(plain) <= limit else plain[: limit - 1] + "…"
-    return "回复"
+    return ""

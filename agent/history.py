@@ -63,8 +63,10 @@ class HistoryStore:
 
         await self._db.run(write)
 
-    async def clear(self, scope: str) -> None:
-        def delete(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
+    async def purge_older_than(self, cutoff: float) -> int:
+        """Delete turns written before `cutoff` (epoch seconds); return how many rows went."""
 
-        await self._db.run(delete)
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM history WHERE created_at < ?", (cutoff,)).rowcount
+
+        return await self._db.run(delete)

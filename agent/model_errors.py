@@ -36,6 +36,15 @@ def _status_kind(status: int, code: str) -> ModelErrorKind:
     return ModelErrorKind.UNKNOWN
 
 
+def _error_code(body: object) -> str:
+    """The error code in an error body, whatever shape the endpoint chose (OpenAI, Azure, Ollama...)."""
+    if not isinstance(body, dict):
+        return ""
+    inner = body.get("error")
+    code = body.get("code") or (inner.get("code") if isinstance(inner, dict) else None)
+    return str(code)[:80] if isinstance(code, str | int) else ""
+
+
 def _kind_of(exc: BaseException) -> tuple[ModelErrorKind, str]:
     import openai  # the SDK under langchain-openai; its errors carry the HTTP status
 
@@ -44,9 +53,7 @@ def _kind_of(exc: BaseException) -> tuple[ModelErrorKind, str]:
     if isinstance(exc, openai.APIConnectionError):
         return ModelErrorKind.CONNECTION, "could not connect"
     if isinstance(exc, openai.APIStatusError):
-        code = ""
-        if isinstance(exc.body, dict):
-            code = str(exc.body.get("code") or (exc.body.get("error") or {}).get("code") or "")
+        code = _error_code(exc.body)
         return _status_kind(exc.status_code, code), f"HTTP {exc.status_code}" + (f" ({code})" if code else "")
     if isinstance(exc, TimeoutError):
         return ModelErrorKind.TIMEOUT, "no answer within the timeout"
@@ -92,6 +99,9 @@ def _fix(kind: ModelErrorKind, settings: Settings) -> str:
 
 
 def classify_model_error(exc: BaseException, settings: Settings) -> ModelError:
-    kind, detail = _kind_of(exc)
+    try:
+        kind, detail = _kind_of(exc)
+    except Exception:  # a classification bug must never cost the person their notice
+        kind, detail = ModelErrorKind.UNKNOWN, type(exc).__name__
     cause = f"{kind.value}: {detail} from {public_endpoint(settings.openai_api_base)}"
     return ModelError(kind, cause=cause, fix=_fix(kind, settings))

@@ -96,6 +96,7 @@ _REQUIRED_REPLIES: dict[str, frozenset[str]] = {
     "mock_reply": frozenset({"text", "history_turns", "memory_count"}),
     "unsupported": frozenset({"type_name"}),
     "empty": frozenset({"bot_name"}),
+    "markdown_title": frozenset(),
 }
 
 

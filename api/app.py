@@ -17,6 +17,7 @@ from agent.llm import build_chat_model
 from agent.prompts import load_prompts
 from api.delivery import Dispatcher
 from api.dingtalk.sender import SessionWebhookSender
+from api.housekeeping import PeriodicCheck
 from api.inbox import Inbox
 from api.routes import dingtalk, health
 from api.services import Services
@@ -54,19 +55,23 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         prompts = load_prompts(settings.prompts_dir)
         model = build_chat_model(settings, mock_reply_template=prompts.reply_template("mock_reply"))
-        assistant = Assistant(
-            settings=settings,
-            prompts=prompts,
-            model=model,
-            history=HistoryStore(database, settings.history_turns),
-        )
+        history = HistoryStore(database, settings.history_turns)
+        assistant = Assistant(settings=settings, prompts=prompts, model=model, history=history)
+        inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)
         dispatcher = Dispatcher(
             assistant=assistant,
             sender=SessionWebhookSender(http),
-            inbox=Inbox(database),
+            inbox=inbox,
             workers=settings.workers,
         )
-        app.state.services = Services(settings, database, assistant, dispatcher, http)
+        check = PeriodicCheck(
+            inbox=inbox,
+            history=history,
+            interval_seconds=settings.check_interval_seconds,
+            retention_days=settings.retention_days,
+        )
+        app.state.services = Services(settings, database, assistant, dispatcher, check)
+        check.start()
         _warn_about_authentication(settings)
         log.info(
             "DingHook ready: provider=%s model=%s database=%s",
@@ -75,6 +80,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.database_path,
         )
         yield
+        await check.stop()
         await dispatcher.drain(SHUTDOWN_GRACE_SECONDS)
     finally:
         await http.aclose()

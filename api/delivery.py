@@ -53,6 +53,10 @@ class Dispatcher:
         try:
             async with lane, self._slots:
                 await self._process(message)
+        except asyncio.CancelledError:
+            # Stopped mid-answer (shutdown): a redelivery of this msgId must be answered, not dropped.
+            await self._inbox.mark(message.message_id, InboxState.FAILED)
+            raise
         except Exception:
             log.exception("message %s: unexpected failure", message.message_id)
             await self._inbox.mark(message.message_id, InboxState.FAILED)

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from agent.config import Settings
 from api.services import Services
 
 
@@ -16,9 +15,4 @@ async def get_services(request: Request) -> Services:
     return services
 
 
-async def get_settings(services: Annotated[Services, Depends(get_services)]) -> Settings:
-    return services.settings
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]

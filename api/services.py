@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from agent.assistant import Assistant
 from agent.config import Settings
 from agent.database import Database
 from api.delivery import Dispatcher
+from api.housekeeping import PeriodicCheck
 
 
 @dataclass(slots=True)
@@ -18,4 +17,4 @@ class Services:
     database: Database
     assistant: Assistant
     dispatcher: Dispatcher
-    http: httpx.AsyncClient
+    check: PeriodicCheck

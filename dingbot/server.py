@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
+import sqlite3
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -20,12 +23,34 @@ def preflight() -> Settings:
     """Everything that can be checked before the server binds; raises with one clear line."""
     settings = load_settings()
     load_prompts(settings.prompts_dir)
-    folder = settings.database_path.resolve().parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"DATABASE_PATH folder {folder} cannot be created ({exc.strerror})") from None
+    _check_database(settings.database_path)
+    _check_port(settings.host, settings.port)
     return settings
+
+
+def _check_database(path: Path) -> None:
+    try:
+        path.resolve().parent.mkdir(parents=True, exist_ok=True)
+        sqlite3.connect(path).close()
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"DATABASE_PATH={str(path)!r} cannot be opened ({reason}): point it at a writable file path, "
+            "e.g. DATABASE_PATH=data/dingbot_memory.db"
+        ) from None
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"PORT={port} on HOST={host} is not available ({exc.strerror}): stop the other process "
+                "or choose another PORT"
+            ) from None
 
 
 class _Server(uvicorn.Server):

@@ -112,7 +112,7 @@ def test_bad_value_is_one_line_naming_the_variable_and_the_fix(
     assert "\n" not in message
 
 
-def test_a_bad_secret_value_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_are_secretstr_and_never_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORCE_MOCK_OPENAI", "1")
     s = load_settings(secret="SECsupersecret", openai_api_key="sk-verysecret")
     shown = repr(s) + str(s)

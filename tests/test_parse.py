@@ -109,3 +109,28 @@ def test_mention_detection_in_groups() -> None:
     assert not parse(other).addressed_to_bot
     # without explicit information we answer (custom-robot outgoing may omit the fields)
     assert parse(callback(HOOK, group=True, isInAtList=None, atUsers=None)).addressed_to_bot
+
+
+@pytest.mark.parametrize("msg_id", ["", "a b", "id\nINFO forged line", "x" * 129, "消息"])
+def test_msg_id_must_be_a_short_printable_token(msg_id: str) -> None:
+    with pytest.raises(PayloadError, match="msgId"):
+        parse(callback(HOOK, msgId=msg_id))
+
+
+def test_deeply_nested_json_is_a_bad_body_not_a_crash() -> None:
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        parse_callback(b"[" * 100_000)
+
+
+def test_lone_surrogates_are_replaced_so_the_reply_can_be_encoded() -> None:
+    raw = encode(callback(HOOK, "PLACEHOLDER", senderNick="PLACEHOLDER")).replace(
+        b"PLACEHOLDER", b"a\\ud800b"
+    )
+    m = parse_callback(raw)
+    assert m.text == "a\ufffdb"
+    assert m.sender_nick == "a\ufffdb"
+    m.text.encode("utf-8")
+
+
+def test_odd_create_at_is_ignored() -> None:
+    assert parse(callback(HOOK, createAt="\u00b2")).created_at_ms is None

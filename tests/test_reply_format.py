@@ -73,6 +73,10 @@ def test_title_is_plain_and_short() -> None:
         ("https://evil.com/?h=oapi.dingtalk.com", False),
         ("not a url", False),
         ("https://[::1/robot", False),
+        ("https://evil.com\t@oapi.dingtalk.com/", False),
+        ("https://oapi.dingtalk\n.com/x", False),
+        ("https://oapi.dingtalk.com/x\x7f", False),
+        ("ftp://oapi.dingtalk.com/x", False),
     ],
 )
 def test_webhook_host_rule(url: str, ok: bool) -> None:

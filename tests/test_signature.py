@@ -53,6 +53,8 @@ def test_window_edges(offset_ms: int, ok: bool) -> None:
         ({"sign": "x"}, "missing"),
         ({"timestamp": "-5", "sign": "x"}, "millisecond"),
         ({"timestamp": "1" * 40, "sign": "x"}, "millisecond"),
+        ({"timestamp": "17\u00b2", "sign": "x"}, "millisecond"),  # str.isdigit() accepts "²", int() does not
+        ({"timestamp": "１２３", "sign": "x"}, "millisecond"),
         (
             {"timestamp": "1577262236757", "sign": "DJrE6qdyVGCQz9z5r2MDuNcNAhwYnuAkyj13cx169CB="},
             "does not match",

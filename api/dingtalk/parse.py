@@ -13,6 +13,9 @@ from agent.messages import ContentKind, IncomingMessage
 
 REQUIRED_FIELDS = ("msgId", "msgtype", "conversationId", "conversationType", "senderId", "sessionWebhook")
 _MENTION_ONLY = re.compile(r"^\s*@\S+\s*$")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces: safe to log
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
 class PayloadError(Exception):
@@ -24,7 +27,7 @@ def _as_int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         return int(value.strip())
     return None
 
@@ -64,6 +67,11 @@ def _read_text(msgtype: str, body: dict[str, Any]) -> str | None:
     return None
 
 
+def _clean(text: str) -> str:
+    """JSON may carry lone surrogates (\\ud800) that cannot be encoded again: replace them."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def person_id(body: dict[str, Any]) -> str:
     """A person is senderCorpId + senderStaffId, falling back to the (encrypted) senderId."""
     staff = body.get("senderStaffId")
@@ -87,7 +95,7 @@ def _mentions_someone_else(body: dict[str, Any]) -> bool:
 def parse_callback(raw: bytes) -> IncomingMessage:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise PayloadError("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise PayloadError("body must be a JSON object")
@@ -97,6 +105,8 @@ def parse_callback(raw: bytes) -> IncomingMessage:
             raise PayloadError(f"missing field: {field}")
         if not isinstance(value, str | int) or isinstance(value, bool):
             raise PayloadError(f"field {field} must be a string")
+    if not _MESSAGE_ID.fullmatch(str(body["msgId"])):
+        raise PayloadError("field msgId must be 1-128 printable ASCII characters")
     conversation_type = str(body["conversationType"])
     if conversation_type not in ("1", "2"):
         raise PayloadError('field conversationType must be "1" or "2"')
@@ -108,7 +118,7 @@ def parse_callback(raw: bytes) -> IncomingMessage:
         kind = ContentKind.UNSUPPORTED
         text = ""
     else:
-        text = text.strip()
+        text = _clean(text).strip()
         kind = ContentKind.TEXT if text else ContentKind.EMPTY
 
     nick = body.get("senderNick")
@@ -116,16 +126,16 @@ def parse_callback(raw: bytes) -> IncomingMessage:
     title = body.get("conversationTitle")
     return IncomingMessage(
         message_id=str(body["msgId"]),
-        conversation_id=str(body["conversationId"]),
+        conversation_id=_clean(str(body["conversationId"])),
         is_group=is_group,
-        person_id=person_id(body),
-        sender_id=str(body["senderId"]),
-        sender_staff_id=staff if isinstance(staff, str) else "",
-        sender_nick=nick if isinstance(nick, str) else "",
+        person_id=_clean(person_id(body)),
+        sender_id=_clean(str(body["senderId"])),
+        sender_staff_id=_clean(staff) if isinstance(staff, str) else "",
+        sender_nick=_clean(nick) if isinstance(nick, str) else "",
         text=text,
         kind=kind,
         original_type=msgtype,
-        conversation_title=title if isinstance(title, str) else "",
+        conversation_title=_clean(title) if isinstance(title, str) else "",
         created_at_ms=_as_int(body.get("createAt")),
         reply_url=str(body["sessionWebhook"]),
         reply_url_expires_ms=_as_int(body.get("sessionWebhookExpiredTime")),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
+
+import httpx
 
 from agent.messages import IncomingMessage, Reply
 
@@ -12,19 +13,21 @@ _TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*
 
 
 def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, (parts.hostname or "").lower(), port
+    # httpx's own parser: the one the sender uses, so the check and the send agree on the host.
+    parsed = httpx.URL(url)
+    scheme = parsed.scheme.lower()
+    return scheme, parsed.host.lower(), parsed.port or (443 if scheme == "https" else 80)
 
 
 def webhook_allowed(url: str, bases: list[str]) -> bool:
     """A session webhook comes from the request body: post only to a configured DingTalk origin."""
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        return False  # whitespace or control characters: parsers disagree on such URLs
     try:
         origin = _origin(url)
-    except ValueError:
+    except (httpx.InvalidURL, ValueError, TypeError):
         return False
-    return bool(origin[1]) and any(origin == _origin(base) for base in bases)
+    return origin[0] in ("http", "https") and bool(origin[1]) and any(origin == _origin(b) for b in bases)
 
 
 def tables_to_lists(text: str) -> str:
@@ -71,6 +74,6 @@ def build_reply_body(message: IncomingMessage, reply: Reply) -> dict[str, Any]:
         text = tables_to_lists(reply.text)
         if mention:
             text = f"{text}\n\n{mention}"
-        return {"msgtype": "markdown", "markdown": {"title": reply.title or "回复", "text": text}, "at": at}
+        return {"msgtype": "markdown", "markdown": {"title": reply.title, "text": text}, "at": at}
     content = f"{mention} {reply.text}" if mention else reply.text
     return {"msgtype": "text", "text": {"content": content}, "at": at}

@@ -30,10 +30,6 @@ class SendResult:
     status: int | None = None  # HTTP status when there was one
     detail: str = ""  # safe to log: no URL, no text
 
-    @property
-    def retryable(self) -> bool:
-        return self.status is None or self.status >= 500 or self.errcode == 130101
-
 
 def errcode_meaning(errcode: int) -> str:
     return ERRCODE_MEANINGS.get(errcode, "see DingTalk's error code list")
@@ -48,7 +44,7 @@ class SessionWebhookSender:
             response = await self._client.post(url, json=body)
         except httpx.TimeoutException:
             return SendResult(False, detail="timed out")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, TypeError) as exc:
             return SendResult(False, detail=f"transport error ({type(exc).__name__})")
         if response.status_code != 200:
             return SendResult(False, status=response.status_code, detail=f"HTTP {response.status_code}")

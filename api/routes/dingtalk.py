@@ -17,6 +17,26 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["dingtalk"])
 
 EMPTY_ACK = {"msgtype": "empty"}
+MAX_BODY_BYTES = 64 * 1024  # real callbacks are a few KiB
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, refusing (before reading it all) anything over MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _refuse(status: int, reason: str) -> JSONResponse:
@@ -39,7 +59,10 @@ async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResp
     except SignatureError as exc:
         return _refuse(401, str(exc))
 
-    raw = await request.body()
+    try:
+        raw = await _read_body(request)
+    except BodyTooLarge:
+        return _refuse(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
         message = parse_callback(raw)
     except PayloadError as exc:

@@ -1,0 +1,143 @@
+"""What happens to accepted messages: size limits, stopping mid-answer, stale claims, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import api.app
+from agent.config import Settings
+from agent.database import Database
+from agent.history import HistoryStore, Turn
+from api.housekeeping import PeriodicCheck
+from api.inbox import Inbox
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+
+
+def states(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT msg_id, state FROM inbox").fetchall())
+
+
+def test_oversized_body_gets_413_before_parsing(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    big = encode(callback(fake_dingtalk.webhook(), "长" * 30_000))
+    assert len(big) > 64 * 1024
+    with serve(make_settings()) as app:
+        response = app.post_callback(big, signed_headers(SECRET))
+        assert response.status_code == 413
+        assert response.json() == {"error": "body larger than 65536 bytes"}
+
+        def chunks():  # no Content-Length: the limit holds while streaming
+            yield big[:40_000]
+            yield big[40_000:]
+
+        chunked = app.client.post("/dingtalk/callback", content=chunks(), headers=signed_headers(SECRET))
+        assert chunked.status_code == 413
+        fits = encode(callback(fake_dingtalk.webhook(), "长" * 10_000))
+        assert app.post_callback(fits, signed_headers(SECRET)).status_code == 200
+        fake_dingtalk.wait_for(1)
+
+
+def test_lone_surrogate_text_still_gets_a_reply(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    raw = encode(callback(fake_dingtalk.webhook(), "XX")).replace(b'"XX"', b'"\\ud800\xe4\xbd\xa0"')
+    with serve(make_settings()) as app:
+        assert app.post_callback(raw, signed_headers(SECRET)).status_code == 200
+        [request] = fake_dingtalk.wait_for(1)
+    assert "「\ufffd你」" in request.json()["text"]["content"]
+
+
+def test_stopping_mid_answer_lets_the_redelivery_be_answered(
+    make_settings: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    fake_dingtalk: FakeDingTalk,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(api.app, "SHUTDOWN_GRACE_SECONDS", 0.2)
+    settings = make_settings(
+        force_mock_openai=False,
+        openai_api_key="sk-test",
+        openai_api_base=f"{fake_openai.url}/v1",
+        openai_max_retries=0,
+        openai_timeout=5,
+    )
+    body = callback(fake_dingtalk.webhook(), "慢问题")
+    fake_openai.script.extend([Scripted(text="太慢了", delay=2), Scripted(text="重启后的回答")])
+    with serve(settings) as app:
+        app.post_callback(encode(body), signed_headers(SECRET))
+        fake_openai.wait_for(1)  # the model is working on it; now stop the service
+    assert states(settings.database_path) == {body["msgId"]: "failed"}
+    assert fake_dingtalk.requests == []
+    with serve(settings) as app:
+        assert app.post_callback(encode(body), signed_headers(SECRET)).json() == {"msgtype": "empty"}
+        [request] = fake_dingtalk.wait_for(1, timeout=8)
+    assert request.json()["text"]["content"] == "重启后的回答"
+    assert states(settings.database_path) == {body["msgId"]: "done"}
+
+
+def test_claims(tmp_path: Path) -> None:
+    async def scenario() -> list[bool]:
+        db = Database(tmp_path / "x.db")
+        await db.open()
+        try:
+            fresh = Inbox(db, stale_after_seconds=3600)
+            impatient = Inbox(db, stale_after_seconds=0)
+            results = [await fresh.claim("m1"), await fresh.claim("m1")]  # new, then in progress
+            await asyncio.sleep(0.01)
+            results.append(await impatient.claim("m1"))  # processing for longer than any answer: stuck
+            results.append(await fresh.claim("m1"))
+            return results
+        finally:
+            await db.close()
+
+    assert asyncio.run(scenario()) == [True, False, True, False]
+
+
+def test_periodic_check_expires_old_rows_and_keeps_recent_ones(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+
+    async def scenario() -> None:
+        db = Database(path)
+        await db.open()
+        try:
+            inbox, history = Inbox(db, stale_after_seconds=3600), HistoryStore(db, 10)
+            for msg in ("old-done", "new-done", "old-processing"):
+                await inbox.claim(msg)
+            await history.append("scope", Turn("旧问题", "旧回答"))
+            await history.append("scope", Turn("新问题", "新回答"))
+            from api.inbox import InboxState
+
+            await inbox.mark("old-done", InboxState.DONE)
+            await inbox.mark("new-done", InboxState.DONE)
+            old = time.time() - 31 * 86400
+
+            def age(conn: sqlite3.Connection) -> None:
+                conn.execute("UPDATE inbox SET updated_at = ? WHERE msg_id LIKE 'old-%'", (old,))
+                conn.execute("UPDATE history SET created_at = ? WHERE content LIKE '旧%'", (old,))
+
+            await db.run(age)
+            check = PeriodicCheck(inbox=inbox, history=history, interval_seconds=60, retention_days=30)
+            await check.run_once()
+            assert [t.human for t in await history.recent("scope")] == ["新问题"]
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+    assert states(path) == {"new-done": "done", "old-processing": "processing"}
+
+
+def test_periodic_check_runs_on_its_interval(make_settings: Callable[..., Settings]) -> None:
+    with serve(make_settings(check_interval_seconds=0.05)) as app:
+        time.sleep(0.5)
+        runs = app.server.config.app.state.services.check.runs
+    assert runs >= 3

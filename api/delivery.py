@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from agent.assistant import Assistant
 from agent.messages import IncomingMessage
-from api.dingtalk.reply import build_reply_body
+from api.dingtalk.reply import build_reply_bodies
 from api.dingtalk.sender import SessionWebhookSender
 from api.inbox import Inbox, InboxState
 
@@ -68,7 +68,10 @@ class Dispatcher:
     async def _process(self, message: IncomingMessage) -> None:
         started = time.perf_counter()
         reply = await self._assistant.reply(message)
-        result = await self._sender.send(message.reply_url, build_reply_body(message, reply))
+        for body in build_reply_bodies(message, reply):
+            result = await self._sender.send(message.reply_url, body)
+            if not result.ok:
+                break
         elapsed = (time.perf_counter() - started) * 1000
         if not result.ok:
             log.warning(

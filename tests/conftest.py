@@ -29,6 +29,17 @@ for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pro
     os.environ.pop(proxy, None)
 
 SECRET = "this is a secret"  # the protocol doc's test vector secret
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """A minimal environment for a child Python: the repo importable and the network guard loaded."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'subprocess_guard'}",
+        "NO_PROXY": "127.0.0.1,localhost",
+        **extra,
+    }
 
 
 @pytest.fixture(autouse=True)

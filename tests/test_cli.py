@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from dingbot.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import subprocess_env
 
 
 def test_sign_prints_the_published_vector(
@@ -36,7 +35,7 @@ def test_catch_prints_replies_and_answers_errcode_zero(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "dingbot.cli", "catch", "--port", str(port)],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        env=subprocess_env(),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         text=True,

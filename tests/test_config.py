@@ -10,8 +10,7 @@ import pytest
 
 from agent.config import Provider, Settings, load_settings
 from agent.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import subprocess_env
 
 
 def test_defaults_match_the_public_contract(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +138,7 @@ def test_provider_detection(base: str, provider: Provider) -> None:
 def _start(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dingbot.server"],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env},
+        env=subprocess_env(**env),
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -141,3 +141,22 @@ def test_periodic_check_runs_on_its_interval(make_settings: Callable[..., Settin
         time.sleep(0.5)
         runs = app.server.config.app.state.services.check.runs
     assert runs >= 3
+
+
+def test_a_long_answer_arrives_in_several_messages_under_the_limit(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    text = "\n".join("这是很长的一行问题内容" * 20 for _ in range(90))  # ~54 KB, echoed by the mock
+    with serve(make_settings()) as app:
+        assert (
+            app.post_callback(
+                encode(callback(fake_dingtalk.webhook(), text)), signed_headers(SECRET)
+            ).status_code
+            == 200
+        )
+        fake_dingtalk.wait_for(3)
+        time.sleep(0.3)
+    assert len(fake_dingtalk.requests) >= 3
+    assert all(len(r.body) <= 19_000 for r in fake_dingtalk.requests)
+    received = "\n".join(r.json()["text"]["content"] for r in fake_dingtalk.requests)
+    assert text in received

@@ -35,3 +35,22 @@ def test_the_installed_hook_fires_before_any_packet() -> None:
         sys.audit("socket.getaddrinfo", "api.openai.com", 443, 0, 0, 0)
     with socket.socket() as sock:
         sys.audit("socket.connect", sock, ("127.0.0.1", 9))  # loopback passes
+
+
+@pytest.mark.skipif(LIVE, reason="DINGBOT_LIVE_TESTS=1 lifts the guard on purpose")
+def test_child_processes_started_by_tests_are_guarded_too() -> None:
+    import subprocess
+
+    from tests.conftest import subprocess_env
+
+    probe = "import sys; sys.audit('socket.getaddrinfo', 'api.openai.com', 443, 0, 0, 0)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "NetworkAccessBlocked" in result.stderr

@@ -7,7 +7,7 @@ import pytest
 from agent.formatting import has_structure, title_of
 from agent.messages import Reply
 from api.dingtalk.parse import parse_callback
-from api.dingtalk.reply import build_reply_body, tables_to_lists, webhook_allowed
+from api.dingtalk.reply import build_reply_bodies, encode_body, tables_to_lists, webhook_allowed
 from tests.fakes.payloads import callback, encode
 
 HOOK = "https://oapi.dingtalk.com/robot/sendBySession?session=1"
@@ -16,16 +16,14 @@ BASES = ["https://oapi.dingtalk.com", "https://api.dingtalk.com"]
 
 def test_direct_text_reply_has_no_mention() -> None:
     m = parse_callback(encode(callback(HOOK)))
-    assert build_reply_body(m, Reply("好的")) == {
-        "msgtype": "text",
-        "text": {"content": "好的"},
-        "at": {"isAtAll": False},
-    }
+    assert build_reply_bodies(m, Reply("好的")) == [
+        {"msgtype": "text", "text": {"content": "好的"}, "at": {"isAtAll": False}}
+    ]
 
 
 def test_group_markdown_reply_mentions_in_text_and_at() -> None:
     m = parse_callback(encode(callback(HOOK, group=True)))
-    body = build_reply_body(m, Reply("## 步骤\n- 一\n- 二", markdown=True, title="步骤"))
+    [body] = build_reply_bodies(m, Reply("## 步骤\n- 一\n- 二", markdown=True, title="步骤"))
     assert body == {
         "msgtype": "markdown",
         "markdown": {"title": "步骤", "text": "## 步骤\n- 一\n- 二\n\n@042217062297"},
@@ -81,3 +79,31 @@ def test_title_is_plain_and_short() -> None:
 )
 def test_webhook_host_rule(url: str, ok: bool) -> None:
     assert webhook_allowed(url, BASES) is ok
+
+
+def test_long_reply_is_split_on_line_breaks_under_the_byte_limit() -> None:
+    m = parse_callback(encode(callback(HOOK, group=True)))
+    lines = [f"第{i}行：" + "很长的中文内容" * 30 for i in range(60)]  # ~38 KB of UTF-8
+    bodies = build_reply_bodies(m, Reply("\n".join(lines)))
+    assert len(bodies) >= 3
+    assert all(len(encode_body(b)) <= 19_000 for b in bodies)
+    texts = [b["text"]["content"] for b in bodies]
+    assert texts[0].startswith("@042217062297 第0行")
+    assert bodies[0]["at"]["atUserIds"] == ["042217062297"]
+    assert all("atUserIds" not in b["at"] for b in bodies[1:])
+    rebuilt = "\n".join([texts[0].removeprefix("@042217062297 "), *texts[1:]])
+    assert rebuilt == "\n".join(lines)
+    assert all(not t.startswith("\n") and t for t in texts)
+
+
+def test_one_giant_line_is_cut_by_characters() -> None:
+    m = parse_callback(encode(callback(HOOK)))
+    text = "字" * 20_000  # 60 KB on one line
+    bodies = build_reply_bodies(m, Reply(text, markdown=True, title="长"), max_bytes=5_000)
+    assert all(len(encode_body(b)) <= 5_000 for b in bodies)
+    assert "".join(b["markdown"]["text"] for b in bodies) == text
+    assert len(bodies) == len(encode_body({"x": text})) // 5_000 + 1
+
+
+def test_encoded_size_counts_chinese_as_three_bytes() -> None:
+    assert len(encode_body({"t": "中"})) == len('{"t":""}') + 3

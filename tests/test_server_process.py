@@ -12,11 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SECRET
+from tests.conftest import SECRET, subprocess_env
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -30,16 +28,14 @@ def test_serves_answers_and_stops_cleanly(
     tmp_path: Path, fake_dingtalk: FakeDingTalk, stop_signal: int
 ) -> None:
     port = free_port()
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(ROOT),
-        "FORCE_MOCK_OPENAI": "1",
-        "SECRET": SECRET,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DATABASE_PATH": str(tmp_path / "data" / "bot.db"),
-        "DINGTALK_OAPI_BASE": fake_dingtalk.url,
-    }
+    env = subprocess_env(
+        FORCE_MOCK_OPENAI="1",
+        SECRET=SECRET,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        DATABASE_PATH=str(tmp_path / "data" / "bot.db"),
+        DINGTALK_OAPI_BASE=fake_dingtalk.url,
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "dingbot.server"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -56,24 +58,75 @@ def tables_to_lists(text: str) -> str:
     return "\n".join(out)
 
 
-def build_reply_body(message: IncomingMessage, reply: Reply) -> dict[str, Any]:
-    """The JSON for `POST <sessionWebhook>`: text, or markdown when the reply has structure.
+WEBHOOK_MAX_BYTES = 19_000  # DingTalk rejects bodies over 20,000 bytes (460101); keep a margin
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The exact bytes sent: UTF-8 JSON, non-ASCII kept as is (3 bytes a Chinese character, not 6)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _mention(message: IncomingMessage) -> tuple[str, dict[str, Any]]:
+    at: dict[str, Any] = {"isAtAll": False}
+    if not message.is_group:
+        return "", at
+    if message.sender_staff_id:
+        at["atUserIds"] = [message.sender_staff_id]
+        return f"@{message.sender_staff_id}", at
+    return (f"@{message.sender_nick}" if message.sender_nick else ""), at
+
+
+def _body(text: str, reply: Reply, mention: str, at: dict[str, Any]) -> dict[str, Any]:
+    if reply.markdown:
+        shown = f"{text}\n\n{mention}" if mention else text
+        return {"msgtype": "markdown", "markdown": {"title": reply.title, "text": shown}, "at": at}
+    return {"msgtype": "text", "text": {"content": f"{mention} {text}" if mention else text}, "at": at}
+
+
+def _pieces(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """Split on line breaks into pieces that fit; a line too long on its own is cut by characters."""
+    pieces: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        candidate = f"{current}\n{line}" if current else line
+        if fits(candidate):
+            current = candidate
+            continue
+        if current:
+            pieces.append(current)
+        while not fits(line):
+            low, high = 1, len(line)  # the longest prefix that fits, by bisection
+            while low < high:
+                middle = (low + high + 1) // 2
+                low, high = (middle, high) if fits(line[:middle]) else (low, middle - 1)
+            pieces.append(line[:low])
+            line = line[low:]
+        current = line
+    if current or not pieces:
+        pieces.append(current)
+    return pieces
+
+
+def build_reply_bodies(
+    message: IncomingMessage, reply: Reply, max_bytes: int = WEBHOOK_MAX_BYTES
+) -> list[dict[str, Any]]:
+    """The JSON bodies for `POST <sessionWebhook>`: text, or markdown when the reply has structure.
 
     In groups the sender is @-mentioned: the staff id goes in `at.atUserIds` and `@<staffId>` in the
     text (DingTalk needs both). Without a staff id only the nick can be written, with no notification.
+    A reply whose encoded body would exceed `max_bytes` is split on line breaks into several messages;
+    only the first one carries the mention.
     """
-    mention = ""
-    at: dict[str, Any] = {"isAtAll": False}
-    if message.is_group:
-        if message.sender_staff_id:
-            mention = f"@{message.sender_staff_id}"
-            at["atUserIds"] = [message.sender_staff_id]
-        elif message.sender_nick:
-            mention = f"@{message.sender_nick}"
-    if reply.markdown:
-        text = tables_to_lists(reply.text)
-        if mention:
-            text = f"{text}\n\n{mention}"
-        return {"msgtype": "markdown", "markdown": {"title": reply.title, "text": text}, "at": at}
-    content = f"{mention} {reply.text}" if mention else reply.text
-    return {"msgtype": "text", "text": {"content": content}, "at": at}
+    mention, at = _mention(message)
+    text = tables_to_lists(reply.text) if reply.markdown else reply.text
+    whole = _body(text, reply, mention, at)
+    if len(encode_body(whole)) <= max_bytes:
+        return [whole]
+    plain_at: dict[str, Any] = {"isAtAll": False}
+
+    def fits(mention: str, at: dict[str, Any]) -> Callable[[str], bool]:
+        return lambda piece: len(encode_body(_body(piece, reply, mention, at))) <= max_bytes
+
+    first = _pieces(text, fits(mention, at))[0]
+    rest = _pieces(text[len(first) :].lstrip("\n"), fits("", plain_at)) if len(first) < len(text) else []
+    return [_body(first, reply, mention, at)] + [_body(p, reply, "", plain_at) for p in rest if p]

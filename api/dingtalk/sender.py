@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from api.dingtalk.reply import encode_body
+
 log = logging.getLogger(__name__)
 
 ERRCODE_MEANINGS: dict[int, str] = {
@@ -41,7 +43,9 @@ class SessionWebhookSender:
 
     async def send(self, url: str, body: dict[str, Any]) -> SendResult:
         try:
-            response = await self._client.post(url, json=body)
+            response = await self._client.post(
+                url, content=encode_body(body), headers={"Content-Type": "application/json; charset=utf-8"}
+            )
         except httpx.TimeoutException:
             return SendResult(False, detail="timed out")
         except (httpx.HTTPError, httpx.InvalidURL, ValueError, TypeError) as exc:

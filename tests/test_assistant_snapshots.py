@@ -8,48 +8,32 @@ from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from agent.assistant import Assistant
 from agent.config import Settings
-from agent.database import Database
-from agent.history import HistoryStore
 from agent.messages import IncomingMessage
-from agent.prompts import load_prompts
+from tests.assistants import open_assistant, person_message
 from tests.fakes.models import RecordingChatModel, render
 from tests.snapshot import assert_snapshot
 
 NOW = datetime(2026, 11, 23, 18, 5, tzinfo=ZoneInfo("Asia/Shanghai"))  # a Monday
 
-ALICE = IncomingMessage(
-    message_id="m",
+ALICE = person_message(
+    "",
     conversation_id="cidDirectAlice==",
-    is_group=False,
     person_id="corp:alice",
     sender_id="$:alice",
     sender_staff_id="alice",
     sender_nick="王小丽",
-    text="",
 )
 
 
 async def converse(settings: Settings, model: RecordingChatModel, turns: list[IncomingMessage]) -> list[str]:
-    database = Database(settings.database_path)
-    await database.open()
-    try:
-        assistant = Assistant(
-            settings=settings,
-            prompts=load_prompts(settings.prompts_dir),
-            model=model,
-            history=HistoryStore(database, settings.history_turns),
-            clock=lambda: NOW,
-        )
+    async with open_assistant(settings, model, clock=lambda: NOW) as assistant:
         answers = []
         for message in turns:
             reply = await assistant.reply(message)
             await assistant.remember(message, reply)
             answers.append(reply.text)
         return answers
-    finally:
-        await database.close()
 
 
 def say(base: IncomingMessage, text: str, **changes: object) -> IncomingMessage:

@@ -11,26 +11,14 @@ import pytest
 from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
-from agent.assistant import Assistant
 from agent.config import Settings
-from agent.database import Database
-from agent.history import HistoryStore
 from agent.llm import build_chat_model
 from agent.messages import IncomingMessage
-from agent.prompts import load_prompts
+from tests.assistants import open_assistant, person_message
 from tests.fakes.servers import FakeOpenAI, Scripted
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
-MESSAGE = IncomingMessage(
-    message_id="m1",
-    conversation_id="cid1",
-    is_group=False,
-    person_id="corp:u1",
-    sender_id="$:u1",
-    sender_staff_id="u1",
-    sender_nick="张三",
-    text="你好",
-)
+MESSAGE = person_message("你好")
 
 
 @pytest.fixture
@@ -51,19 +39,8 @@ def real_settings(make_settings: Callable[..., Settings], fake_openai: FakeOpenA
 
 def answer(settings: Settings, message: IncomingMessage = MESSAGE) -> str:
     async def go() -> str:
-        database = Database(settings.database_path)
-        await database.open()
-        try:
-            prompts = load_prompts(settings.prompts_dir)
-            assistant = Assistant(
-                settings=settings,
-                prompts=prompts,
-                model=build_chat_model(settings, mock_reply_template=prompts.reply_template("mock_reply")),
-                history=HistoryStore(database, settings.history_turns),
-            )
+        async with open_assistant(settings) as assistant:
             return (await assistant.reply(message)).text
-        finally:
-            await database.close()
 
     return asyncio.run(go())
 

@@ -1,0 +1,106 @@
+"""A fake DingTalk session webhook for the ack-latency bench, run in its own process.
+
+It answers every POST with errcode 0 and counts them (`GET /count` reports the count and the number
+of distinct `session` query values), so every accepted callback's background reply has somewhere to go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from bench.settings import HOST, STARTUP_TIMEOUT_S
+
+WEBHOOK_OK = {"errcode": 0, "errmsg": "ok"}
+
+
+class _WebhookServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _WebhookHandler)
+        self._lock = threading.Lock()
+        self._count = 0
+        self._sessions: set[str] = set()
+
+    def record(self, session: str) -> None:
+        with self._lock:
+            self._count += 1
+            self._sessions.add(session)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"count": self._count, "distinct_sessions": len(self._sessions)}
+
+
+class _WebhookHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the service's httpx client expects
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+    server: _WebhookServer
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        session = parse_qs(urlsplit(self.path).query).get("session", [""])[0]
+        self.server.record(session)
+        self._answer(200, WEBHOOK_OK)
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path == "/count":
+            self._answer(200, self.server.snapshot())
+        else:
+            self._answer(404, {"error": "not found"})
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _serve_webhook(port_queue: Any) -> None:
+    """Child-process entry: bind a free loopback port, report it, serve until terminated."""
+    server = _WebhookServer((HOST, 0))
+    port_queue.put(server.server_address[1])
+    server.serve_forever(poll_interval=0.2)
+
+
+@contextlib.contextmanager
+def fake_webhook() -> Iterator[int]:
+    """Start the fake webhook in a spawned process, yield its port, stop it on the way out."""
+    ctx = multiprocessing.get_context("spawn")
+    port_queue = ctx.Queue()
+    proc = ctx.Process(target=_serve_webhook, args=(port_queue,), name="fake-dingtalk-webhook", daemon=True)
+    proc.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            with contextlib.suppress(queue.Empty):
+                port = int(port_queue.get(timeout=0.2))
+                break
+            if not proc.is_alive():
+                raise RuntimeError(f"the fake webhook process exited with {proc.exitcode} before serving")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the fake webhook did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        yield port
+    finally:
+        proc.terminate()
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+        port_queue.close()

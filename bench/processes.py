@@ -1,0 +1,95 @@
+"""Child-process helpers for the ack-latency bench: free ports, a clean environment, start and stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from bench.settings import HOST, REPO_ROOT, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """A minimal environment: nothing from the caller's settings (OPENAI_*, SECRET, ...) leaks in."""
+    env = {
+        name: value
+        for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+        if (value := os.environ.get(name))
+    }
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update(extra)
+    return env
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    name = " ".join(str(arg) for arg in proc.args[1:]) if isinstance(proc.args, list) else str(proc.args)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with httpx.Client(timeout=1.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode} before {url} answered:\n{tail(log_path)}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            time.sleep(0.1)
+    raise RuntimeError(
+        f"{name}: {url} did not answer 200 within {STARTUP_TIMEOUT_S:.0f} s:\n{tail(log_path)}"
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> str | None:
+    """SIGTERM, wait, SIGKILL if need be. None for a clean stop, else what went wrong."""
+    if proc.poll() is not None:
+        return f"had already exited with {proc.returncode}"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        return f"did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM and was killed"
+    # uvicorn re-raises the captured SIGTERM after its graceful shutdown, so -SIGTERM is a clean stop.
+    if proc.returncode in (0, -signal.SIGTERM):
+        return None
+    return f"exited with {proc.returncode}"
+
+
+@contextlib.contextmanager
+def started(
+    cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, health_url: str
+) -> Iterator[None]:
+    """Run cmd (output to log_path) until health_url answers 200; stop it when the block ends."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(health_url, proc, log_path)
+        yield
+    finally:
+        problem = stop_process(proc)
+        if problem:
+            print(f"warning: {' '.join(cmd[1:])} {problem}", file=sys.stderr)

@@ -19,6 +19,7 @@ from agent.config import Settings
 from agent.errors import ModelError, ModelErrorKind
 from agent.formatting import has_structure, title_of
 from agent.history import HistoryStore, Turn
+from agent.memory import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
 from agent.model_errors import classify_model_error
 from agent.prompts import PromptSet
@@ -34,12 +35,14 @@ class Assistant:
         prompts: PromptSet,
         model: BaseChatModel,
         history: HistoryStore,
+        memory: MemoryService | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
         self.prompts = prompts
         self.model = model
         self.history = history
+        self.memory = memory
         self._clock = clock or (lambda: datetime.now(settings.timezone))
 
     def history_scope(self, message: IncomingMessage) -> str:
@@ -81,7 +84,8 @@ class Assistant:
         if message.kind is ContentKind.UNSUPPORTED:
             return Reply(self.prompts.unsupported_reply(message.original_type))
 
-        inputs = await self.build_inputs(message)
+        memories = await self.memory.recall(message) if self.memory else []
+        inputs = await self.build_inputs(message, memories)
         chain = self.prompts.chat | self.model | StrOutputParser()
         started = time.perf_counter()
         try:
@@ -105,7 +109,10 @@ class Assistant:
         return Reply(answer, markdown=structured, title=title)
 
     async def remember(self, message: IncomingMessage, reply: Reply) -> None:
-        """After the reply went out: keep the turn in short-term history (model answers only)."""
+        """After the reply went out: keep the turn in short-term history and, in the background, learn
+        long-term facts from what the person said (model answers only)."""
         if message.kind is not ContentKind.TEXT or reply.failed:
             return
         await self.history.append(self.history_scope(message), Turn(self._human_entry(message), reply.text))
+        if self.memory:
+            self.memory.learn_later(message)

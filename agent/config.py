@@ -20,6 +20,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS_DIR = PROJECT_ROOT / "prompts"
 
 
+class EmbeddingProvider(enum.StrEnum):
+    OPENAI = "openai"  # the chat model's endpoint and key
+    LOCAL = "local"  # the bundled offline multilingual embedder
+
+
 class Provider(enum.StrEnum):
     """Which kind of model endpoint the settings point at."""
 
@@ -48,6 +53,12 @@ _FIX_HINTS: dict[str, str] = {
     "DINGTALK_OAPI_BASE": "use a full http(s) URL, e.g. DINGTALK_OAPI_BASE=https://oapi.dingtalk.com",
     "DINGTALK_API_BASE": "use a full http(s) URL, e.g. DINGTALK_API_BASE=https://api.dingtalk.com",
     "DINGTALK_SIGN_WINDOW_SECONDS": "use a number of seconds from 1 to 3600, e.g. 3600",
+    "EMBEDDING_PROVIDER": "use openai (the chat endpoint's embeddings) or local (offline, bundled)",
+    "EMBEDDING_DIMS": "leave it unset (probed), or give the embedder's vector size, e.g. EMBEDDING_DIMS=1536",
+    "QDRANT_URL": "use a full http(s) URL of a Qdrant server, e.g. QDRANT_URL=http://localhost:6333",
+    "MEMORY_TOP_K": "use a whole number from 0 to 50, e.g. MEMORY_TOP_K=5",
+    "MEMORY_MAX_CHARS": "use a whole number from 0 to 20000, e.g. MEMORY_MAX_CHARS=1500",
+    "MEMORY_TIMEOUT": "use a number of seconds greater than 0, e.g. MEMORY_TIMEOUT=10",
     "PROMPTS_DIR": "point it at a folder that holds chat.yaml (the project's prompts/ folder)",
 }
 
@@ -80,6 +91,15 @@ class Settings(BaseSettings):
     openai_max_retries: int = Field(default=2, ge=0, le=10)
     openai_api_version: str = "2024-10-21"
 
+    # --- long-term memory ---
+    embedding_provider: EmbeddingProvider | None = None  # default: openai, or local in mock mode
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dims: int | None = Field(default=None, ge=8, le=8192)
+    qdrant_url: str | None = None
+    memory_top_k: int = Field(default=5, ge=0, le=50)
+    memory_max_chars: int = Field(default=1500, ge=0, le=20000)
+    memory_timeout: float = Field(default=10.0, gt=0)
+
     # --- DingTalk ---
     access_token: SecretStr | None = None
     secret: SecretStr | None = None
@@ -111,6 +131,11 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_url(cls, value: str) -> str:
         return _check_http_url(value)
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _valid_optional_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
 
     @field_validator("bot_timezone")
     @classmethod
@@ -160,6 +185,18 @@ class Settings(BaseSettings):
     def callback_secret(self) -> SecretStr | None:
         """The secret that verifies inbound callbacks: SECRET, else DINGTALK_CLIENT_SECRET."""
         return self.secret or self.dingtalk_client_secret
+
+    @property
+    def embeddings(self) -> EmbeddingProvider:
+        if self.mock_mode:  # mock mode never touches the network
+            return EmbeddingProvider.LOCAL
+        return self.embedding_provider or EmbeddingProvider.OPENAI
+
+    @property
+    def memory_folder(self) -> Path:
+        """Embedded Qdrant and mem0's history DB: a folder beside DATABASE_PATH, never /tmp or ~."""
+        path = self.database_path
+        return path.parent / f"{path.stem}_memory"
 
     @property
     def longest_answer_seconds(self) -> float:

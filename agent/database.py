@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS inbox (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inbox_updated ON inbox (updated_at);
+
+CREATE TABLE IF NOT EXISTS memory_sharing (
+    person_id TEXT PRIMARY KEY,
+    shared INTEGER NOT NULL
+);
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -125,3 +126,69 @@ def build_chat_model(settings: Settings, *, mock_reply_template: str) -> BaseCha
         timeout=settings.openai_timeout,
         max_retries=settings.openai_max_retries,
     )
+
+
+_CLAUSES = re.compile(r"[，。！？；,.!?;\n]+")
+_QUESTION = re.compile(
+    r"[?？]|吗|什么|怎么|为什么|哪|谁|几|多少|是否|\b(what|how|why|where|who|which|can i|do i)\b", re.I
+)
+_FIRST_PERSON = (
+    ("我的", "用户的"),
+    ("我", "用户"),
+    ("I'm ", "User is "),
+    ("I am ", "User is "),
+    ("my ", "User's "),
+    ("My ", "User's "),
+    ("I ", "User "),
+)
+
+
+class MockExtractionModel(BaseChatModel):
+    """Deterministic, offline fact extraction for mock mode: the person's own statements become facts.
+
+    Reads the last human message (the person's words), keeps first-person statements that are not
+    questions, and answers the JSON the extraction prompt asks for: {"facts": [...]}.
+    """
+
+    @property
+    def _llm_type(self) -> str:
+        return "dingbot-mock-extraction"
+
+    @staticmethod
+    def facts(text: str) -> list[str]:
+        found: list[str] = []
+        for clause in _CLAUSES.split(text):
+            clause = clause.strip()
+            if not clause or _QUESTION.search(clause) or not re.search(r"我|\b(I|I'm|my)\b", clause):
+                continue
+            for first, third in _FIRST_PERSON:
+                clause = clause.replace(first, third)
+            if clause not in found:
+                found.append(clause)
+        return found
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        humans = [m for m in messages if isinstance(m, HumanMessage)]
+        text = _content_text(humans[-1]) if humans else ""
+        answer = json.dumps({"facts": self.facts(text)}, ensure_ascii=False)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=answer))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._generate(messages, stop)
+
+
+def build_extraction_model(settings: Settings, chat_model: BaseChatModel) -> BaseChatModel:
+    """Fact extraction runs on the same chat model as the conversation; mock mode has its own."""
+    return MockExtractionModel() if settings.provider is Provider.MOCK else chat_model

@@ -17,6 +17,7 @@ from agent.errors import ModelErrorKind, PromptError
 SYSTEM_VARIABLES = frozenset({"bot_name", "now", "timezone", "speaker_nick", "chat_place", "memories"})
 HUMAN_VARIABLES = frozenset({"text", "speaker_nick"})
 HISTORY_VARIABLE = "history"
+EXTRACTION_VARIABLES = frozenset({"speaker_nick", "existing", "text"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class PromptSet:
     """Everything loaded from one prompts folder."""
 
     chat: ChatPromptTemplate
+    extraction: ChatPromptTemplate  # prompts/memory.yaml: the person's message → {"facts": [...]}
     chat_place_direct: str
     chat_place_group: str
     memory_item: str
@@ -150,6 +152,25 @@ def load_prompts(folder: Path) -> PromptSet:
     replies = _read_yaml(replies_path)
     _check_replies(replies_path, replies)
 
+    memory_path = folder / "memory.yaml"
+    memory = _read_yaml(memory_path)
+    extraction = ChatPromptTemplate.from_messages(
+        [
+            (
+                "system",
+                _check(
+                    memory.get("extraction_system"), EXTRACTION_VARIABLES, f"{memory_path}: extraction_system"
+                ),
+            ),
+            (
+                "human",
+                _check(
+                    memory.get("extraction_human"), EXTRACTION_VARIABLES, f"{memory_path}: extraction_human"
+                ),
+            ),
+        ]
+    )
+
     template = ChatPromptTemplate.from_messages(
         [
             ("system", system_text),
@@ -159,6 +180,7 @@ def load_prompts(folder: Path) -> PromptSet:
     )
     return PromptSet(
         chat=template,
+        extraction=extraction,
         chat_place_direct=direct,
         chat_place_group=group,
         memory_item=item,

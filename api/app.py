@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from agent.assistant import Assistant
 from agent.config import Settings
 from agent.database import Database
+from agent.embeddings import build_embeddings
 from agent.history import HistoryStore
-from agent.llm import build_chat_model
+from agent.llm import build_chat_model, build_extraction_model
+from agent.memory import MemoryService
 from agent.prompts import load_prompts
 from api.delivery import Dispatcher
 from api.dingtalk.sender import SessionWebhookSender
@@ -52,11 +54,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     database = Database(settings.database_path)
     await database.open()
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+    memory: MemoryService | None = None
     try:
         prompts = load_prompts(settings.prompts_dir)
         model = build_chat_model(settings, mock_reply_template=prompts.reply_template("mock_reply"))
         history = HistoryStore(database, settings.history_turns)
-        assistant = Assistant(settings=settings, prompts=prompts, model=model, history=history)
+        memory = MemoryService(
+            settings,
+            prompts=prompts,
+            extraction_model=build_extraction_model(settings, model),
+            embeddings=build_embeddings(settings),
+            database=database,
+        )
+        await memory.open()
+        assistant = Assistant(settings=settings, prompts=prompts, model=model, history=history, memory=memory)
         inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)
         dispatcher = Dispatcher(
             assistant=assistant,
@@ -70,7 +81,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             interval_seconds=settings.check_interval_seconds,
             retention_days=settings.retention_days,
         )
-        app.state.services = Services(settings, database, assistant, dispatcher, check)
+        app.state.services = Services(settings, database, assistant, dispatcher, memory, check)
         check.start()
         _warn_about_authentication(settings)
         log.info(
@@ -83,6 +94,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await check.stop()
         await dispatcher.drain(SHUTDOWN_GRACE_SECONDS)
     finally:
+        if memory is not None:
+            await memory.close()
         await http.aclose()
         await database.close()
         log.info("DingHook stopped")

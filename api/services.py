@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from agent.assistant import Assistant
 from agent.config import Settings
 from agent.database import Database
+from agent.memory import MemoryService
 from api.delivery import Dispatcher
 from api.housekeeping import PeriodicCheck
 
@@ -17,4 +18,5 @@ class Services:
     database: Database
     assistant: Assistant
     dispatcher: Dispatcher
+    memory: MemoryService
     check: PeriodicCheck

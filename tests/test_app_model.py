@@ -44,7 +44,7 @@ def test_reply_is_the_model_servers_text(
         "markdown": {"title": "结论", "text": "## 结论\n- 服务器给出的回答"},
         "at": {"isAtAll": False},
     }
-    assert fake_openai.requests[0].json()["model"] == "qwen2.5"
+    assert fake_openai.chats()[0].json()["model"] == "qwen2.5"
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,12 +110,13 @@ def test_outgoing_token_header_is_accepted(
 
 
 def test_unsigned_callbacks_only_in_mock_mode(
-    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, fake_openai: Any
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, fake_openai: Any, tmp_path: Path
 ) -> None:
     with serve(make_settings(secret=None)) as app:
         assert post(app, callback(fake_dingtalk.webhook()), {}).status_code == 200
     real = make_settings(
         secret=None,
+        database_path=tmp_path / "real" / "db.sqlite",
         force_mock_openai=False,
         openai_api_key="sk-test",
         openai_api_base=f"{fake_openai.url}/v1",

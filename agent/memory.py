@@ -156,8 +156,7 @@ class MemoryService:
     async def close(self) -> None:
         if self._executor is None:
             return
-        if self._writes:  # let pending writes finish within their own timeout
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.settle()
         if self._mem0 is not None:
             memory, self._mem0 = self._mem0, None
 
@@ -252,6 +251,23 @@ class MemoryService:
         return memories
 
     # --- learn -------------------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Wait for background writes to finish (each is bounded by MEMORY_TIMEOUT)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def list_memories(self, person_id: str) -> list[tuple[str, str]]:
+        """(id, text) of every memory of a person, oldest first."""
+        if self._mem0 is None:
+            return []
+
+        def read() -> list[tuple[str, str]]:
+            items = self._mem0.get_all(filters={"user_id": person_id}, top_k=10_000).get("results", [])
+            items.sort(key=lambda item: str(item.get("created_at") or ""))
+            return [(str(item["id"]), str(item.get("memory", ""))) for item in items]
+
+        return await self._on_thread(read)
 
     def learn_later(self, message: IncomingMessage) -> None:
         """Learn from `message` in the background: the caller (a reply just sent) never waits."""

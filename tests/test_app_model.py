@@ -115,3 +115,20 @@ def test_no_secret_webhook_or_text_in_logs_at_info(
             assert secret not in line, f"{secret!r} leaked at INFO+: {line}"
     quiet = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any(PRIVATE_TEXT in line for line in quiet)  # text is available at DEBUG, as documented
+
+
+def test_reply_is_sent_before_a_slow_memory_extraction_finishes(
+    make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    # The first chat call answers the person; the second is the fact extraction, slow on purpose.
+    fake_openai.script.extend(
+        [Scripted(text="好的，记住了"), Scripted(text='{"facts": ["用户喜欢猫"]}', delay=2)]
+    )
+    with serve(settings_for(make_settings, fake_openai, memory_timeout=5)) as app:
+        app.post_callback(encode(callback(fake_dingtalk.webhook(), "我喜欢猫")), signed_headers(SECRET))
+        [reply] = fake_dingtalk.wait_for(1, timeout=1.5)  # well before the extraction can finish
+        fake_openai.wait_for(2, timeout=1.5, path="/chat/completions")  # the extraction is under way
+        assert app.client.get("/healthz").json()["memory"] == "ok"
+    assert reply.json()["text"]["content"] == "好的，记住了"
+    # the real-mode embeddings came from the same endpoint (the seed's behaviour)
+    assert any(r.path == "/v1/embeddings" for r in fake_openai.requests)

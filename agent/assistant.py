@@ -15,6 +15,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 
+from agent.commands import CommandRunner, parse_command
 from agent.config import Settings
 from agent.errors import ModelError, ModelErrorKind
 from agent.formatting import has_structure, title_of
@@ -43,6 +44,9 @@ class Assistant:
         self.model = model
         self.history = history
         self.memory = memory
+        self.commands = CommandRunner(
+            prompts=prompts, history=history, memory=memory, bot_name=settings.bot_name
+        )
         self._clock = clock or (lambda: datetime.now(settings.timezone))
 
     def history_scope(self, message: IncomingMessage) -> str:
@@ -83,6 +87,9 @@ class Assistant:
             return Reply(self.prompts.reply("empty", bot_name=self.settings.bot_name))
         if message.kind is ContentKind.UNSUPPORTED:
             return Reply(self.prompts.unsupported_reply(message.original_type))
+        command = parse_command(message.text)
+        if command is not None:
+            return await self.commands.run(command, message, self.history_scope(message))
 
         memories = await self.memory.recall(message) if self.memory else []
         inputs = await self.build_inputs(message, memories)
@@ -111,8 +118,10 @@ class Assistant:
     async def remember(self, message: IncomingMessage, reply: Reply) -> None:
         """After the reply went out: keep the turn in short-term history and, in the background, learn
         long-term facts from what the person said (model answers only)."""
-        if message.kind is not ContentKind.TEXT or reply.failed:
+        if message.kind is not ContentKind.TEXT or reply.failed or reply.command:
             return
-        await self.history.append(self.history_scope(message), Turn(self._human_entry(message), reply.text))
+        await self.history.append(
+            self.history_scope(message), Turn(self._human_entry(message), reply.text), message.person_id
+        )
         if self.memory:
             self.memory.learn_later(message)

@@ -20,12 +20,14 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
     scope TEXT NOT NULL,
+    person_id TEXT NOT NULL,  -- whose turn it is: "forget me" removes them from shared group scopes too
     role TEXT NOT NULL CHECK (role IN ('human', 'ai')),
     content TEXT NOT NULL,
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_scope ON history (scope, id);
 CREATE INDEX IF NOT EXISTS history_created ON history (created_at);
+CREATE INDEX IF NOT EXISTS history_person ON history (person_id);
 
 CREATE TABLE IF NOT EXISTS inbox (
     msg_id TEXT PRIMARY KEY,
@@ -97,6 +99,16 @@ class Database:
     async def run_for_request(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the request lane: only for short statements a caller waits on."""
         return await self._run_on("request", work)
+
+    async def shrink(self) -> None:
+        """After deleting personal data: fold the WAL back and rebuild the file, so no copy remains."""
+
+        def vacuum(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self.run(vacuum)
 
     async def ping(self) -> bool:
         try:

@@ -44,7 +44,7 @@ class HistoryStore:
                 pending = None
         return turns
 
-    async def append(self, scope: str, turn: Turn) -> None:
+    async def append(self, scope: str, turn: Turn, person_id: str) -> None:
         keep = self.turns * 2
         now = time.time()
 
@@ -52,8 +52,9 @@ class HistoryStore:
             with conn:
                 conn.execute("BEGIN")
                 conn.executemany(
-                    "INSERT INTO history (scope, role, content, created_at) VALUES (?, ?, ?, ?)",
-                    [(scope, "human", turn.human, now), (scope, "ai", turn.ai, now)],
+                    "INSERT INTO history (scope, person_id, role, content, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(scope, person_id, "human", turn.human, now), (scope, person_id, "ai", turn.ai, now)],
                 )
                 conn.execute(
                     "DELETE FROM history WHERE scope = ? AND id NOT IN "
@@ -62,6 +63,26 @@ class HistoryStore:
                 )
 
         await self._db.run(write)
+
+    async def clear(self, scope: str) -> None:
+        """/reset: forget the recent turns of one scope."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
+
+        await self._db.run(delete)
+
+    async def erase_person(self, person_id: str) -> None:
+        """/forget all: every turn of this person, in every scope."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM history WHERE person_id = ?", (person_id,))
+
+        await self._db.run(delete)
+
+    async def shrink(self) -> None:
+        """Rebuild the database file after personal data was deleted (no recoverable copy)."""
+        await self._db.shrink()
 
     async def purge_older_than(self, cutoff: float) -> int:
         """Delete turns written before `cutoff` (epoch seconds); return how many rows went."""

@@ -31,7 +31,7 @@ from langchain_core.output_parsers import StrOutputParser
 
 from agent.config import Settings
 from agent.database import Database
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DingbotError
 from agent.memory_guard import unsafe_reason
 from agent.messages import ContentKind, IncomingMessage
 from agent.prompts import PromptSet
@@ -64,6 +64,10 @@ def parse_facts(answer: str) -> list[str]:
     return facts
 
 
+class MemoryUnavailable(DingbotError):
+    """Long-term memory is off (the store could not be opened)."""
+
+
 class MemoryService:
     def __init__(
         self,
@@ -81,6 +85,7 @@ class MemoryService:
         self._database = database
         self._executor: ThreadPoolExecutor | None = None
         self._mem0: Any = None
+        self._config: dict[str, Any] = {}
         self._writes: set[asyncio.Task[int]] = set()
         self.dims: int | None = None
 
@@ -141,7 +146,9 @@ class MemoryService:
             "vector_store": {"provider": "qdrant", "config": store},
             "history_db_path": str(folder / "mem0_history.db"),
         }
+        self._config = config
         memory = Memory.from_config(config)
+        memory.db.connection.execute("PRAGMA secure_delete=ON")  # mem0's history DB: deleted text is zeroed
         stored = memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
         if stored != probed:
             memory.vector_store.client.close()
@@ -257,17 +264,74 @@ class MemoryService:
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
-    async def list_memories(self, person_id: str) -> list[tuple[str, str]]:
-        """(id, text) of every memory of a person, oldest first."""
+    def _visible(self, message: IncomingMessage, shared: bool) -> list[tuple[str, str]]:
+        """(id, text) of the person's memories that may be shown here, oldest first."""
+        items = self._mem0.get_all(filters={"user_id": message.person_id}, top_k=10_000).get("results", [])
+        items.sort(key=lambda item: str(item.get("created_at") or ""))
+        visible = []
+        for item in items:
+            where = item.get("metadata") or {}
+            if message.is_group and not (
+                where.get("conversation_id") == message.conversation_id
+                or (shared and where.get("chat") == "direct")
+            ):
+                continue
+            visible.append((str(item["id"]), str(item.get("memory", ""))))
+        return visible
+
+    async def list_memories(self, message: IncomingMessage) -> list[tuple[str, str]]:
+        """/memory: what the bot remembers about the speaker that may be shown in this conversation."""
         if self._mem0 is None:
-            return []
+            raise MemoryUnavailable
+        shared = message.is_group and await self.is_shared(message.person_id)
+        return await self._on_thread(lambda: self._visible(message, shared))
 
-        def read() -> list[tuple[str, str]]:
+    async def forget(self, message: IncomingMessage, number: int) -> str | None:
+        """/forget N: forget the N-th memory of `list_memories`; its text, or None when there is no such N."""
+        visible = await self.list_memories(message)
+        if not 1 <= number <= len(visible):
+            return None
+        memory_id, text = visible[number - 1]
+        await self._on_thread(lambda: self._erase([memory_id], message.person_id))
+        return text
+
+    async def forget_person(self, person_id: str) -> int:
+        """/forget all: every memory of the person, mem0's copies included; returns how many."""
+        if self._mem0 is None:
+            raise MemoryUnavailable
+
+        def erase_all() -> int:
             items = self._mem0.get_all(filters={"user_id": person_id}, top_k=10_000).get("results", [])
-            items.sort(key=lambda item: str(item.get("created_at") or ""))
-            return [(str(item["id"]), str(item.get("memory", ""))) for item in items]
+            ids = [str(item["id"]) for item in items]
+            self._erase(ids, person_id)
+            return len(ids)
 
-        return await self._on_thread(read)
+        return await self._on_thread(erase_all)
+
+    def _erase(self, memory_ids: list[str], person_id: str) -> None:
+        """Delete memories so that no copy survives in the files: vectors, mem0's history rows (which
+        keep the deleted text), raw messages; then rebuild the SQLite files they lived in."""
+        for memory_id in memory_ids:
+            self._mem0.delete(memory_id)
+        db = self._mem0.db
+        with db._lock:
+            marks = ",".join("?" * len(memory_ids))
+            if memory_ids:
+                db.connection.execute(f"DELETE FROM history WHERE memory_id IN ({marks})", memory_ids)  # noqa: S608
+            db.connection.execute("DELETE FROM messages WHERE session_scope LIKE ?", (f"%{person_id}%",))
+            db.connection.commit()
+            db.connection.execute("VACUUM")
+        if not self.settings.qdrant_url:  # embedded Qdrant: rebuild its SQLite files without the points
+            from mem0 import Memory
+
+            self._mem0.vector_store.client.close()
+            self._mem0.close()
+            self._mem0 = None
+            for storage in (self.settings.memory_folder / "qdrant").rglob("storage.sqlite"):
+                with sqlite3.connect(storage) as conn:
+                    conn.execute("VACUUM")
+            self._mem0 = Memory.from_config(self._config)
+            self._mem0.db.connection.execute("PRAGMA secure_delete=ON")
 
     def learn_later(self, message: IncomingMessage) -> None:
         """Learn from `message` in the background: the caller (a reply just sent) never waits."""

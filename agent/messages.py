@@ -50,3 +50,4 @@ class Reply:
     markdown: bool = False
     title: str = ""
     failed: bool = False  # True when the text is an error notice, not a model answer
+    command: bool = False  # True when a command answered, not the model

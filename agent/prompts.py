@@ -54,6 +54,9 @@ class PromptSet:
         """A user-facing reply from replies.yaml, e.g. reply("empty", bot_name="小钉")."""
         return str(self.replies[key]).format(**values)
 
+    def command_reply(self, key: str, **values: object) -> str:
+        return str(self.replies["commands"][key]).format(**values)
+
     def model_error_reply(self, kind: ModelErrorKind) -> str:
         errors = self.replies["model_errors"]
         return str(errors.get(kind.value) or errors["unknown"])
@@ -102,6 +105,22 @@ _REQUIRED_REPLIES: dict[str, frozenset[str]] = {
 }
 
 
+_COMMAND_REPLIES: dict[str, frozenset[str]] = {
+    "help": frozenset({"bot_name"}),
+    "reset": frozenset(),
+    "memory_list": frozenset({"count", "items"}),
+    "memory_item": frozenset({"number", "text"}),
+    "memory_empty": frozenset(),
+    "memory_unavailable": frozenset(),
+    "share_on": frozenset(),
+    "share_off": frozenset(),
+    "forgot_one": frozenset({"text"}),
+    "bad_number": frozenset({"number", "count"}),
+    "forgot_all": frozenset({"count"}),
+    "unknown": frozenset(),
+}
+
+
 def _check_replies(path: Path, replies: dict[str, Any]) -> None:
     for key, allowed in _REQUIRED_REPLIES.items():
         _check(replies.get(key), allowed, f"{path}: {key}")
@@ -111,6 +130,11 @@ def _check_replies(path: Path, replies: dict[str, Any]) -> None:
     errors = replies.get("model_errors")
     if not isinstance(errors, dict):
         raise PromptError(f"{path}: model_errors must be a mapping")
+    commands = replies.get("commands")
+    if not isinstance(commands, dict):
+        raise PromptError(f"{path}: commands must be a mapping")
+    for key, allowed in _COMMAND_REPLIES.items():
+        _check(commands.get(key), allowed, f"{path}: commands.{key}")
     missing = [kind.value for kind in ModelErrorKind if kind.value not in errors]
     if missing:
         raise PromptError(f"{path}: model_errors lacks {missing}")

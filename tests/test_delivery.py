@@ -113,8 +113,8 @@ def test_periodic_check_expires_old_rows_and_keeps_recent_ones(tmp_path: Path) -
             inbox, history = Inbox(db, stale_after_seconds=3600), HistoryStore(db, 10)
             for msg in ("old-done", "new-done", "old-processing"):
                 await inbox.claim(msg)
-            await history.append("scope", Turn("旧问题", "旧回答"))
-            await history.append("scope", Turn("新问题", "新回答"))
+            await history.append("scope", Turn("旧问题", "旧回答"), "p1")
+            await history.append("scope", Turn("新问题", "新回答"), "p1")
             from api.inbox import InboxState
 
             await inbox.mark("old-done", InboxState.DONE)

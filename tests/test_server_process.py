@@ -35,7 +35,11 @@ def test_serves_answers_and_stops_cleanly(
         PORT=str(port),
         DATABASE_PATH=str(tmp_path / "data" / "bot.db"),
         DINGTALK_OAPI_BASE=fake_dingtalk.url,
+        HOME=str(tmp_path / "home"),
+        TMPDIR=str(tmp_path / "tmp"),
     )
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
     process = subprocess.Popen(
         [sys.executable, "-m", "dingbot.server"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
@@ -66,3 +70,8 @@ def test_serves_answers_and_stops_cleanly(
     assert SECRET not in stderr
     assert "进程测试" not in stderr
     assert (tmp_path / "data" / "bot.db").exists()
+    # long-term memory lives beside DATABASE_PATH: nothing in the home folder or the temp folder
+    assert (tmp_path / "data" / "bot_memory" / "qdrant").is_dir()
+    assert (tmp_path / "data" / "bot_memory" / "mem0_history.db").is_file()
+    assert list((tmp_path / "home").iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []

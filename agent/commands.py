@@ -1,0 +1,112 @@
+"""Commands the person types, answered without the model (names in Chinese and English).
+
+/help /帮助 · /reset /重置 · /memory /记忆 · /memory share on|off (/记忆 共享 开|关)
+/forget N (/忘记 N) · /forget all (/忘记 全部)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agent.history import HistoryStore
+from agent.memory import MemoryService, MemoryUnavailable
+from agent.messages import IncomingMessage, Reply
+from agent.prompts import PromptSet
+
+_NAMES = {
+    "help": "help", "帮助": "help", "?": "help", "？": "help",
+    "reset": "reset", "重置": "reset", "清空": "reset",
+    "memory": "memory", "记忆": "memory", "memories": "memory",
+    "forget": "forget", "忘记": "forget", "忘掉": "forget",
+}  # fmt: skip
+_ON = {"on", "开", "打开", "开启", "是"}
+_OFF = {"off", "关", "关闭", "否"}
+_SHARE = {"share", "共享", "分享"}
+_ALL = {"all", "全部", "所有", "一切"}
+_COMMAND = re.compile(r"^[/／]\s*(\S+)\s*(.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str  # help, reset, memory, forget, or unknown
+    args: tuple[str, ...]
+
+
+def parse_command(text: str) -> Command | None:
+    """A command when the text starts with "/" (or the full-width "／"); None for ordinary messages."""
+    match = _COMMAND.match(text.strip())
+    if not match:
+        return None
+    word = match.group(1).lower()
+    name = _NAMES.get(word)
+    rest = match.group(2)
+    if name is None:  # "/忘记全部" written without a space
+        for known, canonical in _NAMES.items():
+            if word.startswith(known) and len(known) > 1:
+                name, rest = canonical, word[len(known) :] + " " + rest
+                break
+    return Command(name or "unknown", tuple(rest.lower().split()))
+
+
+class CommandRunner:
+    def __init__(
+        self, *, prompts: PromptSet, history: HistoryStore, memory: MemoryService | None, bot_name: str
+    ):
+        self.prompts = prompts
+        self.history = history
+        self.memory = memory
+        self.bot_name = bot_name
+
+    def _say(self, key: str, **values: object) -> Reply:
+        return Reply(self.prompts.command_reply(key, **values), command=True)
+
+    async def run(self, command: Command, message: IncomingMessage, history_scope: str) -> Reply:
+        if command.name == "help":
+            return self._say("help", bot_name=self.bot_name)
+        if command.name == "reset":
+            await self.history.clear(history_scope)
+            return self._say("reset")
+        if command.name == "unknown":
+            return self._say("unknown")
+        if self.memory is None:
+            return self._say("memory_unavailable")
+        try:
+            if command.name == "memory":
+                return await self._memory(command.args, message)
+            return await self._forget(command.args, message)
+        except MemoryUnavailable:
+            return self._say("memory_unavailable")
+
+    async def _memory(self, args: tuple[str, ...], message: IncomingMessage) -> Reply:
+        assert self.memory is not None
+        if args and args[0] in _SHARE:
+            switch = args[1] if len(args) > 1 else ""
+            if switch in _ON or switch in _OFF:
+                await self.memory.set_shared(message.person_id, switch in _ON)
+                return self._say("share_on" if switch in _ON else "share_off")
+            return self._say("unknown")
+        visible = await self.memory.list_memories(message)
+        if not visible:
+            return self._say("memory_empty")
+        items = "\n".join(
+            self.prompts.command_reply("memory_item", number=n, text=text)
+            for n, (_, text) in enumerate(visible, 1)
+        )
+        return self._say("memory_list", count=len(visible), items=items)
+
+    async def _forget(self, args: tuple[str, ...], message: IncomingMessage) -> Reply:
+        assert self.memory is not None
+        if args and args[0] in _ALL:
+            count = await self.memory.forget_person(message.person_id)
+            await self.history.erase_person(message.person_id)
+            await self.history.shrink()
+            return self._say("forgot_all", count=count)
+        if not args or not args[0].isdigit():
+            return self._say("unknown")
+        number = int(args[0])
+        text = await self.memory.forget(message, number)
+        if text is None:
+            count = len(await self.memory.list_memories(message))
+            return self._say("bad_number", number=number, count=count)
+        return self._say("forgot_one", text=text)

@@ -1,0 +1,141 @@
+"""Commands: /help /reset /memory /memory share /forget N /forget all — with real mem0 and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agent.commands import parse_command
+from agent.config import Settings
+from tests.assistants import open_assistant, person_message
+from tests.test_mem0_integration import SNACK, WXM, turn
+
+GROUP = replace(WXM, conversation_id="cidGroup/x+1==", is_group=True, conversation_title="研发群")
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "args"),
+    [
+        ("/help", "help", ()),
+        ("/帮助", "help", ()),
+        ("／记忆", "memory", ()),
+        ("/memory share on", "memory", ("share", "on")),
+        ("/记忆 共享 开", "memory", ("共享", "开")),
+        ("/forget 2", "forget", ("2",)),
+        ("/忘记全部", "forget", ("全部",)),
+        ("/FORGET ALL", "forget", ("all",)),
+        ("/bogus", "unknown", ()),
+    ],
+)
+def test_parse(text: str, name: str, args: tuple[str, ...]) -> None:
+    command = parse_command(text)
+    assert command is not None
+    assert (command.name, command.args) == (name, args)
+
+
+@pytest.mark.parametrize("text", ["你好", "1/2 是多少", "http://x/y"])
+def test_ordinary_messages_are_not_commands(text: str) -> None:
+    assert parse_command(text) is None
+
+
+def test_help_reset_and_unknown(make_settings: Callable[..., Settings]) -> None:
+    async def go() -> list[str]:
+        async with open_assistant(make_settings(), memory=True) as assistant:
+            answers = [await turn(assistant, replace(WXM, text="/help"))]
+            await turn(assistant, replace(WXM, text="第一句"))
+            answers.append(await turn(assistant, replace(WXM, text="第二句")))
+            answers.append(await turn(assistant, replace(WXM, text="/重置")))
+            answers.append(await turn(assistant, replace(WXM, text="第三句")))
+            answers.append(await turn(assistant, replace(WXM, text="/whatever")))
+            return answers
+
+    help_text, second, reset, third, unknown = asyncio.run(go())
+    assert "/forget all（/忘记 全部）" in help_text
+    assert "1 轮历史对话" in second  # commands are not kept in history
+    assert reset.startswith("好的，我已清空")
+    assert "0 轮历史对话" in third
+    assert "不认识这个命令" in unknown
+
+
+def test_memory_list_share_and_forget_one(make_settings: Callable[..., Settings]) -> None:
+    async def go() -> dict[str, str]:
+        out: dict[str, str] = {}
+        async with open_assistant(make_settings(), memory=True) as assistant:
+            await turn(assistant, WXM)  # 我叫王小明，我对花生过敏 (one-to-one)
+            await turn(assistant, replace(GROUP, message_id="g1", text="我负责后端"))
+            out["direct"] = await turn(assistant, replace(WXM, text="/memory"))
+            out["group"] = await turn(assistant, replace(GROUP, text="/记忆"))
+            out["share"] = await turn(assistant, replace(GROUP, text="/memory share on"))
+            out["group shared"] = await turn(assistant, replace(GROUP, text="/memory"))
+            out["forget"] = await turn(assistant, replace(WXM, text="/forget 2"))
+            out["bad"] = await turn(assistant, replace(WXM, text="/forget 9"))
+            out["after"] = await turn(assistant, replace(WXM, text="/memory"))
+        return out
+
+    out = asyncio.run(go())
+    assert out["direct"].splitlines()[:4] == [
+        "我记得关于你的 3 件事：",
+        "1. 用户叫王小明",
+        "2. 用户对花生过敏",
+        "3. 用户负责后端",
+    ]
+    assert "花生" not in out["group"]  # private facts stay private in a group
+    assert "1. 用户负责后端" in out["group"]
+    assert out["share"].startswith("好的，在群聊里我也可以参考")
+    assert "用户对花生过敏" in out["group shared"]
+    assert out["forget"] == "好的，我已经忘掉了：用户对花生过敏"
+    assert out["bad"] == "没有第 9 条记忆。用 /memory 查看编号（目前共 2 条）。"
+    assert "花生" not in out["after"]
+
+
+def files_containing(folder: Path, needles: list[str]) -> dict[str, list[str]]:
+    hits: dict[str, list[str]] = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found = [n for n in needles if n.encode() in data]
+            if found:
+                hits[str(path.relative_to(folder))] = found
+    return hits
+
+
+def test_forget_all_leaves_no_copy_in_any_file(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings()
+    secrets = ["王小明", "花生", "只在群里说的秘密爱好是集邮"]
+
+    async def go() -> tuple[str, str, dict[str, list[str]]]:
+        async with open_assistant(settings, memory=True) as assistant:
+            await turn(assistant, WXM)
+            await turn(assistant, replace(GROUP, message_id="g1", text="我只在群里说的秘密爱好是集邮"))
+            await turn(assistant, replace(WXM, text="花生能吃吗？"))
+            before = files_containing(tmp_path / "data", secrets)
+            assert before, "the scenario stored nothing: the check below would prove nothing"
+            done = await turn(assistant, replace(WXM, text="/forget all"))
+            after_prompt = await turn(assistant, replace(WXM, conversation_id="cid-new", text=SNACK))
+        return done, after_prompt, files_containing(tmp_path / "data", secrets)
+
+    done, after_prompt, hits = asyncio.run(go())
+    assert done == "好的，我已经忘掉关于你的一切：3 条记忆和我们的对话记录都已删除。"
+    assert "0 条记忆" in after_prompt
+    assert hits == {}
+
+
+def test_other_people_keep_their_memories_after_someone_forgets(
+    make_settings: Callable[..., Settings],
+) -> None:
+    lilei = person_message("我叫李雷，我喜欢篮球", person_id="corp:lilei", conversation_id="cid-lilei")
+
+    async def go() -> str:
+        async with open_assistant(make_settings(), memory=True) as assistant:
+            await turn(assistant, WXM)
+            await turn(assistant, lilei)
+            await turn(assistant, replace(WXM, text="/forget all"))
+            return await turn(assistant, replace(lilei, text="/memory"))
+
+    assert "用户喜欢篮球" in asyncio.run(go())

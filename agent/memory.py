@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import sqlite3
 import time
@@ -33,6 +32,7 @@ from agent.config import Settings
 from agent.database import Database
 from agent.errors import ConfigError, DingbotError
 from agent.memory_guard import unsafe_reason
+from agent.memory_store import Mem0Store
 from agent.messages import ContentKind, IncomingMessage
 from agent.prompts import PromptSet
 
@@ -84,23 +84,29 @@ class MemoryService:
         self._embeddings = embeddings
         self._database = database
         self._executor: ThreadPoolExecutor | None = None
-        self._mem0: Any = None
-        self._config: dict[str, Any] = {}
+        self._store: Mem0Store | None = None
         self._writes: set[asyncio.Task[int]] = set()
-        self.dims: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     @property
     def available(self) -> bool:
-        return self._mem0 is not None
+        return self._store is not None
+
+    @property
+    def dims(self) -> int | None:
+        return self._store.dims if self._store else None
 
     async def open(self) -> None:
         """Open the store. A dimension mismatch stops startup (ConfigError); anything else leaves the
         service running without long-term memory, with one warning naming the cause and the fix."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dingbot-memory")
         try:
-            await self._on_thread(self._open_store)
+            self._store = await self._on_thread(
+                lambda: Mem0Store.open(
+                    self.settings, extraction_model=self._extraction_model, embeddings=self._embeddings
+                )
+            )
         except ConfigError:
             raise
         except Exception as exc:
@@ -113,65 +119,13 @@ class MemoryService:
                 else str(exc)[:200],
             )
 
-    def _open_store(self) -> None:
-        settings = self.settings
-        folder = settings.memory_folder.resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ["MEM0_TELEMETRY"] = "False"  # before the first import: no calls home, no ~/.mem0 store
-        os.environ.setdefault("MEM0_DIR", str(folder / "mem0"))
-        logging.getLogger("mem0").setLevel(logging.ERROR)  # it logs memory text at INFO
-        from mem0 import Memory
-
-        probed = len(self._embeddings.embed_query("维度探测 dimension probe"))  # also warms the embedder
-        if settings.embedding_dims is not None and settings.embedding_dims != probed:
-            raise ConfigError(
-                f"EMBEDDING_DIMS={settings.embedding_dims} but the embedder returns {probed}-dim vectors: "
-                "unset EMBEDDING_DIMS or correct it"
-            )
-        store: dict[str, Any] = {
-            "collection_name": COLLECTION,
-            "embedding_model_dims": probed,
-            "on_disk": True,
-        }
-        if settings.qdrant_url:
-            store["url"] = settings.qdrant_url
-        else:
-            store["path"] = str(folder / "qdrant")
-        config = {
-            "llm": {"provider": "langchain", "config": {"model": self._extraction_model}},
-            "embedder": {
-                "provider": "langchain",
-                "config": {"model": self._embeddings, "embedding_dims": probed},
-            },
-            "vector_store": {"provider": "qdrant", "config": store},
-            "history_db_path": str(folder / "mem0_history.db"),
-        }
-        self._config = config
-        memory = Memory.from_config(config)
-        memory.db.connection.execute("PRAGMA secure_delete=ON")  # mem0's history DB: deleted text is zeroed
-        stored = memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
-        if stored != probed:
-            memory.vector_store.client.close()
-            memory.close()
-            raise ConfigError(
-                f"the stored memories in {folder} have {stored}-dim vectors but the embedder gives {probed}: "
-                "set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or move that folder away"
-            )
-        self._mem0 = memory
-        self.dims = probed
-
     async def close(self) -> None:
         if self._executor is None:
             return
         await self.settle()
-        if self._mem0 is not None:
-            memory, self._mem0 = self._mem0, None
-
-            def close_store() -> None:
-                memory.vector_store.client.close()
-                memory.close()
-
-            await self._on_thread(close_store)
+        if self._store is not None:
+            store, self._store = self._store, None
+            await self._on_thread(store.close)
         self._executor.shutdown(wait=True)
         self._executor = None
 
@@ -213,30 +167,21 @@ class MemoryService:
             scopes.append({**person, "chat": "direct"})
         return scopes
 
-    def _search(self, query: str, scopes: list[dict[str, Any]]) -> list[tuple[float, str]]:
-        found: dict[str, tuple[float, str]] = {}
-        for filters in scopes:
-            result = self._mem0.search(
-                query, filters=filters, top_k=self.settings.memory_top_k, threshold=0.0
-            )
-            for item in result.get("results", []):
-                score = float(item.get("score") or 0.0)
-                if item["id"] not in found or found[item["id"]][0] < score:
-                    found[item["id"]] = (score, str(item.get("memory", "")))
-        return sorted(found.values(), reverse=True)
-
     async def recall(self, message: IncomingMessage) -> list[str]:
         """The person's memories relevant to this message, capped by MEMORY_TOP_K and MEMORY_MAX_CHARS.
 
         Never raises: a failing or slow store answers [] and logs one warning.
         """
-        if self.settings.memory_top_k == 0 or message.kind is not ContentKind.TEXT or self._mem0 is None:
+        if self.settings.memory_top_k == 0 or message.kind is not ContentKind.TEXT or self._store is None:
             return []
         started = time.perf_counter()
         try:
+            store = self._open_store_or_raise()
             scopes = await self._scopes(message)
+            top_k = self.settings.memory_top_k
             found = await asyncio.wait_for(
-                self._on_thread(lambda: self._search(message.text, scopes)), self.settings.memory_timeout
+                self._on_thread(lambda: store.search(message.text, scopes, top_k)),
+                self.settings.memory_timeout,
             )
         except TimeoutError:
             log.warning(
@@ -264,74 +209,48 @@ class MemoryService:
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
-    def _visible(self, message: IncomingMessage, shared: bool) -> list[tuple[str, str]]:
+    def _visible(self, store: Mem0Store, message: IncomingMessage, shared: bool) -> list[tuple[str, str]]:
         """(id, text) of the person's memories that may be shown here, oldest first."""
-        items = self._mem0.get_all(filters={"user_id": message.person_id}, top_k=10_000).get("results", [])
-        items.sort(key=lambda item: str(item.get("created_at") or ""))
         visible = []
-        for item in items:
+        for item in store.all_of(message.person_id):
             where = item.get("metadata") or {}
-            if message.is_group and not (
-                where.get("conversation_id") == message.conversation_id
-                or (shared and where.get("chat") == "direct")
-            ):
+            here = where.get("conversation_id") == message.conversation_id
+            if message.is_group and not (here or (shared and where.get("chat") == "direct")):
                 continue
             visible.append((str(item["id"]), str(item.get("memory", ""))))
         return visible
 
+    def _open_store_or_raise(self) -> Mem0Store:
+        if self._store is None:
+            raise MemoryUnavailable
+        return self._store
+
     async def list_memories(self, message: IncomingMessage) -> list[tuple[str, str]]:
         """/memory: what the bot remembers about the speaker that may be shown in this conversation."""
-        if self._mem0 is None:
-            raise MemoryUnavailable
+        store = self._open_store_or_raise()
         shared = message.is_group and await self.is_shared(message.person_id)
-        return await self._on_thread(lambda: self._visible(message, shared))
+        return await self._on_thread(lambda: self._visible(store, message, shared))
 
     async def forget(self, message: IncomingMessage, number: int) -> str | None:
         """/forget N: forget the N-th memory of `list_memories`; its text, or None when there is no such N."""
+        store = self._open_store_or_raise()
         visible = await self.list_memories(message)
         if not 1 <= number <= len(visible):
             return None
         memory_id, text = visible[number - 1]
-        await self._on_thread(lambda: self._erase([memory_id], message.person_id))
+        await self._on_thread(lambda: store.erase([memory_id], message.person_id))
         return text
 
     async def forget_person(self, person_id: str) -> int:
         """/forget all: every memory of the person, mem0's copies included; returns how many."""
-        if self._mem0 is None:
-            raise MemoryUnavailable
+        store = self._open_store_or_raise()
 
         def erase_all() -> int:
-            items = self._mem0.get_all(filters={"user_id": person_id}, top_k=10_000).get("results", [])
-            ids = [str(item["id"]) for item in items]
-            self._erase(ids, person_id)
+            ids = [str(item["id"]) for item in store.all_of(person_id)]
+            store.erase(ids, person_id)
             return len(ids)
 
         return await self._on_thread(erase_all)
-
-    def _erase(self, memory_ids: list[str], person_id: str) -> None:
-        """Delete memories so that no copy survives in the files: vectors, mem0's history rows (which
-        keep the deleted text), raw messages; then rebuild the SQLite files they lived in."""
-        for memory_id in memory_ids:
-            self._mem0.delete(memory_id)
-        db = self._mem0.db
-        with db._lock:
-            marks = ",".join("?" * len(memory_ids))
-            if memory_ids:
-                db.connection.execute(f"DELETE FROM history WHERE memory_id IN ({marks})", memory_ids)  # noqa: S608
-            db.connection.execute("DELETE FROM messages WHERE session_scope LIKE ?", (f"%{person_id}%",))
-            db.connection.commit()
-            db.connection.execute("VACUUM")
-        if not self.settings.qdrant_url:  # embedded Qdrant: rebuild its SQLite files without the points
-            from mem0 import Memory
-
-            self._mem0.vector_store.client.close()
-            self._mem0.close()
-            self._mem0 = None
-            for storage in (self.settings.memory_folder / "qdrant").rglob("storage.sqlite"):
-                with sqlite3.connect(storage) as conn:
-                    conn.execute("VACUUM")
-            self._mem0 = Memory.from_config(self._config)
-            self._mem0.db.connection.execute("PRAGMA secure_delete=ON")
 
     def learn_later(self, message: IncomingMessage) -> None:
         """Learn from `message` in the background: the caller (a reply just sent) never waits."""
@@ -344,7 +263,7 @@ class MemoryService:
 
         Never raises: failures and timeouts (MEMORY_TIMEOUT) log one warning and store nothing.
         """
-        if message.kind is not ContentKind.TEXT or self._mem0 is None:
+        if message.kind is not ContentKind.TEXT or self._store is None:
             return 0
         try:
             return await asyncio.wait_for(self._learn(message), self.settings.memory_timeout)
@@ -355,8 +274,9 @@ class MemoryService:
         return 0
 
     async def _learn(self, message: IncomingMessage) -> int:
+        store = self._open_store_or_raise()
         existing = await self._on_thread(
-            lambda: [text for _, text in self._search(message.text, [{"user_id": message.person_id}])]
+            lambda: [text for _, text in store.search(message.text, [{"user_id": message.person_id}], 10)]
         )
         chain = self.prompts.extraction | self._extraction_model | StrOutputParser()
         answer = await chain.ainvoke(
@@ -380,15 +300,10 @@ class MemoryService:
             "conversation_id": message.conversation_id,
         }
 
-        def store() -> None:
+        def add_all() -> None:
             for fact in facts:
-                self._mem0.add(
-                    [{"role": "user", "content": fact}],
-                    user_id=message.person_id,
-                    metadata=where,
-                    infer=False,
-                )
+                store.add(fact, message.person_id, where)
 
-        await self._on_thread(store)
+        await self._on_thread(add_all)
         log.info("memory: stored %d fact(s)", len(facts))
         return len(facts)

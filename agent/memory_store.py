@@ -1,0 +1,125 @@
+"""The mem0 adapter: opening the store, searching, adding, listing and erasing. Synchronous: every call
+runs on the memory service's single thread (the embedded Qdrant folder allows one client).
+
+mem0 is imported here, lazily, after MEM0_TELEMETRY and MEM0_DIR are set (design.md invariant 7).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+
+from agent.config import Settings
+from agent.errors import ConfigError
+
+COLLECTION = "dingbot_memories"
+
+
+class Mem0Store:
+    def __init__(self, memory: Any, config: dict[str, Any], folder: Path, embedded: bool, dims: int) -> None:
+        self._memory = memory
+        self._config = config
+        self._folder = folder
+        self._embedded = embedded
+        self.dims = dims
+
+    @classmethod
+    def open(
+        cls, settings: Settings, *, extraction_model: BaseChatModel, embeddings: Embeddings
+    ) -> Mem0Store:
+        folder = settings.memory_folder.resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["MEM0_TELEMETRY"] = "False"  # before the first import: no calls home, no ~/.mem0 store
+        os.environ.setdefault("MEM0_DIR", str(folder / "mem0"))
+        logging.getLogger("mem0").setLevel(logging.ERROR)  # it logs memory text at INFO
+
+        probed = len(embeddings.embed_query("维度探测 dimension probe"))  # also warms the embedder
+        if settings.embedding_dims is not None and settings.embedding_dims != probed:
+            raise ConfigError(
+                f"EMBEDDING_DIMS={settings.embedding_dims} but the embedder returns {probed}-dim vectors: "
+                "unset EMBEDDING_DIMS or correct it"
+            )
+        vector_store: dict[str, Any] = {
+            "collection_name": COLLECTION,
+            "embedding_model_dims": probed,
+            "on_disk": True,
+        }
+        if settings.qdrant_url:
+            vector_store["url"] = settings.qdrant_url
+        else:
+            vector_store["path"] = str(folder / "qdrant")
+        config = {
+            # mem0 makes no LLM call (we add with infer=False) but its config needs a model
+            "llm": {"provider": "langchain", "config": {"model": extraction_model}},
+            "embedder": {"provider": "langchain", "config": {"model": embeddings, "embedding_dims": probed}},
+            "vector_store": {"provider": "qdrant", "config": vector_store},
+            "history_db_path": str(folder / "mem0_history.db"),
+        }
+        store = cls(_open_memory(config), config, folder, embedded=not settings.qdrant_url, dims=probed)
+        stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
+        if stored != probed:
+            store.close()
+            raise ConfigError(
+                f"the stored memories in {folder} have {stored}-dim vectors but the embedder gives {probed}: "
+                "set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or move that folder away"
+            )
+        return store
+
+    def close(self) -> None:
+        self._memory.vector_store.client.close()  # Memory.close() only closes mem0's SQLite
+        self._memory.close()
+
+    def search(self, query: str, scopes: list[dict[str, Any]], top_k: int) -> list[tuple[float, str]]:
+        """(score, text) of the best memories across the scopes (mem0 filters), best first."""
+        found: dict[str, tuple[float, str]] = {}
+        for filters in scopes:
+            result = self._memory.search(query, filters=filters, top_k=top_k, threshold=0.0)
+            for item in result.get("results", []):
+                score = float(item.get("score") or 0.0)
+                if item["id"] not in found or found[item["id"]][0] < score:
+                    found[item["id"]] = (score, str(item.get("memory", "")))
+        return sorted(found.values(), reverse=True)
+
+    def all_of(self, person_id: str) -> list[dict[str, Any]]:
+        """Every memory of a person (id, memory, metadata...), oldest first."""
+        items: list[dict[str, Any]] = self._memory.get_all(filters={"user_id": person_id}, top_k=10_000).get(
+            "results", []
+        )
+        return sorted(items, key=lambda item: str(item.get("created_at") or ""))
+
+    def add(self, fact: str, person_id: str, where: dict[str, str]) -> None:
+        self._memory.add([{"role": "user", "content": fact}], user_id=person_id, metadata=where, infer=False)
+
+    def erase(self, memory_ids: list[str], person_id: str) -> None:
+        """Delete memories so that no copy survives in the files: the vectors, mem0's history rows (which
+        keep the deleted text), raw messages; then rebuild the SQLite files they lived in."""
+        for memory_id in memory_ids:
+            self._memory.delete(memory_id)
+        db = self._memory.db
+        with db._lock:
+            if memory_ids:
+                marks = ",".join("?" * len(memory_ids))
+                db.connection.execute(f"DELETE FROM history WHERE memory_id IN ({marks})", memory_ids)  # noqa: S608
+            db.connection.execute("DELETE FROM messages WHERE session_scope LIKE ?", (f"%{person_id}%",))
+            db.connection.commit()
+            db.connection.execute("VACUUM")
+        if self._embedded:  # rebuild the embedded Qdrant's SQLite files without the deleted points
+            self.close()
+            for storage in (self._folder / "qdrant").rglob("storage.sqlite"):
+                with sqlite3.connect(storage) as conn:
+                    conn.execute("VACUUM")
+            self._memory = _open_memory(self._config)
+
+
+def _open_memory(config: dict[str, Any]) -> Any:
+    from mem0 import Memory
+
+    memory = Memory.from_config(config)
+    memory.db.connection.execute("PRAGMA secure_delete=ON")  # deleted history text is zeroed on disk
+    return memory

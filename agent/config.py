@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     def memory_folder(self) -> Path:
         """Embedded Qdrant and mem0's history DB: a folder beside DATABASE_PATH, never /tmp or ~."""
         path = self.database_path
-        return path.parent / f"{path.stem}_memory"
+        return path.parent / f"{path.stem}_store"
 
     @property
     def longest_answer_seconds(self) -> float:

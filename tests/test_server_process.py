@@ -71,7 +71,7 @@ def test_serves_answers_and_stops_cleanly(
     assert "进程测试" not in stderr
     assert (tmp_path / "data" / "bot.db").exists()
     # long-term memory lives beside DATABASE_PATH: nothing in the home folder or the temp folder
-    assert (tmp_path / "data" / "bot_memory" / "qdrant").is_dir()
-    assert (tmp_path / "data" / "bot_memory" / "mem0_history.db").is_file()
+    assert (tmp_path / "data" / "bot_store" / "qdrant").is_dir()
+    assert (tmp_path / "data" / "bot_store" / "mem0_history.db").is_file()
     assert list((tmp_path / "home").iterdir()) == []
     assert list((tmp_path / "tmp").iterdir()) == []

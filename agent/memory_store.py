@@ -17,6 +17,7 @@ from langchain_core.language_models import BaseChatModel
 
 from agent.config import Settings
 from agent.errors import ConfigError
+from agent.memory_index import PersonIndex
 
 COLLECTION = "dingbot_memories"
 
@@ -28,6 +29,25 @@ class Mem0Store:
         self._folder = folder
         self._embedded = embedded
         self.dims = dims
+        self._index = PersonIndex(self._load_person)
+
+    def _load_person(self, person_id: str) -> list[tuple[str, str, dict[str, Any], list[float]]]:
+        from qdrant_client import models
+
+        client = self._memory.vector_store.client
+        condition = models.FieldCondition(key="user_id", match=models.MatchValue(value=person_id))
+        points: list[tuple[str, str, dict[str, Any], list[float]]] = []
+        offset = None
+        while True:
+            batch, offset = client.scroll(
+                COLLECTION, scroll_filter=models.Filter(must=[condition]), limit=1000, offset=offset,
+                with_payload=True, with_vectors=True,
+            )  # fmt: skip
+            points.extend(
+                (str(p.id), str(p.payload.get("data", "")), p.payload, _dense(p.vector)) for p in batch
+            )
+            if offset is None:
+                return points
 
     @classmethod
     def open(
@@ -76,14 +96,17 @@ class Mem0Store:
         self._memory.close()
 
     def search(self, query: str, scopes: list[dict[str, Any]], top_k: int) -> list[tuple[float, str]]:
-        """(score, text) of the best memories across the scopes (mem0 filters), best first."""
+        """(score, text) of the best memories across the scopes (equality filters), best first."""
+        return self.search_vector(self._memory.embedding_model.embed(query, "search"), scopes, top_k)
+
+    def search_vector(
+        self, vector: list[float], scopes: list[dict[str, Any]], top_k: int
+    ) -> list[tuple[float, str]]:
         found: dict[str, tuple[float, str]] = {}
-        for filters in scopes:
-            result = self._memory.search(query, filters=filters, top_k=top_k, threshold=0.0)
-            for item in result.get("results", []):
-                score = float(item.get("score") or 0.0)
-                if item["id"] not in found or found[item["id"]][0] < score:
-                    found[item["id"]] = (score, str(item.get("memory", "")))
+        for scope in scopes:
+            for score, memory_id, text in self._index.search(vector, scope, top_k):
+                if memory_id not in found or found[memory_id][0] < score:
+                    found[memory_id] = (score, text)
         return sorted(found.values(), reverse=True)
 
     def all_of(self, person_id: str) -> list[dict[str, Any]]:
@@ -94,13 +117,19 @@ class Mem0Store:
         return sorted(items, key=lambda item: str(item.get("created_at") or ""))
 
     def add(self, fact: str, person_id: str, where: dict[str, str]) -> None:
-        self._memory.add([{"role": "user", "content": fact}], user_id=person_id, metadata=where, infer=False)
+        result = self._memory.add(
+            [{"role": "user", "content": fact}], user_id=person_id, metadata=where, infer=False
+        )
+        ids = [str(item["id"]) for item in result.get("results", []) if item.get("id")]
+        for point in self._memory.vector_store.client.retrieve(COLLECTION, ids=ids, with_vectors=True):
+            self._index.added(person_id, str(point.id), fact, point.payload or {}, _dense(point.vector))
 
     def erase(self, memory_ids: list[str], person_id: str) -> None:
         """Delete memories so that no copy survives in the files: the vectors, mem0's history rows (which
         keep the deleted text), raw messages; then rebuild the SQLite files they lived in."""
         for memory_id in memory_ids:
             self._memory.delete(memory_id)
+        self._index.removed(person_id, memory_ids)
         db = self._memory.db
         with db._lock:
             if memory_ids:
@@ -115,6 +144,13 @@ class Mem0Store:
                 with sqlite3.connect(storage) as conn:
                     conn.execute("VACUUM")
             self._memory = _open_memory(self._config)
+
+
+def _dense(vector: Any) -> list[float]:
+    """A point's dense vector (Qdrant returns a list, or a dict when vectors are named)."""
+    if isinstance(vector, dict):
+        vector = vector.get("") or next(iter(vector.values()))
+    return [float(x) for x in vector]
 
 
 def _open_memory(config: dict[str, Any]) -> Any:

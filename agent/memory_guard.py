@@ -61,9 +61,12 @@ _ID_NUMBER = re.compile(
 )
 
 
+_TITLES = re.compile(r"《[^》]{0,60}》")  # book and song titles: 《你是我的眼》 is not an instruction
+
+
 def unsafe_reason(fact: str) -> str | None:
     """Why `fact` must not be stored ("instruction", "secret", "id_number"), or None when it may be."""
-    if _INSTRUCTION.search(fact):
+    if _INSTRUCTION.search(_TITLES.sub("《》", fact)):
         return "instruction"
     if _SECRET.search(fact):
         return "secret"

@@ -53,6 +53,18 @@ class PersonIndex:
         self._people: OrderedDict[str, PersonMemories] = OrderedDict()
         self._max_people = max_people
 
+    def preload(self, rows: Iterable[tuple[str, str, str, dict[str, Any], list[float]]]) -> int:
+        """Fill the index from (person, id, text, payload, vector) rows, e.g. the whole store at startup,
+        so no reply pays a person's first load. Returns how many people were loaded."""
+        for person_id, memory_id, text, payload, vector in rows:
+            memories = self._people.get(person_id)
+            if memories is None:
+                if len(self._people) >= self._max_people:
+                    continue  # the rest load on first use
+                memories = self._people[person_id] = PersonMemories()
+            memories.append(memory_id, text, payload, vector)
+        return len(self._people)
+
     def _person(self, person_id: str) -> PersonMemories:
         memories = self._people.get(person_id)
         if memories is None:

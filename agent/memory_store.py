@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +32,38 @@ class Mem0Store:
         self.dims = dims
         self._index = PersonIndex(self._load_person)
 
-    def _load_person(self, person_id: str) -> list[tuple[str, str, dict[str, Any], list[float]]]:
+    def _points(self, person_id: str | None) -> Iterator[tuple[str, str, str, dict[str, Any], list[float]]]:
+        """(person, id, text, payload, vector) of every stored memory, or of one person's."""
         from qdrant_client import models
 
         client = self._memory.vector_store.client
-        condition = models.FieldCondition(key="user_id", match=models.MatchValue(value=person_id))
-        points: list[tuple[str, str, dict[str, Any], list[float]]] = []
+        only = None
+        if person_id is not None:
+            condition = models.FieldCondition(key="user_id", match=models.MatchValue(value=person_id))
+            only = models.Filter(must=[condition])
         offset = None
         while True:
             batch, offset = client.scroll(
-                COLLECTION, scroll_filter=models.Filter(must=[condition]), limit=1000, offset=offset,
-                with_payload=True, with_vectors=True,
-            )  # fmt: skip
-            points.extend(
-                (str(p.id), str(p.payload.get("data", "")), p.payload, _dense(p.vector)) for p in batch
+                COLLECTION,
+                scroll_filter=only,
+                limit=1000,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
             )
+            for point in batch:
+                payload = point.payload or {}
+                person = str(payload.get("user_id", ""))
+                yield person, str(point.id), str(payload.get("data", "")), payload, _dense(point.vector)
             if offset is None:
-                return points
+                return
+
+    def _load_person(self, person_id: str) -> list[tuple[str, str, dict[str, Any], list[float]]]:
+        return [row[1:] for row in self._points(person_id)]
+
+    def preload(self) -> int:
+        """Load every person's vectors into the index (once, at startup); returns how many people."""
+        return self._index.preload(self._points(None))
 
     @classmethod
     def open(
@@ -89,6 +105,7 @@ class Mem0Store:
                 f"the stored memories in {folder} have {stored}-dim vectors but the embedder gives {probed}: "
                 "set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or move that folder away"
             )
+        store.preload()
         return store
 
     def close(self) -> None:

@@ -132,3 +132,21 @@ def test_reply_is_sent_before_a_slow_memory_extraction_finishes(
     assert reply.json()["text"]["content"] == "好的，记住了"
     # the real-mode embeddings came from the same endpoint (the seed's behaviour)
     assert any(r.path == "/v1/embeddings" for r in fake_openai.requests)
+
+
+def test_an_endpoint_without_embeddings_runs_without_long_term_memory(
+    make_settings: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    fake_dingtalk: FakeDingTalk,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_openai.embeddings = False  # like many vLLM/Ollama setups: /v1/embeddings answers 404
+    fake_openai.script.append(Scripted(text="照常回答"))
+    with serve(settings_for(make_settings, fake_openai)) as app:
+        assert app.client.get("/healthz").json()["memory"] == "off"
+        app.post_callback(encode(callback(fake_dingtalk.webhook(), "我喜欢猫")), signed_headers(SECRET))
+        [reply] = fake_dingtalk.wait_for(1)
+    assert reply.json()["text"]["content"] == "照常回答"
+    assert "long-term memory is OFF" in caplog.text
+    assert "EMBEDDING_PROVIDER=local" in caplog.text
+    assert KEY not in caplog.text

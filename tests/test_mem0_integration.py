@@ -24,6 +24,7 @@ from langchain_core.messages import BaseMessage
 from agent.assistant import Assistant
 from agent.config import Settings
 from agent.embeddings import LocalEmbeddings
+from agent.errors import ConfigError
 from agent.llm import build_chat_model
 from agent.messages import IncomingMessage
 from agent.prompts import load_prompts
@@ -226,3 +227,32 @@ def test_a_slow_memory_write_times_out_and_is_dropped(
 
     assert asyncio.run(go()) == []
     assert "memory write timed out after 0.3 s" in caplog.text
+
+
+def test_a_collection_written_with_other_dimensions_stops_startup_clearly(
+    make_settings: Callable[..., Settings],
+) -> None:
+    class Small(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [[1.0] * 8 for _ in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return [1.0] * 8
+
+    settings = make_settings()
+
+    async def go() -> None:
+        async with open_assistant(settings, memory=True) as assistant:  # writes a 512-dim collection
+            await turn(assistant, WXM)
+        async with open_assistant(settings, memory=True, embeddings=Small()):
+            pass
+
+    with pytest.raises(ConfigError, match="have 512-dim vectors but the embedder gives 8"):
+        asyncio.run(go())
+    with pytest.raises(ConfigError, match="EMBEDDING_DIMS=256 but the embedder returns 512"):
+        asyncio.run(go_with(make_settings(embedding_dims=256)))
+
+
+async def go_with(settings: Settings) -> None:
+    async with open_assistant(settings, memory=True):
+        pass

@@ -94,6 +94,10 @@ class MemoryService:
         return self._store is not None
 
     @property
+    def pending_writes(self) -> int:
+        return len(self._writes)
+
+    @property
     def dims(self) -> int | None:
         return self._store.dims if self._store else None
 

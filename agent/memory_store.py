@@ -6,6 +6,7 @@ mem0 is imported here, lazily, after MEM0_TELEMETRY and MEM0_DIR are set (design
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -75,12 +76,7 @@ class Mem0Store:
         os.environ.setdefault("MEM0_DIR", str(folder / "mem0"))
         logging.getLogger("mem0").setLevel(logging.ERROR)  # it logs memory text at INFO
 
-        probed = len(embeddings.embed_query("维度探测 dimension probe"))  # also warms the embedder
-        if settings.embedding_dims is not None and settings.embedding_dims != probed:
-            raise ConfigError(
-                f"EMBEDDING_DIMS={settings.embedding_dims} but the embedder returns {probed}-dim vectors: "
-                "unset EMBEDDING_DIMS or correct it"
-            )
+        probed = probe_dims(settings, embeddings)
         vector_store: dict[str, Any] = {
             "collection_name": COLLECTION,
             "embedding_model_dims": probed,
@@ -101,10 +97,7 @@ class Mem0Store:
         stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
         if stored != probed:
             store.close()
-            raise ConfigError(
-                f"the stored memories in {folder} have {stored}-dim vectors but the embedder gives {probed}: "
-                "set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or move that folder away"
-            )
+            raise _mismatch(folder, stored, probed)
         store.preload()
         return store
 
@@ -161,6 +154,46 @@ class Mem0Store:
                 with sqlite3.connect(storage) as conn:
                     conn.execute("VACUUM")
             self._memory = _open_memory(self._config)
+
+
+def probe_dims(settings: Settings, embeddings: Embeddings) -> int:
+    """The embedder's vector size (one call; it also warms the embedder), checked against EMBEDDING_DIMS."""
+    probed = len(embeddings.embed_query("维度探测 dimension probe"))
+    if settings.embedding_dims is not None and settings.embedding_dims != probed:
+        raise ConfigError(
+            f"EMBEDDING_DIMS={settings.embedding_dims} but the embedder returns {probed}-dim vectors: "
+            "unset EMBEDDING_DIMS or correct it"
+        )
+    return probed
+
+
+def _mismatch(folder: Path, stored: int, probed: int) -> ConfigError:
+    return ConfigError(
+        f"the stored memories in {folder} have {stored}-dim vectors but the embedder gives {probed}: "
+        "set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or move that folder away"
+    )
+
+
+def check_stored_dims(settings: Settings, embeddings: Embeddings) -> None:
+    """Before the service starts: the embedded collection's vector size (from Qdrant's meta.json, without
+    opening the folder) must match the embedder. An embedder that cannot answer is not an error here:
+    the service then starts without long-term memory and says why."""
+    folder = settings.memory_folder.resolve()
+    meta = folder / "qdrant" / "meta.json"
+    if settings.qdrant_url or not meta.is_file():
+        return
+    try:
+        stored = int(json.loads(meta.read_text())["collections"][COLLECTION]["vectors"]["size"])
+    except (ValueError, KeyError, TypeError):
+        return
+    try:
+        probed = probe_dims(settings, embeddings)
+    except ConfigError:
+        raise
+    except Exception:
+        return
+    if stored != probed:
+        raise _mismatch(folder, stored, probed)
 
 
 def _dense(vector: Any) -> list[float]:

@@ -13,7 +13,9 @@ from pathlib import Path
 import uvicorn
 
 from agent.config import Settings, load_settings
+from agent.embeddings import build_embeddings
 from agent.errors import ConfigError, PromptError
+from agent.memory_store import check_stored_dims
 from agent.prompts import load_prompts
 from api.app import create_app
 from dingbot.logs import configure_logging
@@ -24,6 +26,7 @@ def preflight() -> Settings:
     settings = load_settings()
     load_prompts(settings.prompts_dir)
     _check_database(settings.database_path)
+    check_stored_dims(settings, build_embeddings(settings))
     _check_port(settings.host, settings.port)
     return settings
 

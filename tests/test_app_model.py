@@ -150,3 +150,30 @@ def test_an_endpoint_without_embeddings_runs_without_long_term_memory(
     assert "long-term memory is OFF" in caplog.text
     assert "EMBEDDING_PROVIDER=local" in caplog.text
     assert KEY not in caplog.text
+
+
+def test_real_mode_learns_with_the_endpoint_and_recalls_in_another_conversation(
+    make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    # answer, extraction (the same chat model), then the answer in the second conversation
+    fake_openai.script.extend(
+        [Scripted(text="记住了"), Scripted(text='{"facts": ["用户对花生过敏"]}'), Scripted(text="别吃花生")]
+    )
+    with serve(settings_for(make_settings, fake_openai)) as app:
+        first = callback(fake_dingtalk.webhook(), "我对花生过敏")
+        app.post_callback(encode(first), signed_headers(SECRET))
+        fake_openai.wait_for(2, path="/chat/completions")  # the extraction call
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until the reply is out and the background write is done
+            health = app.client.get("/healthz").json()
+            if not health["in_flight"] and not health["memory_writes"]:
+                break
+            time.sleep(0.05)
+        second = callback(fake_dingtalk.webhook(), "我能吃什么零食？", conversationId="cid-another==")
+        app.post_callback(encode(second), signed_headers(SECRET))
+        fake_dingtalk.wait_for(2)
+    extraction, answer = fake_openai.chats()[1].json(), fake_openai.chats()[2].json()
+    assert "提取" in extraction["messages"][0]["content"]  # prompts/memory.yaml went to the same model
+    system = answer["messages"][0]["content"]
+    assert "<memories>\n- 用户对花生过敏\n</memories>" in system
+    assert any(r.path == "/v1/embeddings" for r in fake_openai.requests)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -75,3 +76,27 @@ def test_serves_answers_and_stops_cleanly(
     assert (tmp_path / "data" / "bot_store" / "mem0_history.db").is_file()
     assert list((tmp_path / "home").iterdir()) == []
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_path: Path) -> None:
+    qdrant = tmp_path / "data" / "bot_store" / "qdrant"
+    qdrant.mkdir(parents=True)
+    (qdrant / "meta.json").write_text(
+        json.dumps({"collections": {"dingbot_memories": {"vectors": {"size": 1536, "distance": "Cosine"}}}})
+    )
+    env = subprocess_env(
+        FORCE_MOCK_OPENAI="1", PORT=str(free_port()), DATABASE_PATH=str(tmp_path / "data" / "bot.db")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "dingbot.server"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "have 1536-dim vectors but the embedder gives 512" in lines[0]
+    assert "EMBEDDING_PROVIDER" in lines[0]

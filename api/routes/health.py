@@ -20,5 +20,6 @@ async def healthz(services: ServicesDep) -> JSONResponse:
         "model": services.settings.openai_model if not services.settings.mock_mode else "mock",
         "in_flight": services.dispatcher.in_flight,
         "memory": "ok" if services.memory.available else "off",
+        "memory_writes": services.memory.pending_writes,
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)

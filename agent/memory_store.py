@@ -145,7 +145,11 @@ class Mem0Store:
             if memory_ids:
                 marks = ",".join("?" * len(memory_ids))
                 db.connection.execute(f"DELETE FROM history WHERE memory_id IN ({marks})", memory_ids)  # noqa: S608
-            db.connection.execute("DELETE FROM messages WHERE session_scope LIKE ?", (f"%{person_id}%",))
+            # raw messages mem0 kept for this person (none with infer=False, but a store may hold older ones)
+            from mem0.memory.main import _build_session_scope  # mem0 is pinned: its own scope format
+
+            scope = _build_session_scope({"user_id": person_id})
+            db.connection.execute("DELETE FROM messages WHERE session_scope = ?", (scope,))
             db.connection.commit()
             db.connection.execute("VACUUM")
         if self._embedded:  # rebuild the embedded Qdrant's SQLite files without the deleted points

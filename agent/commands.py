@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ _NAMES = {
     "memory": "memory", "记忆": "memory", "memories": "memory",
     "forget": "forget", "忘记": "forget", "忘掉": "forget",
 }  # fmt: skip
+log = logging.getLogger(__name__)
+
 _ON = {"on", "开", "打开", "开启", "是"}
 _OFF = {"off", "关", "关闭", "否"}
 _SHARE = {"share", "共享", "分享"}
@@ -69,6 +72,8 @@ class CommandRunner:
             return self._say("reset")
         if command.name == "unknown":
             return self._say("unknown")
+        if command.name == "forget" and command.args and command.args[0] in _ALL:
+            return await self._forget_all(message)
         if self.memory is None:
             return self._say("memory_unavailable")
         try:
@@ -77,6 +82,22 @@ class CommandRunner:
             return await self._forget(command.args, message)
         except MemoryUnavailable:
             return self._say("memory_unavailable")
+        except Exception as exc:  # a store error gets the person an answer, never silence
+            log.warning("command /%s failed (%s)", command.name, type(exc).__name__)
+            return self._say("memory_unavailable")
+
+    async def _forget_all(self, message: IncomingMessage) -> Reply:
+        """Our own copies go first, whatever the memory store says; then the long-term memories."""
+        await self.history.erase_person(message.person_id)
+        await self.history.shrink()
+        try:
+            if self.memory is None:
+                raise MemoryUnavailable
+            count = await self.memory.forget_person(message.person_id)
+        except Exception as exc:
+            log.warning("/forget all: long-term memories not erased (%s)", type(exc).__name__)
+            return self._say("forgot_history_only")
+        return self._say("forgot_all_group") if message.is_group else self._say("forgot_all", count=count)
 
     async def _memory(self, args: tuple[str, ...], message: IncomingMessage) -> Reply:
         assert self.memory is not None
@@ -97,11 +118,6 @@ class CommandRunner:
 
     async def _forget(self, args: tuple[str, ...], message: IncomingMessage) -> Reply:
         assert self.memory is not None
-        if args and args[0] in _ALL:
-            count = await self.memory.forget_person(message.person_id)
-            await self.history.erase_person(message.person_id)
-            await self.history.shrink()
-            return self._say("forgot_all", count=count)
         if not args or not args[0].isdigit():
             return self._say("unknown")
         number = int(args[0])

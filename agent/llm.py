@@ -132,14 +132,12 @@ _CLAUSES = re.compile(r"[，。！？；,.!?;\n]+")
 _QUESTION = re.compile(
     r"[?？]|吗|什么|怎么|为什么|哪|谁|几|多少|是否|\b(what|how|why|where|who|which|can i|do i)\b", re.I
 )
-_FIRST_PERSON = (
-    ("我的", "用户的"),
-    ("我", "用户"),
-    ("I'm ", "User is "),
-    ("I am ", "User is "),
-    ("my ", "User's "),
-    ("My ", "User's "),
-    ("I ", "User "),
+_FIRST_PERSON = (  # rewritten to the third person; English only on word boundaries ("API" stays "API")
+    (re.compile("我的"), "用户的"),
+    (re.compile("我"), "用户"),
+    (re.compile(r"\bI(?:'m| am)\b"), "User is"),
+    (re.compile(r"\b[Mm]y\b"), "User's"),
+    (re.compile(r"\bI\b"), "User"),
 )
 
 
@@ -162,7 +160,7 @@ class MockExtractionModel(BaseChatModel):
             if not clause or _QUESTION.search(clause) or not re.search(r"我|\b(I|I'm|my)\b", clause):
                 continue
             for first, third in _FIRST_PERSON:
-                clause = clause.replace(first, third)
+                clause = first.sub(third, clause)
             if clause not in found:
                 found.append(clause)
         return found

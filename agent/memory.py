@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COLLECTION = "dingbot_memories"
+RECALL_PAUSE_SECONDS = 30  # after a failed or slow recall, replies skip memory for this long
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _TAGS = re.compile(r"</?\s*memories\s*>", re.IGNORECASE)
 
@@ -85,6 +86,9 @@ class MemoryService:
         self._database = database
         self._executor: ThreadPoolExecutor | None = None
         self._store: Mem0Store | None = None
+        self._recall_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dingbot-memory-recall")
+        self._recall_paused_until = 0.0
+        self._forgotten_at: dict[str, float] = {}
         self._writes: set[asyncio.Task[int]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -132,6 +136,9 @@ class MemoryService:
             await self._on_thread(store.close)
         self._executor.shutdown(wait=True)
         self._executor = None
+        self._recall_executor.shutdown(
+            wait=False, cancel_futures=True
+        )  # a hung recall must not hold shutdown
 
     async def _on_thread(self, work: Callable[[], T]) -> T:
         if self._executor is None:
@@ -179,28 +186,38 @@ class MemoryService:
         if self.settings.memory_top_k == 0 or message.kind is not ContentKind.TEXT or self._store is None:
             return []
         started = time.perf_counter()
+        if time.monotonic() < self._recall_paused_until:
+            return []
         try:
             store = self._open_store_or_raise()
             scopes = await self._scopes(message)
             top_k = self.settings.memory_top_k
+            # Its own thread: a recall never queues behind writes or a /forget on the memory thread.
             found = await asyncio.wait_for(
-                self._on_thread(lambda: store.search(message.text, scopes, top_k)),
+                asyncio.get_running_loop().run_in_executor(
+                    self._recall_executor, lambda: store.search(message.text, scopes, top_k)
+                ),
                 self.settings.memory_timeout,
             )
-        except TimeoutError:
-            log.warning(
-                "memory search timed out after %g s: answering without memories", self.settings.memory_timeout
-            )
-            return []
         except Exception as exc:
-            log.warning("memory search failed (%s): answering without memories", type(exc).__name__)
+            self._recall_paused_until = time.monotonic() + RECALL_PAUSE_SECONDS
+            cause = (
+                f"timed out after {self.settings.memory_timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else (f"failed ({type(exc).__name__})")
+            )
+            log.warning(
+                "memory search %s: answering without memories; recalls pause for %d s",
+                cause,
+                RECALL_PAUSE_SECONDS,
+            )
             return []
         memories: list[str] = []
         budget = self.settings.memory_max_chars
         for _, text in found[: self.settings.memory_top_k]:
             text = _TAGS.sub("", " ".join(text.split()))  # a memory can never close the data block
             if not text or len(text) > budget:
-                break
+                continue  # a shorter one further down may still fit
             memories.append(text)
             budget -= len(text)
         log.info("memory: recalled %d in %.0f ms", len(memories), (time.perf_counter() - started) * 1000)
@@ -246,13 +263,19 @@ class MemoryService:
         return text
 
     async def forget_person(self, person_id: str) -> int:
-        """/forget all: every memory of the person, mem0's copies included; returns how many."""
+        """/forget all: every memory of the person, mem0's copies included; returns how many.
+
+        A write already under way for this person (learned before the command) is refused when it
+        reaches the store, so a forgotten fact cannot come back a second later."""
         store = self._open_store_or_raise()
+        self._forgotten_at[person_id] = time.monotonic()
 
         def erase_all() -> int:
-            ids = [str(item["id"]) for item in store.all_of(person_id)]
-            store.erase(ids, person_id)
-            return len(ids)
+            erased = 0
+            while ids := [str(item["id"]) for item in store.all_of(person_id)]:
+                store.erase(ids, person_id)
+                erased += len(ids)
+            return erased
 
         return await self._on_thread(erase_all)
 
@@ -272,16 +295,21 @@ class MemoryService:
         try:
             return await asyncio.wait_for(self._learn(message), self.settings.memory_timeout)
         except TimeoutError:
-            log.warning("memory write timed out after %g s: nothing stored", self.settings.memory_timeout)
+            log.warning(
+                "memory write timed out after %g s: facts not stored by then are dropped",
+                self.settings.memory_timeout,
+            )
         except Exception as exc:
             log.warning("memory write failed (%s): nothing stored", type(exc).__name__)
         return 0
 
     async def _learn(self, message: IncomingMessage) -> int:
+        started = time.monotonic()
         store = self._open_store_or_raise()
-        existing = await self._on_thread(
-            lambda: [text for _, text in store.search(message.text, [{"user_id": message.person_id}], 10)]
-        )
+        # What is already known *here* (the scopes a recall here may use): a group's extraction never sees
+        # the person's private facts, so it cannot restate one into the group.
+        scopes = await self._scopes(message)
+        existing = await self._on_thread(lambda: [text for _, text in store.search(message.text, scopes, 10)])
         chain = self.prompts.extraction | self._extraction_model | StrOutputParser()
         answer = await chain.ainvoke(
             {
@@ -304,10 +332,16 @@ class MemoryService:
             "conversation_id": message.conversation_id,
         }
 
-        def add_all() -> None:
+        def add_all() -> int:
+            if self._forgotten_at.get(message.person_id, -1.0) >= started:
+                return 0  # "/forget all" came while this was being extracted
+            added = 0
             for fact in facts:
-                store.add(fact, message.person_id, where)
+                if not store.knows(message.person_id, fact, where):  # a concurrent write may have added it
+                    store.add(fact, message.person_id, where)
+                    added += 1
+            return added
 
-        await self._on_thread(add_all)
-        log.info("memory: stored %d fact(s)", len(facts))
-        return len(facts)
+        added = await self._on_thread(add_all)
+        log.info("memory: stored %d fact(s)", added)
+        return added

@@ -2,19 +2,23 @@
 
 The embedded Qdrant scans every point of the collection for a filtered search (≈ 60–140 ms at 1k–3k
 memories here, growing with the whole store). Memories are always searched within one person, so
-each person's vectors are kept as one normalised numpy matrix, loaded from the store on first use and
+each person's vectors are kept as one normalised numpy matrix, preloaded from the store at startup and
 updated on add and erase: a search is one matrix-vector product over that person's rows only.
-The store stays the record; this is a cache (least recently used people are dropped past `max_people`).
+The store stays the record. Past `max_people` the least recently used people are dropped and loaded
+again on first use. Thread-safe: recalls search on their own thread while the memory thread writes.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+Row = tuple[str, str, dict[str, Any], list[float]]  # id, text, payload, vector
 
 
 @dataclass
@@ -38,8 +42,11 @@ class PersonMemories:
         self.places = [self.places[i] for i in keep]
         self.matrix = self.matrix[keep] if keep else np.zeros((0, 0), dtype=np.float32)
 
-
-Loader = Callable[[str], Iterable[tuple[str, str, dict[str, Any], list[float]]]]
+    def rows_in(self, scope: dict[str, Any]) -> list[int]:
+        conditions = {k: v for k, v in scope.items() if k != "user_id"}
+        return [
+            i for i, place in enumerate(self.places) if all(place.get(k) == v for k, v in conditions.items())
+        ]
 
 
 def _normalise(matrix: np.ndarray) -> np.ndarray:
@@ -48,59 +55,76 @@ def _normalise(matrix: np.ndarray) -> np.ndarray:
 
 
 class PersonIndex:
-    def __init__(self, load: Loader, max_people: int = 2000) -> None:
-        self._load = load  # person_id → (id, text, payload, vector) of every memory of that person
+    def __init__(self, load: Callable[[str], Iterable[Row]], max_people: int = 5000) -> None:
+        self._load = load  # person_id → every memory of that person, from the store
         self._people: OrderedDict[str, PersonMemories] = OrderedDict()
         self._max_people = max_people
+        self._complete = False  # True: every person with memories is in the index
+        self._lock = threading.Lock()
 
     def preload(self, rows: Iterable[tuple[str, str, str, dict[str, Any], list[float]]]) -> int:
-        """Fill the index from (person, id, text, payload, vector) rows, e.g. the whole store at startup,
-        so no reply pays a person's first load. Returns how many people were loaded."""
-        for person_id, memory_id, text, payload, vector in rows:
-            memories = self._people.get(person_id)
-            if memories is None:
-                if len(self._people) >= self._max_people:
-                    continue  # the rest load on first use
-                memories = self._people[person_id] = PersonMemories()
-            memories.append(memory_id, text, payload, vector)
-        return len(self._people)
+        """Fill the index from (person, id, text, payload, vector) rows — the whole store, at startup — so
+        no reply pays a load, and a person not in the index has no memories. Returns how many people."""
+        with self._lock:
+            complete = True
+            for person_id, memory_id, text, payload, vector in rows:
+                memories = self._people.get(person_id)
+                if memories is None:
+                    if len(self._people) >= self._max_people:
+                        complete = False  # the rest load on first use
+                        continue
+                    memories = self._people[person_id] = PersonMemories()
+                memories.append(memory_id, text, payload, vector)
+            self._complete = complete
+            return len(self._people)
 
     def _person(self, person_id: str) -> PersonMemories:
-        memories = self._people.get(person_id)
-        if memories is None:
-            memories = PersonMemories()
-            for memory_id, text, payload, vector in self._load(person_id):
-                memories.append(memory_id, text, payload, vector)
-            self._people[person_id] = memories
+        with self._lock:
+            memories = self._people.get(person_id)
+            if memories is None and self._complete:
+                memories = self._people[person_id] = PersonMemories()
+            if memories is not None:
+                self._people.move_to_end(person_id)
+                return memories
+        loaded = PersonMemories()  # load outside the lock: the loader takes the store's own lock
+        for memory_id, text, payload, vector in self._load(person_id):
+            loaded.append(memory_id, text, payload, vector)
+        with self._lock:
+            memories = self._people.setdefault(person_id, loaded)
             while len(self._people) > self._max_people:
                 self._people.popitem(last=False)
-        self._people.move_to_end(person_id)
-        return memories
+                self._complete = False
+            return memories
 
     def search(self, vector: list[float], scope: dict[str, Any], top_k: int) -> list[tuple[float, str, str]]:
         """(score, id, text) of the best `top_k` memories in `scope` ({"user_id": …, other equalities})."""
         memories = self._person(str(scope["user_id"]))
-        if not memories.ids or top_k <= 0:
-            return []
-        conditions = {k: v for k, v in scope.items() if k != "user_id"}
-        rows = [
-            i
-            for i, place in enumerate(memories.places)
-            if all(place.get(k) == v for k, v in conditions.items())
-        ]
-        if not rows:
-            return []
-        query = _normalise(np.asarray([vector], dtype=np.float32))[0]
-        scores = memories.matrix[rows] @ query
-        best = np.argsort(-scores)[:top_k]
-        return [(float(scores[i]), memories.ids[rows[i]], memories.texts[rows[i]]) for i in best]
+        with self._lock:
+            rows = memories.rows_in(scope) if memories.ids and top_k > 0 else []
+            if not rows:
+                return []
+            query = _normalise(np.asarray([vector], dtype=np.float32))[0]
+            scores = memories.matrix[rows] @ query
+            best = np.argsort(-scores)[:top_k]
+            return [(float(scores[i]), memories.ids[rows[i]], memories.texts[rows[i]]) for i in best]
+
+    def knows(self, person_id: str, text: str, scope: dict[str, Any]) -> bool:
+        """Whether the person already has exactly this memory in this scope."""
+        memories = self._person(person_id)
+        with self._lock:
+            return any(memories.texts[i] == text for i in memories.rows_in(scope))
 
     def added(
         self, person_id: str, memory_id: str, text: str, payload: dict[str, Any], vector: list[float]
     ) -> None:
-        if person_id in self._people:  # not cached yet: it is loaded with everything else on first use
-            self._people[person_id].append(memory_id, text, payload, vector)
+        with self._lock:
+            memories = self._people.get(person_id)
+            if memories is None and self._complete:
+                memories = self._people[person_id] = PersonMemories()
+            if memories is not None:  # otherwise it is loaded with everything else on first use
+                memories.append(memory_id, text, payload, vector)
 
     def removed(self, person_id: str, memory_ids: Iterable[str]) -> None:
-        if person_id in self._people:
-            self._people[person_id].remove(set(memory_ids))
+        with self._lock:
+            if person_id in self._people:
+                self._people[person_id].remove(set(memory_ids))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,31 @@ from agent.memory_index import PersonIndex
 COLLECTION = "dingbot_memories"
 
 
+class LockedEmbeddings(Embeddings):
+    """One embedding call at a time: recalls (their own thread) and writes (the memory thread) share it."""
+
+    def __init__(self, inner: Embeddings) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            return self._inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        with self._lock:
+            return self._inner.embed_query(text)
+
+
 class Mem0Store:
-    def __init__(self, memory: Any, config: dict[str, Any], folder: Path, embedded: bool, dims: int) -> None:
+    """Thread-safe for its users: `search` and `knows` may run on a recall thread while the memory
+    thread adds and erases (the store's calls take `_lock`; the index has its own)."""
+
+    def __init__(self, memory: Any, *, embedded: bool, dims: int) -> None:
         self._memory = memory
-        self._config = config
-        self._folder = folder
-        self._embedded = embedded
+        self._embedded = embedded  # False with QDRANT_URL: the server searches, no in-process index
         self.dims = dims
+        self._lock = threading.RLock()
         self._index = PersonIndex(self._load_person)
 
     def _points(self, person_id: str | None) -> Iterator[tuple[str, str, str, dict[str, Any], list[float]]]:
@@ -60,11 +78,13 @@ class Mem0Store:
                 return
 
     def _load_person(self, person_id: str) -> list[tuple[str, str, dict[str, Any], list[float]]]:
-        return [row[1:] for row in self._points(person_id)]
+        with self._lock:
+            return [row[1:] for row in self._points(person_id)]
 
     def preload(self) -> int:
         """Load every person's vectors into the index (once, at startup); returns how many people."""
-        return self._index.preload(self._points(None))
+        with self._lock:
+            return self._index.preload(self._points(None))
 
     @classmethod
     def open(
@@ -76,6 +96,7 @@ class Mem0Store:
         os.environ.setdefault("MEM0_DIR", str(folder / "mem0"))
         logging.getLogger("mem0").setLevel(logging.ERROR)  # it logs memory text at INFO
 
+        embeddings = LockedEmbeddings(embeddings)
         probed = probe_dims(settings, embeddings)
         vector_store: dict[str, Any] = {
             "collection_name": COLLECTION,
@@ -93,12 +114,13 @@ class Mem0Store:
             "vector_store": {"provider": "qdrant", "config": vector_store},
             "history_db_path": str(folder / "mem0_history.db"),
         }
-        store = cls(_open_memory(config), config, folder, embedded=not settings.qdrant_url, dims=probed)
+        store = cls(_open_memory(config), embedded=not settings.qdrant_url, dims=probed)
         stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
         if stored != probed:
             store.close()
             raise _mismatch(folder, stored, probed)
-        store.preload()
+        if store._embedded:
+            store.preload()
         return store
 
     def close(self) -> None:
@@ -114,19 +136,35 @@ class Mem0Store:
     ) -> list[tuple[float, str]]:
         found: dict[str, tuple[float, str]] = {}
         for scope in scopes:
-            for score, memory_id, text in self._index.search(vector, scope, top_k):
+            if self._embedded:
+                hits = self._index.search(vector, scope, top_k)
+            else:  # a shared server: other workers write too, so no local cache can be trusted
+                hits = [
+                    (float(h.score or 0.0), str(h.id), str((h.payload or {}).get("data", "")))
+                    for h in self._memory.vector_store.search(
+                        query="", vectors=vector, top_k=top_k, filters=scope
+                    )
+                ]
+            for score, memory_id, text in hits:
                 if memory_id not in found or found[memory_id][0] < score:
                     found[memory_id] = (score, text)
         return sorted(found.values(), reverse=True)
 
     def all_of(self, person_id: str) -> list[dict[str, Any]]:
         """Every memory of a person (id, memory, metadata...), oldest first."""
-        items: list[dict[str, Any]] = self._memory.get_all(filters={"user_id": person_id}, top_k=10_000).get(
-            "results", []
-        )
+        with self._lock:
+            found = self._memory.get_all(filters={"user_id": person_id}, top_k=10_000)
+        items: list[dict[str, Any]] = found.get("results", [])
         return sorted(items, key=lambda item: str(item.get("created_at") or ""))
 
+    def knows(self, person_id: str, fact: str, where: dict[str, str]) -> bool:
+        return self._embedded and self._index.knows(person_id, fact, where)
+
     def add(self, fact: str, person_id: str, where: dict[str, str]) -> None:
+        with self._lock:
+            self._add(fact, person_id, where)
+
+    def _add(self, fact: str, person_id: str, where: dict[str, str]) -> None:
         result = self._memory.add(
             [{"role": "user", "content": fact}], user_id=person_id, metadata=where, infer=False
         )
@@ -135,29 +173,27 @@ class Mem0Store:
             self._index.added(person_id, str(point.id), fact, point.payload or {}, _dense(point.vector))
 
     def erase(self, memory_ids: list[str], person_id: str) -> None:
+        with self._lock:
+            self._erase(memory_ids, person_id)
+
+    def _erase(self, memory_ids: list[str], person_id: str) -> None:
         """Delete memories so that no copy survives in the files: the vectors, mem0's history rows (which
-        keep the deleted text), raw messages; then rebuild the SQLite files they lived in."""
+        keep the deleted text) and raw messages. Every SQLite connection holding them has `secure_delete`
+        on, so the freed pages are zeroed; no close, rebuild or reopen (which would stall recalls)."""
         for memory_id in memory_ids:
             self._memory.delete(memory_id)
         self._index.removed(person_id, memory_ids)
+        from mem0.memory.main import _build_session_scope  # mem0 is pinned: its own scope format
+
         db = self._memory.db
         with db._lock:
             if memory_ids:
                 marks = ",".join("?" * len(memory_ids))
                 db.connection.execute(f"DELETE FROM history WHERE memory_id IN ({marks})", memory_ids)  # noqa: S608
             # raw messages mem0 kept for this person (none with infer=False, but a store may hold older ones)
-            from mem0.memory.main import _build_session_scope  # mem0 is pinned: its own scope format
-
             scope = _build_session_scope({"user_id": person_id})
             db.connection.execute("DELETE FROM messages WHERE session_scope = ?", (scope,))
             db.connection.commit()
-            db.connection.execute("VACUUM")
-        if self._embedded:  # rebuild the embedded Qdrant's SQLite files without the deleted points
-            self.close()
-            for storage in (self._folder / "qdrant").rglob("storage.sqlite"):
-                with sqlite3.connect(storage) as conn:
-                    conn.execute("VACUUM")
-            self._memory = _open_memory(self._config)
 
 
 def probe_dims(settings: Settings, embeddings: Embeddings) -> int:
@@ -212,4 +248,14 @@ def _open_memory(config: dict[str, Any]) -> Any:
 
     memory = Memory.from_config(config)
     memory.db.connection.execute("PRAGMA secure_delete=ON")  # deleted history text is zeroed on disk
+    client = memory.vector_store.client
+    if config["vector_store"]["config"].get("path"):
+        # Embedded Qdrant keeps points in one SQLite file per collection; zero deleted points there too.
+        # (qdrant-client is pinned; this reaches its local persistence, which has no public setting.)
+        try:
+            client._client.collections[COLLECTION].storage.storage.execute("PRAGMA secure_delete=ON")
+        except (AttributeError, KeyError) as exc:
+            client.close()
+            memory.close()
+            raise RuntimeError("cannot enable secure_delete on the embedded Qdrant storage") from exc
     return memory

@@ -117,6 +117,8 @@ _COMMAND_REPLIES: dict[str, frozenset[str]] = {
     "forgot_one": frozenset({"text"}),
     "bad_number": frozenset({"number", "count"}),
     "forgot_all": frozenset({"count"}),
+    "forgot_all_group": frozenset(),
+    "forgot_history_only": frozenset(),
     "unknown": frozenset(),
 }
 

@@ -73,11 +73,12 @@ def _clean(text: str) -> str:
 
 
 def person_id(body: dict[str, Any]) -> str:
-    """A person is senderCorpId + senderStaffId, falling back to the (encrypted) senderId."""
+    """A person is senderCorpId + senderStaffId, falling back to the (encrypted) senderId — also when the
+    corp is missing, since a bare staff id is only unique within one organisation."""
     staff = body.get("senderStaffId")
     corp = body.get("senderCorpId")
-    if isinstance(staff, str) and staff:
-        return f"{corp}:{staff}" if isinstance(corp, str) and corp else staff
+    if isinstance(staff, str) and staff and isinstance(corp, str) and corp:
+        return f"{corp}:{staff}"
     return str(body["senderId"])
 
 

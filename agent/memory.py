@@ -309,7 +309,7 @@ class MemoryService:
         # What is already known *here* (the scopes a recall here may use): a group's extraction never sees
         # the person's private facts, so it cannot restate one into the group.
         scopes = await self._scopes(message)
-        existing = await self._on_thread(lambda: [text for _, text in store.search(message.text, scopes, 10)])
+        existing = await self._on_thread(lambda: store.recent(scopes, 20))
         chain = self.prompts.extraction | self._extraction_model | StrOutputParser()
         answer = await chain.ainvoke(
             {

@@ -157,6 +157,20 @@ class Mem0Store:
         items: list[dict[str, Any]] = found.get("results", [])
         return sorted(items, key=lambda item: str(item.get("created_at") or ""))
 
+    def recent(self, scopes: list[dict[str, Any]], limit: int) -> list[str]:
+        """What is already known in these scopes (the most recent), for the extraction prompt:
+        from the index, so learning costs no extra embedding; with a server, a scoped listing."""
+        texts: list[str] = []
+        for scope in scopes:
+            if self._embedded:
+                found = self._index.texts(str(scope["user_id"]), scope, limit)
+            else:
+                with self._lock:
+                    items = self._memory.get_all(filters=scope, top_k=limit).get("results", [])
+                found = [str(item.get("memory", "")) for item in items]
+            texts.extend(t for t in found if t not in texts)
+        return texts[-limit:]
+
     def knows(self, person_id: str, fact: str, where: dict[str, str]) -> bool:
         return self._embedded and self._index.knows(person_id, fact, where)
 

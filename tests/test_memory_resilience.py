@@ -155,3 +155,16 @@ def test_a_scripted_extraction_in_real_shape_is_parsed(make_settings: Callable[.
             return await assistant.memory.list_memories(WXM)
 
     assert [text for _, text in asyncio.run(go())] == ["用户喜欢猫"]
+
+
+def test_memory_reopens_after_close_and_recalls(make_settings: Callable[..., Settings]) -> None:
+    async def go() -> list[str]:
+        async with open_assistant(make_settings(), memory=True) as assistant:
+            await turn(assistant, WXM)
+            memory = assistant.memory
+            assert memory is not None
+            await memory.close()
+            await memory.open()  # as after a restart: the index is preloaded from the store
+            return await memory.recall(replace(WXM, conversation_id="cid-2", text="我能吃什么零食？"))
+
+    assert "用户对花生过敏" in asyncio.run(go())

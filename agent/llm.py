@@ -25,7 +25,33 @@ def _content_text(message: BaseMessage) -> str:
     return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in content)
 
 
-class MockChatModel(BaseChatModel):
+class _OfflineModel(BaseChatModel):
+    """A model that computes its answer from the messages, offline and deterministic."""
+
+    def answer(self, messages: list[BaseMessage]) -> str:
+        raise NotImplementedError
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=self.answer(messages)))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        # Pure computation: answer on the event loop instead of LangChain's default thread hop.
+        return self._generate(messages, stop)
+
+
+class MockChatModel(_OfflineModel):
     """Deterministic, offline chat model for mock mode (FORCE_MOCK_OPENAI=1).
 
     Its answer shows what it was given: the person's words (the last human message), how many
@@ -52,24 +78,8 @@ class MockChatModel(BaseChatModel):
                     memory_count += sum(1 for line in block.splitlines() if line.strip().startswith("- "))
         return self.reply_template.format(text=text, history_turns=turns, memory_count=memory_count)
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=self.describe(messages)))])
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        # Pure computation: answer on the event loop instead of LangChain's default thread hop.
-        return self._generate(messages, stop)
+    def answer(self, messages: list[BaseMessage]) -> str:
+        return self.describe(messages)
 
     async def _astream(
         self,
@@ -141,7 +151,7 @@ _FIRST_PERSON = (  # rewritten to the third person; English only on word boundar
 )
 
 
-class MockExtractionModel(BaseChatModel):
+class MockExtractionModel(_OfflineModel):
     """Deterministic, offline fact extraction for mock mode: the person's own statements become facts.
 
     Reads the last human message (the person's words), keeps first-person statements that are not
@@ -165,26 +175,10 @@ class MockExtractionModel(BaseChatModel):
                 found.append(clause)
         return found
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    def answer(self, messages: list[BaseMessage]) -> str:
         humans = [m for m in messages if isinstance(m, HumanMessage)]
         text = _content_text(humans[-1]) if humans else ""
-        answer = json.dumps({"facts": self.facts(text)}, ensure_ascii=False)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=answer))])
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return self._generate(messages, stop)
+        return json.dumps({"facts": self.facts(text)}, ensure_ascii=False)
 
 
 def build_extraction_model(settings: Settings, chat_model: BaseChatModel) -> BaseChatModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from agent.config import Settings
 from agent.errors import ModelError, ModelErrorKind
 from agent.formatting import has_structure, title_of
 from agent.history import HistoryStore, Turn
+from agent.limits import RateLimiter
 from agent.memory import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
 from agent.model_errors import classify_model_error
@@ -44,6 +46,7 @@ class Assistant:
         self.model = model
         self.history = history
         self.memory = memory
+        self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.commands = CommandRunner(
             prompts=prompts, history=history, memory=memory, bot_name=settings.bot_name
         )
@@ -83,6 +86,11 @@ class Assistant:
 
     async def reply(self, message: IncomingMessage) -> Reply:
         """Answer one message. Never raises for model failures: the person gets a clear notice."""
+        if not self.limiter.allow(message.person_id):
+            return Reply(
+                self.prompts.reply("rate_limited", limit=str(self.settings.rate_limit_per_minute)),
+                command=True,
+            )
         if message.kind is ContentKind.EMPTY:
             return Reply(self.prompts.reply("empty", bot_name=self.settings.bot_name))
         if message.kind is ContentKind.UNSUPPORTED:
@@ -91,6 +99,10 @@ class Assistant:
         if command is not None:
             return await self.commands.run(command, message, self.history_scope(message))
 
+        note = ""
+        if len(message.text) > self.settings.max_message_chars:
+            note = self.prompts.reply("truncated", limit=str(self.settings.max_message_chars)) + "\n"
+            message = self._clipped(message)
         memories = await self.memory.recall(message) if self.memory else []
         inputs = await self.build_inputs(message, memories)
         chain = self.prompts.chat | self.model | StrOutputParser()
@@ -113,13 +125,18 @@ class Assistant:
         log.debug("model answer: %s", answer)
         structured = has_structure(answer)
         title = (title_of(answer) or self.prompts.reply("markdown_title")) if structured else ""
-        return Reply(answer, markdown=structured, title=title)
+        return Reply(note + answer, markdown=structured, title=title)
+
+    def _clipped(self, message: IncomingMessage) -> IncomingMessage:
+        """MAX_MESSAGE_CHARS: the model, history and memory see at most this much of a message."""
+        return replace(message, text=message.text[: self.settings.max_message_chars])
 
     async def remember(self, message: IncomingMessage, reply: Reply) -> None:
         """After the reply went out: keep the turn in short-term history and, in the background, learn
         long-term facts from what the person said (model answers only)."""
         if message.kind is not ContentKind.TEXT or reply.failed or reply.command:
             return
+        message = self._clipped(message)
         await self.history.append(
             self.history_scope(message), Turn(self._human_entry(message), reply.text), message.person_id
         )

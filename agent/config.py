@@ -59,6 +59,8 @@ _FIX_HINTS: dict[str, str] = {
     "MEMORY_TOP_K": "use a whole number from 0 to 50, e.g. MEMORY_TOP_K=5",
     "MEMORY_MAX_CHARS": "use a whole number from 0 to 20000, e.g. MEMORY_MAX_CHARS=1500",
     "MEMORY_TIMEOUT": "use a number of seconds greater than 0, e.g. MEMORY_TIMEOUT=10",
+    "MAX_MESSAGE_CHARS": "use a whole number from 1 to 100000, e.g. MAX_MESSAGE_CHARS=4000",
+    "RATE_LIMIT_PER_MINUTE": "use a whole number from 0 (no limit) to 10000, e.g. RATE_LIMIT_PER_MINUTE=20",
     "PROMPTS_DIR": "point it at a folder that holds chat.yaml (the project's prompts/ folder)",
 }
 
@@ -119,6 +121,14 @@ class Settings(BaseSettings):
     workers: int = Field(default=4, ge=1, le=64)
     retention_days: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
+
+    # --- limits and access ---
+    max_message_chars: int = Field(default=4000, ge=1, le=100_000)
+    rate_limit_per_minute: int = Field(default=20, ge=0, le=10_000)  # 0: no limit
+    allowed_users: str = ""  # comma-separated staff ids (or sender ids); empty: everyone
+    allowed_groups: str = ""  # comma-separated conversation ids; empty: every group
+    dingtalk_robot_code: str | None = None
+    dingtalk_corp_id: str | None = None
 
     # --- conversation ---
     history_turns: int = Field(default=10, ge=0, le=100)
@@ -185,6 +195,14 @@ class Settings(BaseSettings):
     def callback_secret(self) -> SecretStr | None:
         """The secret that verifies inbound callbacks: SECRET, else DINGTALK_CLIENT_SECRET."""
         return self.secret or self.dingtalk_client_secret
+
+    @property
+    def allowed_user_ids(self) -> frozenset[str]:
+        return frozenset(part.strip() for part in self.allowed_users.split(",") if part.strip())
+
+    @property
+    def allowed_group_ids(self) -> frozenset[str]:
+        return frozenset(part.strip() for part in self.allowed_groups.split(",") if part.strip())
 
     @property
     def embeddings(self) -> EmbeddingProvider:

@@ -31,6 +31,8 @@ class IncomingMessage:
     reply_url: str = ""  # where a reply goes (a DingTalk session webhook); a credential, never logged
     reply_url_expires_ms: int | None = None
     addressed_to_bot: bool = True  # False for a group message that explicitly @-mentions others only
+    bot_id: str = ""  # which robot the channel delivered this to (DingTalk robotCode)
+    org_id: str = ""  # the robot's organisation (DingTalk chatbotCorpId)
 
     @property
     def history_key(self) -> str:

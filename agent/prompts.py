@@ -102,6 +102,8 @@ _REQUIRED_REPLIES: dict[str, frozenset[str]] = {
     "unsupported": frozenset({"type_name"}),
     "empty": frozenset({"bot_name"}),
     "markdown_title": frozenset(),
+    "rate_limited": frozenset({"limit"}),
+    "truncated": frozenset({"limit"}),
 }
 
 

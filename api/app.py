@@ -80,6 +80,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             history=history,
             interval_seconds=settings.check_interval_seconds,
             retention_days=settings.retention_days,
+            limiter=assistant.limiter,
         )
         app.state.services = Services(settings, database, assistant, dispatcher, memory, check)
         check.start()

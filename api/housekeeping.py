@@ -7,6 +7,7 @@ import logging
 import time
 
 from agent.history import HistoryStore
+from agent.limits import RateLimiter
 from api.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -14,8 +15,15 @@ log = logging.getLogger(__name__)
 
 class PeriodicCheck:
     def __init__(
-        self, *, inbox: Inbox, history: HistoryStore, interval_seconds: float, retention_days: float
+        self,
+        *,
+        inbox: Inbox,
+        history: HistoryStore,
+        interval_seconds: float,
+        retention_days: float,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._inbox = inbox
         self._history = history
         self._interval = interval_seconds
@@ -29,6 +37,8 @@ class PeriodicCheck:
         history_rows = await self._history.purge_older_than(cutoff)
         if inbox_rows or history_rows:
             log.info("periodic check: expired %d inbox and %d history rows", inbox_rows, history_rows)
+        if self._limiter is not None:
+            self._limiter.forget_idle()
         stuck = await self._inbox.count_stuck()
         if stuck:
             log.warning(

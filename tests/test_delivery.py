@@ -147,7 +147,7 @@ def test_a_long_answer_arrives_in_several_messages_under_the_limit(
     make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
 ) -> None:
     text = "\n".join("这是很长的一行问题内容" * 20 for _ in range(90))  # ~54 KB, echoed by the mock
-    with serve(make_settings()) as app:
+    with serve(make_settings(max_message_chars=100_000)) as app:
         assert (
             app.post_callback(
                 encode(callback(fake_dingtalk.webhook(), text)), signed_headers(SECRET)

@@ -72,6 +72,11 @@ def _clean(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text)
 
 
+def _text_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    return _clean(value) if isinstance(value, str) else ""
+
+
 def person_id(body: dict[str, Any]) -> str:
     """A person is senderCorpId + senderStaffId, falling back to the (encrypted) senderId — also when the
     corp is missing, since a bare staff id is only unique within one organisation."""
@@ -141,4 +146,6 @@ def parse_callback(raw: bytes) -> IncomingMessage:
         reply_url=str(body["sessionWebhook"]),
         reply_url_expires_ms=_as_int(body.get("sessionWebhookExpiredTime")),
         addressed_to_bot=not (is_group and _mentions_someone_else(body)),
+        bot_id=_text_field(body, "robotCode"),
+        org_id=_text_field(body, "chatbotCorpId"),
     )

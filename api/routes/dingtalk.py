@@ -8,6 +8,8 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from agent.config import Settings
+from agent.messages import IncomingMessage
 from api.deps import ServicesDep
 from api.dingtalk.parse import PayloadError, parse_callback
 from api.dingtalk.reply import webhook_allowed
@@ -44,6 +46,22 @@ def _refuse(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
+def _refused_origin(message: IncomingMessage, settings: Settings) -> str:
+    """DINGTALK_ROBOT_CODE / DINGTALK_CORP_ID: a callback meant for another robot or organisation."""
+    if settings.dingtalk_robot_code and message.bot_id and message.bot_id != settings.dingtalk_robot_code:
+        return "callback is for another robot (robotCode differs from DINGTALK_ROBOT_CODE)"
+    if settings.dingtalk_corp_id and message.org_id and message.org_id != settings.dingtalk_corp_id:
+        return "callback is for another organisation (chatbotCorpId differs from DINGTALK_CORP_ID)"
+    return ""
+
+
+def _allowed(message: IncomingMessage, settings: Settings) -> bool:
+    users, groups = settings.allowed_user_ids, settings.allowed_group_ids
+    if users and not ({message.sender_staff_id, message.sender_id, message.person_id} & users):
+        return False
+    return not (message.is_group and groups and message.conversation_id not in groups)
+
+
 @router.post("/dingtalk/callback")
 async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResponse:
     settings = services.settings
@@ -69,6 +87,15 @@ async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResp
         return _refuse(400, str(exc))
     if not webhook_allowed(message.reply_url, [settings.dingtalk_oapi_base, settings.dingtalk_api_base]):
         return _refuse(400, "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)")
+
+    refusal = _refused_origin(message, settings)
+    if refusal:
+        return _refuse(403, refusal)
+    if not _allowed(message, settings):
+        log.info(
+            "message %s: sender or group not on ALLOWED_USERS/ALLOWED_GROUPS, ignored", message.message_id
+        )
+        return JSONResponse(EMPTY_ACK)
 
     if not message.addressed_to_bot:
         log.info("message %s: group message not addressed to the bot, ignored", message.message_id)

@@ -25,6 +25,7 @@ from agent.limits import RateLimiter
 from agent.memory import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
 from agent.model_errors import classify_model_error
+from agent.observe import NoObserver, Observer
 from agent.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,14 @@ class Assistant:
         history: HistoryStore,
         memory: MemoryService | None = None,
         clock: Callable[[], datetime] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.prompts = prompts
         self.model = model
         self.history = history
         self.memory = memory
+        self.observer: Observer = observer or NoObserver()
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.commands = CommandRunner(
             prompts=prompts, history=history, memory=memory, bot_name=settings.bot_name
@@ -103,7 +106,10 @@ class Assistant:
         if len(message.text) > self.settings.max_message_chars:
             note = self.prompts.reply("truncated", limit=str(self.settings.max_message_chars)) + "\n"
             message = self._clipped(message)
+        recall_started = time.perf_counter()
         memories = await self.memory.recall(message) if self.memory else []
+        if self.memory:
+            self.observer.memory_recall(time.perf_counter() - recall_started, len(memories))
         inputs = await self.build_inputs(message, memories)
         chain = self.prompts.chat | self.model | StrOutputParser()
         started = time.perf_counter()
@@ -114,6 +120,7 @@ class Assistant:
         except Exception as exc:
             error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
             log.debug("model call failure detail", exc_info=True)
+            self.observer.model_call(time.perf_counter() - started, error.kind.value)
             log.warning(
                 "model call failed after %.0f ms: %s. Fix: %s",
                 (time.perf_counter() - started) * 1000,
@@ -121,6 +128,7 @@ class Assistant:
                 error.fix,
             )
             return Reply(self.prompts.model_error_reply(error.kind), failed=True)
+        self.observer.model_call(time.perf_counter() - started, None)
         log.info("model answered in %.0f ms (%d chars)", (time.perf_counter() - started) * 1000, len(answer))
         log.debug("model answer: %s", answer)
         structured = has_structure(answer)

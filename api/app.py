@@ -21,6 +21,7 @@ from api.delivery import Dispatcher
 from api.dingtalk.sender import SessionWebhookSender
 from api.housekeeping import PeriodicCheck
 from api.inbox import Inbox
+from api.metrics import Metrics
 from api.routes import dingtalk, health
 from api.services import Services
 
@@ -67,14 +68,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             database=database,
         )
         await memory.open()
-        assistant = Assistant(settings=settings, prompts=prompts, model=model, history=history, memory=memory)
+        metrics = Metrics()
+        assistant = Assistant(
+            settings=settings, prompts=prompts, model=model, history=history, memory=memory, observer=metrics
+        )
         inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)
         dispatcher = Dispatcher(
             assistant=assistant,
             sender=SessionWebhookSender(http),
             inbox=inbox,
             workers=settings.workers,
+            metrics=metrics,
         )
+        metrics.track_in_flight(lambda: dispatcher.in_flight)
         check = PeriodicCheck(
             inbox=inbox,
             history=history,
@@ -82,7 +88,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             retention_days=settings.retention_days,
             limiter=assistant.limiter,
         )
-        app.state.services = Services(settings, database, assistant, dispatcher, memory, check)
+        app.state.services = Services(settings, database, assistant, dispatcher, memory, check, metrics)
         check.start()
         _warn_about_authentication(settings)
         log.info(

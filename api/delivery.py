@@ -15,6 +15,7 @@ from agent.messages import IncomingMessage
 from api.dingtalk.reply import build_reply_bodies
 from api.dingtalk.sender import SessionWebhookSender
 from api.inbox import Inbox, InboxState
+from api.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,15 @@ class Dispatcher:
     """Runs at most `workers` messages at once; messages of one conversation and speaker run in order."""
 
     def __init__(
-        self, *, assistant: Assistant, sender: SessionWebhookSender, inbox: Inbox, workers: int
+        self,
+        *,
+        assistant: Assistant,
+        sender: SessionWebhookSender,
+        inbox: Inbox,
+        workers: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._assistant = assistant
         self._sender = sender
         self._inbox = inbox
@@ -70,6 +78,8 @@ class Dispatcher:
         reply = await self._assistant.reply(message)
         for body in build_reply_bodies(message, reply):
             result = await self._sender.send(message.reply_url, body)
+            if self._metrics is not None:
+                self._metrics.sent(result)
             if not result.ok:
                 break
         elapsed = (time.perf_counter() - started) * 1000

@@ -10,6 +10,7 @@ from agent.database import Database
 from agent.memory import MemoryService
 from api.delivery import Dispatcher
 from api.housekeeping import PeriodicCheck
+from api.metrics import Metrics
 
 
 @dataclass(slots=True)
@@ -20,3 +21,4 @@ class Services:
     dispatcher: Dispatcher
     memory: MemoryService
     check: PeriodicCheck
+    metrics: Metrics

@@ -68,6 +68,10 @@ def test_serves_answers_and_stops_cleanly(
         _, stderr = process.communicate(timeout=20)
     assert process.returncode == 0, stderr
     assert "DingHook stopped" in stderr
+    # every line of a message's handling names it, the background reply included
+    replied = [line for line in stderr.splitlines() if "replied in" in line]
+    assert replied
+    assert all("[msgTest" in line for line in replied)
     assert SECRET not in stderr
     assert "进程测试" not in stderr
     assert (tmp_path / "data" / "bot.db").exists()

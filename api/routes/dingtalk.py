@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from agent.config import Settings
 from agent.messages import IncomingMessage
+from agent.observe import current_message_id
 from api.deps import ServicesDep
 from api.dingtalk.parse import PayloadError, parse_callback
 from api.dingtalk.reply import webhook_allowed
@@ -64,6 +65,12 @@ def _allowed(message: IncomingMessage, settings: Settings) -> bool:
 
 @router.post("/dingtalk/callback")
 async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResponse:
+    outcome, response = await _handle(request, services)
+    services.metrics.callback(outcome)
+    return response
+
+
+async def _handle(request: Request, services: ServicesDep) -> tuple[str, JSONResponse]:
     settings = services.settings
     try:
         verify_callback(
@@ -75,35 +82,38 @@ async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResp
             allow_unsigned=settings.mock_mode,
         )
     except SignatureError as exc:
-        return _refuse(401, str(exc))
+        return "refused_401", _refuse(401, str(exc))
 
     try:
         raw = await _read_body(request)
     except BodyTooLarge:
-        return _refuse(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        return "refused_413", _refuse(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
         message = parse_callback(raw)
     except PayloadError as exc:
-        return _refuse(400, str(exc))
+        return "refused_400", _refuse(400, str(exc))
+    current_message_id.set(message.message_id)
     if not webhook_allowed(message.reply_url, [settings.dingtalk_oapi_base, settings.dingtalk_api_base]):
-        return _refuse(400, "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)")
+        return "refused_400", _refuse(
+            400, "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)"
+        )
 
     refusal = _refused_origin(message, settings)
     if refusal:
-        return _refuse(403, refusal)
+        return "refused_403", _refuse(403, refusal)
     if not _allowed(message, settings):
         log.info(
             "message %s: sender or group not on ALLOWED_USERS/ALLOWED_GROUPS, ignored", message.message_id
         )
-        return JSONResponse(EMPTY_ACK)
+        return "ignored", JSONResponse(EMPTY_ACK)
 
     if not message.addressed_to_bot:
         log.info("message %s: group message not addressed to the bot, ignored", message.message_id)
-        return JSONResponse(EMPTY_ACK)
+        return "ignored", JSONResponse(EMPTY_ACK)
 
     if not await services.dispatcher.accept(message):
         log.info("message %s: duplicate delivery, already handled", message.message_id)
-        return JSONResponse(EMPTY_ACK)
+        return "duplicate", JSONResponse(EMPTY_ACK)
     log.info(
         "message %s: accepted (%s, %s)",
         message.message_id,
@@ -111,5 +121,5 @@ async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResp
         message.original_type,
     )
     log.debug("message %s text: %s", message.message_id, message.text)
-    services.dispatcher.schedule(message)
-    return JSONResponse(EMPTY_ACK)
+    services.dispatcher.schedule(message)  # the task inherits current_message_id for its log lines
+    return "accepted", JSONResponse(EMPTY_ACK)

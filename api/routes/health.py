@@ -1,11 +1,13 @@
-"""Liveness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import ServicesDep
+from api.services import Services
 
 router = APIRouter(tags=["health"])
 
@@ -23,3 +25,20 @@ async def healthz(services: ServicesDep) -> JSONResponse:
         "memory_writes": services.memory.pending_writes,
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the lifespan finished building everything and the database answers. Long-term memory
+    that is off (e.g. an endpoint without embeddings) is reported but does not make the service unready."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
+    if not await services.database.ping():
+        return JSONResponse({"ready": False, "reason": "database unavailable"}, status_code=503)
+    return JSONResponse({"ready": True, "memory": "ok" if services.memory.available else "off"})
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,64 @@
+"""Prometheus metrics for GET /metrics, in a registry of the app's own (several apps can share a process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from api.dingtalk.sender import SendResult
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.callbacks = Counter(
+            "dingbot_callbacks",
+            "Callbacks by outcome: accepted, duplicate, ignored, refused_4xx",
+            ["outcome"],
+            registry=r,
+        )
+        self.in_flight = Gauge("dingbot_messages_in_flight", "Accepted messages not answered yet", registry=r)
+        self.model_seconds = Histogram(
+            "dingbot_model_seconds", "Model call latency", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.model_errors = Counter(
+            "dingbot_model_errors", "Failed model calls by class", ["kind"], registry=r
+        )
+        self.sends = Counter(
+            "dingbot_sends", "Reply sends by DingTalk errcode (or transport)", ["errcode"], registry=r
+        )
+        self.memory_seconds = Histogram(
+            "dingbot_memory_recall_seconds",
+            "Long-term memory recall latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def track_in_flight(self, count: Callable[[], float]) -> None:
+        self.in_flight.set_function(count)
+
+    def callback(self, outcome: str) -> None:
+        self.callbacks.labels(outcome).inc()
+
+    def sent(self, result: SendResult) -> None:
+        if result.errcode is not None:
+            label = str(result.errcode)
+        else:
+            label = f"http_{result.status}" if result.status else "transport"
+        self.sends.labels(label).inc()
+
+    # agent.observe.Observer
+    def model_call(self, seconds: float, error_kind: str | None) -> None:
+        self.model_seconds.observe(seconds)
+        if error_kind:
+            self.model_errors.labels(error_kind).inc()
+
+    def memory_recall(self, seconds: float, recalled: int) -> None:
+        self.memory_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

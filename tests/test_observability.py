@@ -1,0 +1,61 @@
+"""GET /metrics and GET /readyz on the running app."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from agent.config import Settings
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
+    match = re.search(pattern, metrics)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_readyz_and_metrics_count_what_happened(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, fake_openai: FakeOpenAI
+) -> None:
+    # the answer, the memory extraction after it, then a failing answer
+    fake_openai.script.extend([Scripted(text="好"), Scripted(text='{"facts": []}'), Scripted(status=401)])
+    fake_dingtalk.errcodes.extend([0, 300001])
+    settings = make_settings(
+        force_mock_openai=False,
+        openai_api_key="sk-test",
+        openai_api_base=f"{fake_openai.url}/v1",
+        openai_max_retries=0,
+    )
+    with serve(settings) as app:
+        assert app.client.get("/readyz").json() == {"ready": True, "memory": "ok"}
+        first = callback(fake_dingtalk.webhook(), "你好")
+        app.post_callback(encode(first), signed_headers(SECRET))
+        app.post_callback(encode(first), signed_headers(SECRET))  # duplicate
+        app.post_callback(encode(first), signed_headers("wrong"))  # refused
+        app.post_callback(b"{}", signed_headers(SECRET))  # bad body
+        fake_dingtalk.wait_for(1)
+        fake_openai.wait_for(2, path="/chat/completions")
+        deadline = time.monotonic() + 5
+        while app.client.get("/healthz").json()["memory_writes"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        app.post_callback(encode(callback(fake_dingtalk.webhook(), "再问")), signed_headers(SECRET))
+        fake_dingtalk.wait_for(2)
+        deadline = time.monotonic() + 5
+        while app.client.get("/healthz").json()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = app.client.get("/metrics").text
+    assert sample(text, "dingbot_callbacks_total", outcome="accepted") == 2
+    assert sample(text, "dingbot_callbacks_total", outcome="duplicate") == 1
+    assert sample(text, "dingbot_callbacks_total", outcome="refused_401") == 1
+    assert sample(text, "dingbot_callbacks_total", outcome="refused_400") == 1
+    assert sample(text, "dingbot_model_seconds_count") == 2
+    assert sample(text, "dingbot_model_errors_total", kind="authentication") == 1
+    assert sample(text, "dingbot_sends_total", errcode="0") == 1
+    assert sample(text, "dingbot_sends_total", errcode="300001") == 1
+    assert sample(text, "dingbot_memory_recall_seconds_count") == 2
+    assert "dingbot_messages_in_flight" in text

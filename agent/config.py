@@ -59,6 +59,7 @@ _FIX_HINTS: dict[str, str] = {
     "MEMORY_TOP_K": "use a whole number from 0 to 50, e.g. MEMORY_TOP_K=5",
     "MEMORY_MAX_CHARS": "use a whole number from 0 to 20000, e.g. MEMORY_MAX_CHARS=1500",
     "MEMORY_TIMEOUT": "use a number of seconds greater than 0, e.g. MEMORY_TIMEOUT=10",
+    "STALE_MESSAGE_SECONDS": "use a number of seconds greater than 0, e.g. STALE_MESSAGE_SECONDS=600",
     "MAX_MESSAGE_CHARS": "use a whole number from 1 to 100000, e.g. MAX_MESSAGE_CHARS=4000",
     "RATE_LIMIT_PER_MINUTE": "use a whole number from 0 (no limit) to 10000, e.g. RATE_LIMIT_PER_MINUTE=20",
     "PROMPTS_DIR": "point it at a folder that holds chat.yaml (the project's prompts/ folder)",
@@ -125,6 +126,7 @@ class Settings(BaseSettings):
     # --- limits and access ---
     max_message_chars: int = Field(default=4000, ge=1, le=100_000)
     rate_limit_per_minute: int = Field(default=20, ge=0, le=10_000)  # 0: no limit
+    stale_message_seconds: float = Field(default=600.0, gt=0)  # older callbacks (createAt) are not answered
     allowed_users: str = ""  # comma-separated staff ids (or sender ids); empty: everyone
     allowed_groups: str = ""  # comma-separated conversation ids; empty: every group
     dingtalk_robot_code: str | None = None

@@ -107,6 +107,15 @@ async def _handle(request: Request, services: ServicesDep) -> tuple[str, JSONRes
         )
         return "ignored", JSONResponse(EMPTY_ACK)
 
+    if (
+        message.created_at_ms
+        and time.time() * 1000 - message.created_at_ms > settings.stale_message_seconds * 1000
+    ):
+        log.info(
+            "message %s: older than STALE_MESSAGE_SECONDS, acknowledged but not answered", message.message_id
+        )
+        return "stale", JSONResponse(EMPTY_ACK)
+
     if not message.addressed_to_bot:
         log.info("message %s: group message not addressed to the bot, ignored", message.message_id)
         return "ignored", JSONResponse(EMPTY_ACK)

@@ -48,6 +48,7 @@ class Assistant:
         self.model = model
         self.history = history
         self.memory = memory
+        self._chain = prompts.chat | model | StrOutputParser()
         self.observer: Observer = observer or NoObserver()
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.commands = CommandRunner(
@@ -92,7 +93,7 @@ class Assistant:
         if not self.limiter.allow(message.person_id):
             return Reply(
                 self.prompts.reply("rate_limited", limit=str(self.settings.rate_limit_per_minute)),
-                command=True,
+                canned=True,
             )
         if message.kind is ContentKind.EMPTY:
             return Reply(self.prompts.reply("empty", bot_name=self.settings.bot_name))
@@ -109,12 +110,11 @@ class Assistant:
         recall_started = time.perf_counter()
         memories = await self.memory.recall(message) if self.memory else []
         if self.memory:
-            self.observer.memory_recall(time.perf_counter() - recall_started, len(memories))
+            self.observer.memory_recall(time.perf_counter() - recall_started)
         inputs = await self.build_inputs(message, memories)
-        chain = self.prompts.chat | self.model | StrOutputParser()
         started = time.perf_counter()
         try:
-            answer = (await chain.ainvoke(inputs)).strip()
+            answer = (await self._chain.ainvoke(inputs)).strip()
             if not answer:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
         except Exception as exc:
@@ -142,7 +142,7 @@ class Assistant:
     async def remember(self, message: IncomingMessage, reply: Reply) -> None:
         """After the reply went out: keep the turn in short-term history and, in the background, learn
         long-term facts from what the person said (model answers only)."""
-        if message.kind is not ContentKind.TEXT or reply.failed or reply.command:
+        if message.kind is not ContentKind.TEXT or reply.failed or reply.canned:
             return
         message = self._clipped(message)
         await self.history.append(

@@ -62,7 +62,7 @@ class CommandRunner:
         self.bot_name = bot_name
 
     def _say(self, key: str, **values: object) -> Reply:
-        return Reply(self.prompts.command_reply(key, **values), command=True)
+        return Reply(self.prompts.command_reply(key, **values), canned=True)
 
     async def run(self, command: Command, message: IncomingMessage, history_scope: str) -> Reply:
         if command.name == "help":

@@ -82,6 +82,7 @@ class MemoryService:
         self.settings = settings
         self.prompts = prompts
         self._extraction_model = extraction_model
+        self._extraction = prompts.extraction | extraction_model | StrOutputParser()
         self._embeddings = embeddings
         self._database = database
         self._executor: ThreadPoolExecutor | None = None
@@ -100,10 +101,6 @@ class MemoryService:
     @property
     def pending_writes(self) -> int:
         return len(self._writes)
-
-    @property
-    def dims(self) -> int | None:
-        return self._store.dims if self._store else None
 
     async def open(self) -> None:
         """Open the store. A dimension mismatch stops startup (ConfigError); anything else leaves the
@@ -314,8 +311,7 @@ class MemoryService:
         # the person's private facts, so it cannot restate one into the group.
         scopes = await self._scopes(message)
         existing = await self._on_thread(lambda: store.recent(scopes, 20))
-        chain = self.prompts.extraction | self._extraction_model | StrOutputParser()
-        answer = await chain.ainvoke(
+        answer = await self._extraction.ainvoke(
             {
                 "speaker_nick": message.sender_nick or "用户",
                 "existing": "\n".join(f"  - {text}" for text in existing) or "  （暂无）",

@@ -44,10 +44,9 @@ class Mem0Store:
     """Thread-safe for its users: `search` and `knows` may run on a recall thread while the memory
     thread adds and erases (the store's calls take `_lock`; the index has its own)."""
 
-    def __init__(self, memory: Any, *, embedded: bool, dims: int) -> None:
+    def __init__(self, memory: Any, *, embedded: bool) -> None:
         self._memory = memory
         self._embedded = embedded  # False with QDRANT_URL: the server searches, no in-process index
-        self.dims = dims
         self._lock = threading.RLock()
         self._index = PersonIndex(self._load_person)
 
@@ -94,7 +93,9 @@ class Mem0Store:
         folder.mkdir(parents=True, exist_ok=True)
         os.environ["MEM0_TELEMETRY"] = "False"  # before the first import: no calls home, no ~/.mem0 store
         os.environ.setdefault("MEM0_DIR", str(folder / "mem0"))
-        logging.getLogger("mem0").setLevel(logging.ERROR)  # it logs memory text at INFO
+        logging.getLogger("mem0").setLevel(
+            logging.ERROR
+        )  # memory text at INFO, missing-extras noise at WARNING
 
         embeddings = LockedEmbeddings(embeddings)
         probed = probe_dims(settings, embeddings)
@@ -114,7 +115,7 @@ class Mem0Store:
             "vector_store": {"provider": "qdrant", "config": vector_store},
             "history_db_path": str(folder / "mem0_history.db"),
         }
-        store = cls(_open_memory(config), embedded=not settings.qdrant_url, dims=probed)
+        store = cls(_open_memory(config), embedded=not settings.qdrant_url)
         stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
         if stored != probed:
             store.close()

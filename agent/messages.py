@@ -52,4 +52,4 @@ class Reply:
     markdown: bool = False
     title: str = ""
     failed: bool = False  # True when the text is an error notice, not a model answer
-    command: bool = False  # True when a command answered, not the model
+    canned: bool = False  # a fixed answer (a command, the rate limit), not the model's: kept out of history

@@ -15,12 +15,12 @@ current_message_id: ContextVar[str] = ContextVar("current_message_id", default="
 class Observer(Protocol):
     def model_call(self, seconds: float, error_kind: str | None) -> None: ...
 
-    def memory_recall(self, seconds: float, recalled: int) -> None: ...
+    def memory_recall(self, seconds: float) -> None: ...
 
 
 class NoObserver:
     def model_call(self, seconds: float, error_kind: str | None) -> None:
         return
 
-    def memory_recall(self, seconds: float, recalled: int) -> None:
+    def memory_recall(self, seconds: float) -> None:
         return

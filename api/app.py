@@ -27,9 +27,9 @@ from api.services import Services
 
 log = logging.getLogger(__name__)
 
-# httpx logs every request URL at INFO; a session webhook URL is a credential.
-for _name in ("httpx", "httpcore"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+# Third-party loggers that print request URLs (a session webhook URL is a credential) or message text at
+# INFO. Raised when an app is created, whoever configured logging (the server, a test, a tool).
+QUIET_LOGGERS = ("httpx", "httpcore", "openai", "mem0")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 
@@ -109,6 +109,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     app = FastAPI(title="DingHook", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.include_router(health.router)

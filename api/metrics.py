@@ -57,7 +57,7 @@ class Metrics:
         if error_kind:
             self.model_errors.labels(error_kind).inc()
 
-    def memory_recall(self, seconds: float, recalled: int) -> None:
+    def memory_recall(self, seconds: float) -> None:
         self.memory_seconds.observe(seconds)
 
     def render(self) -> bytes:

@@ -22,7 +22,4 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(msg_id)s]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    # Third-party loggers that print request URLs or message text at INFO.
-    for name in ("httpx", "httpcore", "openai", "mem0"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    root.setLevel(level)  # third-party loggers that print URLs or text are quietened by api.app.create_app

@@ -29,19 +29,67 @@ CREATE INDEX IF NOT EXISTS history_scope ON history (scope, id);
 CREATE INDEX IF NOT EXISTS history_created ON history (created_at);
 CREATE INDEX IF NOT EXISTS history_person ON history (person_id);
 
+-- One row per accepted msgId: the dedupe key, and the message itself until it is answered.
 CREATE TABLE IF NOT EXISTS inbox (
     msg_id TEXT PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('processing', 'done', 'failed')),
     received_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    person_id TEXT,
+    payload TEXT,  -- the parsed message (JSON) while unanswered; cleared once the reply is stored
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS inbox_updated ON inbox (updated_at);
+CREATE INDEX IF NOT EXISTS inbox_state ON inbox (state, received_at);
+
+-- Replies (and proactive notices) stored before they are sent; marked sent on errcode 0.
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    msg_id TEXT,  -- the message answered; NULL for a proactive notice
+    part INTEGER NOT NULL,
+    channel TEXT NOT NULL CHECK (channel IN ('reply', 'robot')),
+    person_id TEXT,
+    body TEXT,  -- the webhook JSON body; cleared once sent
+    route TEXT,  -- where it goes (JSON; holds the session webhook, a credential); cleared once sent
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (msg_id, part)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_updated ON outbox (updated_at);
 
 CREATE TABLE IF NOT EXISTS memory_sharing (
     person_id TEXT PRIMARY KEY,
     shared INTEGER NOT NULL
 );
 """
+
+
+# Columns added after a table first shipped: (table, column, definition). Added to older databases at open.
+_ADDED_COLUMNS = (
+    ("inbox", "person_id", "TEXT"),
+    ("inbox", "payload", "TEXT"),
+    ("inbox", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if present and column not in present:  # an absent table is created whole by SCHEMA
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def erase_person_messages(conn: sqlite3.Connection, person_id: str) -> None:
+    """Stored message and reply text of one person, except what is still on its way (/forget all)."""
+    conn.execute(
+        "UPDATE inbox SET payload = NULL WHERE person_id = ? AND state <> 'processing'", (person_id,)
+    )
+    conn.execute("DELETE FROM outbox WHERE person_id = ? AND state <> 'pending'", (person_id,))
 
 
 class _Lane:
@@ -76,6 +124,7 @@ class Database:
         if self.path.parent != Path():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
+        _add_missing_columns(conn)  # before the schema script: its new indexes may use new columns
         conn.executescript(SCHEMA)
         return conn
 

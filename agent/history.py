@@ -6,7 +6,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from agent.database import Database
+from agent.database import Database, erase_person_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +73,11 @@ class HistoryStore:
         await self._db.run(delete)
 
     async def erase_person(self, person_id: str) -> None:
-        """/forget all: every turn of this person, in every scope."""
+        """/forget all: every turn of this person, in every scope, and their stored messages."""
 
         def delete(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM history WHERE person_id = ?", (person_id,))
+            erase_person_messages(conn, person_id)
 
         await self._db.run(delete)
 

@@ -17,11 +17,15 @@ from agent.history import HistoryStore
 from agent.llm import build_chat_model, build_extraction_model
 from agent.memory import MemoryService
 from agent.prompts import load_prompts
+from api.courier import Courier
 from api.delivery import Dispatcher
+from api.dingtalk.openapi import AccessTokens, OpenApiSender
+from api.dingtalk.robot_webhook import RobotWebhookSender
 from api.dingtalk.sender import SessionWebhookSender
 from api.housekeeping import PeriodicCheck
 from api.inbox import Inbox
 from api.metrics import Metrics
+from api.outbox import Outbox
 from api.routes import dingtalk, health
 from api.services import Services
 
@@ -49,6 +53,43 @@ def _warn_about_authentication(settings: Settings) -> None:
         )
 
 
+def _build_courier(settings: Settings, http: httpx.AsyncClient, outbox: Outbox, metrics: Metrics) -> Courier:
+    openapi = None
+    if settings.dingtalk_client_id and settings.dingtalk_client_secret is not None:
+        tokens = AccessTokens(
+            http,
+            api_base=settings.dingtalk_api_base,
+            client_id=settings.dingtalk_client_id,
+            client_secret=settings.dingtalk_client_secret,
+        )
+        openapi = OpenApiSender(http, tokens, api_base=settings.dingtalk_api_base)
+    else:
+        log.info(
+            "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set: no OpenAPI fallback for expired webhooks"
+        )
+    robot = None
+    if settings.access_token is not None:
+        robot = RobotWebhookSender(
+            http,
+            oapi_base=settings.dingtalk_oapi_base,
+            access_token=settings.access_token,
+            secret=settings.dingtalk_robot_secret or settings.secret,
+        )
+    return Courier(
+        outbox=outbox,
+        webhook=SessionWebhookSender(http),
+        openapi=openapi,
+        robot=robot,
+        metrics=metrics,
+        retry_base_seconds=_retry_base(settings),
+    )
+
+
+def _retry_base(settings: Settings) -> float:
+    """First retry delay: 5 s, or sooner when the periodic check runs more often than that."""
+    return min(5.0, settings.check_interval_seconds)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -73,23 +114,35 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings=settings, prompts=prompts, model=model, history=history, memory=memory, observer=metrics
         )
         inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)
+        outbox = Outbox(database)
+        courier = _build_courier(settings, http, outbox, metrics)
         dispatcher = Dispatcher(
             assistant=assistant,
-            sender=SessionWebhookSender(http),
             inbox=inbox,
+            outbox=outbox,
+            courier=courier,
             workers=settings.workers,
-            metrics=metrics,
+            default_robot_code=settings.dingtalk_robot_code or settings.dingtalk_client_id or "",
         )
         metrics.track_in_flight(lambda: dispatcher.in_flight)
+        metrics.track_outbox(lambda: courier.pending)
         check = PeriodicCheck(
             inbox=inbox,
+            outbox=outbox,
             history=history,
+            dispatcher=dispatcher,
+            courier=courier,
             interval_seconds=settings.check_interval_seconds,
             retention_days=settings.retention_days,
+            retry_after_seconds=_retry_base(settings),
             limiter=assistant.limiter,
         )
-        app.state.services = Services(settings, database, assistant, dispatcher, memory, check, metrics)
-        check.start()
+        app.state.services = Services(
+            settings, database, assistant, dispatcher, memory, check, metrics, courier
+        )
+        # Before the first callback is accepted: every `processing` row belongs to a process that is gone.
+        await dispatcher.resume(at_startup=True, retry_after_seconds=0.0)
+        check.start()  # its first run, at once, sends replies a previous run left unsent
         _warn_about_authentication(settings)
         log.info(
             "DingHook ready: provider=%s model=%s database=%s",

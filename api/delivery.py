@@ -1,6 +1,7 @@
 """From an accepted message to a delivered reply, in the background, in order per person.
 
-The callback handler only claims the msgId and schedules; the model and the send happen here.
+The callback handler only stores (claims) the message and schedules it; the model call, storing the reply
+in the outbox and the send happen here. Messages left unfinished by a crash are resumed from the inbox.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from collections import defaultdict
 
 from agent.assistant import Assistant
 from agent.messages import IncomingMessage
-from api.dingtalk.reply import build_reply_bodies
-from api.dingtalk.sender import SessionWebhookSender
-from api.inbox import Inbox, InboxState
-from api.metrics import Metrics
+from agent.observe import current_message_id
+from api.courier import Courier, Delivery
+from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
+from api.inbox import Inbox
+from api.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -27,32 +29,78 @@ class Dispatcher:
         self,
         *,
         assistant: Assistant,
-        sender: SessionWebhookSender,
         inbox: Inbox,
+        outbox: Outbox,
+        courier: Courier,
         workers: int,
-        metrics: Metrics | None = None,
+        default_robot_code: str = "",
     ) -> None:
-        self._metrics = metrics
         self._assistant = assistant
-        self._sender = sender
         self._inbox = inbox
+        self._outbox = outbox
+        self._courier = courier
+        self._default_robot_code = default_robot_code
         self._slots = asyncio.Semaphore(workers)
         self._lanes: dict[str, asyncio.Lock] = {}
         self._lane_users: defaultdict[str, int] = defaultdict(int)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._revivals: set[asyncio.Task[None]] = set()
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
     async def accept(self, message: IncomingMessage) -> bool:
-        """Claim the message; False for a msgId already seen."""
-        return await self._inbox.claim(message.message_id)
+        """Store and claim the message; False for a msgId already seen."""
+        return await self._inbox.claim(message)
 
     def schedule(self, message: IncomingMessage) -> None:
-        task = asyncio.create_task(self._run(message), name=f"message-{message.message_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        msg_id = message.message_id
+        if msg_id in self._tasks:
+            return  # already running here
+        task = asyncio.create_task(self._run(message), name=f"message-{msg_id}")
+        self._tasks[msg_id] = task
+        task.add_done_callback(self._forget_task)
+
+    def redelivered(self, message: IncomingMessage) -> None:
+        """A duplicate callback: if its stored reply is still unsent, retry it via the new webhook."""
+        task = asyncio.create_task(self._revive(message), name=f"revive-{message.message_id}")
+        self._revivals.add(task)
+        task.add_done_callback(self._revivals.discard)
+
+    async def _revive(self, message: IncomingMessage) -> None:
+        route = Route.for_message(message, self._default_robot_code)
+        try:
+            if await self._outbox.revive(message.message_id, route):
+                log.info(
+                    "message %s: redelivered while its reply is unsent; sending it again", message.message_id
+                )
+                await self._courier.send_due()
+        except Exception:
+            log.exception("message %s: could not retry the stored reply", message.message_id)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        msg_id = task.get_name().removeprefix("message-")
+        if self._tasks.get(msg_id) is task:
+            del self._tasks[msg_id]
+
+    async def resume(self, *, at_startup: bool, retry_after_seconds: float) -> int:
+        """Schedule unfinished messages from the inbox; at startup every `processing` one is orphaned."""
+        resumed = 0
+        for item in await self._inbox.unfinished(
+            all_processing=at_startup, retry_after_seconds=retry_after_seconds
+        ):
+            if item.message.message_id in self._tasks or not await self._inbox.take(item):
+                continue
+            resumed += 1
+            token = current_message_id.set(item.message.message_id)
+            try:
+                self.schedule(item.message)
+            finally:
+                current_message_id.reset(token)
+        if resumed:
+            log.warning("resumed %d unfinished message(s) from the inbox", resumed)
+        return resumed
 
     async def _run(self, message: IncomingMessage) -> None:
         lane_key = self._assistant.history_scope(message)
@@ -62,12 +110,12 @@ class Dispatcher:
             async with lane, self._slots:
                 await self._process(message)
         except asyncio.CancelledError:
-            # Stopped mid-answer (shutdown): a redelivery of this msgId must be answered, not dropped.
-            await self._inbox.mark(message.message_id, InboxState.FAILED)
+            # Stopped mid-answer (shutdown): resumed at the next start, or answered when redelivered.
+            await asyncio.shield(self._inbox.mark_failed(message.message_id))
             raise
         except Exception:
-            log.exception("message %s: unexpected failure", message.message_id)
-            await self._inbox.mark(message.message_id, InboxState.FAILED)
+            log.exception("message %s: unexpected failure; retried later", message.message_id)
+            await self._inbox.mark_failed(message.message_id)
         finally:
             self._lane_users[lane_key] -= 1
             if self._lane_users[lane_key] == 0:
@@ -76,31 +124,30 @@ class Dispatcher:
     async def _process(self, message: IncomingMessage) -> None:
         started = time.perf_counter()
         reply = await self._assistant.reply(message)
-        for body in build_reply_bodies(message, reply):
-            result = await self._sender.send(message.reply_url, body)
-            if self._metrics is not None:
-                self._metrics.sent(result)
-            if not result.ok:
-                break
+        bodies = build_reply_bodies(message, reply, REPLY_MAX_BYTES)
+        route = Route.for_message(message, self._default_robot_code)
+        # From here the reply is DingTalk's to receive: stored with the message marked done, in one step.
+        parts = await self._outbox.store_reply(message.message_id, message.person_id, route, bodies)
+        outcome = await self._courier.deliver(parts)
         elapsed = (time.perf_counter() - started) * 1000
-        if not result.ok:
+        if outcome is Delivery.SENT:
+            log.info("message %s: replied in %.0f ms", message.message_id, elapsed)
+        elif outcome is Delivery.RETRYING:
             log.warning(
-                "message %s: reply not delivered after %.0f ms: %s",
+                "message %s: reply stored, not delivered yet after %.0f ms (the outbox retries)",
                 message.message_id,
                 elapsed,
-                result.detail,
             )
-            await self._inbox.mark(message.message_id, InboxState.FAILED)
-            return
-        log.info("message %s: replied in %.0f ms", message.message_id, elapsed)
+        else:
+            log.warning("message %s: reply could not be delivered (%.0f ms)", message.message_id, elapsed)
+            return  # the person never saw it: it does not belong in the conversation's history
         await self._assistant.remember(message, reply)
-        await self._inbox.mark(message.message_id, InboxState.DONE)
 
     async def drain(self, grace_seconds: float) -> None:
         """On shutdown: let in-flight messages finish for up to `grace_seconds`, then cancel them."""
-        if not self._tasks:
+        pending = set(self._tasks.values()) | self._revivals
+        if not pending:
             return
-        pending = set(self._tasks)
         _, still = await asyncio.wait(pending, timeout=grace_seconds)
         for task in still:
             task.cancel()

@@ -1,4 +1,4 @@
-"""The periodic check, every CHECK_INTERVAL_SECONDS: expire old rows, report stuck messages."""
+"""The periodic check, every CHECK_INTERVAL_SECONDS: send due replies, resume stuck work, expire old rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import time
 
 from agent.history import HistoryStore
 from agent.limits import RateLimiter
-from api.inbox import Inbox
+from api.courier import Courier
+from api.delivery import Dispatcher
+from api.inbox import MAX_ATTEMPTS, Inbox
+from api.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -18,33 +21,53 @@ class PeriodicCheck:
         self,
         *,
         inbox: Inbox,
+        outbox: Outbox,
         history: HistoryStore,
+        dispatcher: Dispatcher,
+        courier: Courier,
         interval_seconds: float,
         retention_days: float,
+        retry_after_seconds: float,
         limiter: RateLimiter | None = None,
     ) -> None:
         self._limiter = limiter
         self._inbox = inbox
+        self._outbox = outbox
+        self._dispatcher = dispatcher
+        self._courier = courier
+        self._retry_after = retry_after_seconds
         self._history = history
         self._interval = interval_seconds
         self._retention_seconds = retention_days * 86400
         self._task: asyncio.Task[None] | None = None
+        self._reported_given_up = 0
         self.runs = 0
 
     async def run_once(self) -> None:
+        await self._courier.send_due()
+        await self._dispatcher.resume(at_startup=False, retry_after_seconds=self._retry_after)
         cutoff = time.time() - self._retention_seconds
         inbox_rows = await self._inbox.purge_older_than(cutoff)
+        outbox_rows = await self._outbox.purge_older_than(cutoff)
         history_rows = await self._history.purge_older_than(cutoff)
-        if inbox_rows or history_rows:
-            log.info("periodic check: expired %d inbox and %d history rows", inbox_rows, history_rows)
+        if inbox_rows or outbox_rows or history_rows:
+            log.info(
+                "periodic check: expired %d inbox, %d outbox and %d history rows",
+                inbox_rows,
+                outbox_rows,
+                history_rows,
+            )
         if self._limiter is not None:
             self._limiter.forget_idle()
-        stuck = await self._inbox.count_stuck()
-        if stuck:
-            log.warning(
-                "periodic check: %d message(s) stopped mid-answer (answered when DingTalk redelivers them)",
-                stuck,
-            )
+        given_up = await self._inbox.count_given_up()
+        if given_up != self._reported_given_up:
+            self._reported_given_up = given_up
+            if given_up:
+                log.error(
+                    "periodic check: %d message(s) failed %d times and are not retried (see earlier errors)",
+                    given_up,
+                    MAX_ATTEMPTS,
+                )
         self.runs += 1
 
     async def _loop(self) -> None:

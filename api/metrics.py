@@ -29,7 +29,16 @@ class Metrics:
             "dingbot_model_errors", "Failed model calls by class", ["kind"], registry=r
         )
         self.sends = Counter(
-            "dingbot_sends", "Reply sends by DingTalk errcode (or transport)", ["errcode"], registry=r
+            "dingbot_sends",
+            "Send attempts by route (session_webhook, openapi, robot_webhook) and DingTalk errcode "
+            "(or http_<status>, transport)",
+            ["via", "errcode"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "dingbot_outbox_pending",
+            "Stored replies and notices not sent yet (at the last check)",
+            registry=r,
         )
         self.memory_seconds = Histogram(
             "dingbot_memory_recall_seconds",
@@ -44,12 +53,15 @@ class Metrics:
     def callback(self, outcome: str) -> None:
         self.callbacks.labels(outcome).inc()
 
-    def sent(self, result: SendResult) -> None:
+    def track_outbox(self, count: Callable[[], float]) -> None:
+        self.outbox_pending.set_function(count)
+
+    def sent(self, result: SendResult, via: str) -> None:
         if result.errcode is not None:
             label = str(result.errcode)
         else:
             label = f"http_{result.status}" if result.status else "transport"
-        self.sends.labels(label).inc()
+        self.sends.labels(via, label).inc()
 
     # agent.observe.Observer
     def model_call(self, seconds: float, error_kind: str | None) -> None:

@@ -8,6 +8,7 @@ from agent.assistant import Assistant
 from agent.config import Settings
 from agent.database import Database
 from agent.memory import MemoryService
+from api.courier import Courier
 from api.delivery import Dispatcher
 from api.housekeeping import PeriodicCheck
 from api.metrics import Metrics
@@ -22,3 +23,4 @@ class Services:
     memory: MemoryService
     check: PeriodicCheck
     metrics: Metrics
+    courier: Courier

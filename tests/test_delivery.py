@@ -14,8 +14,10 @@ import api.app
 from agent.config import Settings
 from agent.database import Database
 from agent.history import HistoryStore, Turn
-from api.housekeeping import PeriodicCheck
+from api.dingtalk.reply import Route
 from api.inbox import Inbox
+from api.outbox import Outbox
+from tests.assistants import person_message
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
@@ -92,48 +94,62 @@ def test_claims(tmp_path: Path) -> None:
         try:
             fresh = Inbox(db, stale_after_seconds=3600)
             impatient = Inbox(db, stale_after_seconds=0)
-            results = [await fresh.claim("m1"), await fresh.claim("m1")]  # new, then in progress
+            message = person_message(message_id="m1")
+            results = [await fresh.claim(message), await fresh.claim(message)]  # new, then in progress
             await asyncio.sleep(0.01)
-            results.append(await impatient.claim("m1"))  # processing for longer than any answer: stuck
-            results.append(await fresh.claim("m1"))
+            results.append(await impatient.claim(message))  # processing for longer than any answer: stuck
+            results.append(await fresh.claim(message))
+            await fresh.mark_failed("m1")
+            results.append(await fresh.claim(message))  # its processing failed: taken again
             return results
         finally:
             await db.close()
 
-    assert asyncio.run(scenario()) == [True, False, True, False]
+    assert asyncio.run(scenario()) == [True, False, True, False, True]
 
 
-def test_periodic_check_expires_old_rows_and_keeps_recent_ones(tmp_path: Path) -> None:
+def test_periodic_check_expires_old_rows_and_keeps_recent_ones(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     path = tmp_path / "x.db"
+    route = Route("http://127.0.0.1:9/x", None, "cid1", False, "u1", "robot")
 
-    async def scenario() -> None:
+    async def prepare() -> None:
         db = Database(path)
         await db.open()
         try:
-            inbox, history = Inbox(db, stale_after_seconds=3600), HistoryStore(db, 10)
-            for msg in ("old-done", "new-done", "old-processing"):
-                await inbox.claim(msg)
+            inbox, outbox, history = Inbox(db, stale_after_seconds=3600), Outbox(db), HistoryStore(db, 10)
+            for msg_id in ("old-done", "new-done"):
+                await inbox.claim(person_message(message_id=msg_id))
+                parts = await outbox.store_reply(msg_id, "corp:u1", route, [{"msgtype": "text"}])
+                await outbox.mark_sent(parts[0].id)
             await history.append("scope", Turn("旧问题", "旧回答"), "p1")
             await history.append("scope", Turn("新问题", "新回答"), "p1")
-            from api.inbox import InboxState
-
-            await inbox.mark("old-done", InboxState.DONE)
-            await inbox.mark("new-done", InboxState.DONE)
             old = time.time() - 31 * 86400
 
             def age(conn: sqlite3.Connection) -> None:
+                # a row from a version that stored no message: kept, however old, until it is answered
+                conn.execute(
+                    "INSERT INTO inbox (msg_id, state, received_at, updated_at) VALUES (?, ?, ?, ?)",
+                    ("old-processing", "processing", old, old),
+                )
                 conn.execute("UPDATE inbox SET updated_at = ? WHERE msg_id LIKE 'old-%'", (old,))
+                conn.execute("UPDATE outbox SET updated_at = ? WHERE msg_id LIKE 'old-%'", (old,))
                 conn.execute("UPDATE history SET created_at = ? WHERE content LIKE '旧%'", (old,))
 
             await db.run(age)
-            check = PeriodicCheck(inbox=inbox, history=history, interval_seconds=60, retention_days=30)
-            await check.run_once()
-            assert [t.human for t in await history.recent("scope")] == ["新问题"]
         finally:
             await db.close()
 
-    asyncio.run(scenario())
+    asyncio.run(prepare())
+    with serve(make_settings(database_path=path, check_interval_seconds=0.05)) as app:
+        deadline = time.monotonic() + 5
+        while app.server.config.app.state.services.check.runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
     assert states(path) == {"new-done": "done", "old-processing": "processing"}
+    with sqlite3.connect(path) as conn:
+        assert [r[0] for r in conn.execute("SELECT msg_id FROM outbox")] == ["new-done"]
+        assert [r[0] for r in conn.execute("SELECT content FROM history WHERE role = 'human'")] == ["新问题"]
 
 
 def test_periodic_check_runs_on_its_interval(make_settings: Callable[..., Settings]) -> None:

@@ -55,7 +55,7 @@ def test_readyz_and_metrics_count_what_happened(
     assert sample(text, "dingbot_callbacks_total", outcome="refused_400") == 1
     assert sample(text, "dingbot_model_seconds_count") == 2
     assert sample(text, "dingbot_model_errors_total", kind="authentication") == 1
-    assert sample(text, "dingbot_sends_total", errcode="0") == 1
-    assert sample(text, "dingbot_sends_total", errcode="300001") == 1
+    assert sample(text, "dingbot_sends_total", errcode="0", via="session_webhook") == 1
+    assert sample(text, "dingbot_sends_total", errcode="300001", via="session_webhook") == 1
     assert sample(text, "dingbot_memory_recall_seconds_count") == 2
     assert "dingbot_messages_in_flight" in text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -59,6 +61,47 @@ def tables_to_lists(text: str) -> str:
 
 
 WEBHOOK_MAX_BYTES = 19_000  # DingTalk rejects bodies over 20,000 bytes (460101); keep a margin
+# A stored reply may have to go out by the OpenAPI send, whose msgParam is capped at 15,000 bytes: a
+# body under this fits both routes (msgParam is the body's message part, so never longer than the body).
+REPLY_MAX_BYTES = 14_500
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a reply goes: the session webhook first, the OpenAPI send to the same conversation after."""
+
+    webhook: str  # a credential: never logged
+    webhook_expires_ms: int | None
+    conversation_id: str  # openConversationId, for the group send
+    is_group: bool
+    user_id: str  # staff id, for the one-to-one send (empty for external users: no fallback)
+    robot_code: str
+    webhook_dead: bool = False  # DingTalk said 300001: do not try the webhook again
+
+    @classmethod
+    def for_message(cls, message: IncomingMessage, default_robot_code: str = "") -> Route:
+        return cls(
+            webhook=message.reply_url,
+            webhook_expires_ms=message.reply_url_expires_ms,
+            conversation_id=message.conversation_id,
+            is_group=message.is_group,
+            user_id=message.sender_staff_id,
+            robot_code=message.bot_id or default_robot_code,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Route:
+        data = json.loads(text)
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def webhook_usable(self, now_ms: int, margin_ms: int = 30_000) -> bool:
+        if not self.webhook or self.webhook_dead:
+            return False
+        return self.webhook_expires_ms is None or self.webhook_expires_ms - margin_ms > now_ms
 
 
 def encode_body(body: dict[str, Any]) -> bytes:

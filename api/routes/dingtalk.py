@@ -122,6 +122,7 @@ async def _handle(request: Request, services: ServicesDep) -> tuple[str, JSONRes
 
     if not await services.dispatcher.accept(message):
         log.info("message %s: duplicate delivery, already handled", message.message_id)
+        services.dispatcher.redelivered(message)
         return "duplicate", JSONResponse(EMPTY_ACK)
     log.info(
         "message %s: accepted (%s, %s)",

@@ -1,0 +1,192 @@
+"""Sends what the outbox holds, through the fallback chain, with retries that never lose a message.
+
+A reply goes to its session webhook while that lives; once it has expired (by
+`sessionWebhookExpiredTime`, or DingTalk's errcode 300001) it goes by the OpenAPI send when the app's
+credentials are set. Timeouts, 5xx and throttling are retried: a couple of quick tries at once, then with
+jittered exponential backoff from the periodic check. Anything else is logged with its meaning and the
+row is marked failed. Proactive notices go through the custom-robot webhook, at most 20 a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from enum import StrEnum
+from typing import Any
+
+from api.dingtalk.openapi import OpenApiSender
+from api.dingtalk.robot_webhook import ROBOT_SENDS_PER_MINUTE, THROTTLE_PAUSE_SECONDS, RobotWebhookSender
+from api.dingtalk.sender import SendResult, SessionWebhookSender
+from api.metrics import Metrics
+from api.outbox import Channel, Outbox, OutboxState, Outgoing
+
+log = logging.getLogger(__name__)
+
+QUICK_RETRY_DELAYS = (0.3, 1.0)  # seconds before the 2nd and 3rd immediate try (jittered)
+MAX_SEND_ATTEMPTS = 10  # scheduled attempts before a row is given up (about 2 hours of backoff)
+BACKOFF_CAP_SECONDS = 900.0
+THROTTLED_WAIT_SECONDS = 60.0
+
+
+def jittered(seconds: float) -> float:
+    return seconds * random.uniform(0.5, 1.5)  # noqa: S311 - spreading retries, not cryptography
+
+
+class Delivery(StrEnum):
+    SENT = "sent"  # DingTalk accepted every part
+    RETRYING = "retrying"  # stored, and retried by the periodic check
+    FAILED = "failed"  # given up: the reason is logged
+
+
+def _bound(
+    send: Callable[[dict[str, Any]], Awaitable[SendResult]], body: dict[str, Any]
+) -> Callable[[], Awaitable[SendResult]]:
+    return lambda: send(body)
+
+
+class Courier:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        webhook: SessionWebhookSender,
+        openapi: OpenApiSender | None,
+        robot: RobotWebhookSender | None,
+        metrics: Metrics | None = None,
+        retry_base_seconds: float = 5.0,
+    ) -> None:
+        self._outbox = outbox
+        self._webhook = webhook
+        self._openapi = openapi
+        self._robot = robot
+        self._metrics = metrics
+        self._retry_base = retry_base_seconds
+        self._sending: set[int] = set()  # rows being sent right now in this process
+        self._due_lock = asyncio.Lock()
+        self.pending = 0  # pending rows at the last check, for /metrics
+
+    @property
+    def can_notify(self) -> bool:
+        return self._robot is not None
+
+    def _count(self, result: SendResult, via: str) -> None:
+        if self._metrics is not None:
+            self._metrics.sent(result, via)
+
+    async def _attempt(self, via: str, send: Callable[[], Awaitable[SendResult]]) -> SendResult:
+        """One send with quick retries for what is worth retrying at once (not throttling)."""
+        result = await send()
+        self._count(result, via)
+        for delay in QUICK_RETRY_DELAYS:
+            if result.ok or not result.retryable or result.throttled:
+                break
+            await asyncio.sleep(jittered(delay))
+            result = await send()
+            self._count(result, via)
+        return result
+
+    async def _send_reply(self, row: Outgoing) -> SendResult:
+        route = row.route
+        if route is None:
+            return SendResult(False, detail="stored reply has no route")
+        now_ms = int(time.time() * 1000)
+        why = "session webhook expired (sessionWebhookExpiredTime passed)"
+        if route.webhook_usable(now_ms):
+            url = route.webhook
+            result = await self._attempt("session_webhook", lambda: self._webhook.send(url, row.body))
+            if not result.expired:
+                return result
+            why = result.detail
+            route = replace(route, webhook_dead=True)
+            await self._outbox.update_route(row.id, route)
+        if self._openapi is None:
+            return SendResult(
+                False,
+                detail=f"{why}; no other way to reply: set DINGTALK_CLIENT_ID and DINGTALK_CLIENT_SECRET "
+                "for the OpenAPI fallback",
+            )
+        openapi, fallback_route = self._openapi, route
+        log.info("reply %s/%d: %s; sending through the OpenAPI fallback", row.msg_id, row.part, why)
+        return await self._attempt("openapi", lambda: openapi.send(fallback_route, row.body))
+
+    async def _settle(self, row: Outgoing, result: SendResult) -> Delivery:
+        label = f"{row.channel.value} {row.msg_id or row.id}/{row.part}"
+        if result.ok:
+            await self._outbox.mark_sent(row.id)
+            return Delivery.SENT
+        if result.retryable and row.attempts + 1 < MAX_SEND_ATTEMPTS:
+            if result.throttled:
+                wait = THROTTLED_WAIT_SECONDS
+            else:
+                wait = min(self._retry_base * 2**row.attempts, BACKOFF_CAP_SECONDS)
+            wait = jittered(wait)
+            log.warning("%s: not sent (%s); next try in %.1f s", label, result.detail, wait)
+            await self._outbox.mark_retry(row.id, at=time.time() + wait, error=result.detail)
+            return Delivery.RETRYING
+        log.error("%s: given up after %d attempt(s): %s", label, row.attempts + 1, result.detail)
+        await self._outbox.mark_failed(row.id, result.detail)
+        return Delivery.FAILED
+
+    async def deliver(self, rows: Iterable[Outgoing]) -> Delivery:
+        """Send a reply's stored parts in order. A part not sent holds back the parts after it."""
+        for row in rows:
+            if row.id in self._sending:
+                return Delivery.RETRYING  # another task is sending it
+            self._sending.add(row.id)
+            try:
+                # Read under the lease: a copy read earlier may have been sent meanwhile by another task.
+                if not await self._outbox.is_pending(row.id):
+                    continue
+                outcome = await self._settle(row, await self._send_reply(row))
+            finally:
+                self._sending.discard(row.id)
+            if outcome is not Delivery.SENT:
+                return outcome
+        return Delivery.SENT
+
+    async def notify(self, body: dict[str, Any]) -> None:
+        """Queue a proactive notice for the custom-robot webhook and send what the rate allows."""
+        if self._robot is None:
+            raise RuntimeError("ACCESS_TOKEN is not set: no custom-robot webhook to send notices to")
+        await self._outbox.store_notice(body)
+        await self._send_due_notices()
+
+    async def _send_due_notices(self) -> None:
+        robot = self._robot
+        if robot is None:
+            return
+        for row in await self._outbox.due_notices():
+            now = time.time()
+            window = await self._outbox.sent_since(Channel.ROBOT, now - 60.0)
+            if len(window) >= ROBOT_SENDS_PER_MINUTE:
+                # Queued, not dropped: the next slot opens when the oldest send leaves the minute.
+                await self._outbox.pause_channel(Channel.ROBOT, window[0] + 60.0)
+                return
+            result = await self._attempt("robot_webhook", _bound(robot.send, row.body))
+            if result.throttled:
+                log.warning("robot webhook throttled (130101): notices wait %.0f s", THROTTLE_PAUSE_SECONDS)
+                await self._outbox.mark_retry(
+                    row.id, at=now + THROTTLE_PAUSE_SECONDS, error=result.detail, count_attempt=False
+                )
+                await self._outbox.pause_channel(Channel.ROBOT, now + THROTTLE_PAUSE_SECONDS)
+                return
+            await self._settle(row, result)
+
+    async def send_due(self) -> int:
+        """Send every pending row whose time has come (the periodic check, and at startup).
+
+        Returns how many replies were completed."""
+        async with self._due_lock:
+            replies = 0
+            for parts in await self._outbox.due_replies():
+                if any(row.id in self._sending for row in parts):
+                    continue  # a worker is sending this reply right now
+                if await self.deliver(parts) is Delivery.SENT:
+                    replies += 1
+            await self._send_due_notices()
+            self.pending = await self._outbox.count(OutboxState.PENDING)
+            return replies

@@ -1,0 +1,285 @@
+"""The outbox table: replies stored before they are sent, marked sent only on DingTalk's errcode 0.
+
+Storing a reply and marking its message done is one transaction, so after a crash either the message is
+answered again from the inbox or its stored reply is sent: never both, never neither. Sent rows keep
+no text: body and route (which holds the session webhook) are cleared.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from agent.database import Database
+from api.dingtalk.reply import Route
+
+
+class Channel(StrEnum):
+    REPLY = "reply"  # an answer to a message: session webhook, then the OpenAPI send
+    ROBOT = "robot"  # a proactive notice through the custom-robot webhook
+
+
+class OutboxState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    id: int
+    msg_id: str | None
+    part: int
+    channel: Channel
+    body: dict[str, Any]
+    route: Route | None
+    attempts: int
+
+
+def _row(row: tuple[Any, ...]) -> Outgoing:
+    return Outgoing(
+        id=int(row[0]),
+        msg_id=row[1],
+        part=int(row[2]),
+        channel=Channel(row[3]),
+        body=json.loads(row[4]),
+        route=Route.from_json(row[5]) if row[5] else None,
+        attempts=int(row[6]),
+    )
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, ensure_ascii=False)
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def store_reply(
+        self, msg_id: str, person_id: str, route: Route, bodies: list[dict[str, Any]]
+    ) -> list[Outgoing]:
+        """Store the reply's parts and mark the message done (dropping its text), in one transaction."""
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> list[Outgoing]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for part, body in enumerate(bodies):
+                    conn.execute(
+                        "INSERT INTO outbox (msg_id, part, channel, person_id, body, route, state, attempts, "
+                        "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
+                        "ON CONFLICT (msg_id, part) DO NOTHING",
+                        (
+                            msg_id,
+                            part,
+                            Channel.REPLY.value,
+                            person_id,
+                            _dumps(body),
+                            route.to_json(),
+                            OutboxState.PENDING.value,
+                            now,
+                            now,
+                            now,
+                        ),
+                    )
+                conn.execute(
+                    "UPDATE inbox SET state = 'done', updated_at = ?, payload = NULL WHERE msg_id = ?",
+                    (now, msg_id),
+                )
+                rows = conn.execute(
+                    "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox "
+                    "WHERE msg_id = ? AND state = ? ORDER BY part",
+                    (msg_id, OutboxState.PENDING.value),
+                ).fetchall()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return [_row(r) for r in rows]
+
+        return await self._db.run(write)
+
+    async def store_notice(self, body: dict[str, Any]) -> Outgoing:
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> Outgoing:
+            cursor = conn.execute(
+                "INSERT INTO outbox (msg_id, part, channel, body, state, attempts, next_attempt_at, "
+                "created_at, updated_at) VALUES (NULL, 0, ?, ?, ?, 0, ?, ?, ?)",
+                (Channel.ROBOT.value, _dumps(body), OutboxState.PENDING.value, now, now, now),
+            )
+            row = conn.execute(
+                "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox WHERE id = ?",
+                (cursor.lastrowid,),
+            ).fetchone()
+            return _row(row)
+
+        return await self._db.run(write)
+
+    async def due_notices(self, *, limit: int = 100) -> list[Outgoing]:
+        """Pending notices whose next attempt is due, oldest first."""
+        now = time.time()
+
+        def read(conn: sqlite3.Connection) -> list[Outgoing]:
+            rows = conn.execute(
+                "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox "
+                "WHERE state = ? AND channel = ? AND next_attempt_at <= ? "
+                "ORDER BY id LIMIT ?",
+                (OutboxState.PENDING.value, Channel.ROBOT.value, now, limit),
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._db.run(read)
+
+    async def due_replies(self, *, limit: int = 100) -> list[list[Outgoing]]:
+        """Replies whose first unsent part is due: each reply's pending parts, in order, oldest first.
+
+        A later part never goes before an earlier one, whatever their retry times say.
+        """
+        now = time.time()
+
+        def read(conn: sqlite3.Connection) -> list[list[Outgoing]]:
+            pending = OutboxState.PENDING.value
+            firsts = conn.execute(
+                "SELECT msg_id FROM outbox AS o "
+                "WHERE o.state = ? AND o.channel = ? AND o.next_attempt_at <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM outbox AS e WHERE e.msg_id = o.msg_id AND e.state = ? "
+                "AND e.part < o.part) ORDER BY o.id LIMIT ?",
+                (pending, Channel.REPLY.value, now, pending, limit),
+            ).fetchall()
+            return [
+                [
+                    _row(r)
+                    for r in conn.execute(
+                        "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox "
+                        "WHERE msg_id = ? AND state = ? ORDER BY part",
+                        (first[0], pending),
+                    ).fetchall()
+                ]
+                for first in firsts
+            ]
+
+        return await self._db.run(read)
+
+    async def is_pending(self, row_id: int) -> bool:
+        def read(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT state FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            return row is not None and row[0] == OutboxState.PENDING.value
+
+        return await self._db.run(read)
+
+    async def mark_sent(self, row_id: int) -> None:
+        now = time.time()
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = NULL, "
+                "attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (OutboxState.SENT.value, now, row_id),
+            )
+
+        await self._db.run(update)
+
+    async def mark_retry(self, row_id: int, *, at: float, error: str, count_attempt: bool = True) -> None:
+        """Leave the row pending until `at`. A throttled row waits without using up its attempts."""
+        now = time.time()
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + ?, "
+                "updated_at = ? WHERE id = ?",
+                (at, error, 1 if count_attempt else 0, now, row_id),
+            )
+
+        await self._db.run(update)
+
+    async def mark_failed(self, row_id: int, error: str) -> None:
+        now = time.time()
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ?",
+                (OutboxState.FAILED.value, error, now, row_id),
+            )
+
+        await self._db.run(update)
+
+    async def revive(self, msg_id: str, route: Route) -> int:
+        """DingTalk redelivered a message whose reply is unsent: send the stored reply again, now, through
+        the fresh session webhook. A given-up reply gets a fresh set of attempts. Returns rows revived."""
+        now = time.time()
+
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE outbox SET route = ?, next_attempt_at = ?, updated_at = ?, "
+                "attempts = CASE WHEN state = ? THEN 0 ELSE attempts END, state = ? "
+                "WHERE msg_id = ? AND channel = ? AND state IN (?, ?)",
+                (
+                    route.to_json(),
+                    now,
+                    now,
+                    OutboxState.FAILED.value,
+                    OutboxState.PENDING.value,
+                    msg_id,
+                    Channel.REPLY.value,
+                    OutboxState.PENDING.value,
+                    OutboxState.FAILED.value,
+                ),
+            ).rowcount
+
+        return await self._db.run(update)
+
+    async def update_route(self, row_id: int, route: Route) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE outbox SET route = ? WHERE id = ?", (route.to_json(), row_id))
+
+        await self._db.run(update)
+
+    async def pause_channel(self, channel: Channel, until: float) -> None:
+        """Hold every pending row of `channel` until `until` (DingTalk throttled the robot)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? "
+                "WHERE state = ? AND channel = ? AND next_attempt_at < ?",
+                (until, OutboxState.PENDING.value, channel.value, until),
+            )
+
+        await self._db.run(update)
+
+    async def sent_since(self, channel: Channel, since: float) -> list[float]:
+        """When rows of `channel` were sent after `since` (oldest first): the rate window."""
+
+        def read(conn: sqlite3.Connection) -> list[float]:
+            rows = conn.execute(
+                "SELECT updated_at FROM outbox WHERE state = ? AND channel = ? AND updated_at > ? "
+                "ORDER BY updated_at",
+                (OutboxState.SENT.value, channel.value, since),
+            ).fetchall()
+            return [float(r[0]) for r in rows]
+
+        return await self._db.run(read)
+
+    async def count(self, state: OutboxState) -> int:
+        def read(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (state.value,)).fetchone()[0]
+            )
+
+        return await self._db.run(read)
+
+    async def purge_older_than(self, cutoff: float) -> int:
+        """Drop sent and failed rows last touched before `cutoff`; pending rows stay until sent or failed."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM outbox WHERE updated_at < ? AND state <> ?", (cutoff, OutboxState.PENDING.value)
+            ).rowcount
+
+        return await self._db.run(delete)

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 QUIET_LOGGERS = ("httpx", "httpcore", "openai", "mem0")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+SEND_TIMEOUT_SECONDS = 10.0  # one request to DingTalk (its OpenAPI answers 504 itself after 3 s)
 
 
 def _warn_about_authentication(settings: Settings) -> None:
@@ -95,7 +96,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     database = Database(settings.database_path)
     await database.open()
-    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+    http = httpx.AsyncClient(timeout=httpx.Timeout(SEND_TIMEOUT_SECONDS, connect=5.0))
     memory: MemoryService | None = None
     try:
         prompts = load_prompts(settings.prompts_dir)

@@ -108,10 +108,16 @@ class Outbox:
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> Outgoing:
+            # Behind any notice still waiting (for the rate window or DingTalk's throttling): in order.
+            waiting = conn.execute(
+                "SELECT MAX(next_attempt_at) FROM outbox WHERE channel = ? AND state = ?",
+                (Channel.ROBOT.value, OutboxState.PENDING.value),
+            ).fetchone()[0]
+            due = max(now, float(waiting)) if waiting is not None else now
             cursor = conn.execute(
                 "INSERT INTO outbox (msg_id, part, channel, body, state, attempts, next_attempt_at, "
                 "created_at, updated_at) VALUES (NULL, 0, ?, ?, ?, 0, ?, ?, ?)",
-                (Channel.ROBOT.value, _dumps(body), OutboxState.PENDING.value, now, now, now),
+                (Channel.ROBOT.value, _dumps(body), OutboxState.PENDING.value, due, now, now),
             )
             row = conn.execute(
                 "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox WHERE id = ?",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from tests.conftest import SECRET, subprocess_env
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk
+from tests.fakes.servers import FakeDingTalk, FakeOpenAI
 
 
 def free_port() -> int:
@@ -104,3 +105,81 @@ def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_pa
     assert len(lines) == 1, result.stderr
     assert "have 1536-dim vectors but the embedder gives 512" in lines[0]
     assert "EMBEDDING_PROVIDER" in lines[0]
+
+
+def _start(env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dingbot.server"], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, "server exited early"
+        assert time.monotonic() < deadline, "server did not become healthy"
+        time.sleep(0.1)
+
+
+def test_sigkill_mid_answer_and_mid_send_then_restart_answers_every_message_once(
+    tmp_path: Path, fake_dingtalk: FakeDingTalk, fake_openai: FakeOpenAI
+) -> None:
+    port = free_port()
+    env = subprocess_env(
+        OPENAI_API_KEY="sk-test",
+        OPENAI_API_BASE=f"{fake_openai.url}/v1",
+        OPENAI_MAX_RETRIES="0",
+        OPENAI_TIMEOUT="120",
+        SECRET=SECRET,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        DATABASE_PATH=str(tmp_path / "bot.db"),
+        DINGTALK_OAPI_BASE=fake_dingtalk.url,
+        CHECK_INTERVAL_SECONDS="0.5",
+    )
+    fake_openai.echo = True
+    # A: answered, but DingTalk is failing, so its reply waits in the outbox.
+    fake_dingtalk.statuses.extend([503] * 3)
+    first = callback(fake_dingtalk.webhook("a"), "甲的问题", senderStaffId="staffA")
+    # B and C: the model is still answering when the process dies.
+    others = [
+        callback(fake_dingtalk.webhook("b"), "乙的问题", senderStaffId="staffB"),
+        callback(fake_dingtalk.webhook("c"), "丙的问题", senderStaffId="staffC"),
+    ]
+    process = _start(env, tmp_path, port)
+    try:
+        url = f"http://127.0.0.1:{port}/dingtalk/callback"
+        assert httpx.post(url, content=encode(first), headers=signed_headers(SECRET)).status_code == 200
+        fake_dingtalk.wait_for(3, timeout=10)  # the first try and two quick retries, all refused
+        fake_openai.delay = 60.0
+        for body in others:
+            assert httpx.post(url, content=encode(body), headers=signed_headers(SECRET)).status_code == 200
+        deadline = time.monotonic() + 10
+        while not all(
+            any(b["text"]["content"] in r.body.decode() for r in fake_openai.chats()) for b in others
+        ):
+            assert time.monotonic() < deadline, "the model was not asked"
+            time.sleep(0.05)
+    finally:
+        process.kill()  # SIGKILL: no shutdown code runs
+        process.communicate(timeout=20)
+
+    fake_openai.delay = 0.0
+    before = len(fake_dingtalk.requests)
+    process = _start(env, tmp_path, port)
+    try:
+        fake_dingtalk.wait_for(before + 3, timeout=20)
+        time.sleep(1.5)  # a few periodic checks: nothing may be sent twice
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+    after = [r.json()["text"]["content"] for r in fake_dingtalk.requests[before:]]
+    assert len(after) == 3, after
+    for text in ("甲的问题", "乙的问题", "丙的问题"):
+        assert sum(text in reply for reply in after) == 1, (text, after)
+    with sqlite3.connect(tmp_path / "bot.db") as conn:
+        assert {state for (state,) in conn.execute("SELECT state FROM inbox")} == {"done"}
+        assert {state for (state,) in conn.execute("SELECT state FROM outbox")} == {"sent"}
+        assert conn.execute("SELECT COUNT(*) FROM inbox WHERE payload IS NOT NULL").fetchone()[0] == 0

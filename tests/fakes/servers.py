@@ -112,21 +112,62 @@ class LocalServer:
 
 
 class FakeDingTalk(LocalServer):
-    """Session webhooks: answers with the scripted errcodes in order, then errcode 0."""
+    """DingTalk's sending side: session webhooks, the OpenAPI (access token, group and one-to-one
+    sends) and the custom-robot webhook. Each answers with its scripted results in order, then success.
+
+    Session webhooks and the robot webhook: `errcodes` (HTTP 200 with that errcode) or `statuses` (an HTTP
+    error status). OpenAPI sends: `openapi_statuses`. `delays` holds seconds to wait before answering
+    session-webhook posts (a timeout test).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.errcodes: deque[int] = deque()
+        self.statuses: deque[int] = deque()
+        self.delays: deque[float] = deque()
+        self.robot_errcodes: deque[int] = deque()
+        self.openapi_statuses: deque[int] = deque()
+        self.token_statuses: deque[int] = deque()
+        self.tokens_issued = 0
 
     def webhook(self, session: str = "s1") -> str:
         return f"{self.url}/robot/sendBySession?session={session}"
 
     def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        path = request.path.split("?", 1)[0]
+        if path == "/v1.0/oauth2/accessToken":
+            status = self.token_statuses.popleft() if self.token_statuses else 200
+            if status != 200:
+                self.send_json(handler, status, {"code": "invalidClientSecret", "message": "scripted"})
+                return
+            self.tokens_issued += 1
+            self.send_json(handler, 200, {"accessToken": f"token-{self.tokens_issued}", "expireIn": 7200})
+            return
+        if path.startswith("/v1.0/robot/"):
+            status = self.openapi_statuses.popleft() if self.openapi_statuses else 200
+            if status != 200:
+                self.send_json(handler, status, {"code": f"scripted{status}", "message": "scripted"})
+                return
+            self.send_json(handler, 200, {"processQueryKey": "pqk"})
+            return
+        if path == "/robot/send":
+            errcode = self.robot_errcodes.popleft() if self.robot_errcodes else 0
+            self.send_json(handler, 200, {"errcode": errcode, "errmsg": "ok" if errcode == 0 else "scripted"})
+            return
+        if self.delays:
+            time.sleep(self.delays.popleft())
+        if self.statuses:
+            self.send_json(handler, self.statuses.popleft(), {"message": "scripted"})
+            return
         errcode = self.errcodes.popleft() if self.errcodes else 0
         self.send_json(handler, 200, {"errcode": errcode, "errmsg": "ok" if errcode == 0 else "scripted"})
 
+    def posts(self, path: str) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "POST" and r.path.split("?", 1)[0] == path]
+
     def replies(self) -> list[dict[str, Any]]:
-        return [r.json() for r in self.requests if r.method == "POST"]
+        """Bodies posted to session webhooks."""
+        return [r.json() for r in self.posts("/robot/sendBySession")]
 
 
 class FakeOpenAI(LocalServer):
@@ -137,6 +178,8 @@ class FakeOpenAI(LocalServer):
         self.models = models
         self.embeddings = True  # False: an endpoint without /embeddings (404), like many vLLM setups
         self.script: deque[Scripted] = deque()
+        self.delay = 0.0  # seconds every unscripted chat completion takes
+        self.echo = False  # unscripted completions answer "答复：<the last user message>"
 
     def chats(self) -> list[Recorded]:
         return [r for r in self.requests if "/chat/completions" in r.path]
@@ -157,7 +200,13 @@ class FakeOpenAI(LocalServer):
         if not path.endswith("/chat/completions"):
             self.send_json(handler, 404, {"error": {"message": "no such route", "code": "not_found"}})
             return
-        step = self.script.popleft() if self.script else Scripted()
+        if self.script:
+            step = self.script.popleft()
+        else:
+            step = Scripted(delay=self.delay)
+            if self.echo:
+                users = [m for m in request.json().get("messages", []) if m.get("role") == "user"]
+                step.text = "答复：" + (str(users[-1].get("content", "")) if users else "")
         if step.delay:
             time.sleep(step.delay)
         if step.body is not None:

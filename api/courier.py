@@ -148,12 +148,15 @@ class Courier:
                 return outcome
         return Delivery.SENT
 
-    async def notify(self, body: dict[str, Any]) -> None:
-        """Queue a proactive notice for the custom-robot webhook and send what the rate allows."""
+    async def notify(self, body: dict[str, Any]) -> int:
+        """Queue a proactive notice for the custom-robot webhook and send what the rate allows.
+
+        Returns the notice's outbox row id."""
         if self._robot is None:
             raise RuntimeError("ACCESS_TOKEN is not set: no custom-robot webhook to send notices to")
-        await self._outbox.store_notice(body)
+        row = await self._outbox.store_notice(body)
         await self._send_due_notices()
+        return row.id
 
     async def _send_due_notices(self) -> None:
         robot = self._robot

@@ -172,6 +172,17 @@ class Outbox:
 
         return await self._db.run(read)
 
+    async def status(self, row_id: int) -> tuple[OutboxState, str, float] | None:
+        """(state, last error, next attempt time) of one row."""
+
+        def read(conn: sqlite3.Connection) -> tuple[OutboxState, str, float] | None:
+            row = conn.execute(
+                "SELECT state, last_error, next_attempt_at FROM outbox WHERE id = ?", (row_id,)
+            ).fetchone()
+            return None if row is None else (OutboxState(row[0]), row[1] or "", float(row[2]))
+
+        return await self._db.run(read)
+
     async def is_pending(self, row_id: int) -> bool:
         def read(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT state FROM outbox WHERE id = ?", (row_id,)).fetchone()

@@ -67,6 +67,31 @@ def _catch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _notify(args: argparse.Namespace) -> int:
+    """Send a proactive notice through the custom-robot webhook (ACCESS_TOKEN), via the outbox."""
+    import asyncio
+
+    from api.notices import send_notice
+    from api.outbox import OutboxState
+
+    try:
+        settings = load_settings(runnable=False)
+        outcome = asyncio.run(send_notice(settings, args.text, title=args.title, markdown=args.markdown))
+    except (ConfigError, ValueError) as exc:
+        print(f"dingbot: {exc}", file=sys.stderr)
+        return 2
+    if outcome.state is OutboxState.SENT:
+        print("sent")
+        return 0
+    if outcome.state is OutboxState.PENDING:
+        when = time.strftime("%H:%M:%S", time.localtime(outcome.next_attempt_at))
+        reason = outcome.detail or "DingTalk allows a robot 20 messages a minute"
+        print(f"queued ({reason}); the running service sends it from {when}")
+        return 0
+    print(f"dingbot: not sent: {outcome.detail}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dingbot", description="DingHook, a DingTalk assistant that remembers."
@@ -80,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     catch.add_argument("--host", default="127.0.0.1")
     catch.add_argument("--port", type=int, default=9000)
+    notify = sub.add_parser(
+        "notify", help="send a notice to the custom robot's group (ACCESS_TOKEN; at most 20 a minute, queued)"
+    )
+    notify.add_argument("text", help="what to say")
+    notify.add_argument("--markdown", action="store_true", help="send as Markdown")
+    notify.add_argument("--title", default="", help="the Markdown message's title in the chat list")
     args = parser.parse_args(argv)
     if args.command == "serve":
         from dingbot.server import main as serve
@@ -87,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve()
     if args.command == "catch":
         return _catch(args)
+    if args.command == "notify":
+        return _notify(args)
     return _sign(args)
 
 

@@ -1,0 +1,50 @@
+"""Proactive notices from outside the service (`dingbot notify`), through the service's own outbox.
+
+The notice is stored in the outbox at DATABASE_PATH and sent at once when the robot's 20-a-minute
+window allows; otherwise a running service's periodic check sends it when the window opens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from agent.config import Settings
+from agent.database import Database
+from api.courier import Courier
+from api.dingtalk.robot_webhook import RobotWebhookSender, notice_body
+from api.dingtalk.sender import SessionWebhookSender
+from api.outbox import Outbox, OutboxState
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeOutcome:
+    state: OutboxState
+    detail: str  # DingTalk's answer when not sent (safe to print: no token, no URL)
+    next_attempt_at: float
+
+
+async def send_notice(
+    settings: Settings, text: str, *, title: str = "", markdown: bool = False
+) -> NoticeOutcome:
+    if settings.access_token is None:
+        raise ValueError("ACCESS_TOKEN is not set: it is the custom robot's webhook token (access_token=…)")
+    database = Database(settings.database_path)
+    await database.open()
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as http:
+            outbox = Outbox(database)
+            robot = RobotWebhookSender(
+                http,
+                oapi_base=settings.dingtalk_oapi_base,
+                access_token=settings.access_token,
+                secret=settings.dingtalk_robot_secret or settings.secret,
+            )
+            courier = Courier(outbox=outbox, webhook=SessionWebhookSender(http), openapi=None, robot=robot)
+            row_id = await courier.notify(notice_body(text, title=title, markdown=markdown))
+            status = await outbox.status(row_id)
+            assert status is not None
+            return NoticeOutcome(*status)
+    finally:
+        await database.close()

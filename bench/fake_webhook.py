@@ -2,6 +2,11 @@
 
 It answers every POST with errcode 0 and counts them (`GET /count` reports the count and the number
 of distinct `session` query values), so every accepted callback's background reply has somewhere to go.
+
+`GET /tokens` tells which message each reply answers: in mock mode the reply quotes the person's text,
+so a bench that puts a token like `bench-000123` (TOKEN_PATTERN) in each message's text can count the
+replies per token (duplicates show as a count above 1). It reports the number of POSTs, those without a
+token, the wall-clock time of the last POST, and per token the count and the time of its first reply.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import contextlib
 import json
 import multiprocessing
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 from bench.settings import HOST, STARTUP_TIMEOUT_S
 
 WEBHOOK_OK = {"errcode": 0, "errmsg": "ok"}
+TOKEN_PATTERN = re.compile(r"bench-\d{6}")  # the marker bench/delivery.py puts in each message's text
 
 
 class _WebhookServer(ThreadingHTTPServer):
@@ -31,15 +38,35 @@ class _WebhookServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._count = 0
         self._sessions: set[str] = set()
+        self._untagged = 0
+        self._last_post_at: float | None = None
+        self._tokens: dict[str, dict[str, float]] = {}  # token -> {"count": n, "first_at": epoch s}
 
-    def record(self, session: str) -> None:
+    def record(self, session: str, body: bytes = b"") -> None:
+        now = time.time()  # wall clock: comparable with the bench process's own time.time()
+        tokens = set(TOKEN_PATTERN.findall(body.decode("utf-8", errors="replace")))
         with self._lock:
             self._count += 1
             self._sessions.add(session)
+            self._last_post_at = now
+            if not tokens:
+                self._untagged += 1
+            for token in tokens:
+                seen = self._tokens.setdefault(token, {"count": 0, "first_at": now})
+                seen["count"] += 1
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return {"count": self._count, "distinct_sessions": len(self._sessions)}
+
+    def tokens(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "count": self._count,
+                "untagged": self._untagged,
+                "last_post_at": self._last_post_at,
+                "tokens": {token: dict(seen) for token, seen in self._tokens.items()},
+            }
 
 
 class _WebhookHandler(BaseHTTPRequestHandler):
@@ -49,14 +76,17 @@ class _WebhookHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        body = self.rfile.read(length)
         session = parse_qs(urlsplit(self.path).query).get("session", [""])[0]
-        self.server.record(session)
+        self.server.record(session, body)
         self._answer(200, WEBHOOK_OK)
 
     def do_GET(self) -> None:
-        if urlsplit(self.path).path == "/count":
+        path = urlsplit(self.path).path
+        if path == "/count":
             self._answer(200, self.server.snapshot())
+        elif path == "/tokens":
+            self._answer(200, self.server.tokens())
         else:
             self._answer(404, {"error": "not found"})
 

@@ -18,8 +18,10 @@ from bench.settings import PEOPLE
 EMPTY_ACK = {"msgtype": "empty"}
 
 
-def callback_body(n: int, webhook_base: str, run_id: str) -> bytes:
-    """A one-to-one text callback as DingTalk sends it (tests/fakes/payloads.py), for person n % PEOPLE."""
+def callback_body(n: int, webhook_base: str, run_id: str, *, text: str | None = None) -> bytes:
+    """A one-to-one text callback as DingTalk sends it (tests/fakes/payloads.py), for person n % PEOPLE.
+
+    `text` replaces the default message text (bench/delivery.py puts a per-message token in it)."""
     now = int(time.time() * 1000)
     person = n % PEOPLE
     body = {
@@ -38,7 +40,7 @@ def callback_body(n: int, webhook_base: str, run_id: str) -> bytes:
         "sessionWebhook": f"{webhook_base}/robot/sendBySession?session={n}",
         "robotCode": "dingbenchrobot",
         "msgtype": "text",
-        "text": {"content": f"你好，这是第 {n} 条基准消息"},
+        "text": {"content": f"你好，这是第 {n} 条基准消息" if text is None else text},
     }
     return json.dumps(body, ensure_ascii=False).encode()
 

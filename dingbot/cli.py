@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
@@ -92,6 +93,12 @@ def _notify(args: argparse.Namespace) -> int:
     return 1
 
 
+# Commands that live in their own module: each defines `add_parser(subparsers)`, which registers the
+# command and sets `handler` (a function of the parsed args returning the exit code). Heavy imports stay
+# inside the handlers, so `dingbot --help` is quick.
+COMMAND_MODULES = ("dingbot.doctor", "dingbot.chat", "dingbot.simulate", "dingbot.prompt_tests")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dingbot", description="DingHook, a DingTalk assistant that remembers."
@@ -111,7 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     notify.add_argument("text", help="what to say")
     notify.add_argument("--markdown", action="store_true", help="send as Markdown")
     notify.add_argument("--title", default="", help="the Markdown message's title in the chat list")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # not built yet
+        module.add_parser(sub)
     args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
     if args.command == "serve":
         from dingbot.server import main as serve
 

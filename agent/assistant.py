@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import Runnable
 
 from agent.commands import CommandRunner, parse_command
 from agent.config import Settings
@@ -26,6 +28,7 @@ from agent.memory import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
 from agent.model_errors import classify_model_error
 from agent.observe import NoObserver, Observer
+from agent.prompt_library import PromptLibrary
 from agent.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ class Assistant:
         self,
         *,
         settings: Settings,
-        prompts: PromptSet,
+        prompts: PromptLibrary,
         model: BaseChatModel,
         history: HistoryStore,
         memory: MemoryService | None = None,
@@ -48,12 +51,11 @@ class Assistant:
         self.model = model
         self.history = history
         self.memory = memory
-        self._chain = prompts.chat | model | StrOutputParser()
+        self._chains: weakref.WeakKeyDictionary[PromptSet, Runnable[dict[str, Any], str]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.observer: Observer = observer or NoObserver()
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
-        self.commands = CommandRunner(
-            prompts=prompts, history=history, memory=memory, bot_name=settings.bot_name
-        )
         self._clock = clock or (lambda: datetime.now(settings.timezone))
 
     def history_scope(self, message: IncomingMessage) -> str:
@@ -67,54 +69,77 @@ class Assistant:
             return f"{message.sender_nick}: {message.text}"
         return message.text
 
+    def prompts_for(self, message: IncomingMessage) -> PromptSet:
+        """The prompts in use for this message's conversation (its group's overrides, else the defaults),
+        reloaded first when a file in the prompts folder changed."""
+        return self.prompts.for_conversation(message.conversation_id)
+
+    def _chain(self, prompts: PromptSet) -> Runnable[dict[str, Any], str]:
+        """prompt | model | parser, built once per loaded prompt version."""
+        chain = self._chains.get(prompts)
+        if chain is None:
+            chain = self._chains[prompts] = prompts.chat | self.model | StrOutputParser()
+        return chain
+
     async def build_inputs(
-        self, message: IncomingMessage, memories: list[str] | None = None
+        self, message: IncomingMessage, memories: list[str] | None = None, prompts: PromptSet | None = None
     ) -> dict[str, Any]:
         """The variables the chat prompt is rendered with."""
+        prompts = prompts or self.prompts_for(message)
         turns = await self.history.recent(self.history_scope(message))
         history: list[BaseMessage] = []
         for turn in turns:
             history.extend([HumanMessage(turn.human), AIMessage(turn.ai)])
         return {
             "bot_name": self.settings.bot_name,
-            "now": self.prompts.render_now(self._clock()),
+            "now": prompts.render_now(self._clock()),
             "timezone": self.settings.bot_timezone,
             "speaker_nick": message.sender_nick or message.sender_id[-6:],
-            "chat_place": self.prompts.render_chat_place(
+            "chat_place": prompts.render_chat_place(
                 is_group=message.is_group, conversation_title=message.conversation_title
             ),
-            "memories": self.prompts.render_memories(memories or []),
+            "memories": prompts.render_memories(memories or []),
             "history": history,
             "text": self._human_entry(message),
         }
 
-    async def reply(self, message: IncomingMessage) -> Reply:
-        """Answer one message. Never raises for model failures: the person gets a clear notice."""
+    async def reply(self, message: IncomingMessage, *, recalled: list[str] | None = None) -> Reply:
+        """Answer one message. Never raises for model failures: the person gets a clear notice.
+
+        `recalled` gives the long-term memories to use instead of asking the memory service (prompt
+        regression cases script them)."""
+        prompts = self.prompts_for(message)
         if not self.limiter.allow(message.person_id):
             return Reply(
-                self.prompts.reply("rate_limited", limit=str(self.settings.rate_limit_per_minute)),
+                prompts.reply("rate_limited", limit=str(self.settings.rate_limit_per_minute)),
                 canned=True,
             )
         if message.kind is ContentKind.EMPTY:
-            return Reply(self.prompts.reply("empty", bot_name=self.settings.bot_name))
+            return Reply(prompts.reply("empty", bot_name=self.settings.bot_name))
         if message.kind is ContentKind.UNSUPPORTED:
-            return Reply(self.prompts.unsupported_reply(message.original_type))
+            return Reply(prompts.unsupported_reply(message.original_type))
         command = parse_command(message.text)
         if command is not None:
-            return await self.commands.run(command, message, self.history_scope(message))
+            runner = CommandRunner(
+                prompts=prompts, history=self.history, memory=self.memory, bot_name=self.settings.bot_name
+            )
+            return await runner.run(command, message, self.history_scope(message))
 
         note = ""
         if len(message.text) > self.settings.max_message_chars:
-            note = self.prompts.reply("truncated", limit=str(self.settings.max_message_chars)) + "\n"
+            note = prompts.reply("truncated", limit=str(self.settings.max_message_chars)) + "\n"
             message = self._clipped(message)
         recall_started = time.perf_counter()
-        memories = await self.memory.recall(message) if self.memory else []
-        if self.memory:
-            self.observer.memory_recall(time.perf_counter() - recall_started)
-        inputs = await self.build_inputs(message, memories)
+        if recalled is not None:
+            memories = recalled
+        else:
+            memories = await self.memory.recall(message) if self.memory else []
+            if self.memory:
+                self.observer.memory_recall(time.perf_counter() - recall_started)
+        inputs = await self.build_inputs(message, memories, prompts)
         started = time.perf_counter()
         try:
-            answer = (await self._chain.ainvoke(inputs)).strip()
+            answer = (await self._chain(prompts).ainvoke(inputs)).strip()
             if not answer:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
         except Exception as exc:
@@ -127,12 +152,12 @@ class Assistant:
                 error.cause,
                 error.fix,
             )
-            return Reply(self.prompts.model_error_reply(error.kind), failed=True)
+            return Reply(prompts.model_error_reply(error.kind), failed=True)
         self.observer.model_call(time.perf_counter() - started, None)
         log.info("model answered in %.0f ms (%d chars)", (time.perf_counter() - started) * 1000, len(answer))
         log.debug("model answer: %s", answer)
         structured = has_structure(answer)
-        title = (title_of(answer) or self.prompts.reply("markdown_title")) if structured else ""
+        title = (title_of(answer) or prompts.reply("markdown_title")) if structured else ""
         return Reply(note + answer, markdown=structured, title=title)
 
     def _clipped(self, message: IncomingMessage) -> IncomingMessage:

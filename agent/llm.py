@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,6 +60,7 @@ class MockChatModel(_OfflineModel):
     """
 
     reply_template: str
+    template_source: Callable[[], str] | None = None  # the current template (prompts reload), else the above
     chunk_size: int = 8
 
     @property
@@ -76,7 +77,8 @@ class MockChatModel(_OfflineModel):
             if isinstance(message, SystemMessage):
                 for block in _MEMORY_BLOCK.findall(_content_text(message)):
                     memory_count += sum(1 for line in block.splitlines() if line.strip().startswith("- "))
-        return self.reply_template.format(text=text, history_turns=turns, memory_count=memory_count)
+        template = self.template_source() if self.template_source else self.reply_template
+        return template.format(text=text, history_turns=turns, memory_count=memory_count)
 
     def answer(self, messages: list[BaseMessage]) -> str:
         return self.describe(messages)
@@ -109,10 +111,15 @@ class MockChatModel(_OfflineModel):
             yield chunk
 
 
-def build_chat_model(settings: Settings, *, mock_reply_template: str) -> BaseChatModel:
-    """Build the chat model the settings describe. Build it once: the first ChatOpenAI costs ~100 ms."""
+def build_chat_model(settings: Settings, *, mock_reply_template: str | Callable[[], str]) -> BaseChatModel:
+    """Build the chat model the settings describe. Build it once: the first ChatOpenAI costs ~100 ms.
+
+    `mock_reply_template` is the mock model's answer template (replies.yaml `mock_reply`), or a function
+    returning the one in use now, so an edited template shows without a restart."""
     provider = settings.provider
     if provider is Provider.MOCK:
+        if callable(mock_reply_template):
+            return MockChatModel(reply_template=mock_reply_template(), template_source=mock_reply_template)
         return MockChatModel(reply_template=mock_reply_template)
 
     # Imported here: langchain_openai costs ~0.5 s to import, and mock mode never needs it.

@@ -34,7 +34,7 @@ from agent.errors import ConfigError, DingbotError
 from agent.memory_guard import unsafe_reason
 from agent.memory_store import Mem0Store
 from agent.messages import ContentKind, IncomingMessage
-from agent.prompts import PromptSet
+from agent.prompt_library import PromptLibrary
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class MemoryService:
         self,
         settings: Settings,
         *,
-        prompts: PromptSet,
+        prompts: PromptLibrary,
         extraction_model: BaseChatModel,
         embeddings: Embeddings,
         database: Database,
@@ -82,7 +82,6 @@ class MemoryService:
         self.settings = settings
         self.prompts = prompts
         self._extraction_model = extraction_model
-        self._extraction = prompts.extraction | extraction_model | StrOutputParser()
         self._embeddings = embeddings
         self._database = database
         self._executor: ThreadPoolExecutor | None = None
@@ -311,7 +310,8 @@ class MemoryService:
         # the person's private facts, so it cannot restate one into the group.
         scopes = await self._scopes(message)
         existing = await self._on_thread(lambda: store.recent(scopes, 20))
-        answer = await self._extraction.ainvoke(
+        extraction = self.prompts.defaults.extraction | self._extraction_model | StrOutputParser()
+        answer = await extraction.ainvoke(
             {
                 "speaker_nick": message.sender_nick or "用户",
                 "existing": "\n".join(f"  - {text}" for text in existing) or "  （暂无）",

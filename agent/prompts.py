@@ -20,9 +20,9 @@ HISTORY_VARIABLE = "history"
 EXTRACTION_VARIABLES = frozenset({"speaker_nick", "existing", "text"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: each load is a new version
 class PromptSet:
-    """Everything loaded from one prompts folder."""
+    """Everything loaded from one prompts folder (or the defaults with a group's overrides)."""
 
     chat: ChatPromptTemplate
     extraction: ChatPromptTemplate  # prompts/memory.yaml: the person's message → {"facts": [...]}
@@ -85,13 +85,15 @@ def _check(template: Any, allowed: frozenset[str], where: str) -> str:
     return template
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PromptError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise PromptError(f"{path}: not valid YAML ({exc})") from None
+        raise PromptError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(data, dict):
         raise PromptError(f"{path}: expected a mapping at the top level")
     return data
@@ -146,19 +148,57 @@ def _check_replies(path: Path, replies: dict[str, Any]) -> None:
         _check(value, frozenset(), f"{path}: model_errors.{key}")
 
 
-def load_prompts(folder: Path) -> PromptSet:
-    """Read chat.yaml, its system file and replies.yaml; raise PromptError naming the bad file."""
+@dataclass(frozen=True)
+class PromptSources:
+    """The raw documents one PromptSet is built from, each with the path it came from (for errors)."""
+
+    chat: dict[str, Any]
+    chat_path: Path
+    system_text: str
+    system_path: Path
+    replies: dict[str, Any]
+    replies_path: Path
+    memory: dict[str, Any]
+    memory_path: Path
+
+
+def read_text(path: Path, named_by: str = "") -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        suffix = f" (named by {named_by})" if named_by else ""
+        raise PromptError(f"{path}: file not found{suffix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptError(f"{path}: cannot be read ({exc})") from None
+
+
+def read_sources(folder: Path) -> PromptSources:
+    """Read chat.yaml, the system file it names, replies.yaml and memory.yaml from a prompts folder."""
     chat_path = folder / "chat.yaml"
-    chat = _read_yaml(chat_path)
+    chat = read_yaml(chat_path)
     system_name = chat.get("system_file")
     if not isinstance(system_name, str):
         raise PromptError(f"{chat_path}: system_file must name a file in {folder}")
     system_path = folder / system_name
-    try:
-        system_text = system_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PromptError(f"{system_path}: file not found (named by system_file in {chat_path})") from None
-    _check(system_text, SYSTEM_VARIABLES, str(system_path))
+    replies_path = folder / "replies.yaml"
+    memory_path = folder / "memory.yaml"
+    return PromptSources(
+        chat=chat,
+        chat_path=chat_path,
+        system_text=read_text(system_path, named_by=f"system_file in {chat_path}"),
+        system_path=system_path,
+        replies=read_yaml(replies_path),
+        replies_path=replies_path,
+        memory=read_yaml(memory_path),
+        memory_path=memory_path,
+    )
+
+
+def build_prompt_set(sources: PromptSources) -> PromptSet:
+    """Check every template and build the LangChain prompts; raise PromptError naming the bad file."""
+    chat_path = sources.chat_path
+    chat = sources.chat
+    system_text = _check(sources.system_text, SYSTEM_VARIABLES, str(sources.system_path))
     human = _check(chat.get("human"), HUMAN_VARIABLES, f"{chat_path}: human")
     if "text" not in _fields(human):
         raise PromptError(f"{chat_path}: human must contain {{text}}")
@@ -176,12 +216,10 @@ def load_prompts(folder: Path) -> PromptSet:
     if not isinstance(weekdays, list) or len(weekdays) != 7 or not all(isinstance(w, str) for w in weekdays):
         raise PromptError(f"{chat_path}: weekdays must list 7 names, Monday first")
 
-    replies_path = folder / "replies.yaml"
-    replies = _read_yaml(replies_path)
-    _check_replies(replies_path, replies)
+    _check_replies(sources.replies_path, sources.replies)
 
-    memory_path = folder / "memory.yaml"
-    memory = _read_yaml(memory_path)
+    memory_path = sources.memory_path
+    memory = sources.memory
     extraction = ChatPromptTemplate.from_messages(
         [
             (
@@ -214,5 +252,10 @@ def load_prompts(folder: Path) -> PromptSet:
         memory_item=item,
         memory_empty=empty,
         weekdays=tuple(weekdays),
-        replies=replies,
+        replies=sources.replies,
     )
+
+
+def load_prompts(folder: Path) -> PromptSet:
+    """Read and check the default prompts of a folder (no group overrides, no reloading)."""
+    return build_prompt_set(read_sources(folder))

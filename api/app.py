@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,14 +10,8 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from agent.assistant import Assistant
+from agent.assembly import open_agent
 from agent.config import Settings
-from agent.database import Database
-from agent.embeddings import build_embeddings
-from agent.history import HistoryStore
-from agent.llm import build_chat_model, build_extraction_model
-from agent.memory import MemoryService
-from agent.prompts import load_prompts
 from api.courier import Courier
 from api.delivery import Dispatcher
 from api.dingtalk.openapi import AccessTokens, OpenApiSender
@@ -94,26 +89,15 @@ def _retry_base(settings: Settings) -> float:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    database = Database(settings.database_path)
-    await database.open()
     http = httpx.AsyncClient(timeout=httpx.Timeout(SEND_TIMEOUT_SECONDS, connect=5.0))
-    memory: MemoryService | None = None
-    try:
-        prompts = load_prompts(settings.prompts_dir)
-        model = build_chat_model(settings, mock_reply_template=prompts.reply_template("mock_reply"))
-        history = HistoryStore(database, settings.history_turns)
-        memory = MemoryService(
-            settings,
-            prompts=prompts,
-            extraction_model=build_extraction_model(settings, model),
-            embeddings=build_embeddings(settings),
-            database=database,
-        )
-        await memory.open()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(_stopped)
+        stack.push_async_callback(http.aclose)
         metrics = Metrics()
-        assistant = Assistant(
-            settings=settings, prompts=prompts, model=model, history=history, memory=memory, observer=metrics
-        )
+        agent = await stack.enter_async_context(open_agent(settings, observer=metrics))
+        database, assistant, memory, history = agent.database, agent.assistant, agent.memory, agent.history
+        if memory is None:  # open_agent builds it unless told not to
+            raise RuntimeError("the service needs the memory service")
         inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)
         outbox = Outbox(database)
         courier = _build_courier(settings, http, outbox, metrics)
@@ -154,12 +138,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await check.stop()
         await dispatcher.drain(SHUTDOWN_GRACE_SECONDS)
-    finally:
-        if memory is not None:
-            await memory.close()
-        await http.aclose()
-        await database.close()
-        log.info("DingHook stopped")
+
+
+async def _stopped() -> None:
+    log.info("DingHook stopped")
 
 
 def create_app(settings: Settings) -> FastAPI:

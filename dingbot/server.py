@@ -16,7 +16,7 @@ from agent.config import Settings, load_settings
 from agent.embeddings import build_embeddings
 from agent.errors import ConfigError, PromptError
 from agent.memory_store import check_stored_dims
-from agent.prompts import load_prompts
+from agent.prompt_library import PromptLibrary
 from api.app import create_app
 from dingbot.logs import configure_logging
 
@@ -24,7 +24,7 @@ from dingbot.logs import configure_logging
 def preflight() -> Settings:
     """Everything that can be checked before the server binds; raises with one clear line."""
     settings = load_settings()
-    load_prompts(settings.prompts_dir)
+    PromptLibrary(settings.prompts_dir)  # the defaults and every group override must load
     _check_database(settings.database_path)
     check_stored_dims(settings, build_embeddings(settings))
     _check_port(settings.host, settings.port)

@@ -10,15 +10,10 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
+from agent.assembly import open_agent
 from agent.assistant import Assistant
 from agent.config import Settings
-from agent.database import Database
-from agent.embeddings import build_embeddings
-from agent.history import HistoryStore
-from agent.llm import build_chat_model, build_extraction_model
-from agent.memory import MemoryService
 from agent.messages import IncomingMessage
-from agent.prompts import load_prompts
 
 
 @asynccontextmanager
@@ -36,34 +31,15 @@ async def open_assistant(
     With `memory=True` it gets the real MemoryService (real mem0, embedded Qdrant beside the database);
     `extraction_model` and `embeddings` replace the ones the settings describe.
     """
-    database = Database(settings.database_path)
-    await database.open()
-    service: MemoryService | None = None
-    try:
-        prompts = load_prompts(settings.prompts_dir)
-        if model is None:
-            model = build_chat_model(settings, mock_reply_template=prompts.reply_template("mock_reply"))
-        if memory:
-            service = MemoryService(
-                settings,
-                prompts=prompts,
-                extraction_model=extraction_model or build_extraction_model(settings, model),
-                embeddings=embeddings or build_embeddings(settings),
-                database=database,
-            )
-            await service.open()
-        yield Assistant(
-            settings=settings,
-            prompts=prompts,
-            model=model,
-            history=HistoryStore(database, settings.history_turns),
-            memory=service,
-            clock=clock,
-        )
-    finally:
-        if service is not None:
-            await service.close()
-        await database.close()
+    async with open_agent(
+        settings,
+        memory=memory,
+        model=model,
+        extraction_model=extraction_model,
+        embeddings=embeddings,
+        clock=clock,
+    ) as agent:
+        yield agent.assistant
 
 
 def person_message(text: str = "你好", **fields: Any) -> IncomingMessage:

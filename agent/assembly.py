@@ -1,0 +1,86 @@
+"""Put the agent together from settings: database, prompts, model, history, memory, assistant.
+
+One place, so the service (api/app.py's lifespan), `dingbot chat` and the tests run the very same
+assistant. The caller owns the context: everything opened here is closed when it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+
+from agent.assistant import Assistant
+from agent.config import Settings
+from agent.database import Database
+from agent.embeddings import build_embeddings
+from agent.history import HistoryStore
+from agent.llm import build_chat_model, build_extraction_model
+from agent.memory import MemoryService
+from agent.observe import Observer
+from agent.prompt_library import PromptLibrary
+
+
+@dataclass(frozen=True)
+class AgentParts:
+    database: Database
+    prompts: PromptLibrary
+    history: HistoryStore
+    memory: MemoryService | None
+    assistant: Assistant
+
+
+@asynccontextmanager
+async def open_agent(
+    settings: Settings,
+    *,
+    memory: bool = True,
+    model: BaseChatModel | None = None,
+    extraction_model: BaseChatModel | None = None,
+    embeddings: Embeddings | None = None,
+    observer: Observer | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> AsyncIterator[AgentParts]:
+    """Open the database and the memory store and build the assistant.
+
+    `memory=False` leaves long-term memory out; `model`, `extraction_model` and `embeddings` replace
+    the ones the settings describe (tests). Raises PromptError for prompts that do not load and
+    ConfigError for a memory store whose vectors do not match the embedder.
+    """
+    prompts = PromptLibrary(settings.prompts_dir)
+    database = Database(settings.database_path)
+    await database.open()
+    service: MemoryService | None = None
+    try:
+        if model is None:
+            model = build_chat_model(
+                settings, mock_reply_template=lambda: prompts.defaults.reply_template("mock_reply")
+            )
+        history = HistoryStore(database, settings.history_turns)
+        if memory:
+            service = MemoryService(
+                settings,
+                prompts=prompts,
+                extraction_model=extraction_model or build_extraction_model(settings, model),
+                embeddings=embeddings or build_embeddings(settings),
+                database=database,
+            )
+            await service.open()
+        assistant = Assistant(
+            settings=settings,
+            prompts=prompts,
+            model=model,
+            history=history,
+            memory=service,
+            clock=clock,
+            observer=observer,
+        )
+        yield AgentParts(database, prompts, history, service, assistant)
+    finally:
+        if service is not None:
+            await service.close()
+        await database.close()

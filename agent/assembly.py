@@ -39,6 +39,7 @@ async def open_agent(
     settings: Settings,
     *,
     memory: bool = True,
+    prompts: PromptLibrary | None = None,
     model: BaseChatModel | None = None,
     extraction_model: BaseChatModel | None = None,
     embeddings: Embeddings | None = None,
@@ -47,18 +48,20 @@ async def open_agent(
 ) -> AsyncIterator[AgentParts]:
     """Open the database and the memory store and build the assistant.
 
-    `memory=False` leaves long-term memory out; `model`, `extraction_model` and `embeddings` replace
-    the ones the settings describe (tests). Raises PromptError for prompts that do not load and
-    ConfigError for a memory store whose vectors do not match the embedder.
+    `memory=False` leaves long-term memory out; `prompts`, `model`, `extraction_model` and `embeddings`
+    replace the ones the settings describe (tests, `dingbot chat`). Raises PromptError for prompts that
+    do not load and ConfigError for a memory store whose vectors do not match the embedder.
     """
-    prompts = PromptLibrary(settings.prompts_dir)
+    if prompts is None:
+        prompts = PromptLibrary(settings.prompts_dir)
+    library = prompts
     database = Database(settings.database_path)
     await database.open()
     service: MemoryService | None = None
     try:
         if model is None:
             model = build_chat_model(
-                settings, mock_reply_template=lambda: prompts.defaults.reply_template("mock_reply")
+                settings, mock_reply_template=lambda: library.defaults.reply_template("mock_reply")
             )
         history = HistoryStore(database, settings.history_turns)
         if memory:

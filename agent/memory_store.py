@@ -274,3 +274,22 @@ def _open_memory(config: dict[str, Any]) -> Any:
             memory.close()
             raise RuntimeError("cannot enable secure_delete on the embedded Qdrant storage") from exc
     return memory
+
+
+def held_by_another_process(settings: Settings) -> bool:
+    """True when another client (a running service) holds the embedded store folder. Probes Qdrant's
+    own lock file without opening the store (design.md: one owner per folder)."""
+    if settings.qdrant_url:
+        return False
+    lock_path = settings.memory_folder.resolve() / "qdrant" / ".lock"
+    if not lock_path.is_file():
+        return False
+    import portalocker
+
+    with lock_path.open("r+") as lock_file:
+        try:
+            portalocker.lock(lock_file, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            return True
+        portalocker.unlock(lock_file)
+    return False

@@ -1,0 +1,158 @@
+"""`dingbot chat`: talk to the assistant in a terminal, through the service's own code.
+
+The same assistant, prompts (reloaded when a file changes), history and long-term memory as the
+service (agent/assembly.py), with its own data folder by default: the embedded memory store has one
+owner, and a running service owns its folder (design.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+DEFAULT_DATABASE = Path("dingbot_chat.db")
+QUIT = frozenset({"/quit", "/exit", "/退出"})
+
+
+def add_parser(sub: Any) -> None:
+    chat = sub.add_parser(
+        "chat", help="talk to the assistant in the terminal (same prompts, memory and code as the service)"
+    )
+    chat.add_argument("--user", default="local-user", help="the speaker's id (staff id); memory is per id")
+    chat.add_argument("--nick", default="", help="the speaker's nick (default: the id)")
+    chat.add_argument("--group", metavar="TITLE", help="talk as in a group with this title (default: 1:1)")
+    chat.add_argument(
+        "--conversation-id", help="the conversation id, e.g. a group's id named in prompts/groups/*.yaml"
+    )
+    chat.add_argument(
+        "--database",
+        type=Path,
+        default=None,
+        help=f"the chat's own database; memory lives in a folder beside it (default: {DEFAULT_DATABASE})",
+    )
+    chat.add_argument("--no-memory", action="store_true", help="without long-term memory (starts faster)")
+    chat.set_defaults(handler=run)
+
+
+class PromptRecorder:
+    """Keeps the messages of the last model call (a LangChain callback), for /prompt."""
+
+    def __init__(self) -> None:
+        from langchain_core.callbacks import BaseCallbackHandler
+
+        recorder = self
+        self.last: list[Any] = []
+
+        class Handler(BaseCallbackHandler):
+            def on_chat_model_start(self, serialized: Any, messages: list[list[Any]], **kwargs: Any) -> None:
+                recorder.last = list(messages[0]) if messages else []
+
+        self.handler = Handler()
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError, PromptError
+
+    try:
+        return asyncio.run(chat(args, input, sys.stdout))
+    except (ConfigError, PromptError) as exc:
+        print(f"dingbot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: TextIO) -> int:
+    from agent.assembly import open_agent
+    from agent.config import load_settings
+    from agent.llm import build_chat_model, build_extraction_model
+    from agent.memory_store import held_by_another_process
+    from agent.messages import ContentKind, IncomingMessage
+    from agent.prompt_library import PromptLibrary
+    from agent.scripted_model import render
+
+    def say(text: str = "") -> None:
+        out.write(text + "\n")
+        out.flush()
+
+    database = args.database or DEFAULT_DATABASE
+    settings = load_settings(database_path=database)
+    if not args.no_memory and held_by_another_process(settings):
+        print(
+            f"dingbot: the memory folder {settings.memory_folder} belongs to a running DingHook service, and "
+            "an embedded memory store has one owner. `dingbot chat` keeps its own data "
+            f"({DEFAULT_DATABASE}) unless --database says otherwise: leave out --database, stop the "
+            "service, or add --no-memory.",
+            file=sys.stderr,
+        )
+        return 2
+    recorder = PromptRecorder()
+    library = PromptLibrary(settings.prompts_dir)
+    model = build_chat_model(
+        settings, mock_reply_template=lambda: library.defaults.reply_template("mock_reply")
+    )
+    # A copy answers (and is recorded for /prompt); the original, unrecorded, extracts memories.
+    answering = model.model_copy(update={"callbacks": [recorder.handler]})
+    user = args.user
+    is_group = args.group is not None
+    conversation_id = args.conversation_id or (f"chat-group:{args.group}" if is_group else f"chat:{user}")
+    async with open_agent(
+        settings,
+        memory=not args.no_memory,
+        prompts=library,
+        model=answering,
+        extraction_model=build_extraction_model(settings, model),
+    ) as agent:
+        bot = settings.bot_name
+        model_name = "mock" if settings.mock_mode else settings.openai_model
+        memory_state = "off" if agent.memory is None or not agent.memory.available else "on"
+        say(f"DingHook chat · {settings.provider.value} model {model_name} · long-term memory {memory_state}")
+        say(f"data: {database} (memory in {settings.memory_folder}/) · prompts: {settings.prompts_dir}")
+        place = f"group 「{args.group}」" if is_group else "one-to-one"
+        say(f"you are {args.nick or user} (id {user}), {place}, conversation {conversation_id}")
+        say("prompt files are reloaded when they change · /prompt shows the last prompt · /quit leaves")
+        say()
+        version = library.version
+        number = 0
+        while True:
+            try:
+                text = await asyncio.to_thread(read_line, "你> ")
+            except EOFError:
+                say()
+                break
+            text = text.strip()
+            if text in QUIT:
+                break
+            if text == "/prompt":
+                say(render(recorder.last).rstrip() if recorder.last else "(no model call yet)")
+                continue
+            number += 1
+            message = IncomingMessage(
+                message_id=f"chat-{number}",
+                conversation_id=conversation_id,
+                is_group=is_group,
+                person_id=f"chat:{user}",
+                sender_id=f"$:chat:{user}",
+                sender_staff_id=user,
+                sender_nick=args.nick or user,
+                text=text,
+                kind=ContentKind.TEXT if text else ContentKind.EMPTY,
+                conversation_title=args.group or "",
+            )
+            library.refresh()
+            if library.version != version:
+                version = library.version
+                if library.problems:
+                    say("(prompt files changed; not used, the last good version stays:)")
+                    for problem in library.problems:
+                        say(f"  ✗ {problem}")
+                else:
+                    say(f"(prompts reloaded: version {version})")
+            reply = await agent.assistant.reply(message)
+            say(f"{bot}> {reply.text}")
+            await agent.assistant.remember(message, reply)
+    return 0

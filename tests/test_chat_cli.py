@@ -1,0 +1,119 @@
+"""`dingbot chat`: the service's assistant, prompts and memory in a terminal, with prompt reload."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import DEFAULT_PROMPTS_DIR, Settings
+from dingbot.cli import main
+from tests.conftest import serve
+
+
+def scripted_input(monkeypatch: pytest.MonkeyPatch, lines: list[str | Callable[[], str]]) -> None:
+    """Feed `input()` these lines (a callable runs first, e.g. to edit a file, and gives the line)."""
+    queue: Iterator[str | Callable[[], str]] = iter(lines)
+
+    def fake_input(prompt: str = "") -> str:
+        try:
+            line = next(queue)
+        except StopIteration:
+            raise EOFError from None
+        return line() if callable(line) else line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+
+
+@pytest.fixture
+def prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "my-prompts"
+    shutil.copytree(DEFAULT_PROMPTS_DIR, folder)
+    monkeypatch.setenv("PROMPTS_DIR", str(folder))
+    monkeypatch.setenv("FORCE_MOCK_OPENAI", "1")
+    return folder
+
+
+def test_chat_answers_through_the_assistant_remembers_and_shows_the_prompt(
+    prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scripted_input(monkeypatch, ["我叫王小丽，我对花生过敏", "中午吃什么？", "/prompt", "/memory", "/quit"])
+    assert main(["chat", "--user", "wxl", "--nick", "王小丽"]) == 0
+    out = capsys.readouterr().out
+    assert "long-term memory on" in out
+    assert "data: dingbot_chat.db" in out  # its own data, in the working directory
+    assert (tmp_path / "dingbot_chat.db").is_file()
+    assert (tmp_path / "dingbot_chat_store").is_dir()
+    assert "小钉> 【模拟回复】" in out
+    assert "你说的是：「中午吃什么？」\n模型收到了 1 轮历史对话" in out  # history, as in the service
+    assert "--- system ---\n你是「小钉」" in out  # /prompt: the last prompt the model received
+    assert "正在和你说话的人：王小丽" in out
+    assert "--- human ---\n中午吃什么？" in out
+    assert "1. 用户叫王小丽" in out  # /memory: facts learned by the service's memory code
+    assert "用户对花生过敏" in out
+
+
+def test_chat_picks_up_an_edited_prompt_on_the_next_message_and_keeps_the_last_good_one(
+    prompts: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replies = prompts / "replies.yaml"
+    original = replies.read_text(encoding="utf-8")
+
+    def edit_then(text: str, new: str) -> Callable[[], str]:
+        def step() -> str:
+            replies.write_text(original.replace("【模拟回复】", new), encoding="utf-8")
+            return text
+
+        return step
+
+    def break_then(text: str) -> Callable[[], str]:
+        def step() -> str:
+            replies.write_text(
+                original.replace("markdown_title: 回复", "markdown_title: [回复"), encoding="utf-8"
+            )
+            return text
+
+        return step
+
+    scripted_input(monkeypatch, ["第一句", edit_then("第二句", "【改过的回复】"), break_then("第三句")])
+    assert main(["chat", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    first, second, third = out.split("你说的是：")[0:3]
+    assert "小钉> 【模拟回复】" in first
+    assert "(prompts reloaded: version 2)\n小钉> 【改过的回复】" in second
+    assert "(prompt files changed; not used, the last good version stays:)" in third
+    assert "replies.yaml: not valid YAML" in third
+    assert "「第三句」" in out
+    assert "小钉> 【改过的回复】当前为 Mock 模式" in third.split("✗")[-1]  # the last good version
+
+
+def test_chat_as_a_group_uses_the_group_override(
+    prompts: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (prompts / "groups").mkdir()
+    (prompts / "groups" / "eng.yaml").write_text(
+        "conversations: ['cidEng/1+2==']\nreplies:\n  empty: 研发群专用：请贴出报错。\n", encoding="utf-8"
+    )
+    scripted_input(monkeypatch, ["", "/prompt"])
+    assert main(["chat", "--no-memory", "--group", "研发群", "--conversation-id", "cidEng/1+2=="]) == 0
+    out = capsys.readouterr().out
+    assert "group 「研发群」" in out
+    assert "小钉> 研发群专用：请贴出报错。" in out
+
+
+def test_chat_will_not_share_a_memory_folder_a_running_server_holds(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FORCE_MOCK_OPENAI", "1")
+    database = tmp_path / "data" / "dingbot.db"
+    scripted_input(monkeypatch, ["你好"])
+    with serve(make_settings(database_path=database)):
+        assert main(["chat", "--database", str(database)]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to a running DingHook service" in err
+    assert "leave out --database" in err

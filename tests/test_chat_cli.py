@@ -92,7 +92,7 @@ def test_chat_picks_up_an_edited_prompt_on_the_next_message_and_keeps_the_last_g
 def test_chat_as_a_group_uses_the_group_override(
     prompts: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (prompts / "groups").mkdir()
+    (prompts / "groups").mkdir(exist_ok=True)
     (prompts / "groups" / "eng.yaml").write_text(
         "conversations: ['cidEng/1+2==']\nreplies:\n  empty: 研发群专用：请贴出报错。\n", encoding="utf-8"
     )

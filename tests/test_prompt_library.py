@@ -112,7 +112,7 @@ replies:
 
 
 def test_a_group_can_have_a_system_prompt_of_its_own(prompts: Path) -> None:
-    (prompts / "groups").mkdir()
+    (prompts / "groups").mkdir(exist_ok=True)
     (prompts / "groups" / "sales.md").write_text("你是销售群的助手{bot_name}。{memories}", encoding="utf-8")
     write_group(prompts, "sales.yaml", f"conversations: ['{OTHER_GROUP_ID}']\nsystem_file: sales.md\n")
     library = PromptLibrary(prompts)
@@ -204,3 +204,11 @@ def test_the_running_service_uses_an_edited_prompt_on_the_next_message_and_group
     assert "「第三条」" in replies[2]
     assert replies[3].endswith(" 研发群：请 @小钉 并贴出报错。")  # after the @mention of the sender
     assert "你好，我是小钉" in replies[4]  # another group: the defaults
+
+
+def test_the_shipped_group_sample_loads_once_copied(prompts: Path) -> None:
+    shutil.copy(prompts / "groups" / "example.yaml.sample", prompts / "groups" / "example.yaml")
+    library = PromptLibrary(prompts)
+    group = library.for_conversation("cidReplaceWithYourGroupId==")
+    assert group.reply("empty", bot_name="小钉") == "研发群里直接 @小钉 并贴出你的问题或报错就好。"
+    assert "优先给出可以直接运行的命令" in str(group.chat.messages[0].prompt.template)  # type: ignore[union-attr]

@@ -130,6 +130,12 @@ async def _handle(request: Request, services: ServicesDep) -> tuple[str, JSONRes
         "group" if message.is_group else "direct",
         message.original_type,
     )
-    log.debug("message %s text: %s", message.message_id, message.text)
+    log.debug(
+        "message %s in conversation %s (%s) text: %s",
+        message.message_id,
+        message.conversation_id,  # the id prompts/groups/*.yaml names
+        message.conversation_title or "one-to-one",
+        message.text,
+    )
     services.dispatcher.schedule(message)  # the task inherits current_message_id for its log lines
     return "accepted", JSONResponse(EMPTY_ACK)

@@ -130,6 +130,8 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
             if text == "/prompt":
                 say(render(recorder.last).rstrip() if recorder.last else "(no model call yet)")
                 continue
+            if agent.memory is not None:
+                await agent.memory.settle()  # what the last message taught is stored (it learns meanwhile)
             number += 1
             message = IncomingMessage(
                 message_id=f"chat-{number}",

@@ -39,7 +39,7 @@ def prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_chat_answers_through_the_assistant_remembers_and_shows_the_prompt(
     prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scripted_input(monkeypatch, ["我叫王小丽，我对花生过敏", "中午吃什么？", "/prompt", "/memory", "/quit"])
+    scripted_input(monkeypatch, ["我叫王小丽，我对花生过敏", "/memory", "中午吃什么？", "/prompt", "/quit"])
     assert main(["chat", "--user", "wxl", "--nick", "王小丽"]) == 0
     out = capsys.readouterr().out
     assert "long-term memory on" in out
@@ -51,8 +51,9 @@ def test_chat_answers_through_the_assistant_remembers_and_shows_the_prompt(
     assert "--- system ---\n你是「小钉」" in out  # /prompt: the last prompt the model received
     assert "正在和你说话的人：王小丽" in out
     assert "--- human ---\n中午吃什么？" in out
-    assert "1. 用户叫王小丽" in out  # /memory: facts learned by the service's memory code
-    assert "用户对花生过敏" in out
+    # /memory right after: what the message taught is stored before the next line is handled
+    assert "小钉> 我记得关于你的 2 件事：\n1. 用户叫王小丽\n2. 用户对花生过敏" in out
+    assert "模型收到了 1 轮历史对话和 2 条记忆" in out  # recalled into the next prompt
 
 
 def test_chat_picks_up_an_edited_prompt_on_the_next_message_and_keeps_the_last_good_one(

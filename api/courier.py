@@ -27,9 +27,11 @@ from api.outbox import Channel, Outbox, OutboxState, Outgoing
 log = logging.getLogger(__name__)
 
 QUICK_RETRY_DELAYS = (0.3, 1.0)  # seconds before the 2nd and 3rd immediate try (jittered)
-MAX_SEND_ATTEMPTS = 10  # scheduled attempts before a row is given up (about 2 hours of backoff)
+MAX_SEND_ATTEMPTS = 10  # attempts before a row is given up (backoff 5 s … 900 s: about 35 minutes in all)
 BACKOFF_CAP_SECONDS = 900.0
 THROTTLED_WAIT_SECONDS = 60.0
+CLAIM_SECONDS = 180.0  # a row being sent is not due elsewhere for this long (longer than any one send)
+DUE_CONCURRENCY = 8  # replies the periodic check sends at once
 
 
 def jittered(seconds: float) -> float:
@@ -82,7 +84,7 @@ class Courier:
         result = await send()
         self._count(result, via)
         for delay in QUICK_RETRY_DELAYS:
-            if result.ok or not result.retryable or result.throttled:
+            if result.ok or not result.retryable or result.throttled or result.uncertain:
                 break
             await asyncio.sleep(jittered(delay))
             result = await send()
@@ -133,17 +135,22 @@ class Courier:
 
     async def deliver(self, rows: Iterable[Outgoing]) -> Delivery:
         """Send a reply's stored parts in order. A part not sent holds back the parts after it."""
-        for row in rows:
-            if row.id in self._sending:
-                return Delivery.RETRYING  # another task is sending it
-            self._sending.add(row.id)
+        for stale in rows:
+            if stale.id in self._sending:
+                return Delivery.RETRYING  # another task of this process is sending it
+            self._sending.add(stale.id)
             try:
-                # Read under the lease: a copy read earlier may have been sent meanwhile by another task.
-                if not await self._outbox.is_pending(row.id):
-                    continue
+                # Claimed in the database (another process, or a copy read earlier, cannot send it too),
+                # and re-read: attempts and route as they are now.
+                row = await self._outbox.claim(stale.id, CLAIM_SECONDS)
+                if row is None:
+                    state = await self._outbox.state_of(stale.id)
+                    if state is OutboxState.SENT:
+                        continue
+                    return Delivery.FAILED if state is OutboxState.FAILED else Delivery.RETRYING
                 outcome = await self._settle(row, await self._send_reply(row))
             finally:
-                self._sending.discard(row.id)
+                self._sending.discard(stale.id)
             if outcome is not Delivery.SENT:
                 return outcome
         return Delivery.SENT
@@ -155,20 +162,23 @@ class Courier:
         if self._robot is None:
             raise RuntimeError("ACCESS_TOKEN is not set: no custom-robot webhook to send notices to")
         row = await self._outbox.store_notice(body)
-        await self._send_due_notices()
+        await self._send_notices([row])  # this one only: queued ones are the periodic check's
         return row.id
 
-    async def _send_due_notices(self) -> None:
+    async def _send_notices(self, rows: Iterable[Outgoing]) -> None:
         robot = self._robot
         if robot is None:
             return
-        for row in await self._outbox.due_notices():
+        for queued in rows:
             now = time.time()
             window = await self._outbox.sent_since(Channel.ROBOT, now - 60.0)
             if len(window) >= ROBOT_SENDS_PER_MINUTE:
                 # Queued, not dropped: the next slot opens when the oldest send leaves the minute.
                 await self._outbox.pause_channel(Channel.ROBOT, window[0] + 60.0)
                 return
+            row = await self._outbox.claim(queued.id, CLAIM_SECONDS)
+            if row is None:
+                continue  # not due yet, sent, or being sent by another process
             result = await self._attempt("robot_webhook", _bound(robot.send, row.body))
             if result.throttled:
                 log.warning("robot webhook throttled (130101): notices wait %.0f s", THROTTLE_PAUSE_SECONDS)
@@ -184,12 +194,15 @@ class Courier:
 
         Returns how many replies were completed."""
         async with self._due_lock:
-            replies = 0
-            for parts in await self._outbox.due_replies():
+            limit = asyncio.Semaphore(DUE_CONCURRENCY)
+
+            async def send(parts: list[Outgoing]) -> bool:
                 if any(row.id in self._sending for row in parts):
-                    continue  # a worker is sending this reply right now
-                if await self.deliver(parts) is Delivery.SENT:
-                    replies += 1
-            await self._send_due_notices()
+                    return False  # a worker is sending this reply right now
+                async with limit:
+                    return await self.deliver(parts) is Delivery.SENT
+
+            sent = await asyncio.gather(*(send(parts) for parts in await self._outbox.due_replies()))
+            await self._send_notices(await self._outbox.due_notices())
             self.pending = await self._outbox.count(OutboxState.PENDING)
-            return replies
+            return sum(sent)

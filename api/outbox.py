@@ -40,6 +40,9 @@ class Outgoing:
     attempts: int
 
 
+EARLIER_PART_FAILED = "an earlier part of this reply was not sent"
+
+
 def _row(row: tuple[Any, ...]) -> Outgoing:
     return Outgoing(
         id=int(row[0]),
@@ -154,9 +157,9 @@ class Outbox:
             firsts = conn.execute(
                 "SELECT msg_id FROM outbox AS o "
                 "WHERE o.state = ? AND o.channel = ? AND o.next_attempt_at <= ? "
-                "AND NOT EXISTS (SELECT 1 FROM outbox AS e WHERE e.msg_id = o.msg_id AND e.state = ? "
+                "AND NOT EXISTS (SELECT 1 FROM outbox AS e WHERE e.msg_id = o.msg_id AND e.state IN (?, ?) "
                 "AND e.part < o.part) ORDER BY o.id LIMIT ?",
-                (pending, Channel.REPLY.value, now, pending, limit),
+                (pending, Channel.REPLY.value, now, pending, OutboxState.FAILED.value, limit),
             ).fetchall()
             return [
                 [
@@ -183,12 +186,32 @@ class Outbox:
 
         return await self._db.run(read)
 
-    async def is_pending(self, row_id: int) -> bool:
-        def read(conn: sqlite3.Connection) -> bool:
+    async def state_of(self, row_id: int) -> OutboxState | None:
+        def read(conn: sqlite3.Connection) -> OutboxState | None:
             row = conn.execute("SELECT state FROM outbox WHERE id = ?", (row_id,)).fetchone()
-            return row is not None and row[0] == OutboxState.PENDING.value
+            return None if row is None else OutboxState(row[0])
 
         return await self._db.run(read)
+
+    async def claim(self, row_id: int, seconds: float) -> Outgoing | None:
+        """Take a due pending row for one send: not due anywhere else for `seconds` (a compare-and-set,
+        so two processes or two tasks never send it both). The row as it is now, or None."""
+        now = time.time()
+
+        def update(conn: sqlite3.Connection) -> Outgoing | None:
+            taken = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, updated_at = ? "
+                "WHERE id = ? AND state = ? AND next_attempt_at <= ?",
+                (now + seconds, now, row_id, OutboxState.PENDING.value, now),
+            ).rowcount
+            if taken != 1:
+                return None
+            row = conn.execute(
+                "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox WHERE id = ?", (row_id,)
+            ).fetchone()
+            return _row(row)
+
+        return await self._db.run(update)
 
     async def mark_sent(self, row_id: int) -> None:
         now = time.time()
@@ -216,13 +239,21 @@ class Outbox:
         await self._db.run(update)
 
     async def mark_failed(self, row_id: int, error: str) -> None:
+        """Give a row up. A reply's later parts go with it: they never arrive without their start."""
         now = time.time()
+        failed, pending = OutboxState.FAILED.value, OutboxState.PENDING.value
 
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ? "
                 "WHERE id = ?",
-                (OutboxState.FAILED.value, error, now, row_id),
+                (failed, error, now, row_id),
+            )
+            conn.execute(
+                "UPDATE outbox SET state = ?, last_error = ?, updated_at = ? "
+                "WHERE state = ? AND channel = ? AND EXISTS (SELECT 1 FROM outbox AS f WHERE f.id = ? "
+                "AND f.msg_id = outbox.msg_id AND f.part < outbox.part)",
+                (failed, EARLIER_PART_FAILED, now, pending, Channel.REPLY.value, row_id),
             )
 
         await self._db.run(update)

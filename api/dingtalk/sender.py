@@ -38,6 +38,9 @@ class SendResult:
     detail: str = ""  # safe to log: no URL, no text
     retryable: bool = False  # worth trying again later: timeout, transport, 5xx, 429, busy, throttled
     expired: bool = False  # the session webhook is gone: another route may still work
+    # The request went out but its answer was lost (read timeout, dropped connection, 504): DingTalk may
+    # have taken it. Retried later by the periodic check, never at once (design.md: delivery semantics).
+    uncertain: bool = False
 
     @property
     def throttled(self) -> bool:
@@ -48,9 +51,17 @@ def errcode_meaning(errcode: int) -> str:
     return ERRCODE_MEANINGS.get(errcode, "see DingTalk's error code list")
 
 
+# The whole request was sent and the answer did not come back.
+_ANSWER_LOST = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
+
+
 def transport_failure(exc: Exception) -> SendResult:
+    if isinstance(exc, _ANSWER_LOST):
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        kind = "timed out waiting for the answer" if timed_out else "answer lost"
+        return SendResult(False, detail=f"{kind} ({type(exc).__name__})", retryable=True, uncertain=True)
     if isinstance(exc, httpx.TimeoutException):
-        return SendResult(False, detail="timed out", retryable=True)
+        return SendResult(False, detail=f"timed out ({type(exc).__name__})", retryable=True)
     # Network trouble passes; a URL or body that cannot be sent at all does not.
     retryable = isinstance(exc, httpx.TransportError)
     return SendResult(False, detail=f"transport error ({type(exc).__name__})", retryable=retryable)
@@ -61,7 +72,11 @@ def read_webhook_answer(response: httpx.Response) -> SendResult:
     if response.status_code != 200:
         retryable = response.status_code >= 500 or response.status_code == 429
         return SendResult(
-            False, status=response.status_code, detail=f"HTTP {response.status_code}", retryable=retryable
+            False,
+            status=response.status_code,
+            detail=f"HTTP {response.status_code}",
+            retryable=retryable,
+            uncertain=response.status_code == 504,  # a gateway gave up waiting: it may have gone through
         )
     try:
         answer = response.json()

@@ -1,0 +1,85 @@
+"""The outbox under contention and partial failure: real SQLite, the real courier, a local DingTalk."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import httpx
+
+from agent.database import Database
+from api.courier import Courier, Delivery
+from api.dingtalk.reply import Route
+from api.dingtalk.sender import SessionWebhookSender
+from api.outbox import Outbox
+from tests.fakes.servers import FakeDingTalk
+
+WEBHOOK = "/robot/sendBySession"
+
+
+def route(fake: FakeDingTalk) -> Route:
+    return Route(fake.webhook(), None, "cid1", False, "u1", "robot")
+
+
+def parts(n: int) -> list[dict[str, object]]:
+    return [{"msgtype": "text", "text": {"content": f"第 {i + 1} 部分"}} for i in range(n)]
+
+
+def states(path: Path) -> list[tuple[int, str, str | None]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT part, state, last_error FROM outbox ORDER BY part").fetchall()
+
+
+def test_a_given_up_part_takes_the_later_parts_with_it(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> None:
+    fake_dingtalk.errcodes.append(400013)  # the first part: the robot was removed, not retryable
+    path = tmp_path / "x.db"
+
+    async def scenario() -> tuple[Delivery, int]:
+        db = Database(path)
+        await db.open()
+        async with httpx.AsyncClient() as http:
+            try:
+                outbox = Outbox(db)
+                courier = Courier(outbox=outbox, webhook=SessionWebhookSender(http), openapi=None, robot=None)
+                rows = await outbox.store_reply("m1", "corp:u1", route(fake_dingtalk), parts(2))
+                outcome = await courier.deliver(rows)
+                await courier.send_due()  # the periodic check finds nothing left to send
+                return outcome, len(await outbox.due_replies())
+            finally:
+                await db.close()
+
+    assert asyncio.run(scenario()) == (Delivery.FAILED, 0)
+    assert [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)] == ["第 1 部分"]
+    [(_, first, _), (_, second, why)] = states(path)
+    assert (first, second) == ("failed", "failed")
+    assert why == "an earlier part of this reply was not sent"
+
+
+def test_two_processes_checking_one_outbox_send_a_due_reply_once(
+    tmp_path: Path, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.delays.append(0.3)  # a slow answer: both checks run while the first send is in flight
+    path = tmp_path / "x.db"
+
+    async def scenario() -> list[int]:
+        first, second = Database(path), Database(path)  # two connections, as two processes have
+        await first.open()
+        await second.open()
+        async with httpx.AsyncClient() as http:
+            try:
+                await Outbox(first).store_reply("m1", "corp:u1", route(fake_dingtalk), parts(3))
+                couriers = [
+                    Courier(outbox=Outbox(db), webhook=SessionWebhookSender(http), openapi=None, robot=None)
+                    for db in (first, second)
+                ]
+                return list(await asyncio.gather(*(c.send_due() for c in couriers)))
+            finally:
+                await first.close()
+                await second.close()
+
+    completed = asyncio.run(scenario())
+    assert sorted(completed) == [0, 1]  # one of them sent the reply, the other found it taken
+    contents = [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)]
+    assert contents == ["第 1 部分", "第 2 部分", "第 3 部分"]
+    assert [state for _, state, _ in states(path)] == ["sent", "sent", "sent"]

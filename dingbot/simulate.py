@@ -1,0 +1,469 @@
+"""`dingbot simulate "text"`: play DingTalk against a running service.
+
+Builds a realistic robot callback (dingtalk-protocol.md), signs it with `SECRET`, hosts a one-shot
+session webhook on `DINGTALK_OAPI_BASE` (the only host the service posts replies to, so it must be a
+loopback address here), posts the callback, and prints the reply as DingTalk would show it with the
+time it took. Exit code 0 when a reply arrived, 1 when none did, 2 when the settings stop it early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import hashlib
+import ipaddress
+import json
+import queue
+import socket
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import parse_qs, urlsplit
+
+from dingbot.simulate_view import Part, describe
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+
+DEFAULT_USER = "sim-user"  # a fixed sender: memory and history carry over between runs
+DEFAULT_NICK = "模拟用户"
+BOT_USER_ID = "$:LWCP_v1:$dingbotSimulateRobot="  # chatbotUserId: whom a group message @-mentions
+DEFAULT_ROBOT_CODE = "dingsimulaterobot"
+DEFAULT_CORP_ID = "dingsimulatecorp"
+WEBHOOK_PATH = "/robot/sendBySession"
+CALLBACK_PATH = "/dingtalk/callback"
+SESSION_MINUTES = 90  # DingTalk's session webhooks live about 90 minutes
+QUIET_SECONDS = 1.5  # a long reply arrives as several posts: wait this long after the last one
+ACK_TIMEOUT_SECONDS = 10.0  # the service acknowledges in milliseconds; this is for a hung one
+OK_ANSWER = b'{"errcode":0,"errmsg":"ok"}'
+
+EXIT_REPLY, EXIT_NO_REPLY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def add_parser(sub: Any) -> None:
+    simulate = sub.add_parser(
+        "simulate",
+        help="play DingTalk against a running service: send a signed message, print the reply",
+        description=(
+            "Send one signed callback to a running service, host the session webhook it replies to "
+            "(on DINGTALK_OAPI_BASE, which must be a loopback address such as http://127.0.0.1:9000 "
+            "for both the service and this command), and print the reply as DingTalk shows it."
+        ),
+    )
+    simulate.add_argument("text", help="what the person says")
+    simulate.add_argument(
+        "--group",
+        metavar="NAME",
+        help="send it in a group of this name, @-mentioning the bot (default: 1:1)",
+    )
+    simulate.add_argument(
+        "--conversation-id",
+        metavar="ID",
+        help="the conversationId, e.g. a group's from prompts/groups/*.yaml (default: from --group/--user)",
+    )
+    simulate.add_argument(
+        "--user",
+        metavar="ID",
+        default=DEFAULT_USER,
+        help=f"the sender's staff id; memory is per sender (default: {DEFAULT_USER})",
+    )
+    simulate.add_argument(
+        "--nick",
+        help=f"the sender's display name (default: {DEFAULT_NICK}, or the id for another user)",
+    )
+    simulate.add_argument("--url", help="the service (default: http://127.0.0.1:$PORT)")
+    simulate.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for the reply (default: 120, or OPENAI_TIMEOUT + 30 when that is longer)",
+    )
+    simulate.set_defaults(handler=run)
+
+
+class SimulateError(Exception):
+    """Stops the run with one line; `code` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_NO_REPLY) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- the callback DingTalk would send ---
+
+
+def _digest(kind: str, value: str) -> str:
+    """A stable DingTalk-looking id part (base64, like cid…== and $:LWCP_v1:$…==)."""
+    return base64.b64encode(hashlib.sha256(f"{kind}:{value}".encode()).digest()).decode()[:22]
+
+
+def conversation_id_for(user: str, group: str | None) -> str:
+    """Stable per group name, or per sender for a one-to-one chat: history and overrides carry over."""
+    return f"cid{_digest('group', group)}==" if group is not None else f"cid{_digest('direct', user)}=="
+
+
+def build_callback(
+    text: str,
+    *,
+    webhook: str,
+    user: str = DEFAULT_USER,
+    nick: str = DEFAULT_NICK,
+    group: str | None = None,
+    conversation_id: str | None = None,
+    robot_code: str = DEFAULT_ROBOT_CODE,
+    corp_id: str = DEFAULT_CORP_ID,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """A text message as DingTalk's robot callback carries it: one-to-one, or a group @-mentioning the bot."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    body: dict[str, Any] = {
+        "conversationId": conversation_id or conversation_id_for(user, group),
+        "chatbotCorpId": corp_id,
+        "chatbotUserId": BOT_USER_ID,
+        "msgId": f"msgSim{uuid.uuid4().hex[:20]}==",
+        "senderNick": nick,
+        "isAdmin": False,
+        "senderStaffId": user,
+        "sessionWebhookExpiredTime": now + SESSION_MINUTES * 60 * 1000,
+        "createAt": now,
+        "senderCorpId": corp_id,
+        "conversationType": "2" if group is not None else "1",
+        "senderId": f"$:LWCP_v1:${_digest('sender', user)}==",
+        "sessionWebhook": webhook,
+        "robotCode": robot_code,
+        "msgtype": "text",
+        # In groups DingTalk removes the @bot part but keeps the space after it.
+        "text": {"content": f" {text}" if group is not None else text},
+        "isInAtList": group is not None,
+    }
+    if group is not None:
+        body["conversationTitle"] = group
+        body["atUsers"] = [{"dingtalkId": BOT_USER_ID}]
+    return body
+
+
+# --- the one-shot session webhook ---
+
+
+class _Webhook:
+    """DingTalk's side of the session webhook: records posts to this run's session, answers errcode 0."""
+
+    def __init__(self, host: str, port: int, session: str, started: list[float]) -> None:
+        self.parts: queue.Queue[Part] = queue.Queue()
+        self.strays = 0  # posts to another session: a late reply to an earlier run
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *values: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                arrived = time.perf_counter()
+                length = self.headers.get("Content-Length") or "0"
+                body = self.rfile.read(int(length) if length.isdigit() else 0)
+                query = parse_qs(urlsplit(self.path).query)
+                if query.get("session") == [session] and started:
+                    webhook.parts.put(Part(arrived - started[0], body))
+                else:
+                    webhook.strays += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(OK_ANSWER)))
+                self.end_headers()
+                self.wfile.write(OK_ANSWER)
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("WebhookServer", (ThreadingHTTPServer,), {"address_family": family})
+        self.server: ThreadingHTTPServer = server_class((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="simulate-webhook", daemon=True)
+
+    def __enter__(self) -> _Webhook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def collect(self, deadline: float, quiet: float) -> list[Part]:
+        """Wait until `deadline` (perf_counter) for the first part, then take parts until `quiet` passes."""
+        parts: list[Part] = []
+        while not parts:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return parts
+            try:
+                parts.append(self.parts.get(timeout=min(left, 0.25)))
+            except queue.Empty:
+                continue
+        while True:
+            try:
+                parts.append(self.parts.get(timeout=quiet))
+            except queue.Empty:
+                return parts
+
+
+# --- settings → where to send, where to listen ---
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _suggested_base(avoid: set[int]) -> str:
+    port = 9000
+    while port in avoid:
+        port += 1
+    return f"http://127.0.0.1:{port}"
+
+
+def _webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, int, str]:
+    """(host, port, base) of the webhook to host: DINGTALK_OAPI_BASE, when that is on this machine."""
+    base = settings.dingtalk_oapi_base.rstrip("/")
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise SimulateError(f"DINGTALK_OAPI_BASE={base} has no valid port", EXIT_SETUP) from None
+    avoid = {service[1], settings.port}
+    suggestion = _suggested_base(avoid)
+    how = (
+        f"set DINGTALK_OAPI_BASE={suggestion} for both the service and simulate (e.g. in .env) "
+        "and restart the service"
+    )
+    if not _is_loopback(host):
+        raise SimulateError(
+            f"DINGTALK_OAPI_BASE is {base}, not this machine: the service posts replies only to "
+            f"DINGTALK_OAPI_BASE/DINGTALK_API_BASE, so for a local run {how}",
+            EXIT_SETUP,
+        )
+    if scheme != "http":
+        raise SimulateError(
+            f"DINGTALK_OAPI_BASE is {base}: simulate hosts a plain http webhook, so {how}", EXIT_SETUP
+        )
+    service_host, service_port = service
+    same_as_service = port == service_port and (
+        _is_loopback(service_host) or service_host in ("0.0.0.0", "::")  # noqa: S104
+    )
+    if same_as_service or port == settings.port:
+        raise SimulateError(
+            f"DINGTALK_OAPI_BASE ({host}:{port}) is the service's own address (PORT={settings.port}): "
+            f"simulate needs another port for DingTalk's webhook, so {how}",
+            EXIT_SETUP,
+        )
+    return ("127.0.0.1" if host.lower() == "localhost" else host.strip("[]")), port, base
+
+
+def _callback_url(url: str | None, settings: Settings) -> tuple[str, tuple[str, int]]:
+    if url is None:
+        host = settings.host
+        if host in ("0.0.0.0", ""):  # noqa: S104 - the wildcard: reach it on loopback
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port, parts = None, parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SimulateError(f"--url {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8080", EXIT_SETUP)
+    port = port or (443 if parts.scheme == "https" else 80)
+    path = parts.path.rstrip("/")
+    if not path.endswith(CALLBACK_PATH):
+        path += CALLBACK_PATH
+    return f"{parts.scheme}://{parts.netloc}{path}", (parts.hostname, port)
+
+
+def _check_allowed(settings: Settings, args: argparse.Namespace, conversation_id: str) -> None:
+    """ALLOWED_USERS/ALLOWED_GROUPS: the service would ignore the message without a word; say so now."""
+    users = settings.allowed_user_ids
+    if users and args.user not in users:
+        raise SimulateError(
+            f"--user {args.user} is not on ALLOWED_USERS, so the service would ignore the message: "
+            f"pass --user with one of them (e.g. --user {sorted(users)[0]})",
+            EXIT_SETUP,
+        )
+    groups = settings.allowed_group_ids
+    if args.group is not None and groups and conversation_id not in groups:
+        raise SimulateError(
+            f"the group's conversationId {conversation_id} is not on ALLOWED_GROUPS, so the service would "
+            f"ignore the message: pass --conversation-id with one of them (e.g. {sorted(groups)[0]})",
+            EXIT_SETUP,
+        )
+
+
+# --- the run ---
+
+
+def _refusal(response: Any) -> str:
+    """The status and reason of a refused callback, with the likely fix."""
+    try:
+        reason = str(response.json().get("error") or response.json().get("detail") or "")
+    except (ValueError, AttributeError):
+        reason = response.text.strip()[:200]
+    status = response.status_code
+    line = f"the service refused the callback: HTTP {status} {reason or response.reason_phrase}"
+    if status == 401:
+        line += " — simulate and the service must use the same SECRET (restart the service after changing it)"
+    elif status == 400 and "DINGTALK_OAPI_BASE" in reason:
+        line += " — the service runs with another DINGTALK_OAPI_BASE: give both the same value and restart it"
+    elif status == 403:
+        line += (
+            " — simulate sends DINGTALK_ROBOT_CODE/DINGTALK_CORP_ID from its own settings: give both the same"
+        )
+    elif status in (404, 405):
+        line += " — is --url the DingHook service, running with DINGTALK_MODE=http or both?"
+    return line
+
+
+def _inline_reply(response: Any, seconds: float) -> Part | None:
+    """A message object in the callback's answer is posted by DingTalk as the reply (legacy)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get("msgtype") not in (None, "empty"):
+        return Part(seconds, response.content)
+    return None
+
+
+def _default_timeout(settings: Settings) -> float:
+    return max(120.0, settings.openai_timeout + 30)
+
+
+def simulate(args: argparse.Namespace, out: TextIO) -> int:
+    import httpx
+
+    from agent.config import load_settings
+    from agent.errors import ConfigError
+    from api.dingtalk.signature import compute_sign
+
+    try:
+        settings = load_settings(runnable=False)
+    except ConfigError as exc:
+        raise SimulateError(str(exc), EXIT_SETUP) from None
+    secret = settings.callback_secret
+    if secret is None:
+        raise SimulateError(
+            "SECRET is not set: simulate signs the callback with it, as DingTalk does; set SECRET "
+            "(the same value the service uses, e.g. in .env)",
+            EXIT_SETUP,
+        )
+    callback_url, service = _callback_url(args.url, settings)
+    host, port, base = _webhook_address(settings, service)
+    group: str | None = args.group
+    nick = args.nick or (DEFAULT_NICK if args.user == DEFAULT_USER else args.user)
+    conversation_id = args.conversation_id or conversation_id_for(args.user, group)
+    _check_allowed(settings, args, conversation_id)
+    timeout = args.timeout if args.timeout is not None else _default_timeout(settings)
+    if timeout <= 0:
+        raise SimulateError(
+            "--timeout must be a number of seconds greater than 0, e.g. --timeout 120", EXIT_SETUP
+        )
+
+    session = uuid.uuid4().hex
+    started: list[float] = []
+    try:
+        webhook = _Webhook(host, port, session, started)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SimulateError(
+                f"port {port} on {host} (from DINGTALK_OAPI_BASE={base}) is in use: stop what listens there "
+                f"(another simulate, or `dingbot catch`), or choose a free port in DINGTALK_OAPI_BASE "
+                "for both the service and simulate and restart the service",
+                EXIT_SETUP,
+            ) from None
+        raise SimulateError(
+            f"cannot listen on {host}:{port} (from DINGTALK_OAPI_BASE={base}): {exc.strerror or exc}; "
+            f"use a free port above 1024, e.g. DINGTALK_OAPI_BASE={_suggested_base({settings.port})}, "
+            "for both the service and simulate",
+            EXIT_SETUP,
+        ) from None
+
+    body = build_callback(
+        args.text,
+        webhook=f"{base}{WEBHOOK_PATH}?session={session}",
+        user=args.user,
+        nick=nick,
+        group=group,
+        conversation_id=conversation_id,
+        robot_code=settings.dingtalk_robot_code or DEFAULT_ROBOT_CODE,
+        corp_id=settings.dingtalk_corp_id or DEFAULT_CORP_ID,
+    )
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    bot = settings.bot_name
+    where = f"in group “{group}”, @{bot}" if group is not None else "one-to-one"
+    print(f"{nick} ({args.user}) → {bot}, {where}: {args.text}", file=out, flush=True)
+
+    with webhook, httpx.Client(timeout=ACK_TIMEOUT_SECONDS, trust_env=False) as client:
+        timestamp = str(int(time.time() * 1000))
+        headers = {
+            "timestamp": timestamp,
+            "sign": compute_sign(timestamp, secret.get_secret_value()),
+            "Content-Type": "application/json; charset=utf-8",
+        }
+        started.append(time.perf_counter())
+        try:
+            response = client.post(callback_url, content=raw, headers=headers)
+        except httpx.ConnectError as exc:
+            raise SimulateError(
+                f"no service at {callback_url.removesuffix(CALLBACK_PATH)} ({exc or 'cannot connect'}): "
+                "start it with `python -m dingbot.server` (same settings / .env), or pass --url"
+            ) from None
+        except httpx.TimeoutException:
+            raise SimulateError(
+                f"the service at {callback_url} did not acknowledge within {ACK_TIMEOUT_SECONDS:.0f} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise SimulateError(f"sending the callback to {callback_url} failed: {exc}") from None
+        ack_ms = (time.perf_counter() - started[0]) * 1000
+        if response.status_code != 200:
+            raise SimulateError(_refusal(response))
+        inline = _inline_reply(response, ack_ms / 1000)
+        parts = [inline] if inline else webhook.collect(started[0] + timeout, QUIET_SECONDS)
+
+    if not parts:
+        raise SimulateError(
+            f"no reply within {timeout:g} s (the service acknowledged in {ack_ms:.0f} ms): it may "
+            f"still be answering (OPENAI_TIMEOUT={settings.openai_timeout:g} s a model call, "
+            f"OPENAI_MAX_RETRIES={settings.openai_max_retries}) or have ignored the message; "
+            "see the service's log, or wait longer with --timeout"
+        )
+    nicks = {args.user: nick}
+    for i, part in enumerate(parts, 1):
+        label = f" · part {i}/{len(parts)}" if len(parts) > 1 else ""
+        print(f"\n{describe(part, bot, nicks, label)}", file=out, flush=True)
+    last = parts[-1].seconds
+    summary = f"reply in {parts[0].seconds:.2f} s"
+    if len(parts) > 1:
+        summary += f", {len(parts)} messages, the last at {last:.2f} s"
+    print(f"\n{summary} (callback acknowledged in {ack_ms:.0f} ms)", file=out, flush=True)
+    if webhook.strays:
+        print(f"({webhook.strays} late post(s) to an earlier run's webhook answered and not shown)", file=out)
+    return EXIT_REPLY
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return simulate(args, sys.stdout)
+    except SimulateError as exc:
+        print(f"dingbot: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("dingbot: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

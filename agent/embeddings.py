@@ -57,6 +57,7 @@ def build_embeddings(settings: Settings) -> Embeddings:
             azure_endpoint=f"{parts.scheme}://{parts.netloc}",
             deployment=settings.embedding_model,
             openai_api_version=settings.openai_api_version,
+            openai_api_base=None,  # else it reads OPENAI_API_BASE from the env and refuses azure_endpoint
             **common,
         )
     return OpenAIEmbeddings(

@@ -101,6 +101,11 @@ class MemoryService:
     def pending_writes(self) -> int:
         return len(self._writes)
 
+    @property
+    def embedding_dims(self) -> int | None:
+        """The vector size of the open store (= the embedder's), or None while memory is off."""
+        return self._store.dims if self._store is not None else None
+
     async def open(self) -> None:
         """Open the store. A dimension mismatch stops startup (ConfigError); anything else leaves the
         service running without long-term memory, with one warning naming the cause and the fix."""

@@ -44,9 +44,10 @@ class Mem0Store:
     """Thread-safe for its users: `search` and `knows` may run on a recall thread while the memory
     thread adds and erases (the store's calls take `_lock`; the index has its own)."""
 
-    def __init__(self, memory: Any, *, embedded: bool) -> None:
+    def __init__(self, memory: Any, *, embedded: bool, dims: int = 0) -> None:
         self._memory = memory
         self._embedded = embedded  # False with QDRANT_URL: the server searches, no in-process index
+        self._dims = dims
         self._lock = threading.RLock()
         self._index = PersonIndex(self._load_person)
 
@@ -115,7 +116,7 @@ class Mem0Store:
             "vector_store": {"provider": "qdrant", "config": vector_store},
             "history_db_path": str(folder / "mem0_history.db"),
         }
-        store = cls(_open_memory(config), embedded=not settings.qdrant_url)
+        store = cls(_open_memory(config), embedded=not settings.qdrant_url, dims=probed)
         stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
         if stored != probed:
             store.close()
@@ -123,6 +124,11 @@ class Mem0Store:
         if store._embedded:
             store.preload()
         return store
+
+    @property
+    def dims(self) -> int:
+        """The vector size of the stored collection (equal to the embedder's: checked at open)."""
+        return self._dims
 
     def close(self) -> None:
         self._memory.vector_store.client.close()  # Memory.close() only closes mem0's SQLite

@@ -62,6 +62,16 @@ def _kind_of(exc: BaseException) -> tuple[ModelErrorKind, str]:
     return ModelErrorKind.UNKNOWN, type(exc).__name__
 
 
+def key_test_command(settings: Settings) -> str:
+    """A curl line that lists the models with the key, as the endpoint expects it (no key in it)."""
+    base = public_endpoint(settings.openai_api_base).rstrip("/")
+    if settings.provider is Provider.AZURE:
+        parts = urlsplit(base)
+        url = f"{parts.scheme}://{parts.netloc}/openai/models?api-version={settings.openai_api_version}"
+        return f'curl "{url}" -H "api-key: $OPENAI_API_KEY"'
+    return f'curl {base}/models -H "Authorization: Bearer $OPENAI_API_KEY"'
+
+
 def _fix(kind: ModelErrorKind, settings: Settings) -> str:
     base = public_endpoint(settings.openai_api_base)
     azure = settings.provider in (Provider.AZURE, Provider.AZURE_V1)
@@ -71,7 +81,7 @@ def _fix(kind: ModelErrorKind, settings: Settings) -> str:
             "check OPENAI_API_KEY is complete and current"
             + (" (Azure: Key 1 from 'Keys and Endpoint' of the resource)" if azure else "")
             + (" (OpenAI keys start with sk-)" if settings.provider is Provider.OPENAI else "")
-            + f'; test it with: curl {base.rstrip("/")}/models -H "Authorization: Bearer $OPENAI_API_KEY"'
+            + f"; test it with: {key_test_command(settings)}"
         ),
         ModelErrorKind.PERMISSION: "the key may not use this model: check the key's project/permissions",
         ModelErrorKind.MODEL_NOT_FOUND: (

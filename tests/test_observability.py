@@ -32,7 +32,7 @@ def test_readyz_and_metrics_count_what_happened(
         openai_max_retries=0,
     )
     with serve(settings) as app:
-        assert app.client.get("/readyz").json() == {"ready": True, "memory": "ok"}
+        assert app.client.get("/readyz").json() == {"ready": True, "memory": "ok", "embedding_dims": 64}
         first = callback(fake_dingtalk.webhook(), "你好")
         app.post_callback(encode(first), signed_headers(SECRET))
         app.post_callback(encode(first), signed_headers(SECRET))  # duplicate

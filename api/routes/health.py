@@ -36,7 +36,14 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
     if not await services.database.ping():
         return JSONResponse({"ready": False, "reason": "database unavailable"}, status_code=503)
-    return JSONResponse({"ready": True, "memory": "ok" if services.memory.available else "off"})
+    memory = services.memory
+    return JSONResponse(
+        {
+            "ready": True,
+            "memory": "ok" if memory.available else "off",
+            "embedding_dims": memory.embedding_dims,  # `dingbot doctor` compares it with its embedder
+        }
+    )
 
 
 @router.get("/metrics")

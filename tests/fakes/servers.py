@@ -171,21 +171,66 @@ class FakeDingTalk(LocalServer):
 
 
 class FakeOpenAI(LocalServer):
-    """An OpenAI-compatible endpoint: /v1/models, chat completions (plain and streamed), Azure paths."""
+    """An OpenAI-compatible endpoint: /v1/models, chat completions (plain and streamed), Azure paths.
 
-    def __init__(self, models: tuple[str, ...] = ("gpt-4-turbo",)) -> None:
+    By default it answers any key, any path ending in a known route and any model. Stricter options:
+    `api_key` (401 invalid_api_key for any other key), `v1_only` (404 outside /v1/ and /openai/, like a
+    server whose base must end with /v1), `known_models_only` (404 model_not_found for a model not in
+    `models`) and `deployments` (Azure: 404 DeploymentNotFound for any other deployment).
+    """
+
+    def __init__(
+        self,
+        models: tuple[str, ...] = ("gpt-4-turbo",),
+        *,
+        api_key: str | None = None,
+        v1_only: bool = False,
+        known_models_only: bool = False,
+        deployments: tuple[str, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.models = models
         self.embeddings = True  # False: an endpoint without /embeddings (404), like many vLLM setups
         self.script: deque[Scripted] = deque()
         self.delay = 0.0  # seconds every unscripted chat completion takes
         self.echo = False  # unscripted completions answer "答复：<the last user message>"
+        self.api_key = api_key
+        self.v1_only = v1_only
+        self.known_models_only = known_models_only
+        self.deployments = deployments
 
     def chats(self) -> list[Recorded]:
         return [r for r in self.requests if "/chat/completions" in r.path]
 
+    def _refusal(self, request: Recorded, path: str) -> tuple[int, str, str] | None:
+        """(status, code, message) when a strict option refuses the request, else None."""
+        if self.api_key is not None:
+            given = request.headers.get("api-key") or request.headers.get("authorization", "")
+            if given.removeprefix("Bearer ") != self.api_key:
+                return 401, "invalid_api_key", "Incorrect API key provided."
+        if self.v1_only and not path.startswith(("/v1/", "/openai/")):
+            return 404, "not_found", "404 page not found"
+        if self.deployments is not None and path.startswith("/openai/deployments/"):
+            deployment = path.split("/")[3]
+            if deployment not in self.deployments:
+                return (
+                    404,
+                    "DeploymentNotFound",
+                    "The API deployment for this resource does not exist.",
+                )
+        if self.known_models_only and request.method == "POST" and request.body:
+            model = request.json().get("model")
+            if model is not None and model not in self.models:
+                return 404, "model_not_found", f"The model `{model}` does not exist."
+        return None
+
     def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
         path = request.path.split("?", 1)[0]
+        refusal = self._refusal(request, path)
+        if refusal is not None:
+            status, code, message = refusal
+            self.send_json(handler, status, {"error": {"message": message, "type": "error", "code": code}})
+            return
         if request.method == "GET" and path.endswith("/models"):
             self.send_json(
                 handler, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}

@@ -119,13 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     notify.add_argument("--markdown", action="store_true", help="send as Markdown")
     notify.add_argument("--title", default="", help="the Markdown message's title in the chat list")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # not built yet
-        module.add_parser(sub)
+        importlib.import_module(name).add_parser(sub)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is not None:

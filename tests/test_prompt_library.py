@@ -189,6 +189,10 @@ def test_the_running_service_uses_an_edited_prompt_on_the_next_message_and_group
         edit(prompts / "replies.yaml", "empty: 你好，", "empty: [坏掉的 YAML")
         post(app, callback(fake_dingtalk.webhook(), "第三条"))
         fake_dingtalk.wait_for(3)
+        prompts_health = app.client.get("/healthz").json()["prompts"]
+        assert prompts_health["version"] == 3
+        [problem] = prompts_health["problems"]
+        assert "replies.yaml: not valid YAML" in problem
         post(app, callback(fake_dingtalk.webhook("g1"), "", group=True))  # a bare @mention
         post(app, callback(fake_dingtalk.webhook("g2"), "", group=True, conversationId=OTHER_GROUP_ID))
         fake_dingtalk.wait_for(5)

@@ -23,6 +23,10 @@ async def healthz(services: ServicesDep) -> JSONResponse:
         "in_flight": services.dispatcher.in_flight,
         "memory": "ok" if services.memory.available else "off",
         "memory_writes": services.memory.pending_writes,
+        "prompts": {  # the loaded version, and files not in use right now (the last good one stays)
+            "version": services.assistant.prompts.version,
+            "problems": services.assistant.prompts.problems,
+        },
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)
 

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -32,6 +32,15 @@ from agent.prompt_library import PromptLibrary
 from agent.prompts import PromptSet
 
 log = logging.getLogger(__name__)
+
+
+class AnswerStream(Protocol):
+    """Who watches a model answer being written (an AI card): told when the model starts, then given
+    the whole text so far after each piece. The final Reply still comes from `reply()`."""
+
+    async def started(self) -> None: ...
+
+    async def text(self, so_far: str) -> None: ...
 
 
 class Assistant:
@@ -103,11 +112,18 @@ class Assistant:
             "text": self._human_entry(message),
         }
 
-    async def reply(self, message: IncomingMessage, *, recalled: list[str] | None = None) -> Reply:
+    async def reply(
+        self,
+        message: IncomingMessage,
+        *,
+        recalled: list[str] | None = None,
+        stream: AnswerStream | None = None,
+    ) -> Reply:
         """Answer one message. Never raises for model failures: the person gets a clear notice.
 
         `recalled` gives the long-term memories to use instead of asking the memory service (prompt
-        regression cases script them)."""
+        regression cases script them). With `stream` the model's answer is streamed (`astream`) and
+        `stream` sees it grow; commands and canned replies never reach it."""
         prompts = self.prompts_for(message)
         if not self.limiter.allow(message.person_id):
             return Reply(
@@ -139,7 +155,15 @@ class Assistant:
         inputs = await self.build_inputs(message, memories, prompts)
         started = time.perf_counter()
         try:
-            answer = (await self._chain(prompts).ainvoke(inputs)).strip()
+            if stream is None:
+                answer = (await self._chain(prompts).ainvoke(inputs)).strip()
+            else:
+                await stream.started()
+                answer = ""
+                async for piece in self._chain(prompts).astream(inputs):
+                    answer += piece
+                    await stream.text(answer)
+                answer = answer.strip()
             if not answer:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
         except Exception as exc:

@@ -25,6 +25,19 @@ class EmbeddingProvider(enum.StrEnum):
     LOCAL = "local"  # the bundled offline multilingual embedder
 
 
+class DingTalkMode(enum.StrEnum):
+    """How DingTalk's messages arrive."""
+
+    HTTP = "http"  # robot callbacks posted to /dingtalk/callback (needs a public URL)
+    STREAM = "stream"  # a WebSocket the service opens to DingTalk's gateway (no public URL)
+    BOTH = "both"
+
+
+class ReplyStyle(enum.StrEnum):
+    CARD = "card"  # an AI card the answer streams into (needs DINGTALK_CARD_TEMPLATE_ID and app credentials)
+    PLAIN = "plain"  # text / Markdown messages
+
+
 class Provider(enum.StrEnum):
     """Which kind of model endpoint the settings point at."""
 
@@ -63,6 +76,10 @@ _FIX_HINTS: dict[str, str] = {
     "MAX_MESSAGE_CHARS": "use a whole number from 1 to 100000, e.g. MAX_MESSAGE_CHARS=4000",
     "RATE_LIMIT_PER_MINUTE": "use a whole number from 0 (no limit) to 10000, e.g. RATE_LIMIT_PER_MINUTE=20",
     "PROMPTS_DIR": "point it at a folder that holds chat.yaml (the project's prompts/ folder)",
+    "DINGTALK_MODE": "use http (callbacks), stream (a WebSocket to DingTalk, no public URL) or both",
+    "DINGTALK_STREAM_HEARTBEAT_SECONDS": "use a number of seconds from 1 to 300, e.g. 20",
+    "DINGTALK_STREAM_IDLE_SECONDS": "use a number of seconds from 5 to 3600, e.g. 180",
+    "DINGTALK_REPLY_STYLE": "use card (an AI card the answer streams into) or plain (text/Markdown messages)",
 }
 
 
@@ -113,6 +130,11 @@ class Settings(BaseSettings):
     dingtalk_sign_window_seconds: float = Field(default=3600.0, gt=0, le=3600)
     dingtalk_oapi_base: str = "https://oapi.dingtalk.com"
     dingtalk_api_base: str = "https://api.dingtalk.com"
+    dingtalk_mode: DingTalkMode = DingTalkMode.HTTP
+    dingtalk_stream_heartbeat_seconds: float = Field(default=20.0, ge=1, le=300)  # WebSocket ping interval
+    dingtalk_stream_idle_seconds: float = Field(default=180.0, ge=5, le=3600)  # no frame this long: reconnect
+    dingtalk_card_template_id: str | None = None
+    dingtalk_reply_style: ReplyStyle = ReplyStyle.CARD
 
     # --- service ---
     host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be reachable by DingTalk
@@ -207,6 +229,23 @@ class Settings(BaseSettings):
         return frozenset(part.strip() for part in self.allowed_groups.split(",") if part.strip())
 
     @property
+    def uses_stream(self) -> bool:
+        return self.dingtalk_mode in (DingTalkMode.STREAM, DingTalkMode.BOTH)
+
+    @property
+    def app_credentials(self) -> bool:
+        return bool(self.dingtalk_client_id and self.dingtalk_client_secret)
+
+    @property
+    def card_replies(self) -> bool:
+        """Answers stream into an AI card: a template, app credentials, and the card style chosen."""
+        return (
+            self.dingtalk_reply_style is ReplyStyle.CARD
+            and bool(self.dingtalk_card_template_id)
+            and self.app_credentials
+        )
+
+    @property
     def embeddings(self) -> EmbeddingProvider:
         if self.mock_mode:  # mock mode never touches the network
             return EmbeddingProvider.LOCAL
@@ -238,6 +277,11 @@ class Settings(BaseSettings):
             )
         if not (self.prompts_dir / "chat.yaml").is_file():
             raise ConfigError(f"PROMPTS_DIR has no chat.yaml: {_FIX_HINTS['PROMPTS_DIR']}")
+        if self.uses_stream and not self.app_credentials:
+            raise ConfigError(
+                f"DINGTALK_MODE={self.dingtalk_mode.value} needs the app's credentials: set "
+                "DINGTALK_CLIENT_ID (AppKey) and DINGTALK_CLIENT_SECRET (AppSecret), or DINGTALK_MODE=http"
+            )
 
 
 def _describe(error: dict[str, Any]) -> str:

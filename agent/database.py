@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     person_id TEXT,
     body TEXT,  -- the webhook JSON body; cleared once sent
     route TEXT,  -- where it goes (JSON; holds the session webhook, a credential); cleared once sent
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'skipped')),
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
@@ -82,6 +82,25 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if present and column not in present:  # an absent table is created whole by SCHEMA
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _set_aside_outdated_outbox(conn: sqlite3.Connection) -> bool:
+    """An outbox made before the `skipped` state cannot take it (a CHECK constraint): rename it, so the
+    schema creates the current table, and `_move_outbox_rows` copies the rows over."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()
+    if row is None or "'skipped'" in row[0]:
+        return False
+    conn.execute("DROP TABLE IF EXISTS outbox_before_skipped")
+    conn.execute("ALTER TABLE outbox RENAME TO outbox_before_skipped")
+    return True
+
+
+def _move_outbox_rows(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO outbox SELECT * FROM outbox_before_skipped")
+    conn.execute("DROP TABLE outbox_before_skipped")  # its indexes go with it: the schema makes them anew
+    conn.execute("COMMIT")
+    conn.executescript(SCHEMA)
 
 
 def erase_person_messages(conn: sqlite3.Connection, person_id: str) -> None:
@@ -125,7 +144,10 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         _add_missing_columns(conn)  # before the schema script: its new indexes may use new columns
+        outdated = _set_aside_outdated_outbox(conn)
         conn.executescript(SCHEMA)
+        if outdated:
+            _move_outbox_rows(conn)
         return conn
 
     async def open(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+from api.dingtalk.cards import CardSender
 from api.dingtalk.openapi import OpenApiSender
 from api.dingtalk.robot_webhook import ROBOT_SENDS_PER_MINUTE, THROTTLE_PAUSE_SECONDS, RobotWebhookSender
 from api.dingtalk.sender import SendResult, SessionWebhookSender
@@ -58,6 +59,7 @@ class Courier:
         webhook: SessionWebhookSender,
         openapi: OpenApiSender | None,
         robot: RobotWebhookSender | None,
+        cards: CardSender | None = None,
         metrics: Metrics | None = None,
         retry_base_seconds: float = 5.0,
     ) -> None:
@@ -65,6 +67,7 @@ class Courier:
         self._webhook = webhook
         self._openapi = openapi
         self._robot = robot
+        self._cards = cards
         self._metrics = metrics
         self._retry_base = retry_base_seconds
         self._sending: set[int] = set()  # rows being sent right now in this process
@@ -145,15 +148,39 @@ class Courier:
                 row = await self._outbox.claim(stale.id, CLAIM_SECONDS)
                 if row is None:
                     state = await self._outbox.state_of(stale.id)
-                    if state is OutboxState.SENT:
+                    if state in (OutboxState.SENT, OutboxState.SKIPPED):
                         continue
                     return Delivery.FAILED if state is OutboxState.FAILED else Delivery.RETRYING
+                if "card" in row.body:
+                    carried = await self._finish_card(row)
+                    if carried is None:
+                        continue  # the card gave way: the plain parts after it carry the answer
+                    return carried
                 outcome = await self._settle(row, await self._send_reply(row))
             finally:
                 self._sending.discard(stale.id)
             if outcome is not Delivery.SENT:
                 return outcome
         return Delivery.SENT
+
+    async def _finish_card(self, row: Outgoing) -> Delivery | None:
+        """Finish the AI card with the whole answer. None when the card cannot carry it (refused,
+        throttled, no card): the plain parts stored after it are sent instead."""
+        card, route = row.body["card"], row.route
+        if self._cards is None or route is None or not route.card_id:
+            await self._outbox.skip(row.id, "no card to finish")
+            return None
+        result = await self._cards.finish(route.card_id, str(card["text"]), failed=bool(card["failed"]))
+        self._count(result, "card")
+        if result.ok:
+            await self._outbox.mark_sent(row.id)
+            await self._outbox.skip(row.id, "the card carried the answer", only_later_parts=True)
+            return Delivery.SENT
+        if result.retryable and not result.throttled and row.attempts + 1 < MAX_SEND_ATTEMPTS:
+            return await self._settle(row, result)
+        log.warning("reply %s: card not finished (%s); sending plain messages", row.msg_id, result.detail)
+        await self._outbox.skip(row.id, f"card not finished: {result.detail}")
+        return None
 
     async def notify(self, body: dict[str, Any]) -> int:
         """Queue a proactive notice for the custom-robot webhook and send what the rate allows.

@@ -10,11 +10,15 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
+from typing import Any
 
 from agent.assistant import Assistant
-from agent.messages import IncomingMessage
+from agent.errors import ModelErrorKind
+from agent.messages import IncomingMessage, Reply
 from agent.observe import current_message_id
 from api.courier import Courier, Delivery
+from api.dingtalk.cards import CardSender, CardStream
 from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
 from api.inbox import Inbox
 from api.outbox import Outbox
@@ -34,12 +38,17 @@ class Dispatcher:
         courier: Courier,
         workers: int,
         default_robot_code: str = "",
+        cards: CardSender | None = None,
+        answer_deadline_seconds: float = 600.0,
     ) -> None:
         self._assistant = assistant
         self._inbox = inbox
         self._outbox = outbox
         self._courier = courier
         self._default_robot_code = default_robot_code
+        self._cards = cards  # AI cards: answers stream into a card (DINGTALK_CARD_TEMPLATE_ID)
+        self._deadline = answer_deadline_seconds  # the watchdog: an answer never takes longer
+        self.last_card: CardStream | None = None  # the latest card stream (for the benchmark)
         self._slots = asyncio.Semaphore(workers)
         self._lanes: dict[str, asyncio.Lock] = {}
         self._lane_users: defaultdict[str, int] = defaultdict(int)
@@ -121,11 +130,38 @@ class Dispatcher:
             if self._lane_users[lane_key] == 0:
                 del self._lane_users[lane_key], self._lanes[lane_key]
 
+    async def _answer(self, message: IncomingMessage, card: CardStream | None) -> Reply:
+        """The assistant's reply, within the deadline: past it, the person is told it timed out."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._assistant.reply(message, stream=card)
+        except asyncio.CancelledError:
+            if card is not None:
+                note = self._assistant.prompts_for(message).model_error_reply(ModelErrorKind.UNKNOWN)
+                await card.abandon(note)
+            raise
+        except TimeoutError:
+            log.warning(
+                "message %s: no answer within %.0f s; the person is told", message.message_id, self._deadline
+            )
+            prompts = self._assistant.prompts_for(message)
+            return Reply(prompts.model_error_reply(ModelErrorKind.TIMEOUT), failed=True)
+        finally:
+            if card is not None:
+                await card.close()
+
     async def _process(self, message: IncomingMessage) -> None:
         started = time.perf_counter()
-        reply = await self._assistant.reply(message)
-        bodies = build_reply_bodies(message, reply, REPLY_MAX_BYTES)
         route = Route.for_message(message, self._default_robot_code)
+        card = None
+        if self._cards is not None:
+            card = self.last_card = CardStream(self._cards, route, sender_nick=message.sender_nick)
+        reply = await self._answer(message, card)
+        bodies: list[dict[str, Any]] = build_reply_bodies(message, reply, REPLY_MAX_BYTES)
+        if card is not None and card.card_id:
+            # The card is finished first (through the outbox); the plain parts are its fallback.
+            route = replace(route, card_id=card.card_id)
+            bodies = [{"card": {"text": reply.text, "failed": reply.failed}}, *bodies]
         # From here the reply is DingTalk's to receive: stored with the message marked done, in one step.
         parts = await self._outbox.store_reply(message.message_id, message.person_id, route, bodies)
         outcome = await self._courier.deliver(parts)

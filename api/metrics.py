@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -47,6 +47,32 @@ class Metrics:
             registry=r,
         )
 
+        # Stream mode (api/dingtalk/stream.py); no series at all in HTTP mode.
+        self.stream_state_gauge = Gauge(
+            "dingbot_stream_state",
+            "Stream connection state: 1 for the current one (connected, connecting, failing, stopped)",
+            ["state"],
+            registry=r,
+        )
+        self.stream_reconnects = Counter(
+            "dingbot_stream_reconnects",
+            "Stream connections that ended, by reason: disconnect, closed, dropped, idle, error",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_failures = Counter(
+            "dingbot_stream_connect_failures",
+            "Failed attempts to open a Stream connection: credentials, gateway, network, websocket, error",
+            ["kind"],
+            registry=r,
+        )
+        self.stream_frames = Counter(
+            "dingbot_stream_frames",
+            "Frames received from the Stream gateway, by type: callback, system, event, other, invalid",
+            ["type"],
+            registry=r,
+        )
+
     def track_in_flight(self, count: Callable[[], float]) -> None:
         self.in_flight.set_function(count)
 
@@ -62,6 +88,19 @@ class Metrics:
         else:
             label = f"http_{result.status}" if result.status else "transport"
         self.sends.labels(via, label).inc()
+
+    def stream_state(self, state: str, states: Iterable[str]) -> None:
+        for name in states:
+            self.stream_state_gauge.labels(name).set(1 if name == state else 0)
+
+    def stream_reconnect(self, reason: str) -> None:
+        self.stream_reconnects.labels(reason).inc()
+
+    def stream_failure(self, kind: str) -> None:
+        self.stream_failures.labels(kind).inc()
+
+    def stream_frame(self, frame_type: str) -> None:
+        self.stream_frames.labels(frame_type).inc()
 
     # agent.observe.Observer
     def model_call(self, seconds: float, error_kind: str | None) -> None:

@@ -27,6 +27,7 @@ class OutboxState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+    SKIPPED = "skipped"  # not needed: a card carried the answer, or a card gave way to plain messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +235,29 @@ class Outbox:
                 "UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + ?, "
                 "updated_at = ? WHERE id = ?",
                 (at, error, 1 if count_attempt else 0, now, row_id),
+            )
+
+        await self._db.run(update)
+
+    async def skip(self, row_id: int, reason: str, *, only_later_parts: bool = False) -> None:
+        """Mark a pending row not needed, its text dropped; or, with `only_later_parts`, the parts of
+        the same reply after it (a card carried the whole answer)."""
+        now = time.time()
+        skipped, pending = OutboxState.SKIPPED.value, OutboxState.PENDING.value
+
+        def update(conn: sqlite3.Connection) -> None:
+            if not only_later_parts:
+                conn.execute(
+                    "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (skipped, reason, now, row_id),
+                )
+                return
+            conn.execute(
+                "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = ?, updated_at = ? "
+                "WHERE state = ? AND channel = ? AND EXISTS (SELECT 1 FROM outbox AS f "
+                "WHERE f.id = ? AND f.msg_id = outbox.msg_id AND f.part < outbox.part)",
+                (skipped, reason, now, pending, Channel.REPLY.value, row_id),
             )
 
         await self._db.run(update)

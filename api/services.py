@@ -10,6 +10,7 @@ from agent.database import Database
 from agent.memory import MemoryService
 from api.courier import Courier
 from api.delivery import Dispatcher
+from api.dingtalk.stream import StreamConnection
 from api.housekeeping import PeriodicCheck
 from api.metrics import Metrics
 
@@ -24,3 +25,4 @@ class Services:
     check: PeriodicCheck
     metrics: Metrics
     courier: Courier
+    stream: StreamConnection | None = None  # DINGTALK_MODE=stream|both

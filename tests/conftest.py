@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,20 @@ def hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         }:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def azure_host(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Resolve an Azure-looking host name to loopback, so the Azure branch runs over real HTTP here."""
+    host = "my-res.openai.azure.com"
+    real = socket.getaddrinfo
+
+    def resolve(name: Any, *args: Any, **kwargs: Any) -> Any:
+        named = name.decode() if isinstance(name, bytes) else name
+        return real("127.0.0.1" if named == host else name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return host
 
 
 @pytest.fixture

@@ -96,6 +96,9 @@ def test_missing_key_names_both_ways_out() -> None:
         ("HISTORY_TURNS", "many", "HISTORY_TURNS=10"),
         ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
         ("DINGTALK_SIGN_WINDOW_SECONDS", "7200", "3600"),
+        ("DINGTALK_MODE", "websocket", "stream (a WebSocket"),
+        ("DINGTALK_REPLY_STYLE", "typewriter", "card (an AI card"),
+        ("DINGTALK_STREAM_IDLE_SECONDS", "1", "e.g. 180"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable_and_the_fix(
@@ -167,3 +170,25 @@ def test_server_refuses_to_start_with_one_clear_line(
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_stream_mode_needs_the_app_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORCE_MOCK_OPENAI", "1")
+    monkeypatch.setenv("DINGTALK_MODE", "stream")
+    with pytest.raises(ConfigError, match="DINGTALK_MODE=stream needs the app's credentials"):
+        load_settings()
+    monkeypatch.setenv("DINGTALK_CLIENT_ID", "dingappkey")
+    monkeypatch.setenv("DINGTALK_CLIENT_SECRET", "app-secret")
+    assert load_settings().uses_stream
+
+
+def test_cards_need_a_template_credentials_and_the_card_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORCE_MOCK_OPENAI", "1")
+    assert load_settings().card_replies is False  # default: no template
+    monkeypatch.setenv("DINGTALK_CARD_TEMPLATE_ID", "tpl.schema")
+    assert load_settings().card_replies is False  # no app credentials
+    monkeypatch.setenv("DINGTALK_CLIENT_ID", "dingappkey")
+    monkeypatch.setenv("DINGTALK_CLIENT_SECRET", "app-secret")
+    assert load_settings().card_replies is True
+    monkeypatch.setenv("DINGTALK_REPLY_STYLE", "plain")
+    assert load_settings().card_replies is False

@@ -180,20 +180,6 @@ def test_model_name_that_does_not_exist_gets_the_listed_names(
     assert checks["memory.embeddings"]["status"] == "ok"  # the embedding model exists
 
 
-@pytest.fixture
-def azure_host(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Resolve an Azure-looking host name to loopback, so the Azure branch runs over real HTTP here."""
-    host = "my-res.openai.azure.com"
-    real = socket.getaddrinfo
-
-    def resolve(name: Any, *args: Any, **kwargs: Any) -> Any:
-        named = name.decode() if isinstance(name, bytes) else name
-        return real("127.0.0.1" if named == host else name, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    return host
-
-
 def test_azure_model_name_instead_of_deployment_name_is_named(
     start_openai: Callable[..., FakeOpenAI],
     env: Callable[..., None],

@@ -127,20 +127,6 @@ def test_retries_recover_from_a_transient_500(
     assert len(fake_openai.requests) == 2
 
 
-@pytest.fixture
-def azure_host(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Resolve an Azure-looking host name to loopback, so the Azure branch runs over real HTTP here."""
-    host = "my-res.openai.azure.com"
-    real = socket.getaddrinfo
-
-    def resolve(name: Any, *args: Any, **kwargs: Any) -> Any:
-        named = name.decode() if isinstance(name, bytes) else name
-        return real("127.0.0.1" if named == host else name, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    return host
-
-
 def test_azure_deployments_path_and_api_key_header(
     real_settings: Callable[..., Settings], fake_openai: FakeOpenAI, azure_host: str
 ) -> None:

@@ -83,3 +83,40 @@ def test_two_processes_checking_one_outbox_send_a_due_reply_once(
     contents = [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)]
     assert contents == ["第 1 部分", "第 2 部分", "第 3 部分"]
     assert [state for _, state, _ in states(path)] == ["sent", "sent", "sent"]
+
+
+OUTBOX_BEFORE_SKIPPED = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY, msg_id TEXT, part INTEGER NOT NULL,
+    channel TEXT NOT NULL CHECK (channel IN ('reply', 'robot')), person_id TEXT, body TEXT, route TEXT,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, last_error TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE (msg_id, part)
+);
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+INSERT INTO outbox (msg_id, part, channel, state, next_attempt_at, created_at, updated_at)
+VALUES ('old-message', 0, 'reply', 'pending', 0, 0, 0);
+"""
+
+
+def test_an_outbox_from_before_the_skipped_state_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OUTBOX_BEFORE_SKIPPED)
+
+    async def scenario() -> tuple[list[tuple[str, str]], set[str]]:
+        db = Database(path)
+        await db.open()
+        try:
+            await Outbox(db).skip(1, "a card carried the answer")
+            rows = await db.run(lambda c: c.execute("SELECT msg_id, state FROM outbox").fetchall())
+            indexes = await db.run(
+                lambda c: {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            )
+            return rows, indexes
+        finally:
+            await db.close()
+
+    rows, indexes = asyncio.run(scenario())
+    assert rows == [("old-message", "skipped")]
+    assert {"outbox_due", "outbox_updated"} <= indexes

@@ -33,7 +33,7 @@ class TokenError(Exception):
         self.retryable = retryable
 
 
-def _error_detail(response: httpx.Response) -> str:
+def error_detail(response: httpx.Response) -> str:
     try:
         answer = response.json()
     except ValueError:
@@ -75,9 +75,7 @@ class AccessTokens:
             if response.status_code != 200:
                 retryable = response.status_code >= 500 or response.status_code == 429
                 hint = "" if retryable else " (check DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET)"
-                raise TokenError(
-                    f"access token refused: {_error_detail(response)}{hint}", retryable=retryable
-                )
+                raise TokenError(f"access token refused: {error_detail(response)}{hint}", retryable=retryable)
             try:
                 answer = response.json()
                 token = str(answer["accessToken"])
@@ -87,6 +85,38 @@ class AccessTokens:
             self._token = token
             self._valid_until = time.monotonic() + max(lifetime - TOKEN_REFRESH_MARGIN_SECONDS, 60.0)
             return token
+
+
+async def call_openapi(
+    client: httpx.AsyncClient, tokens: AccessTokens, method: str, url: str, payload: dict[str, Any]
+) -> httpx.Response | SendResult:
+    """One OpenAPI request with the app's access token; after a 401 once more with a fresh token.
+    The response, or a SendResult saying why there was none (no token, transport failure)."""
+    for attempt in (1, 2):
+        try:
+            token = await tokens.get()
+        except TokenError as exc:
+            return SendResult(False, detail=str(exc), retryable=exc.retryable)
+        try:
+            response = await client.request(
+                method, url, json=payload, headers={"x-acs-dingtalk-access-token": token}
+            )
+        except httpx.HTTPError as exc:
+            return transport_failure(exc)
+        if response.status_code == 401 and attempt == 1:
+            tokens.invalidate()
+            continue
+        return response
+    raise AssertionError("unreachable")
+
+
+def http_failure(response: httpx.Response, label: str) -> SendResult | None:
+    """An OpenAPI answer other than 200 as a SendResult (5xx and 429 worth retrying); None for a 200."""
+    status = response.status_code
+    if status == 200:
+        return None
+    retryable = status >= 500 or status == 429
+    return SendResult(False, status=status, detail=f"{label} {error_detail(response)}", retryable=retryable)
 
 
 def openapi_message(body: dict[str, Any]) -> tuple[str, str]:
@@ -126,31 +156,14 @@ class OpenApiSender:
         if isinstance(request, str):
             return SendResult(False, detail=request)
         url, payload = request
-        for attempt in (1, 2):  # a second time only with a fresh token after a 401
-            try:
-                token = await self._tokens.get()
-            except TokenError as exc:
-                return SendResult(False, detail=str(exc), retryable=exc.retryable)
-            try:
-                response = await self._client.post(
-                    url, json=payload, headers={"x-acs-dingtalk-access-token": token}
-                )
-            except httpx.HTTPError as exc:
-                return transport_failure(exc)
-            if response.status_code == 401 and attempt == 1:
-                self._tokens.invalidate()
-                continue
-            return self._read(response)
-        raise AssertionError("unreachable")
+        response = await call_openapi(self._client, self._tokens, "POST", url, payload)
+        return response if isinstance(response, SendResult) else self._read(response)
 
     @staticmethod
     def _read(response: httpx.Response) -> SendResult:
-        status = response.status_code
-        if status != 200:
-            retryable = status >= 500 or status == 429
-            return SendResult(
-                False, status=status, detail=f"OpenAPI {_error_detail(response)}", retryable=retryable
-            )
+        failure = http_failure(response, "OpenAPI")
+        if failure is not None:
+            return failure
         try:
             answer = response.json()
         except ValueError:

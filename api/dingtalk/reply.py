@@ -77,6 +77,7 @@ class Route:
     user_id: str  # staff id, for the one-to-one send (empty for external users: no fallback)
     robot_code: str
     webhook_dead: bool = False  # DingTalk said 300001: do not try the webhook again
+    card_id: str = ""  # the AI card the answer streamed into (outTrackId): finished first, if any
 
     @classmethod
     def for_message(cls, message: IncomingMessage, default_robot_code: str = "") -> Route:

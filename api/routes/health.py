@@ -40,12 +40,17 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
     if not await services.database.ping():
         return JSONResponse({"ready": False, "reason": "database unavailable"}, status_code=503)
+    stream = services.stream.status if services.stream is not None else None
+    if stream is not None and not stream.ready:
+        reason = f"stream {stream.state.value}: {stream.detail}"
+        return JSONResponse({"ready": False, "reason": reason, "stream": stream.state.value}, status_code=503)
     memory = services.memory
     return JSONResponse(
         {
             "ready": True,
             "memory": "ok" if memory.available else "off",
             "embedding_dims": memory.embedding_dims,  # `dingbot doctor` compares it with its embedder
+            **({"stream": stream.state.value} if stream is not None else {}),
         }
     )
 

@@ -20,6 +20,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    received_at: float = 0.0  # time.monotonic() when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -61,7 +62,11 @@ class LocalServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 item = Recorded(
-                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    time.monotonic(),
                 )
                 with owner._arrived:
                     owner.requests.append(item)
@@ -72,6 +77,9 @@ class LocalServer:
                 owner.handle(self, self._record())
 
             def do_POST(self) -> None:
+                owner.handle(self, self._record())
+
+            def do_PUT(self) -> None:
                 owner.handle(self, self._record())
 
         self._server = _Server(("127.0.0.1", 0), Handler)
@@ -111,6 +119,14 @@ class LocalServer:
         raise NotImplementedError
 
 
+_CARD_CALLS = {
+    ("POST", "/v1.0/card/instances"): "create",
+    ("POST", "/v1.0/card/instances/deliver"): "deliver",
+    ("PUT", "/v1.0/card/streaming"): "update",
+    ("PUT", "/v1.0/card/instances"): "finish",
+}
+
+
 class FakeDingTalk(LocalServer):
     """DingTalk's sending side: session webhooks, the OpenAPI (access token, group and one-to-one
     sends) and the custom-robot webhook. Each answers with its scripted results in order, then success.
@@ -129,6 +145,11 @@ class FakeDingTalk(LocalServer):
         self.openapi_statuses: deque[int] = deque()
         self.token_statuses: deque[int] = deque()
         self.tokens_issued = 0
+        # AI cards: scripted HTTP statuses per card call ("create", "deliver", "update", "finish")
+        self.card_statuses: dict[str, deque[int]] = {
+            k: deque() for k in ("create", "deliver", "update", "finish")
+        }
+        self.card_delay = 0.0  # seconds every card call takes
 
     def webhook(self, session: str = "s1") -> str:
         return f"{self.url}/robot/sendBySession?session={session}"
@@ -142,6 +163,17 @@ class FakeDingTalk(LocalServer):
                 return
             self.tokens_issued += 1
             self.send_json(handler, 200, {"accessToken": f"token-{self.tokens_issued}", "expireIn": 7200})
+            return
+        card_call = _CARD_CALLS.get((request.method, path))
+        if card_call is not None:
+            if self.card_delay:
+                time.sleep(self.card_delay)
+            scripted = self.card_statuses[card_call]
+            status = scripted.popleft() if scripted else 200
+            if status != 200:
+                self.send_json(handler, status, {"code": f"scripted{status}", "message": "scripted"})
+                return
+            self.send_json(handler, 200, {"success": True, "result": True})
             return
         if path.startswith("/v1.0/robot/"):
             status = self.openapi_statuses.popleft() if self.openapi_statuses else 200
@@ -164,6 +196,15 @@ class FakeDingTalk(LocalServer):
 
     def posts(self, path: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST" and r.path.split("?", 1)[0] == path]
+
+    def card_calls(self) -> list[tuple[str, dict[str, Any]]]:
+        """The card calls in order: (create|deliver|update|finish, JSON body)."""
+        calls = []
+        for r in self.requests:
+            name = _CARD_CALLS.get((r.method, r.path.split("?", 1)[0]))
+            if name is not None:
+                calls.append((name, r.json()))
+        return calls
 
     def replies(self) -> list[dict[str, Any]]:
         """Bodies posted to session webhooks."""
@@ -194,6 +235,7 @@ class FakeOpenAI(LocalServer):
         self.script: deque[Scripted] = deque()
         self.delay = 0.0  # seconds every unscripted chat completion takes
         self.echo = False  # unscripted completions answer "答复：<the last user message>"
+        self.stream_piece_delay = 0.0  # seconds between the pieces (2 characters each) of a streamed answer
         self.api_key = api_key
         self.v1_only = v1_only
         self.known_models_only = known_models_only
@@ -266,12 +308,12 @@ class FakeOpenAI(LocalServer):
             return
         model = request.json().get("model") or "deployment"
         if request.json().get("stream"):
-            self._stream(handler, step.text, model)
+            self._stream(handler, step.text, model, self.stream_piece_delay)
         else:
             self.send_json(handler, 200, _completion(step.text, model))
 
     @staticmethod
-    def _stream(handler: BaseHTTPRequestHandler, text: str, model: str) -> None:
+    def _stream(handler: BaseHTTPRequestHandler, text: str, model: str, piece_delay: float = 0.0) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Connection", "close")
@@ -289,6 +331,8 @@ class FakeOpenAI(LocalServer):
             }
             handler.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
             handler.wfile.flush()
+            if piece_delay:
+                time.sleep(piece_delay)
         done = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",

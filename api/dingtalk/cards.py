@@ -1,0 +1,208 @@
+"""AI cards: an answer that appears as it is written (dingtalk-protocol.md, "AI card streaming").
+
+Create a card instance from the template (`POST /v1.0/card/instances`, flowStatus 1 "processing"),
+deliver it to the conversation (`POST /v1.0/card/instances/deliver`; in groups the sender is @-mentioned),
+then `PUT /v1.0/card/streaming` with the full text so far (a fresh guid each time, `isFull`), and finish:
+the last streaming update with `isFinalize` (and `isError` for a failure), then the card's flowStatus 3
+(done) or 5 (failed). The finish goes through the outbox (api/courier.py), so it is retried, and a card
+that cannot be finished falls back to plain messages. Needs Card.Instance.Write and Card.Streaming.Write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from api.dingtalk.openapi import AccessTokens, call_openapi, http_failure
+from api.dingtalk.reply import Route
+from api.dingtalk.sender import SendResult
+
+log = logging.getLogger(__name__)
+
+CONTENT_KEY = "content"  # the template's variable the answer streams into
+PROCESSING, FINISHED, FAILED = "1", "3", "5"  # flowStatus values of DingTalk's AI card
+UPDATE_INTERVAL_SECONDS = 0.6  # streaming updates no more often than this (DingTalk: ~500–800 ms)
+PAUSE_AFTER_REFUSAL_SECONDS = 600.0  # after a permission refusal, plain replies for this long
+
+
+def read_card_answer(response: httpx.Response, what: str) -> SendResult:
+    failure = http_failure(response, f"card {what}:")
+    if failure is not None:
+        return failure
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if isinstance(answer, dict) and answer.get("success") is False:
+        return SendResult(False, status=200, detail=f"card {what}: refused ({str(answer)[:200]})")
+    return SendResult(True, status=200)
+
+
+class CardSender:
+    """The card calls, with the app's access token. Never logs a token or the card's text."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, tokens: AccessTokens, *, api_base: str, template_id: str
+    ) -> None:
+        self._client = client
+        self._tokens = tokens
+        self._base = api_base.rstrip("/")
+        self._template_id = template_id
+        self.paused_until = 0.0  # monotonic: no new cards before this (a permission refusal)
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self.paused_until
+
+    async def _call(self, method: str, path: str, payload: dict[str, Any], what: str) -> SendResult:
+        response = await call_openapi(self._client, self._tokens, method, f"{self._base}{path}", payload)
+        if isinstance(response, SendResult):
+            return response
+        return read_card_answer(response, what)
+
+    async def open(self, card_id: str, route: Route, *, sender_nick: str) -> SendResult:
+        """Create the card (processing, empty) and deliver it to the conversation."""
+        if not route.robot_code:
+            return SendResult(False, detail="card: no robotCode (set DINGTALK_ROBOT_CODE)")
+        created = await self._call(
+            "POST",
+            "/v1.0/card/instances",
+            {
+                "cardTemplateId": self._template_id,
+                "outTrackId": card_id,
+                "cardData": {"cardParamMap": {"flowStatus": PROCESSING, CONTENT_KEY: ""}},
+                "imGroupOpenSpaceModel": {"supportForward": True},
+                "imRobotOpenSpaceModel": {"supportForward": True},
+            },
+            "create",
+        )
+        if not created.ok:
+            return self._refused(created)
+        deliver: dict[str, Any] = {"outTrackId": card_id, "userIdType": 1}
+        if route.is_group:
+            deliver["openSpaceId"] = f"dtv1.card//IM_GROUP.{route.conversation_id}"
+            group: dict[str, Any] = {"robotCode": route.robot_code}
+            if route.user_id:  # group replies notify the sender
+                group["atUserIds"] = {route.user_id: sender_nick or route.user_id}
+            deliver["imGroupOpenDeliverModel"] = group
+        else:
+            if not route.user_id:
+                return SendResult(False, detail="card: the person has no staff id (an external user)")
+            deliver["openSpaceId"] = f"dtv1.card//IM_ROBOT.{route.user_id}"
+            deliver["imRobotOpenDeliverModel"] = {"spaceType": "IM_ROBOT", "robotCode": route.robot_code}
+        return self._refused(await self._call("POST", "/v1.0/card/instances/deliver", deliver, "deliver"))
+
+    def _refused(self, result: SendResult) -> SendResult:
+        if result.status == 403:
+            self.paused_until = time.monotonic() + PAUSE_AFTER_REFUSAL_SECONDS
+            log.warning(
+                "%s: plain replies for the next %.0f min (grant the app Card.Instance.Write and "
+                "Card.Streaming.Write, and check DINGTALK_CARD_TEMPLATE_ID)",
+                result.detail,
+                PAUSE_AFTER_REFUSAL_SECONDS / 60,
+            )
+        return result
+
+    async def stream(
+        self, card_id: str, text: str, *, finalize: bool = False, failed: bool = False
+    ) -> SendResult:
+        """Show `text` (the whole answer so far) in the card."""
+        payload = {
+            "outTrackId": card_id,
+            "guid": uuid.uuid4().hex,
+            "key": CONTENT_KEY,
+            "content": text,
+            "isFull": True,
+            "isFinalize": finalize,
+            "isError": failed,
+        }
+        return await self._call("PUT", "/v1.0/card/streaming", payload, "update")
+
+    async def finish(self, card_id: str, text: str, *, failed: bool) -> SendResult:
+        """The final text, then the card's status: done (3) or failed (5). Safe to repeat."""
+        last = await self.stream(card_id, text, finalize=True, failed=failed)
+        if not last.ok:
+            return last
+        status = FAILED if failed else FINISHED
+        card_data = {"cardParamMap": {"flowStatus": status, CONTENT_KEY: text}}
+        payload = {"outTrackId": card_id, "cardData": card_data}
+        return await self._call("PUT", "/v1.0/card/instances", payload, "finish")
+
+
+class CardStream:
+    """One answer streaming into one card: created when the model starts, updated at most every
+    UPDATE_INTERVAL_SECONDS with the full text so far. agent.assistant's AnswerStream."""
+
+    def __init__(self, cards: CardSender, route: Route, *, sender_nick: str) -> None:
+        self._cards = cards
+        self._route = route
+        self._nick = sender_nick
+        self.card_id = ""  # set once the card is delivered
+        self._latest = ""
+        self._shown = ""
+        self._changed = asyncio.Event()
+        self._updater: asyncio.Task[None] | None = None
+        self.first_text_at: float | None = None  # perf_counter of the model's first text
+        self.first_update_at: float | None = None  # perf_counter of the first update DingTalk took
+        self.updates = 0
+
+    async def started(self) -> None:
+        if not self._cards.available:
+            return
+        card_id = uuid.uuid4().hex
+        try:
+            result = await self._cards.open(card_id, self._route, sender_nick=self._nick)
+        except Exception as exc:  # never let the card take the answer down: plain reply instead
+            log.warning("card not created (%s): the answer goes as a plain message", type(exc).__name__)
+            return
+        if not result.ok:
+            log.warning("card not created (%s): the answer goes as a plain message", result.detail)
+            return
+        self.card_id = card_id
+        self._updater = asyncio.create_task(self._update_loop(), name=f"card-{card_id[:8]}")
+
+    async def text(self, so_far: str) -> None:
+        if self.first_text_at is None:
+            self.first_text_at = time.perf_counter()
+        self._latest = so_far
+        self._changed.set()
+
+    async def _update_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            text = self._latest
+            if text == self._shown:
+                continue
+            result = await self._cards.stream(self.card_id, text)
+            if not result.ok:
+                log.warning("card update refused (%s): no more updates until the end", result.detail)
+                return
+            self._shown = text
+            self.updates += 1
+            if self.first_update_at is None:
+                self.first_update_at = time.perf_counter()
+            await asyncio.sleep(UPDATE_INTERVAL_SECONDS)
+
+    async def abandon(self, note: str, *, seconds: float = 3.0) -> None:
+        """The answer was stopped (shutdown): finish the card as failed with `note` rather than leave
+        it spinning; the message itself is answered again after the restart."""
+        await self.close()
+        if not self.card_id:
+            return
+        try:
+            await asyncio.wait_for(self._cards.finish(self.card_id, note, failed=True), seconds)
+        except Exception as exc:
+            log.warning("card left unfinished at shutdown (%s)", type(exc).__name__)
+
+    async def close(self) -> None:
+        """Stop updating (the outbox finishes the card with the whole answer)."""
+        if self._updater is not None:
+            self._updater.cancel()
+            await asyncio.gather(self._updater, return_exceptions=True)
+            self._updater = None

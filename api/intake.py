@@ -1,0 +1,119 @@
+"""Intake: what happens to a parsed DingTalk message, whichever way it came (HTTP callback or Stream).
+
+Checks the reply host, the robot and organisation, the allowlists and the message's age, then the atomic
+dedupe insert into the inbox, and schedules the work. One path for both transports.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+
+from agent.config import Settings
+from agent.messages import IncomingMessage
+from agent.observe import current_message_id
+from api.dingtalk.parse import PayloadError, parse_callback
+from api.dingtalk.reply import webhook_allowed
+from api.services import Services
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    STALE = "stale"
+    REFUSED_400 = "refused_400"
+    REFUSED_403 = "refused_403"
+
+
+@dataclass(frozen=True)
+class Intake:
+    outcome: Outcome
+    reason: str = ""  # why a message was refused: safe to return to the caller
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome in (Outcome.REFUSED_400, Outcome.REFUSED_403)
+
+
+def _refused_origin(message: IncomingMessage, settings: Settings) -> str:
+    """DINGTALK_ROBOT_CODE / DINGTALK_CORP_ID: a callback meant for another robot or organisation."""
+    if settings.dingtalk_robot_code and message.bot_id and message.bot_id != settings.dingtalk_robot_code:
+        return "callback is for another robot (robotCode differs from DINGTALK_ROBOT_CODE)"
+    if settings.dingtalk_corp_id and message.org_id and message.org_id != settings.dingtalk_corp_id:
+        return "callback is for another organisation (chatbotCorpId differs from DINGTALK_CORP_ID)"
+    return ""
+
+
+def _allowed(message: IncomingMessage, settings: Settings) -> bool:
+    users, groups = settings.allowed_user_ids, settings.allowed_group_ids
+    if users and not ({message.sender_staff_id, message.sender_id, message.person_id} & users):
+        return False
+    return not (message.is_group and groups and message.conversation_id not in groups)
+
+
+async def take_in(services: Services, message: IncomingMessage) -> Intake:
+    """Accept a verified, parsed message into the inbox (or say why not). Never waits for an answer."""
+    settings = services.settings
+    current_message_id.set(message.message_id)
+    if not webhook_allowed(message.reply_url, [settings.dingtalk_oapi_base, settings.dingtalk_api_base]):
+        return Intake(
+            Outcome.REFUSED_400, "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)"
+        )
+    refusal = _refused_origin(message, settings)
+    if refusal:
+        return Intake(Outcome.REFUSED_403, refusal)
+    if not _allowed(message, settings):
+        log.info(
+            "message %s: sender or group not on ALLOWED_USERS/ALLOWED_GROUPS, ignored", message.message_id
+        )
+        return Intake(Outcome.IGNORED)
+    if (
+        message.created_at_ms
+        and time.time() * 1000 - message.created_at_ms > settings.stale_message_seconds * 1000
+    ):
+        log.info(
+            "message %s: older than STALE_MESSAGE_SECONDS, acknowledged but not answered", message.message_id
+        )
+        return Intake(Outcome.STALE)
+    if not message.addressed_to_bot:
+        log.info("message %s: group message not addressed to the bot, ignored", message.message_id)
+        return Intake(Outcome.IGNORED)
+    if not await services.dispatcher.accept(message):
+        log.info("message %s: duplicate delivery, already handled", message.message_id)
+        services.dispatcher.redelivered(message)
+        return Intake(Outcome.DUPLICATE)
+    log.info(
+        "message %s: accepted (%s, %s)",
+        message.message_id,
+        "group" if message.is_group else "direct",
+        message.original_type,
+    )
+    log.debug(
+        "message %s in conversation %s (%s) text: %s",
+        message.message_id,
+        message.conversation_id,  # the id prompts/groups/*.yaml names
+        message.conversation_title or "one-to-one",
+        message.text,
+    )
+    services.dispatcher.schedule(message)  # the task inherits current_message_id for its log lines
+    return Intake(Outcome.ACCEPTED)
+
+
+async def take_in_stream(services: Services, data: str) -> Intake:
+    """A message from a Stream CALLBACK frame (already acked): its `data` is an HTTP callback's body.
+    Nothing is signed on this path: the connection itself was opened with the app's credentials."""
+    try:
+        message = parse_callback(data.encode("utf-8", errors="surrogatepass"))
+    except PayloadError as exc:
+        intake = Intake(Outcome.REFUSED_400, str(exc))
+    else:
+        intake = await take_in(services, message)
+    if intake.refused:
+        log.warning("stream message refused: %s", intake.reason)
+    services.metrics.callback(intake.outcome.value)
+    return intake

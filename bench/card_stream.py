@@ -1,0 +1,680 @@
+"""Typewriter replies in an AI card: from the model's first token to the first card update.
+
+Run from the repository root:
+
+    python bench/card_stream.py                          # 20 answers of 40 pieces x 50 ms (~2 s each)
+    python bench/card_stream.py --count 5 --pieces 10 --json
+
+The service streams a model answer into an AI card (api/dingtalk/cards.py): when the model starts it
+creates and delivers the card, then sends the whole text so far at most every UPDATE_INTERVAL_SECONDS
+(`PUT /v1.0/card/streaming`), and once the answer is complete the outbox finishes it (a last update with
+isFinalize, then flowStatus 3; api/courier.py). This bench measures, per answer:
+
+* first token -> first card update: from the moment the fake model wrote the first content piece of
+  the answer to the arrival of the card's first streaming (non-final) update at the fake DingTalk;
+* callback -> card delivered: from the signed callback's POST to the arrival of `deliver` (the token,
+  recall and card creation happen before the model is asked), and callback -> first token;
+* the spacing of consecutive streaming updates of one card (throttled to ~600 ms) and how many each
+  answer got (plus the final one);
+* last token -> final update and last token -> card finished (`PUT /v1.0/card/instances`).
+
+Nothing is asserted about timing: the figures are printed. The exit code is 0 when every message
+(warm-up included) was acknowledged with 200 and got a card finished with flowStatus 3, 1 otherwise,
+2 when the bench could not run.
+
+What it starts, all on 127.0.0.1 and all stopped at the end (also on error, Ctrl-C or SIGTERM):
+
+* the real service, `python -m dingbot.server`, with a temporary DATABASE_PATH, SECRET set to the
+  bench's signing secret, EMBEDDING_PROVIDER=local, RATE_LIMIT_PER_MINUTE=0, OPENAI_MAX_RETRIES=0,
+  OPENAI_API_BASE at the fake model and DINGTALK_API_BASE / DINGTALK_OAPI_BASE at the fake DingTalk,
+  with app credentials and DINGTALK_CARD_TEMPLATE_ID set, so answers go into cards;
+* in this process, on threads: a fake OpenAI-compatible model that streams (`"stream": true`) answers
+  of --pieces content pieces, --piece-delay-ms apart, and answers non-streamed requests (the memory's
+  fact extraction) with `{"facts": []}`; and a fake DingTalk with the access-token endpoint, the four
+  card endpoints (`{"success": true, "result": true}`) and the session webhook (errcode 0). Both stamp
+  what they do with this process's perf_counter, so their times compare directly.
+
+Each message's text carries a token ("cardbench-000007"); the fake model puts it in the first piece of
+the answer it streams, so the card whose updates show that token is that message's card (matched by
+text, not by order). The messages go one at a time: the next is sent once the previous card is finished
+and its fact extraction has reached the model (then --gap), so the answers never overlap. The first
+--warmup messages (default 1: the first access token, the first model connection, the embedding model
+loading) are not in the figures. The service, the fakes and this bench share the machine's cores (2 on
+the reference machine), so every figure includes that contention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# The modules below need the repository on sys.path.
+from api.dingtalk.cards import UPDATE_INTERVAL_SECONDS  # noqa: E402
+from bench.load import EMPTY_ACK, callback_body, signed_headers  # noqa: E402
+from bench.processes import child_env, free_port, started, tail  # noqa: E402
+from bench.report import percentile  # noqa: E402
+from bench.settings import BENCH_SECRET, HOST, REQUEST_TIMEOUT_S  # noqa: E402
+
+TOKEN_PATTERN = re.compile(r"cardbench-\d{6}")
+CLIENT_ID = "dingbenchcardapp"
+CLIENT_SECRET = "bench-app-secret-not-for-production"  # a throwaway AppSecret
+TEMPLATE_ID = "bench-card-template.schema"
+MODEL = "bench-model"
+API_KEY = "sk-bench-not-a-real-key"
+EXTRACTION_WAIT_S = 3.0  # after a finished card, how long to wait for its fact extraction request
+CARD_CALLS = {
+    ("POST", "/v1.0/card/instances"): "create",
+    ("POST", "/v1.0/card/instances/deliver"): "deliver",
+    ("PUT", "/v1.0/card/streaming"): "update",
+    ("PUT", "/v1.0/card/instances"): "finish",
+}
+
+
+def token(n: int) -> str:
+    return f"cardbench-{n:06d}"
+
+
+# --- the fakes: threads in this process, times in this process's perf_counter ---
+
+
+class _Fake(Protocol):
+    def handle(self, handler: _Handler, method: str, path: str, body: bytes) -> None: ...
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self, fake: _Fake) -> None:
+        super().__init__((HOST, 0), _Handler)
+        self.fake = fake
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the service's httpx client expects
+    disable_nagle_algorithm = True  # small writes (SSE pieces, headers then body) go out at once
+    server: _Server
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        try:
+            self.server.fake.handle(self, self.command, self.path.split("?", 1)[0], body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = _dispatch
+
+    def answer(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@contextlib.contextmanager
+def serving(fake: _Fake, name: str) -> Iterator[str]:
+    """Serve `fake` on a free loopback port in a thread; yield its base URL; stop it on the way out."""
+    server = _Server(fake)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _token_in(request: dict[str, Any]) -> str:
+    """The message token in the request's last user message (else anywhere in it); "" if none."""
+    messages = request.get("messages")
+    users = [m for m in messages if m.get("role") == "user"] if isinstance(messages, list) else []
+    for text in (str(users[-1].get("content", "")) if users else "", json.dumps(request, ensure_ascii=False)):
+        found = TOKEN_PATTERN.findall(text)
+        if found:
+            return str(found[-1])
+    return ""
+
+
+def _chunk(model: str, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+
+
+@dataclass
+class ModelAnswer:
+    """One streamed answer as the fake model wrote it (perf_counter seconds)."""
+
+    requested_at: float
+    first_piece_at: float = math.nan
+    last_piece_at: float = math.nan
+    pieces: int = 0
+
+
+class FakeModel:
+    """OpenAI-compatible chat completions: streamed answers of `pieces` pieces `delay` s apart (the first
+    piece carries the message's token); non-streamed requests get a `{"facts": []}` completion."""
+
+    def __init__(self, pieces: int, delay: float) -> None:
+        self.pieces = pieces
+        self.delay = delay
+        self.answers: dict[str, ModelAnswer] = {}  # token -> the first streamed answer for it
+        self.streams: Counter[str] = Counter()  # token -> streamed requests (a retry would show as 2)
+        self.extractions: dict[str, float] = {}  # token -> arrival of its non-streamed request
+        self.other: Counter[str] = Counter()  # requests that were neither
+        self._cond = threading.Condition()
+
+    def handle(self, handler: _Handler, method: str, path: str, body: bytes) -> None:
+        at = time.perf_counter()
+        if method == "GET" and path.endswith("/models"):
+            handler.answer(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+            return
+        if method != "POST" or not path.endswith("/chat/completions"):
+            with self._cond:
+                self.other[f"{method} {path}"] += 1
+            handler.answer(404, {"error": {"message": "no such route", "code": "not_found"}})
+            return
+        request = json.loads(body or b"{}")
+        model, key = str(request.get("model") or MODEL), _token_in(request)
+        if request.get("stream"):
+            self._stream(handler, key, model, at)
+            return
+        with self._cond:
+            self.extractions.setdefault(key, at)
+            self._cond.notify_all()
+        handler.answer(
+            200,
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": '{"facts": []}'},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        )
+
+    def _stream(self, handler: _Handler, key: str, model: str, at: float) -> None:
+        answer = ModelAnswer(requested_at=at)
+        with self._cond:
+            self.streams[key] += 1
+            answer = self.answers.setdefault(key, answer)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Cache-Control", "no-cache")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        out = handler.wfile
+        out.write(_chunk(model, {"role": "assistant", "content": ""}))  # as OpenAI: the role comes first
+        for i in range(self.pieces):
+            if i:
+                time.sleep(self.delay)
+            text = f"{key} 第{i + 1}句。" if i == 0 else f"第{i + 1}句。"
+            now = time.perf_counter()
+            out.write(_chunk(model, {"content": text}))
+            if i == 0:
+                answer.first_piece_at = now
+            answer.last_piece_at = now
+            answer.pieces += 1
+        out.write(_chunk(model, {}, "stop") + b"data: [DONE]\n\n")
+
+    def wait_extraction(self, key: str, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: key in self.extractions, timeout)
+
+
+@dataclass
+class CardCall:
+    name: str  # create | deliver | update | finish
+    at: float  # perf_counter seconds at arrival
+    track: str  # outTrackId
+    finalize: bool = False
+    chars: int = 0
+    flow_status: str = ""
+
+
+@dataclass
+class FakeDingTalk:
+    """The access token, the four card calls and the session webhook; records card calls by outTrackId
+    and maps each card to the message token its updates show."""
+
+    calls: list[CardCall] = field(default_factory=list)
+    track_token: dict[str, str] = field(default_factory=dict)
+    finished: dict[str, CardCall] = field(default_factory=dict)  # token -> its card's finish call
+    plain: Counter[str] = field(default_factory=Counter)  # token -> plain replies (webhook or OpenAPI)
+    tokens_issued: int = 0
+    other: Counter[str] = field(default_factory=Counter)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def handle(self, handler: _Handler, method: str, path: str, body: bytes) -> None:
+        at = time.perf_counter()
+        if method == "POST" and path == "/v1.0/oauth2/accessToken":
+            with self._cond:
+                self.tokens_issued += 1
+                issued = self.tokens_issued
+            handler.answer(200, {"accessToken": f"bench-token-{issued}", "expireIn": 7200})
+            return
+        name = CARD_CALLS.get((method, path))
+        if name is not None:
+            self._card_call(name, at, json.loads(body or b"{}"))
+            handler.answer(200, {"success": True, "result": True})
+            return
+        if method == "POST" and (path == "/robot/sendBySession" or path.startswith("/v1.0/robot/")):
+            found = set(TOKEN_PATTERN.findall(body.decode("utf-8", errors="replace"))) or {""}
+            with self._cond:
+                self.plain.update(found)
+                self._cond.notify_all()
+            if path.startswith("/v1.0/robot/"):
+                handler.answer(200, {"processQueryKey": "bench"})
+            else:
+                handler.answer(200, {"errcode": 0, "errmsg": "ok"})
+            return
+        with self._cond:
+            self.other[f"{method} {path}"] += 1
+        handler.answer(404, {"code": "notFound", "message": "no such route"})
+
+    def _card_call(self, name: str, at: float, payload: dict[str, Any]) -> None:
+        call = CardCall(name, at, str(payload.get("outTrackId", "")))
+        found: list[str] = []
+        if name == "update":
+            content = str(payload.get("content", ""))
+            call.finalize, call.chars = bool(payload.get("isFinalize")), len(content)
+            found = TOKEN_PATTERN.findall(content)
+        elif name == "finish":
+            params = (payload.get("cardData") or {}).get("cardParamMap") or {}
+            call.flow_status = str(params.get("flowStatus", ""))
+        with self._cond:
+            self.calls.append(call)
+            if found:
+                self.track_token.setdefault(call.track, found[0])
+            key = self.track_token.get(call.track)
+            if name == "finish" and key:
+                self.finished.setdefault(key, call)
+            self._cond.notify_all()
+
+    def wait_done(self, key: str, timeout: float) -> bool:
+        """Until the message's card is finished, or a plain reply for it came instead."""
+        with self._cond:
+            return self._cond.wait_for(lambda: key in self.finished or key in self.plain, timeout)
+
+    def card_of(self, key: str) -> list[CardCall]:
+        with self._cond:
+            tracks = {track for track, t in self.track_token.items() if t == key}
+            return [call for call in self.calls if call.track in tracks]
+
+
+# --- one message at a time ---
+
+
+@dataclass
+class Sent:
+    n: int
+    warmup: bool
+    posted_at: float
+    status: int | None = None
+    problem: str = ""
+    done: bool = False  # the card was finished (or a plain reply came) within --timeout
+
+
+def send_one(client: httpx.Client, url: str, body: bytes, sent: Sent) -> None:
+    try:
+        response = client.post(url, content=body, headers=signed_headers(BENCH_SECRET))
+    except httpx.HTTPError as exc:
+        sent.problem = f"transport error {type(exc).__name__}"
+        return
+    sent.status = response.status_code
+    if response.status_code != 200:
+        sent.problem = f"HTTP {response.status_code}"
+    elif response.content and _json_or_none(response.content) != EMPTY_ACK:
+        sent.problem = "200 with a body other than {'msgtype': 'empty'}"
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def measure(sent: Sent, model: FakeModel, dingtalk: FakeDingTalk) -> dict[str, Any]:
+    """One message's figures (ms), from the fakes' records; None where it has no such moment."""
+    key = token(sent.n)
+    calls = dingtalk.card_of(key)
+    answer = model.answers.get(key)
+
+    def first(name: str, finalize: bool | None = None) -> CardCall | None:
+        return next(
+            (c for c in calls if c.name == name and (finalize is None or c.finalize is finalize)), None
+        )
+
+    def ms(later: float | None, earlier: float | None) -> float | None:
+        if later is None or earlier is None or math.isnan(later) or math.isnan(earlier):
+            return None
+        return round((later - earlier) * 1000, 2)
+
+    streaming = [c for c in calls if c.name == "update" and not c.finalize]
+    deliver, final, finish = first("deliver"), first("update", True), first("finish")
+    first_piece = answer.first_piece_at if answer else None
+    last_piece = answer.last_piece_at if answer else None
+    return {
+        "token": key,
+        "warmup": sent.warmup,
+        "ack": sent.problem or "ok",
+        "card": bool(calls),
+        "flow_status": finish.flow_status if finish else None,
+        "plain_replies": dingtalk.plain.get(key, 0),
+        "model_streams": model.streams.get(key, 0),
+        "callback_to_deliver_ms": ms(deliver.at if deliver else None, sent.posted_at),
+        "callback_to_first_token_ms": ms(first_piece, sent.posted_at),
+        "first_token_to_first_update_ms": ms(streaming[0].at if streaming else None, first_piece),
+        "streaming_updates": len(streaming),
+        "update_gaps_ms": [ms(b.at, a.at) for a, b in itertools.pairwise(streaming)],
+        "answer_ms": ms(last_piece, first_piece),
+        "last_token_to_final_update_ms": ms(final.at if final else None, last_piece),
+        "last_token_to_finish_ms": ms(finish.at if finish else None, last_piece),
+    }
+
+
+def finished_ok(message: dict[str, Any]) -> bool:
+    return bool(message["ack"] == "ok" and message["flow_status"] == "3" and not message["plain_replies"])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    run_id = f"{os.getpid():x}{int(time.time()):x}"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model, dingtalk = FakeModel(args.pieces, args.piece_delay_ms / 1000), FakeDingTalk()
+    sends: list[Sent] = []
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dinghook-bench-")))
+        service_log = tmp / "service.log"
+        log_lines: list[str] = []
+        # Runs after the service has stopped (LIFO), before the temporary folder goes away.
+        stack.callback(lambda: log_lines.extend(tail(service_log, 10).splitlines()))
+        model_base = stack.enter_context(serving(model, "fake-model"))
+        dingtalk_base = stack.enter_context(serving(dingtalk, "fake-dingtalk"))
+
+        service_port = free_port()
+        service_base = f"http://{HOST}:{service_port}"
+        stack.enter_context(
+            started(
+                [sys.executable, "-m", "dingbot.server"],
+                env=child_env(
+                    {
+                        "SECRET": BENCH_SECRET,
+                        "PORT": str(service_port),
+                        "HOST": HOST,
+                        "DATABASE_PATH": str(tmp / "bench.db"),
+                        "EMBEDDING_PROVIDER": "local",
+                        "OPENAI_API_BASE": f"{model_base}/v1",
+                        "OPENAI_API_KEY": API_KEY,
+                        "OPENAI_MODEL": MODEL,
+                        "OPENAI_MAX_RETRIES": "0",
+                        "OPENAI_TIMEOUT": str(max(30.0, args.timeout)),
+                        "DINGTALK_CLIENT_ID": CLIENT_ID,
+                        "DINGTALK_CLIENT_SECRET": CLIENT_SECRET,
+                        "DINGTALK_API_BASE": dingtalk_base,
+                        "DINGTALK_OAPI_BASE": dingtalk_base,
+                        "DINGTALK_CARD_TEMPLATE_ID": TEMPLATE_ID,
+                        "RATE_LIMIT_PER_MINUTE": "0",
+                        "LOG_LEVEL": "WARNING",
+                    }
+                ),
+                cwd=tmp,  # no stray .env from the caller's working directory
+                log_path=service_log,
+                health_url=f"{service_base}/healthz",
+            )
+        )
+
+        url = f"{service_base}/dingtalk/callback"
+        bench_started = time.perf_counter()
+        with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
+            for n in range(args.warmup + args.count):
+                key = token(n)
+                body = callback_body(n, dingtalk_base, run_id, text=f"{key} 请用几句话介绍一下第 {n} 个话题")
+                sent = Sent(n=n, warmup=n < args.warmup, posted_at=time.perf_counter())
+                sends.append(sent)
+                send_one(client, url, body, sent)
+                if sent.problem:
+                    continue
+                sent.done = dingtalk.wait_done(key, args.timeout)
+                # The fact extraction comes right after the reply: let it pass before the next answer.
+                if sent.done and model.wait_extraction(key, EXTRACTION_WAIT_S) and args.gap:
+                    time.sleep(args.gap)
+        bench_seconds = time.perf_counter() - bench_started
+
+    messages = [measure(sent, model, dingtalk) for sent in sends]
+    return build_result(
+        args,
+        cpus=cpus,
+        messages=messages,
+        sends=sends,
+        dingtalk=dingtalk,
+        model=model,
+        bench_seconds=bench_seconds,
+        log_lines=log_lines,
+    )
+
+
+# --- the report ---
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    """count, p50/p90/min/max in ms; None for no values (so --json stays valid JSON)."""
+    if not values:
+        return {"count": 0, "p50_ms": None, "p90_ms": None, "min_ms": None, "max_ms": None}
+    return {
+        "count": len(values),
+        "p50_ms": round(percentile(values, 50), 2),
+        "p90_ms": round(percentile(values, 90), 2),
+        "min_ms": round(min(values), 2),
+        "max_ms": round(max(values), 2),
+    }
+
+
+def _present(messages: list[dict[str, Any]], name: str) -> list[float]:
+    return [float(m[name]) for m in messages if m[name] is not None]
+
+
+def build_result(
+    args: argparse.Namespace,
+    *,
+    cpus: int | None,
+    messages: list[dict[str, Any]],
+    sends: list[Sent],
+    dingtalk: FakeDingTalk,
+    model: FakeModel,
+    bench_seconds: float,
+    log_lines: list[str],
+) -> dict[str, Any]:
+    """Everything a run found, as printed with --json."""
+    measured = [m for m in messages if not m["warmup"]]
+    gaps = [float(g) for m in measured for g in m["update_gaps_ms"] if g is not None]
+    updates = [float(m["streaming_updates"]) for m in measured if m["card"]]
+    return {
+        "config": {
+            "count": args.count,
+            "warmup": args.warmup,
+            "pieces": args.pieces,
+            "piece_delay_ms": args.piece_delay_ms,
+            "answer_ms_planned": round((args.pieces - 1) * args.piece_delay_ms, 1),
+            "update_interval_ms": UPDATE_INTERVAL_SECONDS * 1000,
+            "gap_s": args.gap,
+            "timeout_s": args.timeout,
+            "cpus": cpus,
+            "python": sys.version.split()[0],
+        },
+        "first_token_to_first_update": _stats(_present(measured, "first_token_to_first_update_ms")),
+        "callback_to_deliver": _stats(_present(measured, "callback_to_deliver_ms")),
+        "callback_to_first_token": _stats(_present(measured, "callback_to_first_token_ms")),
+        "update_spacing": _stats(gaps),
+        "streaming_updates_per_answer": {
+            "count": len(updates),
+            "p50": percentile(updates, 50) if updates else None,
+            "min": min(updates) if updates else None,
+            "max": max(updates) if updates else None,
+            "mean": round(sum(updates) / len(updates), 2) if updates else None,
+        },
+        "answer_at_model": _stats(_present(measured, "answer_ms")),
+        "last_token_to_final_update": _stats(_present(measured, "last_token_to_final_update_ms")),
+        "last_token_to_finish": _stats(_present(measured, "last_token_to_finish_ms")),
+        "outcome": {
+            "messages": len(messages),
+            "acked_200": sum(1 for s in sends if s.status == 200 and not s.problem),
+            "ack_problems": dict(Counter(s.problem for s in sends if s.problem)),
+            "cards_finished_ok": sum(finished_ok(m) for m in messages),
+            "timed_out": sum(1 for s in sends if not s.problem and not s.done),
+            "plain_replies": sum(dingtalk.plain.values()),
+            "model_retries": sum(max(0, count - 1) for count in model.streams.values()),
+            "access_tokens_issued": dingtalk.tokens_issued,
+            "unexpected_requests": dict(dingtalk.other + model.other),
+            "bench_seconds": round(bench_seconds, 1),
+        },
+        "messages": messages,
+        "service_log_tail": log_lines,  # LOG_LEVEL=WARNING: anything here deserves a look
+        "note": (
+            f"the service, the fake model, the fake DingTalk and the bench all share this machine's {cpus} "
+            "CPU core(s); the figures include that contention"
+        ),
+    }
+
+
+def functional_ok(result: dict[str, Any]) -> bool:
+    outcome = result["outcome"]
+    return bool(outcome["messages"] and outcome["cards_finished_ok"] == outcome["messages"])
+
+
+def _ms(value: float | None) -> str:
+    return "    n/a" if value is None else f"{value:7.1f}"
+
+
+def _line(label: str, s: dict[str, Any], *, keys: tuple[str, ...] = ("p50", "p90", "max")) -> str:
+    figures = "   ".join(f"{k} {_ms(s[f'{k}_ms'])} ms" for k in keys)
+    return f"{label:<36}{figures}   (n={s['count']})"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g}"
+
+
+def render(result: dict[str, Any]) -> str:
+    cfg, outcome, per = result["config"], result["outcome"], result["streaming_updates_per_answer"]
+    lines = [
+        f"DingHook AI-card streaming: {cfg['count']} answers (+{cfg['warmup']} warm-up) of {cfg['pieces']} "
+        f"pieces x {cfg['piece_delay_ms']:g} ms (~{cfg['answer_ms_planned'] / 1000:.1f} s each), one at a "
+        f"time; real service + local fake model + local fake DingTalk; Python {cfg['python']}",
+        f"note: {result['note']}",
+        "",
+        _line("first token -> first card update", result["first_token_to_first_update"]),
+        _line("callback -> card delivered", result["callback_to_deliver"]),
+        _line("callback -> first token", result["callback_to_first_token"]),
+        _line(
+            f"update spacing (throttle {cfg['update_interval_ms']:.0f} ms)",
+            result["update_spacing"],
+            keys=("p50", "min", "max"),
+        ),
+        f"{'streaming updates per answer':<36}p50 {_num(per['p50'])}   min {_num(per['min'])}   "
+        f"max {_num(per['max'])}   mean {_num(per['mean'])}   (+1 final each; answers took p50 "
+        f"{_ms(result['answer_at_model']['p50_ms']).strip()} ms at the model)",
+        _line("last token -> final update", result["last_token_to_final_update"]),
+        _line("last token -> card finished", result["last_token_to_finish"]),
+        "",
+        f"cards finished (flowStatus 3): {outcome['cards_finished_ok']} of {outcome['messages']} messages "
+        f"(warm-up included); acked 200: {outcome['acked_200']}; timed out: {outcome['timed_out']}; "
+        f"plain replies: {outcome['plain_replies']}; model retries: {outcome['model_retries']}; "
+        f"access tokens issued: {outcome['access_tokens_issued']}; took {outcome['bench_seconds']:.1f} s",
+    ]
+    if outcome["ack_problems"]:
+        lines.append(f"callback problems: {outcome['ack_problems']}")
+    if outcome["unexpected_requests"]:
+        lines.append(f"unexpected requests at the fakes: {outcome['unexpected_requests']}")
+    if result["service_log_tail"]:
+        lines += ["", "service log (WARNING and up), last lines:"]
+        lines += [f"  {line}" for line in result["service_log_tail"]]
+    lines += ["", "result: " + ("ok" if functional_ok(result) else "FAILED (a message got no finished card)")]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="AI-card streaming: first token to first card update.")
+    parser.add_argument("--count", type=int, default=20, help="measured messages (default 20)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured messages first (default 1)")
+    parser.add_argument("--pieces", type=int, default=40, help="content pieces per answer (default 40)")
+    parser.add_argument(
+        "--piece-delay-ms", type=float, default=50.0, help="ms between the pieces (default 50)"
+    )
+    parser.add_argument(
+        "--gap", type=float, default=0.2, help="seconds of quiet between messages (default 0.2)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for each card's finish (default 30)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.pieces < 1 or args.warmup < 0:
+        parser.error("--count and --pieces must be >= 1, --warmup >= 0")
+    if args.piece_delay_ms < 0 or args.gap < 0 or args.timeout <= 0:
+        parser.error("--piece-delay-ms and --gap must be >= 0, --timeout > 0")
+    if args.count + args.warmup > 1_000_000:
+        parser.error("at most 1,000,000 messages (the token has 6 digits)")
+    return args
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the service
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        result = run(args)
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        print(f"bench: cannot run: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else render(result))
+    return 0 if functional_ok(result) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

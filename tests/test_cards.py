@@ -1,0 +1,223 @@
+"""Typewriter replies in an AI card: the real app, a real model client streaming from a local
+OpenAI-compatible server, the card calls and the fallbacks against a local DingTalk."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import api.app
+from agent.config import Settings
+from tests.conftest import SECRET, RunningApp, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+
+KEY = "sk-live-looking-key-abcdefghijklmnopqrstu"
+TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
+ANSWER = "第一步：打开钉钉。\n第二步：找到工作台。\n第三步：点开审批，提交报销单。"
+WEBHOOK = "/robot/sendBySession"
+
+
+@pytest.fixture
+def card_settings(
+    make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "force_mock_openai": False,
+            "openai_api_key": KEY,
+            "openai_api_base": f"{fake_openai.url}/v1",
+            "openai_model": "qwen2.5",
+            "openai_max_retries": 0,
+            "openai_timeout": 5,
+            "embedding_provider": "local",
+            "dingtalk_client_id": "dingappkey",
+            "dingtalk_client_secret": "app-secret-value",
+            "dingtalk_api_base": fake_dingtalk.url,
+            "dingtalk_card_template_id": TEMPLATE,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build
+
+
+def post(app: RunningApp, body: dict[str, Any]) -> None:
+    response = app.post_callback(encode(body), signed_headers(SECRET))
+    assert response.status_code == 200, response.text
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def calls_named(fake: FakeDingTalk, name: str) -> list[dict[str, Any]]:
+    return [body for call, body in fake.card_calls() if call == name]
+
+
+def outbox_states(path: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT part, state FROM outbox ORDER BY part").fetchall()
+
+
+def test_the_answer_streams_into_a_card_with_throttled_full_updates_and_is_finished(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_openai.script.append(Scripted(text=ANSWER))
+    fake_openai.stream_piece_delay = 0.08  # 20 pieces over ~1.6 s: several updates, each ≥ 0.6 s apart
+    settings = card_settings()
+    with serve(settings) as app:
+        post(app, callback(fake_dingtalk.webhook(), "怎么提交报销？"))
+        wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")))
+    names = [name for name, _ in fake_dingtalk.card_calls()]
+    assert names[:2] == ["create", "deliver"]
+    assert names[-1] == "finish"
+    create, deliver = calls_named(fake_dingtalk, "create")[0], calls_named(fake_dingtalk, "deliver")[0]
+    assert create["cardTemplateId"] == TEMPLATE
+    assert create["cardData"]["cardParamMap"]["flowStatus"] == "1"
+    assert deliver["openSpaceId"] == "dtv1.card//IM_ROBOT.042217062297"  # the sender's staff id
+    assert deliver["outTrackId"] == create["outTrackId"]
+    updates = calls_named(fake_dingtalk, "update")
+    assert len(updates) >= 3  # streamed, not one wall of text
+    contents = [u["content"] for u in updates]
+    assert all(ANSWER.startswith(c) for c in contents)  # each update is the whole text so far
+    assert contents == sorted(contents, key=len)
+    assert all(u["isFull"] and u["outTrackId"] == create["outTrackId"] for u in updates)
+    assert len({u["guid"] for u in updates}) == len(updates)  # a fresh guid each time
+    streaming = [u for u in updates if not u["isFinalize"]]
+    times = [r for r in fake_dingtalk.requests if r.path == "/v1.0/card/streaming"]
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(times)]
+    assert all(gap >= 0.55 for gap in gaps[: len(streaming) - 1])  # throttled to ~600 ms
+    final = updates[-1]
+    assert (final["isFinalize"], final["isError"], final["content"]) == (True, False, ANSWER)
+    finish = calls_named(fake_dingtalk, "finish")[0]["cardData"]["cardParamMap"]
+    assert finish == {"flowStatus": "3", "content": ANSWER}
+    assert fake_dingtalk.posts(WEBHOOK) == []  # the card carried the answer: no plain message too
+    assert outbox_states(settings.database_path) == [(0, "sent"), (1, "skipped")]
+
+
+def test_a_group_card_notifies_the_sender(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_openai.script.append(Scripted(text="好的"))
+    with serve(card_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook(), "群里问一句", group=True))
+        wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")))
+    deliver = calls_named(fake_dingtalk, "deliver")[0]
+    assert deliver["openSpaceId"] == "dtv1.card//IM_GROUP.cidGroupAbc/x+1=="
+    assert deliver["imGroupOpenDeliverModel"]["atUserIds"] == {"042217062297": "张三"}
+
+
+def test_a_failing_model_still_finishes_the_card_as_failed_with_a_chinese_note(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_openai.script.append(Scripted(status=500))
+    with serve(card_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook(), "你好"))
+        wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")))
+    final = calls_named(fake_dingtalk, "update")[-1]
+    assert (final["isFinalize"], final["isError"]) == (True, True)
+    assert final["content"].startswith("模型服务暂时不可用")
+    finish = calls_named(fake_dingtalk, "finish")[0]["cardData"]["cardParamMap"]
+    assert finish["flowStatus"] == "5"
+
+
+def test_the_watchdog_finishes_the_card_when_the_answer_takes_too_long(
+    card_settings: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    fake_dingtalk: FakeDingTalk,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Settings, "longest_answer_seconds", property(lambda self: 1.0))
+    fake_openai.script.append(Scripted(text="太慢了", delay=4))
+    with serve(card_settings(openai_timeout=30)) as app:
+        started = time.monotonic()
+        post(app, callback(fake_dingtalk.webhook(), "你好"))
+        wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")))
+        finished_after = time.monotonic() - started
+    assert finished_after < 3  # the watchdog, not the model's 30 s timeout
+    finish = calls_named(fake_dingtalk, "finish")[0]["cardData"]["cardParamMap"]
+    assert finish["flowStatus"] == "5"
+    assert finish["content"].startswith("抱歉，模型服务响应超时")
+
+
+def test_a_refused_card_gives_way_to_a_markdown_reply_and_cards_pause(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.card_statuses["create"].append(403)  # no Card.Instance.Write permission
+    fake_openai.script.append(Scripted(text="## 答案\n- 第一条"))  # later calls: the server's default
+    with serve(card_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook("s1"), "第一个问题"))
+        fake_dingtalk.wait_for(1, path=WEBHOOK)
+        post(app, callback(fake_dingtalk.webhook("s2"), "第二个问题"))
+        fake_dingtalk.wait_for(2, path=WEBHOOK)
+    first, second = fake_dingtalk.replies()
+    assert first["markdown"]["text"] == "## 答案\n- 第一条"
+    assert second["msgtype"] == "text"  # a plain message, no card tried
+    assert [name for name, _ in fake_dingtalk.card_calls()] == ["create"]  # paused after the 403
+
+
+def test_a_card_that_cannot_be_finished_falls_back_to_the_session_webhook_then_the_openapi_send(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.card_statuses["update"].extend([429, 429])  # QPS limit: updates stop, the finish fails
+    fake_dingtalk.errcodes.append(300001)  # and the session webhook has expired
+    fake_openai.script.append(Scripted(text=ANSWER))
+    settings = card_settings()
+    with serve(settings) as app:
+        post(app, callback(fake_dingtalk.webhook(), "怎么提交报销？"))
+        [sent] = fake_dingtalk.wait_for(1, path="/v1.0/robot/oToMessages/batchSend")
+    assert sent.json()["userIds"] == ["042217062297"]
+    assert "第三步" in sent.json()["msgParam"]
+    assert len(fake_dingtalk.posts(WEBHOOK)) == 1  # tried, expired
+    assert calls_named(fake_dingtalk, "finish") == []
+    wait_until(lambda: outbox_states(settings.database_path) == [(0, "skipped"), (1, "sent")])
+
+
+def test_in_mock_mode_the_mock_model_streams_into_the_card(
+    card_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(card_settings(force_mock_openai=True)) as app:
+        post(app, callback(fake_dingtalk.webhook(), "模拟模式"))
+        wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")))
+    final = calls_named(fake_dingtalk, "update")[-1]
+    assert final["isFinalize"] is True
+    assert "你说的是：「模拟模式」" in final["content"]
+
+
+def test_plain_style_and_commands_never_open_a_card(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_openai.script.append(Scripted(text="普通回复"))
+    with serve(card_settings(dingtalk_reply_style="plain")) as app:
+        post(app, callback(fake_dingtalk.webhook(), "你好"))
+        fake_dingtalk.wait_for(1, path=WEBHOOK)
+    with serve(card_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook(), "/help"))
+        fake_dingtalk.wait_for(2, path=WEBHOOK)
+    assert fake_dingtalk.card_calls() == []
+
+
+def test_a_card_is_finished_as_failed_when_the_service_stops_mid_answer(
+    card_settings: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    fake_dingtalk: FakeDingTalk,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(api.app, "SHUTDOWN_GRACE_SECONDS", 0.3)
+    fake_openai.script.append(Scripted(text="来不及说完", delay=5))
+    with serve(card_settings(openai_timeout=30)) as app:
+        post(app, callback(fake_dingtalk.webhook(), "你好"))
+        wait_until(lambda: bool(calls_named(fake_dingtalk, "deliver")))
+    finish = calls_named(fake_dingtalk, "finish")[0]["cardData"]["cardParamMap"]
+    assert finish["flowStatus"] == "5"  # not left spinning; the message is answered again after restart
+    assert finish["content"].startswith("抱歉，处理你的消息时出了点问题")

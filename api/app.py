@@ -160,11 +160,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await services.stream.start()  # connects in the background: DingTalk's messages come after
             stack.push_async_callback(services.stream.stop)  # also when startup fails after this
         _warn_about_authentication(settings)
-        # Everything built so far lives as long as the service: out of the collector's way, so a full
-        # collection of a heap this size (the embedder, mem0, LangChain) no longer stalls the event loop
-        # for 100+ ms (bench/stream_ack.py: worst ack 156 ms without, under 10 ms with).
+        # Everything built so far lives as long as the service: frozen out of the collector's way, so a
+        # full collection of a heap this size (the embedder, mem0, LangChain) no longer stalls the event
+        # loop for 100+ ms. Full collections of what remains are made 10x rarer: with the frozen heap
+        # uncounted they would otherwise run very often (measured: bench/stream_ack.py worst ack 156 ->
+        # 11 ms; bench/delivery.py at 200/s ack p99 26-83 -> 31-37 ms; freezing alone made it 55-840 ms).
         gc.collect()
         gc.freeze()
+        gc.set_threshold(700, 10, 100)
         log.info(
             "DingHook ready: provider=%s model=%s database=%s",
             settings.provider.value,

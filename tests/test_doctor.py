@@ -17,6 +17,9 @@ from agent.diagnostics import Status, check_key, mask
 from agent.memory_store import held_by_another_process
 from dingbot.cli import main
 from tests.conftest import serve
+from tests.fakes.gateway import CLIENT_ID as GATEWAY_CLIENT_ID
+from tests.fakes.gateway import CLIENT_SECRET as GATEWAY_CLIENT_SECRET
+from tests.fakes.gateway import FakeGateway
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI
 
 KEY = "sk-test-Zq8vN3xR5tW1yB7dK2mP9s7f2a"
@@ -463,3 +466,30 @@ def test_mask_shows_at_most_the_last_four_characters() -> None:
     assert mask("sk-proj-abcdefghijklmnop7f2a") == "sk-…7f2a"
     assert mask("0f1e2d3c4b5a69788796a5b4c3d2e1f0") == "…e1f0"
     assert mask("local") == "<5 chars>"
+
+
+def test_stream_mode_checks_that_the_gateway_opens_a_connection_for_the_credentials(
+    env: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = FakeGateway().start()
+    try:
+        env(
+            FORCE_MOCK_OPENAI="1",
+            DINGTALK_MODE="stream",
+            DINGTALK_CLIENT_ID=GATEWAY_CLIENT_ID,
+            DINGTALK_CLIENT_SECRET=GATEWAY_CLIENT_SECRET,
+            DINGTALK_API_BASE=gateway.url,
+        )
+        code, _, checks = doctor(capsys, "--json")
+        assert checks["dingtalk.stream"]["status"] == "ok"
+        assert checks["dingtalk.stream"]["detail"].startswith("endpoint ws://127.0.0.1:")
+        gateway.refuse_credentials = True
+        code, out, checks = doctor(capsys, "--json")
+    finally:
+        gateway.stop()
+    assert code == 1
+    stream = checks["dingtalk.stream"]
+    assert stream["status"] == "fail"
+    assert "gateway refused the credentials" in stream["cause"]
+    assert "Stream" in stream["fix"]
+    assert GATEWAY_CLIENT_SECRET not in out

@@ -16,6 +16,7 @@ from agent.diagnostics import Check, mask, ms, new_check
 from api.dingtalk.openapi import AccessTokens, TokenError
 from api.dingtalk.robot_webhook import RobotWebhookSender, notice_body
 from api.dingtalk.sender import SendResult
+from api.dingtalk.stream_frames import GatewayError, local_ip, open_connection, safe_url
 
 TEST_MESSAGE = "DingHook doctor：机器人 Webhook 测试消息 / robot webhook test message"
 _TOKEN_ERRCODES = frozenset({300001, 300005, 400101})  # "token is not exist" and kin on /robot/send
@@ -158,6 +159,48 @@ async def check_app_token(settings: Settings, http: httpx.AsyncClient) -> Check:
     return check
 
 
+async def check_stream_gateway(settings: Settings, http: httpx.AsyncClient) -> Check:
+    """DINGTALK_MODE=stream|both: the gateway hands out a connection for the app's credentials.
+    Only the HTTP step (connections/open): the single-use ticket is never used, no message is taken."""
+    check = new_check("dingtalk.stream", "Stream gateway opens a connection", "Stream 网关可建立连接")
+    if not settings.uses_stream:
+        return check.skipped(
+            "DINGTALK_MODE=http: messages come as HTTP callbacks", "DINGTALK_MODE=http：消息以 HTTP 回调到达"
+        )
+    if not (settings.dingtalk_client_id and settings.dingtalk_client_secret):
+        return check.failed(
+            "Stream mode needs DINGTALK_CLIENT_ID and DINGTALK_CLIENT_SECRET",
+            "Stream 模式需要 DINGTALK_CLIENT_ID 和 DINGTALK_CLIENT_SECRET",
+            "set the app's AppKey and AppSecret, or DINGTALK_MODE=http",
+            "设置应用的 AppKey 和 AppSecret，或改用 DINGTALK_MODE=http",
+        )
+    started = time.perf_counter()
+    try:
+        ticket = await open_connection(
+            http,
+            api_base=settings.dingtalk_api_base,
+            client_id=settings.dingtalk_client_id,
+            client_secret=settings.dingtalk_client_secret.get_secret_value(),
+            user_agent="dinghook-doctor",
+            local_address=local_ip(settings.dingtalk_api_base),
+            request_seconds=10.0,
+        )
+    except GatewayError as exc:
+        check.elapsed_ms = ms(started)
+        return check.failed(
+            str(exc),
+            f"钉钉 Stream 网关没有给出连接：{exc}",
+            "check the AppKey/AppSecret, that the app's robot receives messages in Stream mode "
+            "(developer console → robot → message receiving mode), and that this machine reaches "
+            "DINGTALK_API_BASE",
+            "核对 AppKey/AppSecret；在开发者后台把机器人的消息接收模式设为 Stream 模式；"
+            "确认本机能访问 DINGTALK_API_BASE",
+        )
+    check.elapsed_ms = ms(started)
+    check.detail = f"endpoint {safe_url(ticket.endpoint)} in {check.elapsed_ms:.0f} ms"
+    return check
+
+
 async def dingtalk_checks(
     settings: Settings, *, send_test_message: bool, seconds: float = 10.0
 ) -> list[Check]:
@@ -165,4 +208,5 @@ async def dingtalk_checks(
     async with httpx.AsyncClient(timeout=httpx.Timeout(seconds, connect=5.0)) as http:
         checks.append(await check_robot_webhook(settings, http, send=send_test_message))
         checks.append(await check_app_token(settings, http))
+        checks.append(await check_stream_gateway(settings, http))
     return checks

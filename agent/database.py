@@ -16,7 +16,27 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-SCHEMA = """
+OUTBOX_TABLE = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    msg_id TEXT,  -- the message answered; NULL for a proactive notice
+    part INTEGER NOT NULL,
+    channel TEXT NOT NULL CHECK (channel IN ('reply', 'robot')),
+    person_id TEXT,
+    body TEXT,  -- the webhook JSON body; cleared once sent
+    route TEXT,  -- where it goes (JSON; holds the session webhook, a credential); cleared once sent
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'skipped')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (msg_id, part)
+);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
     scope TEXT NOT NULL,
@@ -43,23 +63,9 @@ CREATE INDEX IF NOT EXISTS inbox_updated ON inbox (updated_at);
 CREATE INDEX IF NOT EXISTS inbox_state ON inbox (state, received_at);
 
 -- Replies (and proactive notices) stored before they are sent; marked sent on errcode 0.
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    msg_id TEXT,  -- the message answered; NULL for a proactive notice
-    part INTEGER NOT NULL,
-    channel TEXT NOT NULL CHECK (channel IN ('reply', 'robot')),
-    person_id TEXT,
-    body TEXT,  -- the webhook JSON body; cleared once sent
-    route TEXT,  -- where it goes (JSON; holds the session webhook, a credential); cleared once sent
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'skipped')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (msg_id, part)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+"""
+    + OUTBOX_TABLE
+    + """CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_updated ON outbox (updated_at);
 
 CREATE TABLE IF NOT EXISTS memory_sharing (
@@ -67,6 +73,7 @@ CREATE TABLE IF NOT EXISTS memory_sharing (
     shared INTEGER NOT NULL
 );
 """
+)
 
 
 # Columns added after a table first shipped: (table, column, definition). Added to older databases at open.
@@ -84,23 +91,23 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
-def _set_aside_outdated_outbox(conn: sqlite3.Connection) -> bool:
-    """An outbox made before the `skipped` state cannot take it (a CHECK constraint): rename it, so the
-    schema creates the current table, and `_move_outbox_rows` copies the rows over."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()
-    if row is None or "'skipped'" in row[0]:
-        return False
-    conn.execute("DROP TABLE IF EXISTS outbox_before_skipped")
-    conn.execute("ALTER TABLE outbox RENAME TO outbox_before_skipped")
-    return True
-
-
-def _move_outbox_rows(conn: sqlite3.Connection) -> None:
+def _migrate_outbox(conn: sqlite3.Connection) -> None:
+    """An outbox made before the `skipped` state cannot take it (a CHECK constraint): rebuilt with its
+    rows, in one transaction (a crash leaves either the old table or the new one, whole)."""
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("INSERT INTO outbox SELECT * FROM outbox_before_skipped")
-    conn.execute("DROP TABLE outbox_before_skipped")  # its indexes go with it: the schema makes them anew
-    conn.execute("COMMIT")
-    conn.executescript(SCHEMA)
+    try:
+        row = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        ).fetchone()
+        if row is not None and "'skipped'" not in row[0]:
+            conn.execute("ALTER TABLE outbox RENAME TO outbox_before_skipped")
+            conn.execute(OUTBOX_TABLE)
+            conn.execute("INSERT INTO outbox SELECT * FROM outbox_before_skipped")
+            conn.execute("DROP TABLE outbox_before_skipped")  # its indexes too: the schema makes them anew
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def erase_person_messages(conn: sqlite3.Connection, person_id: str) -> None:
@@ -144,10 +151,8 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         _add_missing_columns(conn)  # before the schema script: its new indexes may use new columns
-        outdated = _set_aside_outdated_outbox(conn)
+        _migrate_outbox(conn)
         conn.executescript(SCHEMA)
-        if outdated:
-            _move_outbox_rows(conn)
         return conn
 
     async def open(self) -> None:

@@ -170,15 +170,27 @@ class Courier:
         if self._cards is None or route is None or not route.card_id:
             await self._outbox.skip(row.id, "no card to finish")
             return None
-        result = await self._cards.finish(route.card_id, str(card["text"]), failed=bool(card["failed"]))
+        text, failed = str(card["text"]), bool(card["failed"])
+        result, finalized = await self._cards.finish(
+            route.card_id, text, failed=failed, finalized=bool(card.get("finalized"))
+        )
         self._count(result, "card")
         if result.ok:
-            await self._outbox.mark_sent(row.id)
-            await self._outbox.skip(row.id, "the card carried the answer", only_later_parts=True)
+            await self._outbox.mark_card_done(row.id)  # and the plain parts skipped, in one step
+            return Delivery.SENT
+        if finalized:
+            # The whole answer is in the card; only its status is missing. Never also send it plain.
+            if result.retryable and row.attempts + 1 < MAX_SEND_ATTEMPTS:
+                await self._outbox.update_body(row.id, {"card": {**card, "finalized": True}})
+                return await self._settle(row, result)
+            log.warning("reply %s: card shows the answer, its status not set (%s)", row.msg_id, result.detail)
+            await self._outbox.mark_card_done(row.id)
             return Delivery.SENT
         if result.retryable and not result.throttled and row.attempts + 1 < MAX_SEND_ATTEMPTS:
             return await self._settle(row, result)
         log.warning("reply %s: card not finished (%s); sending plain messages", row.msg_id, result.detail)
+        # Best effort, so the card does not spin beside the plain reply: the status call may still pass.
+        self._count(await self._cards.set_status(route.card_id, text, failed=True), "card")
         await self._outbox.skip(row.id, f"card not finished: {result.detail}")
         return None
 

@@ -132,8 +132,9 @@ class Dispatcher:
 
     async def _answer(self, message: IncomingMessage, card: CardStream | None) -> Reply:
         """The assistant's reply, within the deadline: past it, the person is told it timed out."""
+        deadline = asyncio.timeout(self._deadline)
         try:
-            async with asyncio.timeout(self._deadline):
+            async with deadline:
                 return await self._assistant.reply(message, stream=card)
         except asyncio.CancelledError:
             if card is not None:
@@ -141,6 +142,8 @@ class Dispatcher:
                 await card.abandon(note)
             raise
         except TimeoutError:
+            if not deadline.expired():
+                raise  # a timeout of something else: the message is retried, as any failure
             log.warning(
                 "message %s: no answer within %.0f s; the person is told", message.message_id, self._deadline
             )
@@ -163,7 +166,14 @@ class Dispatcher:
             route = replace(route, card_id=card.card_id)
             bodies = [{"card": {"text": reply.text, "failed": reply.failed}}, *bodies]
         # From here the reply is DingTalk's to receive: stored with the message marked done, in one step.
-        parts = await self._outbox.store_reply(message.message_id, message.person_id, route, bodies)
+        try:
+            parts = await self._outbox.store_reply(message.message_id, message.person_id, route, bodies)
+        except BaseException:
+            if card is not None:  # answered again later, in a new card: this one must not spin
+                await card.abandon(
+                    self._assistant.prompts_for(message).model_error_reply(ModelErrorKind.UNKNOWN)
+                )
+            raise
         outcome = await self._courier.deliver(parts)
         elapsed = (time.perf_counter() - started) * 1000
         if outcome is Delivery.SENT:

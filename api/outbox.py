@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -239,25 +239,54 @@ class Outbox:
 
         await self._db.run(update)
 
-    async def skip(self, row_id: int, reason: str, *, only_later_parts: bool = False) -> None:
-        """Mark a pending row not needed, its text dropped; or, with `only_later_parts`, the parts of
-        the same reply after it (a card carried the whole answer)."""
+    async def mark_card_done(self, row_id: int) -> None:
+        """The card row sent and the reply's plain parts skipped, in one transaction: after a crash
+        never the card and the plain reply both."""
         now = time.time()
-        skipped, pending = OutboxState.SKIPPED.value, OutboxState.PENDING.value
 
         def update(conn: sqlite3.Connection) -> None:
-            if not only_later_parts:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = NULL, "
+                    "attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                    (OutboxState.SENT.value, now, row_id),
+                )
                 conn.execute(
                     "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = ?, updated_at = ? "
-                    "WHERE id = ?",
-                    (skipped, reason, now, row_id),
+                    "WHERE state = ? AND channel = ? AND EXISTS (SELECT 1 FROM outbox AS f "
+                    "WHERE f.id = ? AND f.msg_id = outbox.msg_id AND f.part < outbox.part)",
+                    (
+                        OutboxState.SKIPPED.value,
+                        "the card carried the answer",
+                        now,
+                        OutboxState.PENDING.value,
+                        Channel.REPLY.value,
+                        row_id,
+                    ),
                 )
-                return
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._db.run(update)
+
+    async def update_body(self, row_id: int, body: dict[str, Any]) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (_dumps(body), row_id))
+
+        await self._db.run(update)
+
+    async def skip(self, row_id: int, reason: str) -> None:
+        """Mark a row not needed, its text dropped (a card that gave way to plain messages)."""
+        now = time.time()
+
+        def update(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = ?, updated_at = ? "
-                "WHERE state = ? AND channel = ? AND EXISTS (SELECT 1 FROM outbox AS f "
-                "WHERE f.id = ? AND f.msg_id = outbox.msg_id AND f.part < outbox.part)",
-                (skipped, reason, now, pending, Channel.REPLY.value, row_id),
+                "WHERE id = ?",
+                (OutboxState.SKIPPED.value, reason, now, row_id),
             )
 
         await self._db.run(update)
@@ -284,26 +313,24 @@ class Outbox:
 
     async def revive(self, msg_id: str, route: Route) -> int:
         """DingTalk redelivered a message whose reply is unsent: send the stored reply again, now, through
-        the fresh session webhook. A given-up reply gets a fresh set of attempts. Returns rows revived."""
+        the fresh session webhook (an AI card keeps its id). A given-up reply gets a fresh set of
+        attempts. Returns rows revived."""
         now = time.time()
+        pending, failed = OutboxState.PENDING.value, OutboxState.FAILED.value
 
         def update(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE outbox SET route = ?, next_attempt_at = ?, updated_at = ?, "
-                "attempts = CASE WHEN state = ? THEN 0 ELSE attempts END, state = ? "
-                "WHERE msg_id = ? AND channel = ? AND state IN (?, ?)",
-                (
-                    route.to_json(),
-                    now,
-                    now,
-                    OutboxState.FAILED.value,
-                    OutboxState.PENDING.value,
-                    msg_id,
-                    Channel.REPLY.value,
-                    OutboxState.PENDING.value,
-                    OutboxState.FAILED.value,
-                ),
-            ).rowcount
+            rows = conn.execute(
+                "SELECT id, route FROM outbox WHERE msg_id = ? AND channel = ? AND state IN (?, ?)",
+                (msg_id, Channel.REPLY.value, pending, failed),
+            ).fetchall()
+            for row_id, stored in rows:
+                card_id = Route.from_json(stored).card_id if stored else ""
+                conn.execute(
+                    "UPDATE outbox SET route = ?, next_attempt_at = ?, updated_at = ?, "
+                    "attempts = CASE WHEN state = ? THEN 0 ELSE attempts END, state = ? WHERE id = ?",
+                    (replace(route, card_id=card_id).to_json(), now, now, failed, pending, row_id),
+                )
+            return len(rows)
 
         return await self._db.run(update)
 

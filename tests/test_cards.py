@@ -179,8 +179,39 @@ def test_a_card_that_cannot_be_finished_falls_back_to_the_session_webhook_then_t
     assert sent.json()["userIds"] == ["042217062297"]
     assert "第三步" in sent.json()["msgParam"]
     assert len(fake_dingtalk.posts(WEBHOOK)) == 1  # tried, expired
-    assert calls_named(fake_dingtalk, "finish") == []
+    # the card is not left spinning beside the plain reply: marked failed (best effort)
+    [status] = [c["cardData"]["cardParamMap"]["flowStatus"] for c in calls_named(fake_dingtalk, "finish")]
+    assert status == "5"
     wait_until(lambda: outbox_states(settings.database_path) == [(0, "skipped"), (1, "sent")])
+
+
+def test_a_card_whose_status_update_fails_is_retried_without_a_second_finalize_or_a_plain_reply(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.card_statuses["finish"].append(503)
+    fake_openai.script.append(Scripted(text="最终答案"))
+    settings = card_settings(check_interval_seconds=0.2)
+    with serve(settings) as app:
+        post(app, callback(fake_dingtalk.webhook(), "你好"))
+        wait_until(lambda: len(calls_named(fake_dingtalk, "finish")) == 2)
+        wait_until(lambda: outbox_states(settings.database_path) == [(0, "sent"), (1, "skipped")])
+    finalizes = [u for u in calls_named(fake_dingtalk, "update") if u["isFinalize"]]
+    assert len(finalizes) == 1  # the retry only set the status
+    assert fake_dingtalk.posts(WEBHOOK) == []
+
+
+def test_a_403_on_a_card_update_pauses_cards(
+    card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.card_statuses["update"].extend([403, 403])  # Card.Streaming.Write missing
+    fake_openai.script.append(Scripted(text=ANSWER))
+    fake_openai.stream_piece_delay = 0.02
+    with serve(card_settings()) as app:
+        post(app, callback(fake_dingtalk.webhook("s1"), "第一个问题"))
+        fake_dingtalk.wait_for(1, path=WEBHOOK)  # the plain fallback
+        post(app, callback(fake_dingtalk.webhook("s2"), "第二个问题"))
+        fake_dingtalk.wait_for(2, path=WEBHOOK)
+    assert [name for name, _ in fake_dingtalk.card_calls()].count("create") == 1  # none for the second
 
 
 def test_in_mock_mode_the_mock_model_streams_into_the_card(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -120,3 +121,19 @@ def test_an_outbox_from_before_the_skipped_state_is_migrated_with_its_rows(tmp_p
     rows, indexes = asyncio.run(scenario())
     assert rows == [("old-message", "skipped")]
     assert {"outbox_due", "outbox_updated"} <= indexes
+
+
+def test_a_redelivery_keeps_the_stored_reply_s_card(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> None:
+    async def scenario() -> list[str]:
+        db = Database(tmp_path / "x.db")
+        await db.open()
+        try:
+            outbox = Outbox(db)
+            with_card = replace(route(fake_dingtalk), card_id="card-1")
+            await outbox.store_reply("m1", "corp:u1", with_card, [{"card": {"text": "t", "failed": False}}])
+            await outbox.revive("m1", route(fake_dingtalk))  # a fresh webhook, no card known to the callback
+            return [row.route.card_id for parts in await outbox.due_replies() for row in parts if row.route]
+        finally:
+            await db.close()
+
+    assert asyncio.run(scenario()) == ["card-1"]

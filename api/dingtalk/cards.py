@@ -82,7 +82,7 @@ class CardSender:
             "create",
         )
         if not created.ok:
-            return self._refused(created)
+            return self.refused(created)
         deliver: dict[str, Any] = {"outTrackId": card_id, "userIdType": 1}
         if route.is_group:
             deliver["openSpaceId"] = f"dtv1.card//IM_GROUP.{route.conversation_id}"
@@ -95,10 +95,11 @@ class CardSender:
                 return SendResult(False, detail="card: the person has no staff id (an external user)")
             deliver["openSpaceId"] = f"dtv1.card//IM_ROBOT.{route.user_id}"
             deliver["imRobotOpenDeliverModel"] = {"spaceType": "IM_ROBOT", "robotCode": route.robot_code}
-        return self._refused(await self._call("POST", "/v1.0/card/instances/deliver", deliver, "deliver"))
+        return self.refused(await self._call("POST", "/v1.0/card/instances/deliver", deliver, "deliver"))
 
-    def _refused(self, result: SendResult) -> SendResult:
-        if result.status == 403:
+    def refused(self, result: SendResult) -> SendResult:
+        """A permission refusal (403) on any card call pauses new cards: plain replies meanwhile."""
+        if result.status == 403 and self.available:
             self.paused_until = time.monotonic() + PAUSE_AFTER_REFUSAL_SECONDS
             log.warning(
                 "%s: plain replies for the next %.0f min (grant the app Card.Instance.Write and "
@@ -123,15 +124,25 @@ class CardSender:
         }
         return await self._call("PUT", "/v1.0/card/streaming", payload, "update")
 
-    async def finish(self, card_id: str, text: str, *, failed: bool) -> SendResult:
-        """The final text, then the card's status: done (3) or failed (5). Safe to repeat."""
-        last = await self.stream(card_id, text, finalize=True, failed=failed)
-        if not last.ok:
-            return last
+    async def finish(
+        self, card_id: str, text: str, *, failed: bool, finalized: bool = False
+    ) -> tuple[SendResult, bool]:
+        """The final text (`isFinalize`), then the card's status: done (3) or failed (5).
+
+        Returns the result and whether the final text is in the card (so a retry after a failed status
+        update does not finalize twice: pass it back as `finalized`)."""
+        if not finalized:
+            last = self.refused(await self.stream(card_id, text, finalize=True, failed=failed))
+            if not last.ok:
+                return last, False
+        return self.refused(await self.set_status(card_id, text, failed=failed)), True
+
+    async def set_status(self, card_id: str, text: str, *, failed: bool) -> SendResult:
         status = FAILED if failed else FINISHED
         card_data = {"cardParamMap": {"flowStatus": status, CONTENT_KEY: text}}
-        payload = {"outTrackId": card_id, "cardData": card_data}
-        return await self._call("PUT", "/v1.0/card/instances", payload, "finish")
+        return await self._call(
+            "PUT", "/v1.0/card/instances", {"outTrackId": card_id, "cardData": card_data}, "finish"
+        )
 
 
 class CardStream:
@@ -146,6 +157,8 @@ class CardStream:
         self._latest = ""
         self._shown = ""
         self._changed = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._closing = False
         self._updater: asyncio.Task[None] | None = None
         self.first_text_at: float | None = None  # perf_counter of the model's first text
         self.first_update_at: float | None = None  # perf_counter of the first update DingTalk took
@@ -173,36 +186,55 @@ class CardStream:
         self._changed.set()
 
     async def _update_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._changed.wait()
             self._changed.clear()
             text = self._latest
+            if self._closing:
+                return
             if text == self._shown:
                 continue
-            result = await self._cards.stream(self.card_id, text)
+            try:
+                result = await self._cards.stream(self.card_id, text)
+            except Exception as exc:
+                log.warning("card update failed (%s): no more updates until the end", type(exc).__name__)
+                return
             if not result.ok:
+                self._cards.refused(result)
                 log.warning("card update refused (%s): no more updates until the end", result.detail)
                 return
             self._shown = text
             self.updates += 1
             if self.first_update_at is None:
                 self.first_update_at = time.perf_counter()
-            await asyncio.sleep(UPDATE_INTERVAL_SECONDS)
+            try:  # at most one update per interval; the end of the answer cuts the wait short
+                await asyncio.wait_for(self._closed.wait(), UPDATE_INTERVAL_SECONDS)
+                return
+            except TimeoutError:
+                pass
 
     async def abandon(self, note: str, *, seconds: float = 3.0) -> None:
-        """The answer was stopped (shutdown): finish the card as failed with `note` rather than leave
-        it spinning; the message itself is answered again after the restart."""
+        """The answer was stopped (shutdown, a failure before it was stored): finish the card as failed
+        with `note` rather than leave it spinning; the message itself is answered again later."""
         await self.close()
         if not self.card_id:
             return
         try:
             await asyncio.wait_for(self._cards.finish(self.card_id, note, failed=True), seconds)
         except Exception as exc:
-            log.warning("card left unfinished at shutdown (%s)", type(exc).__name__)
+            log.warning("card left unfinished (%s)", type(exc).__name__)
 
-    async def close(self) -> None:
-        """Stop updating (the outbox finishes the card with the whole answer)."""
-        if self._updater is not None:
-            self._updater.cancel()
-            await asyncio.gather(self._updater, return_exceptions=True)
-            self._updater = None
+    async def close(self, *, seconds: float = 5.0) -> None:
+        """Stop updating; an update already on its way completes first, so none lands after the
+        finish (the outbox finishes the card with the whole answer)."""
+        self._closing = True
+        self._closed.set()
+        self._changed.set()
+        updater, self._updater = self._updater, None
+        if updater is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(updater), seconds)
+        except TimeoutError:
+            updater.cancel()
+            await asyncio.gather(updater, return_exceptions=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -47,8 +46,8 @@ if str(REPO_ROOT) not in sys.path:
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import Endpoint, Pacer, callback_body, in_flight, signed_headers, wait_for_replies  # noqa: E402
-from bench.processes import child_env, free_port, started, tail  # noqa: E402
-from bench.report import build_result, format_report, functional_ok  # noqa: E402
+from bench.processes import child_env, free_port, run_bench, started, tail  # noqa: E402
+from bench.report import build_result, functional_ok, render  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, REQUEST_TIMEOUT_S  # noqa: E402
 
 
@@ -169,20 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the children
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        result = run(args)
-    except (RuntimeError, OSError, httpx.HTTPError) as exc:
-        print(f"bench: cannot run: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(result, as_json=args.json))
-    return 0 if functional_ok(result) else 1
+    return run_bench(lambda: run(args), render, functional_ok, as_json=args.json)
 
 
 if __name__ == "__main__":

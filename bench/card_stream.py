@@ -52,7 +52,6 @@ import json
 import math
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -73,7 +72,7 @@ if str(REPO_ROOT) not in sys.path:
 # The modules below need the repository on sys.path.
 from api.dingtalk.cards import UPDATE_INTERVAL_SECONDS  # noqa: E402
 from bench.load import EMPTY_ACK, callback_body, signed_headers  # noqa: E402
-from bench.processes import child_env, free_port, started, tail  # noqa: E402
+from bench.processes import child_env, free_port, run_bench, started, tail  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, REQUEST_TIMEOUT_S  # noqa: E402
 
@@ -660,20 +659,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the service
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        result = run(args)
-    except (RuntimeError, OSError, httpx.HTTPError) as exc:
-        print(f"bench: cannot run: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else render(result))
-    return 0 if functional_ok(result) else 1
+    return run_bench(lambda: run(args), render, functional_ok, as_json=args.json)
 
 
 if __name__ == "__main__":

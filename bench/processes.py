@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -93,3 +95,26 @@ def started(
         problem = stop_process(proc)
         if problem:
             print(f"warning: {' '.join(cmd[1:])} {problem}", file=sys.stderr)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the children
+
+
+def run_bench(
+    run: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    ok: Callable[[dict[str, Any]], bool],
+    *,
+    as_json: bool,
+) -> int:
+    """A bench's main: run it (children stopped on SIGTERM too), print the figures (text or JSON).
+    Exit 0 when `ok`, 1 when not, 2 when the bench could not run."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        result = run()
+    except (RuntimeError, OSError, AssertionError, httpx.HTTPError) as exc:
+        print(f"bench: cannot run: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result))
+    return 0 if ok(result) else 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any
@@ -141,8 +140,3 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", "service log (WARNING and up), last lines:"]
         lines += [f"  {line}" for line in result["service_log_tail"]]
     return "\n".join(lines)
-
-
-def format_report(result: dict[str, Any], *, as_json: bool) -> str:
-    """The text report, or the whole result as indented JSON."""
-    return json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result)

@@ -32,14 +32,11 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -48,7 +45,7 @@ if str(REPO_ROOT) not in sys.path:
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import Pacer, callback_body, in_flight, wait_for_replies  # noqa: E402
-from bench.processes import child_env, free_port, started, tail  # noqa: E402
+from bench.processes import child_env, free_port, run_bench, started, tail  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import HOST, STARTUP_TIMEOUT_S  # noqa: E402
 from tests.fakes.gateway import CLIENT_ID, CLIENT_SECRET, FakeGateway  # noqa: E402
@@ -235,20 +232,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the children
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        result = run(args)
-    except (RuntimeError, OSError, AssertionError, httpx.HTTPError) as exc:
-        print(f"bench: cannot run: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else render(result))
-    return 0 if functional_ok(result) else 1
+    return run_bench(lambda: run(args), render, functional_ok, as_json=args.json)
 
 
 if __name__ == "__main__":

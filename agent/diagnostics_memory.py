@@ -233,10 +233,16 @@ def storage_checks(settings: Settings) -> list[Check]:
                 f"把 {variable} 指向可写的位置，例如 {variable}={example}，或修正权限",
             )
         elif root is not None:
+            lost = (
+                "the long-term memories"
+                if is_dir
+                else "the conversations, queued messages and unsent replies"
+            )
+            lost_zh = "长期记忆" if is_dir else "对话记录、待处理的消息和未发送的回复"
             check.failed(
-                f"{path} is under {root}: the system may empty it (reboot, tmp cleaning) and the memories "
-                "and unsent replies would be lost",
-                f"{path} 位于 {root} 下：系统可能清空它（重启、临时文件清理），记忆和未发送的回复会丢失",
+                f"{path} is under {root}: the system may empty it (reboot, tmp cleaning) and {lost} would "
+                "be lost",
+                f"{path} 位于 {root} 下：系统可能清空它（重启、临时文件清理），{lost_zh}会丢失",
                 f"set {variable} to a lasting place, e.g. {variable}={example}"
                 + (" (the memory folder sits beside the database)" if is_dir else ""),
                 f"把 {variable} 设到持久的位置，例如 {variable}={example}"

@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 
 from agent.assembly import open_agent
-from agent.config import Settings
+from agent.config import DingTalkMode, Settings
 from api.courier import Courier
 from api.delivery import Dispatcher
 from api.dingtalk.cards import CardSender
@@ -191,5 +191,6 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="DingHook", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.include_router(health.router)
-    app.include_router(dingtalk.router)
+    if settings.dingtalk_mode is not DingTalkMode.STREAM:  # stream: messages come only by the gateway
+        app.include_router(dingtalk.router)
     return app

@@ -475,3 +475,14 @@ def test_http_mode_never_touches_the_gateway(
         assert "dingbot_stream_state{" not in app.client.get("/metrics").text
     assert gateway.opens == []
     assert gateway.sockets == []
+
+
+def test_stream_mode_takes_no_http_callbacks(
+    stream_settings: Callable[..., Settings], gateway: FakeGateway, fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(stream_settings(dingtalk_mode="stream")) as app:
+        gateway.wait_socket(1)
+        body = callback(fake_dingtalk.webhook("http"), "走HTTP")
+        assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 404
+        assert app.client.get("/healthz").status_code == 200
+    assert fake_dingtalk.replies() == []

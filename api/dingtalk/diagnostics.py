@@ -187,6 +187,15 @@ async def check_stream_gateway(settings: Settings, http: httpx.AsyncClient) -> C
         )
     except GatewayError as exc:
         check.elapsed_ms = ms(started)
+        if exc.kind == "network":
+            return check.failed(
+                str(exc),
+                f"连不上钉钉 Stream 网关：{exc}",
+                f"check that this machine reaches {settings.dingtalk_api_base} (DNS, proxy, firewall); "
+                "DINGTALK_API_BASE is the gateway's host",
+                f"确认本机能访问 {settings.dingtalk_api_base}（DNS、代理、防火墙）；"
+                "DINGTALK_API_BASE 是网关的地址",
+            )
         return check.failed(
             str(exc),
             f"钉钉 Stream 网关没有给出连接：{exc}",

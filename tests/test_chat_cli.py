@@ -11,6 +11,7 @@ import pytest
 from agent.config import DEFAULT_PROMPTS_DIR, Settings
 from dingbot.cli import main
 from tests.conftest import serve
+from tests.fakes.servers import FakeOpenAI, Scripted
 
 
 def scripted_input(monkeypatch: pytest.MonkeyPatch, lines: list[str | Callable[[], str]]) -> None:
@@ -118,3 +119,19 @@ def test_chat_will_not_share_a_memory_folder_a_running_server_holds(
     err = capsys.readouterr().err
     assert "belongs to a running DingHook service" in err
     assert "leave out --database" in err
+
+
+def test_chat_with_a_real_model_client_shows_the_prompt_it_sent(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_openai.script.append(Scripted(text="来自模型服务器的回答"))
+    monkeypatch.setenv("OPENAI_API_BASE", f"{fake_openai.url}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-for-the-local-fake-server")
+    monkeypatch.setenv("OPENAI_MODEL", "qwen2.5")
+    scripted_input(monkeypatch, ["你好", "/prompt", "/quit"])
+    assert main(["chat", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "小钉> 来自模型服务器的回答" in out
+    assert "--- human ---\n你好" in out  # what ChatOpenAI sent, recorded by the callback
+    [chat] = fake_openai.chats()
+    assert chat.json()["messages"][-1] == {"role": "user", "content": "你好"}

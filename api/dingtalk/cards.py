@@ -39,7 +39,9 @@ def read_card_answer(response: httpx.Response, what: str) -> SendResult:
     except ValueError:
         answer = {}
     if isinstance(answer, dict) and answer.get("success") is False:
-        return SendResult(False, status=200, detail=f"card {what}: refused ({str(answer)[:200]})")
+        # only DingTalk's code and message: never the answer whole (it could echo the card's text)
+        code, message = str(answer.get("code", ""))[:80], str(answer.get("message", ""))[:200]
+        return SendResult(False, status=200, detail=f"card {what}: refused ({code}: {message})")
     return SendResult(True, status=200)
 
 

@@ -12,19 +12,24 @@ import argparse
 import base64
 import errno
 import hashlib
-import ipaddress
 import json
-import queue
-import socket
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from dingbot.simulate_view import Part, describe
+from dingbot.simulate_webhook import (
+    EXIT_INTERRUPTED,
+    EXIT_REPLY,
+    EXIT_SETUP,
+    WEBHOOK_PATH,
+    OneShotWebhook,
+    SimulateError,
+    suggested_base,
+    webhook_address,
+)
 
 if TYPE_CHECKING:
     from agent.config import Settings
@@ -34,14 +39,10 @@ DEFAULT_NICK = "模拟用户"
 BOT_USER_ID = "$:LWCP_v1:$dingbotSimulateRobot="  # chatbotUserId: whom a group message @-mentions
 DEFAULT_ROBOT_CODE = "dingsimulaterobot"
 DEFAULT_CORP_ID = "dingsimulatecorp"
-WEBHOOK_PATH = "/robot/sendBySession"
 CALLBACK_PATH = "/dingtalk/callback"
 SESSION_MINUTES = 90  # DingTalk's session webhooks live about 90 minutes
 QUIET_SECONDS = 1.5  # a long reply arrives as several posts: wait this long after the last one
 ACK_TIMEOUT_SECONDS = 10.0  # the service acknowledges in milliseconds; this is for a hung one
-OK_ANSWER = b'{"errcode":0,"errmsg":"ok"}'
-
-EXIT_REPLY, EXIT_NO_REPLY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_parser(sub: Any) -> None:
@@ -83,14 +84,6 @@ def add_parser(sub: Any) -> None:
         help="how long to wait for the reply (default: 120, or OPENAI_TIMEOUT + 30 when that is longer)",
     )
     simulate.set_defaults(handler=run)
-
-
-class SimulateError(Exception):
-    """Stops the run with one line; `code` is the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_NO_REPLY) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # --- the callback DingTalk would send ---
@@ -144,127 +137,6 @@ def build_callback(
         body["conversationTitle"] = group
         body["atUsers"] = [{"dingtalkId": BOT_USER_ID}]
     return body
-
-
-# --- the one-shot session webhook ---
-
-
-class _Webhook:
-    """DingTalk's side of the session webhook: records posts to this run's session, answers errcode 0."""
-
-    def __init__(self, host: str, port: int, session: str, started: list[float]) -> None:
-        self.parts: queue.Queue[Part] = queue.Queue()
-        self.strays = 0  # posts to another session: a late reply to an earlier run
-        webhook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *values: object) -> None:
-                return
-
-            def do_POST(self) -> None:
-                arrived = time.perf_counter()
-                length = self.headers.get("Content-Length") or "0"
-                body = self.rfile.read(int(length) if length.isdigit() else 0)
-                query = parse_qs(urlsplit(self.path).query)
-                if query.get("session") == [session] and started:
-                    webhook.parts.put(Part(arrived - started[0], body))
-                else:
-                    webhook.strays += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(OK_ANSWER)))
-                self.end_headers()
-                self.wfile.write(OK_ANSWER)
-
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("WebhookServer", (ThreadingHTTPServer,), {"address_family": family})
-        self.server: ThreadingHTTPServer = server_class((host, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="simulate-webhook", daemon=True)
-
-    def __enter__(self) -> _Webhook:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-    def collect(self, deadline: float, quiet: float) -> list[Part]:
-        """Wait until `deadline` (perf_counter) for the first part, then take parts until `quiet` passes."""
-        parts: list[Part] = []
-        while not parts:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return parts
-            try:
-                parts.append(self.parts.get(timeout=min(left, 0.25)))
-            except queue.Empty:
-                continue
-        while True:
-            try:
-                parts.append(self.parts.get(timeout=quiet))
-            except queue.Empty:
-                return parts
-
-
-# --- settings → where to send, where to listen ---
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _suggested_base(avoid: set[int]) -> str:
-    port = 9000
-    while port in avoid:
-        port += 1
-    return f"http://127.0.0.1:{port}"
-
-
-def _webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, int, str]:
-    """(host, port, base) of the webhook to host: DINGTALK_OAPI_BASE, when that is on this machine."""
-    base = settings.dingtalk_oapi_base.rstrip("/")
-    parts = urlsplit(base)
-    host = parts.hostname or ""
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError:
-        raise SimulateError(f"DINGTALK_OAPI_BASE={base} has no valid port", EXIT_SETUP) from None
-    avoid = {service[1], settings.port}
-    suggestion = _suggested_base(avoid)
-    how = (
-        f"set DINGTALK_OAPI_BASE={suggestion} for both the service and simulate (e.g. in .env) "
-        "and restart the service"
-    )
-    if not _is_loopback(host):
-        raise SimulateError(
-            f"DINGTALK_OAPI_BASE is {base}, not this machine: the service posts replies only to "
-            f"DINGTALK_OAPI_BASE/DINGTALK_API_BASE, so for a local run {how}",
-            EXIT_SETUP,
-        )
-    if scheme != "http":
-        raise SimulateError(
-            f"DINGTALK_OAPI_BASE is {base}: simulate hosts a plain http webhook, so {how}", EXIT_SETUP
-        )
-    service_host, service_port = service
-    same_as_service = port == service_port and (
-        _is_loopback(service_host) or service_host in ("0.0.0.0", "::")  # noqa: S104
-    )
-    if same_as_service or port == settings.port:
-        raise SimulateError(
-            f"DINGTALK_OAPI_BASE ({host}:{port}) is the service's own address (PORT={settings.port}): "
-            f"simulate needs another port for DingTalk's webhook, so {how}",
-            EXIT_SETUP,
-        )
-    return ("127.0.0.1" if host.lower() == "localhost" else host.strip("[]")), port, base
 
 
 def _callback_url(url: str | None, settings: Settings) -> tuple[str, tuple[str, int]]:
@@ -365,7 +237,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
             EXIT_SETUP,
         )
     callback_url, service = _callback_url(args.url, settings)
-    host, port, base = _webhook_address(settings, service)
+    host, port, base = webhook_address(settings, service)
     group: str | None = args.group
     nick = args.nick or (DEFAULT_NICK if args.user == DEFAULT_USER else args.user)
     conversation_id = args.conversation_id or conversation_id_for(args.user, group)
@@ -379,7 +251,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
     session = uuid.uuid4().hex
     started: list[float] = []
     try:
-        webhook = _Webhook(host, port, session, started)
+        webhook = OneShotWebhook(host, port, session, started)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise SimulateError(
@@ -390,7 +262,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
             ) from None
         raise SimulateError(
             f"cannot listen on {host}:{port} (from DINGTALK_OAPI_BASE={base}): {exc.strerror or exc}; "
-            f"use a free port above 1024, e.g. DINGTALK_OAPI_BASE={_suggested_base({settings.port})}, "
+            f"use a free port above 1024, e.g. DINGTALK_OAPI_BASE={suggested_base({settings.port})}, "
             "for both the service and simulate",
             EXIT_SETUP,
         ) from None

@@ -1,0 +1,154 @@
+"""`dingbot simulate`: the one-shot session webhook it hosts, and where it may listen.
+
+The service posts replies only to webhooks on DINGTALK_OAPI_BASE/DINGTALK_API_BASE, so the webhook
+listens at DINGTALK_OAPI_BASE, which must be a free loopback address other than the service's own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+from dingbot.simulate_view import Part
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+
+EXIT_REPLY, EXIT_NO_REPLY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
+WEBHOOK_PATH = "/robot/sendBySession"
+OK_ANSWER = b'{"errcode":0,"errmsg":"ok"}'
+
+
+class SimulateError(Exception):
+    """Stops the run with one line; `code` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_NO_REPLY) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- the one-shot session webhook ---
+
+
+class OneShotWebhook:
+    """DingTalk's side of the session webhook: records posts to this run's session, answers errcode 0."""
+
+    def __init__(self, host: str, port: int, session: str, started: list[float]) -> None:
+        self.parts: queue.Queue[Part] = queue.Queue()
+        self.strays = 0  # posts to another session: a late reply to an earlier run
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *values: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                arrived = time.perf_counter()
+                length = self.headers.get("Content-Length") or "0"
+                body = self.rfile.read(int(length) if length.isdigit() else 0)
+                query = parse_qs(urlsplit(self.path).query)
+                if query.get("session") == [session] and started:
+                    webhook.parts.put(Part(arrived - started[0], body))
+                else:
+                    webhook.strays += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(OK_ANSWER)))
+                self.end_headers()
+                self.wfile.write(OK_ANSWER)
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("WebhookServer", (ThreadingHTTPServer,), {"address_family": family})
+        self.server: ThreadingHTTPServer = server_class((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="simulate-webhook", daemon=True)
+
+    def __enter__(self) -> OneShotWebhook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def collect(self, deadline: float, quiet: float) -> list[Part]:
+        """Wait until `deadline` (perf_counter) for the first part, then take parts until `quiet` passes."""
+        parts: list[Part] = []
+        while not parts:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return parts
+            try:
+                parts.append(self.parts.get(timeout=min(left, 0.25)))
+            except queue.Empty:
+                continue
+        while True:
+            try:
+                parts.append(self.parts.get(timeout=quiet))
+            except queue.Empty:
+                return parts
+
+
+# --- settings → where to send, where to listen ---
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def suggested_base(avoid: set[int]) -> str:
+    port = 9000
+    while port in avoid:
+        port += 1
+    return f"http://127.0.0.1:{port}"
+
+
+def webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, int, str]:
+    """(host, port, base) of the webhook to host: DINGTALK_OAPI_BASE, when that is on this machine."""
+    base = settings.dingtalk_oapi_base.rstrip("/")
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise SimulateError(f"DINGTALK_OAPI_BASE={base} has no valid port", EXIT_SETUP) from None
+    avoid = {service[1], settings.port}
+    suggestion = suggested_base(avoid)
+    how = (
+        f"set DINGTALK_OAPI_BASE={suggestion} for both the service and simulate (e.g. in .env) "
+        "and restart the service"
+    )
+    if not is_loopback(host):
+        raise SimulateError(
+            f"DINGTALK_OAPI_BASE is {base}, not this machine: the service posts replies only to "
+            f"DINGTALK_OAPI_BASE/DINGTALK_API_BASE, so for a local run {how}",
+            EXIT_SETUP,
+        )
+    if scheme != "http":
+        raise SimulateError(
+            f"DINGTALK_OAPI_BASE is {base}: simulate hosts a plain http webhook, so {how}", EXIT_SETUP
+        )
+    service_host, service_port = service
+    same_as_service = port == service_port and (
+        is_loopback(service_host) or service_host in ("0.0.0.0", "::")  # noqa: S104
+    )
+    if same_as_service or port == settings.port:
+        raise SimulateError(
+            f"DINGTALK_OAPI_BASE ({host}:{port}) is the service's own address (PORT={settings.port}): "
+            f"simulate needs another port for DingTalk's webhook, so {how}",
+            EXIT_SETUP,
+        )
+    return ("127.0.0.1" if host.lower() == "localhost" else host.strip("[]")), port, base

@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.config import Settings
-from api.dingtalk.stream import StreamConnection, StreamState
+from agent.config import DingTalkMode, Settings
+from api.dingtalk.stream import StreamConnection, StreamState, StreamStatus
 from api.metrics import Metrics
+from api.routes.health import stream_blocks_readiness
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.gateway import CLIENT_ID, CLIENT_SECRET, FakeGateway, OpenAnswer
 from tests.fakes.payloads import callback, encode, signed_headers
@@ -486,3 +487,19 @@ def test_stream_mode_takes_no_http_callbacks(
         assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 404
         assert app.client.get("/healthz").status_code == 200
     assert fake_dingtalk.replies() == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "state", "blocks"),
+    [
+        ("stream", "connected", False),
+        ("stream", "connecting", True),
+        ("stream", "failing", True),
+        ("both", "connected", False),
+        ("both", "connecting", False),  # HTTP callbacks still arrive while Stream reconnects
+        ("both", "failing", True),  # bad credentials: not ready, clearly
+    ],
+)
+def test_readiness_in_stream_and_both_modes(mode: str, state: str, blocks: bool) -> None:
+    status = StreamStatus(StreamState(state), "detail", 0.0)
+    assert stream_blocks_readiness(DingTalkMode(mode), status) is blocks

@@ -6,7 +6,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from agent.config import DingTalkMode
 from api.deps import ServicesDep
+from api.dingtalk.stream import StreamState, StreamStatus
 from api.services import Services
 
 router = APIRouter(tags=["health"])
@@ -31,6 +33,14 @@ async def healthz(services: ServicesDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if database_ok else 503)
 
 
+def stream_blocks_readiness(mode: DingTalkMode, status: StreamStatus) -> bool:
+    """Stream only: not ready unless connected. Both: HTTP callbacks still come in while Stream
+    reconnects, so only a failing Stream (bad credentials, a broken gateway) makes the service unready."""
+    if status.ready:
+        return False
+    return mode is DingTalkMode.STREAM or status.state is StreamState.FAILING
+
+
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the lifespan finished building everything and the database answers. Long-term memory
@@ -41,7 +51,7 @@ async def readyz(request: Request) -> JSONResponse:
     if not await services.database.ping():
         return JSONResponse({"ready": False, "reason": "database unavailable"}, status_code=503)
     stream = services.stream.status if services.stream is not None else None
-    if stream is not None and not stream.ready:
+    if stream is not None and stream_blocks_readiness(services.settings.dingtalk_mode, stream):
         reason = f"stream {stream.state.value}: {stream.detail}"
         return JSONResponse({"ready": False, "reason": reason, "stream": stream.state.value}, status_code=503)
     memory = services.memory

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -147,14 +146,12 @@ class _Loaded:
 class PromptLibrary:
     """The prompts in use, reloaded when their files change; the defaults or a group's overrides."""
 
-    def __init__(self, folder: Path, *, check_every: float = 0.0) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.check_every = check_every  # seconds between looks at the files (0: before every message)
         self.version = 0  # goes up by one on every successful (re)load
         self.problems: list[str] = []  # why files are not in use right now (empty when all loaded)
         self._lock = threading.Lock()
         self._signature: Signature = ()
-        self._checked_at = 0.0
         self._loaded = self._load(previous=None, strict=True)
         self._signature = signature(folder)
         self.version = 1
@@ -183,11 +180,7 @@ class PromptLibrary:
 
     def refresh(self) -> bool:
         """Reload when a prompt file changed since the last look. True when something new is in use."""
-        now = time.monotonic()
-        if self.check_every and now - self._checked_at < self.check_every:
-            return False
         with self._lock:
-            self._checked_at = now
             current = signature(self.folder)
             if current == self._signature:
                 return False

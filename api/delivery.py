@@ -48,7 +48,6 @@ class Dispatcher:
         self._default_robot_code = default_robot_code
         self._cards = cards  # AI cards: answers stream into a card (DINGTALK_CARD_TEMPLATE_ID)
         self._deadline = answer_deadline_seconds  # the watchdog: an answer never takes longer
-        self.last_card: CardStream | None = None  # the latest card stream (for the benchmark)
         self._slots = asyncio.Semaphore(workers)
         self._lanes: dict[str, asyncio.Lock] = {}
         self._lane_users: defaultdict[str, int] = defaultdict(int)
@@ -158,7 +157,7 @@ class Dispatcher:
         route = Route.for_message(message, self._default_robot_code)
         card = None
         if self._cards is not None:
-            card = self.last_card = CardStream(self._cards, route, sender_nick=message.sender_nick)
+            card = CardStream(self._cards, route, sender_nick=message.sender_nick)
         reply = await self._answer(message, card)
         bodies: list[dict[str, Any]] = build_reply_bodies(message, reply, REPLY_MAX_BYTES)
         if card is not None and card.card_id:

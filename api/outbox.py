@@ -42,6 +42,11 @@ class Outgoing:
 
 
 EARLIER_PART_FAILED = "an earlier part of this reply was not sent"
+# Sent rows keep no text: the body and the route (which holds the session webhook) are cleared.
+_MARK_SENT = (
+    "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = NULL, "
+    "attempts = attempts + 1, updated_at = ? WHERE id = ?"
+)
 
 
 def _row(row: tuple[Any, ...]) -> Outgoing:
@@ -218,11 +223,7 @@ class Outbox:
         now = time.time()
 
         def update(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = NULL, "
-                "attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                (OutboxState.SENT.value, now, row_id),
-            )
+            conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
 
         await self._db.run(update)
 
@@ -247,11 +248,7 @@ class Outbox:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = NULL, "
-                    "attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                    (OutboxState.SENT.value, now, row_id),
-                )
+                conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
                 conn.execute(
                     "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = ?, updated_at = ? "
                     "WHERE state = ? AND channel = ? AND EXISTS (SELECT 1 FROM outbox AS f "

@@ -193,6 +193,7 @@ def test_the_running_service_uses_an_edited_prompt_on_the_next_message_and_group
         assert prompts_health["version"] >= 3  # (a reload may also catch a file half-written)
         [problem] = prompts_health["problems"]
         assert "replies.yaml: not valid YAML" in problem
+        assert prompts_health["groups"] == {"groups/engineering.yaml": [GROUP_ID]}
         post(app, callback(fake_dingtalk.webhook("g1"), "", group=True))  # a bare @mention
         post(app, callback(fake_dingtalk.webhook("g2"), "", group=True, conversationId=OTHER_GROUP_ID))
         fake_dingtalk.wait_for(5)

@@ -162,9 +162,6 @@ class CardStream:
         self._closed = asyncio.Event()
         self._closing = False
         self._updater: asyncio.Task[None] | None = None
-        self.first_text_at: float | None = None  # perf_counter of the model's first text
-        self.first_update_at: float | None = None  # perf_counter of the first update DingTalk took
-        self.updates = 0
 
     async def started(self) -> None:
         if not self._cards.available:
@@ -182,8 +179,6 @@ class CardStream:
         self._updater = asyncio.create_task(self._update_loop(), name=f"card-{card_id[:8]}")
 
     async def text(self, so_far: str) -> None:
-        if self.first_text_at is None:
-            self.first_text_at = time.perf_counter()
         self._latest = so_far
         self._changed.set()
 
@@ -206,9 +201,6 @@ class CardStream:
                 log.warning("card update refused (%s): no more updates until the end", result.detail)
                 return
             self._shown = text
-            self.updates += 1
-            if self.first_update_at is None:
-                self.first_update_at = time.perf_counter()
             try:  # at most one update per interval; the end of the answer cuts the wait short
                 await asyncio.wait_for(self._closed.wait(), UPDATE_INTERVAL_SECONDS)
                 return

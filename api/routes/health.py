@@ -28,6 +28,7 @@ async def healthz(services: ServicesDep) -> JSONResponse:
         "prompts": {  # the loaded version, and files not in use right now (the last good one stays)
             "version": services.assistant.prompts.version,
             "problems": services.assistant.prompts.problems,
+            "groups": services.assistant.prompts.group_files(),  # override file -> conversation ids
         },
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)

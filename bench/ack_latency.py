@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,20 +45,17 @@ if str(REPO_ROOT) not in sys.path:
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import Endpoint, Pacer, callback_body, in_flight, signed_headers, wait_for_replies  # noqa: E402
-from bench.processes import child_env, free_port, run_bench, started, tail  # noqa: E402
+from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
 from bench.report import build_result, functional_ok, render  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, REQUEST_TIMEOUT_S  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = f"{os.getpid():x}{int(time.time()):x}"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpu_count()
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dinghook-bench-")))
-        service_log = tmp / "service.log"
-        log_lines: list[str] = []
-        # Runs after the service has stopped (LIFO), before the temporary folder goes away.
-        stack.callback(lambda: log_lines.extend(tail(service_log, 10).splitlines()))
+        room = scratch(stack)
+        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
         webhook_port = stack.enter_context(fake_webhook())
         webhook_base = f"http://{HOST}:{webhook_port}"
 

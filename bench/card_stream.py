@@ -53,7 +53,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -71,8 +70,8 @@ if str(REPO_ROOT) not in sys.path:
 
 # The modules below need the repository on sys.path.
 from api.dingtalk.cards import UPDATE_INTERVAL_SECONDS  # noqa: E402
-from bench.load import EMPTY_ACK, callback_body, signed_headers  # noqa: E402
-from bench.processes import child_env, free_port, run_bench, started, tail  # noqa: E402
+from bench.load import ack_problem, callback_body, signed_headers  # noqa: E402
+from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, REQUEST_TIMEOUT_S  # noqa: E402
 
@@ -363,17 +362,7 @@ def send_one(client: httpx.Client, url: str, body: bytes, sent: Sent) -> None:
         sent.problem = f"transport error {type(exc).__name__}"
         return
     sent.status = response.status_code
-    if response.status_code != 200:
-        sent.problem = f"HTTP {response.status_code}"
-    elif response.content and _json_or_none(response.content) != EMPTY_ACK:
-        sent.problem = "200 with a body other than {'msgtype': 'empty'}"
-
-
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
+    sent.problem = ack_problem(response) or None
 
 
 def measure(sent: Sent, model: FakeModel, dingtalk: FakeDingTalk) -> dict[str, Any]:
@@ -421,15 +410,12 @@ def finished_ok(message: dict[str, Any]) -> bool:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = f"{os.getpid():x}{int(time.time()):x}"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpu_count()
     model, dingtalk = FakeModel(args.pieces, args.piece_delay_ms / 1000), FakeDingTalk()
     sends: list[Sent] = []
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dinghook-bench-")))
-        service_log = tmp / "service.log"
-        log_lines: list[str] = []
-        # Runs after the service has stopped (LIFO), before the temporary folder goes away.
-        stack.callback(lambda: log_lines.extend(tail(service_log, 10).splitlines()))
+        room = scratch(stack)
+        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
         model_base = stack.enter_context(serving(model, "fake-model"))
         dingtalk_base = stack.enter_context(serving(dingtalk, "fake-dingtalk"))
 

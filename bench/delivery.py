@@ -53,13 +53,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import random
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -74,8 +72,8 @@ if str(REPO_ROOT) not in sys.path:
 
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
-from bench.load import EMPTY_ACK, callback_body, signed_headers  # noqa: E402
-from bench.processes import child_env, free_port, run_bench, started, tail  # noqa: E402
+from bench.load import ack_problem, callback_body, signed_headers  # noqa: E402
+from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, PEOPLE, REQUEST_TIMEOUT_S, TARGET_ACK_P99_MS  # noqa: E402
 
@@ -138,17 +136,7 @@ async def _post(client: httpx.AsyncClient, url: str, body: bytes, send: Send) ->
         return
     send.latency_ms = (time.perf_counter() - send.started) * 1000
     send.status = response.status_code
-    if response.status_code != 200:
-        send.problem = f"HTTP {response.status_code}"
-    elif response.content and _json_or_none(response.content) != EMPTY_ACK:
-        send.problem = "200 with a body other than {'msgtype': 'empty'}"
-
-
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
+    send.problem = ack_problem(response) or None
 
 
 async def send_all(
@@ -240,13 +228,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = f"{os.getpid():x}{int(time.time()):x}"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpu_count()
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dinghook-bench-")))
-        service_log = tmp / "service.log"
-        log_lines: list[str] = []
-        # Runs after the service has stopped (LIFO), before the temporary folder goes away.
-        stack.callback(lambda: log_lines.extend(tail(service_log, 10).splitlines()))
+        room = scratch(stack)
+        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
         webhook_port = stack.enter_context(fake_webhook())
         webhook_base = f"http://{HOST}:{webhook_port}"
 

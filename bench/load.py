@@ -8,7 +8,6 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
@@ -74,17 +73,23 @@ class Endpoint:
         elapsed_ms = (time.perf_counter_ns() - started_ns) / 1e6
         if record:
             self.latencies_ms.append(elapsed_ms)
-        if response.status_code != 200:
-            self.problems[f"HTTP {response.status_code}"] += 1
-        elif response.content and _json_or_none(response.content) != EMPTY_ACK:
-            self.problems["200 with a body other than {'msgtype': 'empty'}"] += 1
+        problem = ack_problem(response)
+        if problem:
+            self.problems[problem] += 1
 
 
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
+def ack_problem(response: httpx.Response) -> str:
+    """What is wrong with a callback's answer ("" for DingHook's ack: 200 `{"msgtype": "empty"}`)."""
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}"
+    if response.content:
+        try:
+            answer = json.loads(response.content)
+        except ValueError:
+            answer = None
+        if answer != EMPTY_ACK:
+            return "200 with a body other than {'msgtype': 'empty'}"
+    return ""
 
 
 class Pacer:

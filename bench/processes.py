@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,26 @@ def run_bench(
         return 2
     print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result))
     return 0 if ok(result) else 1
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (the bench, the service and the fakes share them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass
+class Scratch:
+    folder: Path  # a temporary folder for the service's database and log
+    service_log: Path
+    log_lines: list[str] = field(default_factory=list)  # the log's last lines, once the service stopped
+
+
+def scratch(stack: contextlib.ExitStack, prefix: str = "dinghook-bench-") -> Scratch:
+    """A temporary folder for one run; the service log's tail is kept in `log_lines` at the end."""
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    room = Scratch(folder, folder / "service.log")
+    # Runs after the service has stopped (LIFO), before the temporary folder goes away.
+    stack.callback(lambda: room.log_lines.extend(tail(room.service_log, 10).splitlines()))
+    return room

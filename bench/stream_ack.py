@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ if str(REPO_ROOT) not in sys.path:
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import Pacer, callback_body, in_flight, wait_for_replies  # noqa: E402
-from bench.processes import child_env, free_port, run_bench, started, tail  # noqa: E402
+from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import HOST, STARTUP_TIMEOUT_S  # noqa: E402
 from tests.fakes.gateway import CLIENT_ID, CLIENT_SECRET, FakeGateway  # noqa: E402
@@ -86,12 +85,10 @@ def push_all(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = f"{os.getpid():x}{int(time.time()):x}"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpu_count()
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dinghook-stream-bench-")))
-        service_log = tmp / "service.log"
-        log_lines: list[str] = []
-        stack.callback(lambda: log_lines.extend(tail(service_log, 10).splitlines()))
+        room = scratch(stack, "dinghook-stream-bench-")
+        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
         webhook_base = f"http://{HOST}:{stack.enter_context(fake_webhook())}"
         gateway = FakeGateway().start()
         stack.callback(gateway.stop)

@@ -45,7 +45,7 @@ if str(REPO_ROOT) not in sys.path:
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import Endpoint, Pacer, callback_body, in_flight, signed_headers, wait_for_replies  # noqa: E402
-from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
+from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, start_service, started  # noqa: E402
 from bench.report import build_result, functional_ok, render  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, REQUEST_TIMEOUT_S  # noqa: E402
 
@@ -55,31 +55,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = cpu_count()
     with contextlib.ExitStack() as stack:
         room = scratch(stack)
-        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
+        tmp, log_lines = room.folder, room.log_lines
         webhook_port = stack.enter_context(fake_webhook())
         webhook_base = f"http://{HOST}:{webhook_port}"
 
-        service_port, echo_port = free_port(), free_port()
-        service_base, echo_base = f"http://{HOST}:{service_port}", f"http://{HOST}:{echo_port}"
-        stack.enter_context(
-            started(
-                [sys.executable, "-m", "dingbot.server"],
-                env=child_env(
-                    {
-                        "FORCE_MOCK_OPENAI": "1",
-                        "SECRET": BENCH_SECRET,
-                        "PORT": str(service_port),
-                        "HOST": HOST,
-                        "DATABASE_PATH": str(tmp / "bench.db"),
-                        "DINGTALK_OAPI_BASE": webhook_base,
-                        "LOG_LEVEL": "WARNING",
-                    }
-                ),
-                cwd=tmp,  # no stray .env from the caller's working directory
-                log_path=service_log,
-                health_url=f"{service_base}/healthz",
-            )
+        service_base = start_service(
+            stack,
+            room,
+            {
+                "FORCE_MOCK_OPENAI": "1",
+                "SECRET": BENCH_SECRET,
+                "DINGTALK_OAPI_BASE": webhook_base,
+            },
         )
+        echo_port = free_port()
+        echo_base = f"http://{HOST}:{echo_port}"
         stack.enter_context(
             started(
                 [sys.executable, "-m", "bench.echo_app", "--port", str(echo_port)],

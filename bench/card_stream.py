@@ -71,7 +71,7 @@ if str(REPO_ROOT) not in sys.path:
 # The modules below need the repository on sys.path.
 from api.dingtalk.cards import UPDATE_INTERVAL_SECONDS  # noqa: E402
 from bench.load import ack_problem, callback_body, signed_headers  # noqa: E402
-from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
+from bench.processes import cpu_count, run_bench, scratch, start_service  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, REQUEST_TIMEOUT_S  # noqa: E402
 
@@ -415,40 +415,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sends: list[Sent] = []
     with contextlib.ExitStack() as stack:
         room = scratch(stack)
-        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
+        log_lines = room.log_lines
         model_base = stack.enter_context(serving(model, "fake-model"))
         dingtalk_base = stack.enter_context(serving(dingtalk, "fake-dingtalk"))
 
-        service_port = free_port()
-        service_base = f"http://{HOST}:{service_port}"
-        stack.enter_context(
-            started(
-                [sys.executable, "-m", "dingbot.server"],
-                env=child_env(
-                    {
-                        "SECRET": BENCH_SECRET,
-                        "PORT": str(service_port),
-                        "HOST": HOST,
-                        "DATABASE_PATH": str(tmp / "bench.db"),
-                        "EMBEDDING_PROVIDER": "local",
-                        "OPENAI_API_BASE": f"{model_base}/v1",
-                        "OPENAI_API_KEY": API_KEY,
-                        "OPENAI_MODEL": MODEL,
-                        "OPENAI_MAX_RETRIES": "0",
-                        "OPENAI_TIMEOUT": str(max(30.0, args.timeout)),
-                        "DINGTALK_CLIENT_ID": CLIENT_ID,
-                        "DINGTALK_CLIENT_SECRET": CLIENT_SECRET,
-                        "DINGTALK_API_BASE": dingtalk_base,
-                        "DINGTALK_OAPI_BASE": dingtalk_base,
-                        "DINGTALK_CARD_TEMPLATE_ID": TEMPLATE_ID,
-                        "RATE_LIMIT_PER_MINUTE": "0",
-                        "LOG_LEVEL": "WARNING",
-                    }
-                ),
-                cwd=tmp,  # no stray .env from the caller's working directory
-                log_path=service_log,
-                health_url=f"{service_base}/healthz",
-            )
+        service_base = start_service(
+            stack,
+            room,
+            {
+                "SECRET": BENCH_SECRET,
+                "EMBEDDING_PROVIDER": "local",
+                "OPENAI_API_BASE": f"{model_base}/v1",
+                "OPENAI_API_KEY": API_KEY,
+                "OPENAI_MODEL": MODEL,
+                "OPENAI_MAX_RETRIES": "0",
+                "OPENAI_TIMEOUT": str(max(30.0, args.timeout)),
+                "DINGTALK_CLIENT_ID": CLIENT_ID,
+                "DINGTALK_CLIENT_SECRET": CLIENT_SECRET,
+                "DINGTALK_API_BASE": dingtalk_base,
+                "DINGTALK_OAPI_BASE": dingtalk_base,
+                "DINGTALK_CARD_TEMPLATE_ID": TEMPLATE_ID,
+                "RATE_LIMIT_PER_MINUTE": "0",
+            },
         )
 
         url = f"{service_base}/dingtalk/callback"

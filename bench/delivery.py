@@ -73,7 +73,7 @@ if str(REPO_ROOT) not in sys.path:
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import ack_problem, callback_body, signed_headers  # noqa: E402
-from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
+from bench.processes import cpu_count, run_bench, scratch, start_service  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST, PEOPLE, REQUEST_TIMEOUT_S, TARGET_ACK_P99_MS  # noqa: E402
 
@@ -231,31 +231,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = cpu_count()
     with contextlib.ExitStack() as stack:
         room = scratch(stack)
-        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
+        log_lines = room.log_lines
         webhook_port = stack.enter_context(fake_webhook())
         webhook_base = f"http://{HOST}:{webhook_port}"
 
-        service_port = free_port()
-        service_base = f"http://{HOST}:{service_port}"
-        stack.enter_context(
-            started(
-                [sys.executable, "-m", "dingbot.server"],
-                env=child_env(
-                    {
-                        "FORCE_MOCK_OPENAI": "1",
-                        "SECRET": BENCH_SECRET,
-                        "PORT": str(service_port),
-                        "HOST": HOST,
-                        "DATABASE_PATH": str(tmp / "bench.db"),
-                        "DINGTALK_OAPI_BASE": webhook_base,
-                        "RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT_PER_MINUTE),
-                        "LOG_LEVEL": "WARNING",
-                    }
-                ),
-                cwd=tmp,  # no stray .env from the caller's working directory
-                log_path=service_log,
-                health_url=f"{service_base}/healthz",
-            )
+        service_base = start_service(
+            stack,
+            room,
+            {
+                "FORCE_MOCK_OPENAI": "1",
+                "SECRET": BENCH_SECRET,
+                "DINGTALK_OAPI_BASE": webhook_base,
+                "RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT_PER_MINUTE),
+            },
         )
 
         order = send_order(args.count, args.duplicates, args.seed)

@@ -143,3 +143,27 @@ def scratch(stack: contextlib.ExitStack, prefix: str = "dinghook-bench-") -> Scr
     # Runs after the service has stopped (LIFO), before the temporary folder goes away.
     stack.callback(lambda: room.log_lines.extend(tail(room.service_log, 10).splitlines()))
     return room
+
+
+def start_service(stack: contextlib.ExitStack, room: Scratch, settings: dict[str, str]) -> str:
+    """`python -m dingbot.server` with `settings`, on a free loopback port, its database in the scratch
+    folder and LOG_LEVEL=WARNING; stopped when `stack` closes. Returns its base URL."""
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    env = {
+        "PORT": str(port),
+        "HOST": HOST,
+        "DATABASE_PATH": str(room.folder / "bench.db"),
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    stack.enter_context(
+        started(
+            [sys.executable, "-m", "dingbot.server"],
+            env=child_env(env),
+            cwd=room.folder,  # no stray .env from the caller's working directory
+            log_path=room.service_log,
+            health_url=f"{base}/healthz",
+        )
+    )
+    return base

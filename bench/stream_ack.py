@@ -44,7 +44,7 @@ if str(REPO_ROOT) not in sys.path:
 # The bench modules below need the repository on sys.path.
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import Pacer, callback_body, in_flight, wait_for_replies  # noqa: E402
-from bench.processes import child_env, cpu_count, free_port, run_bench, scratch, started  # noqa: E402
+from bench.processes import cpu_count, run_bench, scratch, start_service  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.settings import HOST, STARTUP_TIMEOUT_S  # noqa: E402
 from tests.fakes.gateway import CLIENT_ID, CLIENT_SECRET, FakeGateway  # noqa: E402
@@ -88,32 +88,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = cpu_count()
     with contextlib.ExitStack() as stack:
         room = scratch(stack, "dinghook-stream-bench-")
-        tmp, service_log, log_lines = room.folder, room.service_log, room.log_lines
+        log_lines = room.log_lines
         webhook_base = f"http://{HOST}:{stack.enter_context(fake_webhook())}"
         gateway = FakeGateway().start()
         stack.callback(gateway.stop)
-        service_port = free_port()
-        stack.enter_context(
-            started(
-                [sys.executable, "-m", "dingbot.server"],
-                env=child_env(
-                    {
-                        "FORCE_MOCK_OPENAI": "1",
-                        "DINGTALK_MODE": "stream",
-                        "DINGTALK_CLIENT_ID": CLIENT_ID,
-                        "DINGTALK_CLIENT_SECRET": CLIENT_SECRET,
-                        "DINGTALK_API_BASE": gateway.url,
-                        "DINGTALK_OAPI_BASE": webhook_base,
-                        "PORT": str(service_port),
-                        "HOST": HOST,
-                        "DATABASE_PATH": str(tmp / "bench.db"),
-                        "LOG_LEVEL": "WARNING",
-                    }
-                ),
-                cwd=tmp,
-                log_path=service_log,
-                health_url=f"http://{HOST}:{service_port}/healthz",
-            )
+        service_base = start_service(
+            stack,
+            room,
+            {
+                "FORCE_MOCK_OPENAI": "1",
+                "DINGTALK_MODE": "stream",
+                "DINGTALK_CLIENT_ID": CLIENT_ID,
+                "DINGTALK_CLIENT_SECRET": CLIENT_SECRET,
+                "DINGTALK_API_BASE": gateway.url,
+                "DINGTALK_OAPI_BASE": webhook_base,
+            },
         )
         gateway.wait_socket(1, timeout=STARTUP_TIMEOUT_S)
 
@@ -132,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         redelivery_latencies = push_all(gateway, again, Pacer(0), True)
         time.sleep(1.0)  # room for a wrong second answer to arrive
         final, _ = wait_for_replies(webhook_base, total, 0)
-        backlog = in_flight(f"http://{HOST}:{service_port}")
+        backlog = in_flight(service_base)
         sockets = len(gateway.sockets)
 
     ack = stats(latencies)

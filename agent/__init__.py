@@ -1,1 +1,1 @@
-"""The brain of DingHook: settings, model, prompts, history, assistant. Knows nothing of HTTP or DingTalk."""
+"""The brain of DingHook: settings, model, prompts, memory, conversation, assistant. No HTTP, no DingTalk."""

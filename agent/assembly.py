@@ -15,14 +15,14 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
 from agent.assistant import Assistant
-from agent.config import Settings
-from agent.database import Database
-from agent.embeddings import build_embeddings
-from agent.history import HistoryStore
-from agent.llm import build_chat_model, build_extraction_model
-from agent.memory import MemoryService
+from agent.memory.embeddings import build_embeddings
+from agent.memory.history import HistoryStore
+from agent.memory.service import MemoryService
+from agent.model.factory import build_chat_model, build_extraction_model
 from agent.observe import Observer
-from agent.prompt_library import PromptLibrary
+from agent.prompts.library import PromptLibrary
+from agent.settings.config import Settings
+from agent.storage.database import Database
 
 
 @dataclass(frozen=True)

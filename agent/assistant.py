@@ -19,17 +19,17 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable
 
 from agent.commands import CommandRunner, parse_command
-from agent.config import Settings
 from agent.errors import ModelError, ModelErrorKind
 from agent.formatting import has_structure, title_of
-from agent.history import HistoryStore, Turn
 from agent.limits import RateLimiter
-from agent.memory import MemoryService
+from agent.memory.history import HistoryStore, Turn
+from agent.memory.service import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
-from agent.model_errors import classify_model_error
+from agent.model.errors import classify_model_error
 from agent.observe import NoObserver, Observer
-from agent.prompt_library import PromptLibrary
-from agent.prompts import PromptSet
+from agent.prompts.library import PromptLibrary
+from agent.prompts.loader import PromptSet
+from agent.settings.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import logging
 import re
 from dataclasses import dataclass
 
-from agent.history import HistoryStore
-from agent.memory import MemoryService, MemoryUnavailable
+from agent.memory.history import HistoryStore
+from agent.memory.service import MemoryService, MemoryUnavailable
 from agent.messages import IncomingMessage, Reply
-from agent.prompts import PromptSet
+from agent.prompts.loader import PromptSet
 
 _NAMES = {
     "help": "help", "帮助": "help", "?": "help", "？": "help",

@@ -1,1 +1,1 @@
-"""The HTTP surface: FastAPI app, DingTalk protocol, delivery. Imports agent/, never the reverse."""
+"""The surface: FastAPI app, DingTalk protocol, delivery. Imports agent/, never the reverse."""

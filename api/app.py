@@ -13,19 +13,20 @@ import httpx
 from fastapi import FastAPI
 
 from agent.assembly import open_agent
-from agent.config import DingTalkMode, Settings
-from api.courier import Courier
-from api.delivery import Dispatcher
+from agent.settings.choices import DingTalkMode
+from agent.settings.config import Settings
+from api.delivery.courier import Courier
+from api.delivery.dispatcher import Dispatcher
+from api.delivery.housekeeping import PeriodicCheck
+from api.delivery.inbox import Inbox
+from api.delivery.intake import take_in_stream
+from api.delivery.outbox import Outbox
 from api.dingtalk.cards import CardSender
 from api.dingtalk.openapi import AccessTokens, OpenApiSender
 from api.dingtalk.robot_webhook import RobotWebhookSender
 from api.dingtalk.sender import SessionWebhookSender
 from api.dingtalk.stream import StreamConnection
-from api.housekeeping import PeriodicCheck
-from api.inbox import Inbox
-from api.intake import take_in_stream
 from api.metrics import Metrics
-from api.outbox import Outbox
 from api.routes import dingtalk, health
 from api.services import Services
 
@@ -115,7 +116,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(http.aclose)
         metrics = Metrics()
         agent = await stack.enter_async_context(open_agent(settings, observer=metrics))
-        database, assistant, memory, history = agent.database, agent.assistant, agent.memory, agent.history
+        database, assistant, memory, history = (
+            agent.database,
+            agent.assistant,
+            agent.memory,
+            agent.history,
+        )
         if memory is None:  # open_agent builds it unless told not to
             raise RuntimeError("the service needs the memory service")
         inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)

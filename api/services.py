@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.assistant import Assistant
-from agent.config import Settings
-from agent.database import Database
-from agent.memory import MemoryService
-from api.courier import Courier
-from api.delivery import Dispatcher
+from agent.memory.service import MemoryService
+from agent.settings.config import Settings
+from agent.storage.database import Database
+from api.delivery.courier import Courier
+from api.delivery.dispatcher import Dispatcher
+from api.delivery.housekeeping import PeriodicCheck
 from api.dingtalk.stream import StreamConnection
-from api.housekeeping import PeriodicCheck
 from api.metrics import Metrics
 
 

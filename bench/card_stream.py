@@ -8,7 +8,7 @@ Run from the repository root:
 The service streams a model answer into an AI card (api/dingtalk/cards.py): when the model starts it
 creates and delivers the card, then sends the whole text so far at most every UPDATE_INTERVAL_SECONDS
 (`PUT /v1.0/card/streaming`), and once the answer is complete the outbox finishes it (a last update with
-isFinalize, then flowStatus 3; api/courier.py). This bench measures, per answer:
+isFinalize, then flowStatus 3; api/delivery/courier.py). This bench measures, per answer:
 
 * first token -> first card update: from the moment the fake model wrote the first content piece of
   the answer to the arrival of the card's first streaming (non-final) update at the fake DingTalk;

@@ -25,13 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from agent.config import Settings  # noqa: E402
-from agent.database import Database  # noqa: E402
-from agent.embeddings import LocalEmbeddings  # noqa: E402
-from agent.llm import MockExtractionModel  # noqa: E402
-from agent.memory import MemoryService  # noqa: E402
+from agent.memory.embeddings import LocalEmbeddings  # noqa: E402
+from agent.memory.service import MemoryService  # noqa: E402
 from agent.messages import IncomingMessage  # noqa: E402
-from agent.prompts import load_prompts  # noqa: E402
+from agent.model.mock import MockExtractionModel  # noqa: E402
+from agent.prompts.loader import load_prompts  # noqa: E402
+from agent.settings.config import Settings  # noqa: E402
+from agent.storage.database import Database  # noqa: E402
 
 TOPICS = ["喜欢", "不喜欢", "对{}过敏", "住在{}", "在{}工作", "每周去{}", "养了一只{}", "正在学习{}"]
 THINGS = [

@@ -68,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
 async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: TextIO) -> int:
     from agent.assembly import open_agent
-    from agent.config import load_settings
-    from agent.llm import build_chat_model, build_extraction_model
-    from agent.memory_store import held_by_another_process
+    from agent.memory.store import held_by_another_process
     from agent.messages import ContentKind, IncomingMessage
-    from agent.prompt_library import PromptLibrary
-    from agent.scripted_model import render
+    from agent.model.factory import build_chat_model, build_extraction_model
+    from agent.model.scripted import render
+    from agent.prompts.library import PromptLibrary
+    from agent.settings.config import load_settings
 
     def say(text: str = "") -> None:
         out.write(text + "\n")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 import time
 
-from agent.config import load_settings
 from agent.errors import ConfigError
+from agent.settings.config import load_settings
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -72,8 +73,8 @@ def _notify(args: argparse.Namespace) -> int:
     """Send a proactive notice through the custom-robot webhook (ACCESS_TOKEN), via the outbox."""
     import asyncio
 
-    from api.notices import send_notice
-    from api.outbox import OutboxState
+    from api.delivery.notices import send_notice
+    from api.delivery.outbox import OutboxState
 
     try:
         settings = load_settings(runnable=False)
@@ -96,13 +97,27 @@ def _notify(args: argparse.Namespace) -> int:
 # Commands that live in their own module: each defines `add_parser(subparsers)`, which registers the
 # command and sets `handler` (a function of the parsed args returning the exit code). Heavy imports stay
 # inside the handlers, so `dingbot --help` is quick.
-COMMAND_MODULES = ("dingbot.doctor", "dingbot.chat", "dingbot.simulate", "dingbot.prompt_tests")
+COMMAND_MODULES = (
+    "dingbot.doctor",
+    "dingbot.chat",
+    "dingbot.simulate",
+    "dingbot.prompt_tests",
+    "dingbot.settings_reference",
+)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("dinghook")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dingbot", description="DingHook, a DingTalk assistant that remembers."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the service (same as python -m dingbot.server)")
     sign = sub.add_parser("sign", help="print timestamp and sign headers for a test callback (uses SECRET)")

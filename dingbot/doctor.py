@@ -1,6 +1,6 @@
 """`dingbot doctor`: the user guide's troubleshooting list as one command.
 
-Gathers the checks (agent/diagnostics.py, agent/diagnostics_memory.py, api/dingtalk/diagnostics.py),
+Gathers the checks (agent/diagnostics/model.py, agent/diagnostics/memory.py, api/dingtalk/diagnostics.py),
 renders them (✓ ok, ✗ problem, ! warning, - skipped; or `--json`) and sets the exit code: 0 when nothing
 failed, 1 when a check failed, 2 when the settings themselves are invalid. No secret is ever printed:
 the checks show at most a secret's last 4 characters, and a last pass masks any that slipped through.
@@ -18,7 +18,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.diagnostics import Check
+    from agent.diagnostics.checks import Check
 
 DEFAULT_MODEL_TIMEOUT = 20.0
 SYMBOLS = {"ok": "✓", "fail": "✗", "warn": "!", "skip": "-"}
@@ -93,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
 
 def gather(args: argparse.Namespace) -> tuple[list[Check], dict[str, Any], list[str]]:
     """(checks in order, facts for the header, the secret values to mask)."""
-    from agent.config import load_settings
-    from agent.diagnostics import model_checks, new_check, secret_values
-    from agent.diagnostics_memory import embedding_check, storage_checks, stored_dims_check
+    from agent.diagnostics.checks import new_check, secret_values
+    from agent.diagnostics.memory import embedding_check, storage_checks, stored_dims_check
+    from agent.diagnostics.model import model_checks
     from agent.errors import ConfigError, PromptError
-    from agent.model_errors import public_endpoint
-    from agent.prompt_library import PromptLibrary
+    from agent.model.errors import public_endpoint
+    from agent.prompts.library import PromptLibrary
+    from agent.settings.config import load_settings
     from api.dingtalk.diagnostics import dingtalk_checks
 
     settings_check = new_check("settings.valid", "settings valid, prompts load", "配置有效，提示词可加载")
@@ -171,7 +172,7 @@ def _exit_code(checks: list[Check]) -> int:
 
 
 def _redact(text: str, secrets: list[str]) -> str:
-    from agent.diagnostics import mask
+    from agent.diagnostics.checks import mask
 
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 6:  # shorter ones would mask ordinary words; the checks never show them

@@ -1,4 +1,4 @@
-"""`dingbot prompts test`: run the prompt regression cases in prompts/tests/ (agent/prompt_cases.py)."""
+"""`dingbot prompts test`: run the prompt regression cases in prompts/tests/ (agent/prompts/cases.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
 def _prompts_folder(args: argparse.Namespace) -> Path:
     if args.prompts_dir is not None:
         return Path(args.prompts_dir)
-    from agent.config import load_settings
+    from agent.settings.config import load_settings
 
     return load_settings(runnable=False).prompts_dir
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.errors import ConfigError, PromptError
-    from agent.prompt_cases import CaseFileError, load_cases, run_cases
+    from agent.prompts.cases import CaseFileError, load_cases, run_cases
 
     started = time.perf_counter()
     try:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import uvicorn
 
-from agent.config import Settings, load_settings
-from agent.embeddings import build_embeddings
 from agent.errors import ConfigError, PromptError
-from agent.memory_store import check_stored_dims
-from agent.prompt_library import PromptLibrary
+from agent.memory.embeddings import build_embeddings
+from agent.memory.store import check_stored_dims
+from agent.prompts.library import PromptLibrary
+from agent.settings.config import Settings, load_settings
 from api.app import create_app
 from dingbot.logs import configure_logging
 

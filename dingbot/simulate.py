@@ -32,7 +32,7 @@ from dingbot.simulate_webhook import (
 )
 
 if TYPE_CHECKING:
-    from agent.config import Settings
+    from agent.settings.config import Settings
 
 DEFAULT_USER = "sim-user"  # a fixed sender: memory and history carry over between runs
 DEFAULT_NICK = "模拟用户"
@@ -221,8 +221,8 @@ def _default_timeout(settings: Settings) -> float:
 def simulate(args: argparse.Namespace, out: TextIO) -> int:
     import httpx
 
-    from agent.config import load_settings
     from agent.errors import ConfigError
+    from agent.settings.config import load_settings
     from api.dingtalk.signature import compute_sign
 
     try:

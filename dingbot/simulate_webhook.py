@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from dingbot.simulate_view import Part
 
 if TYPE_CHECKING:
-    from agent.config import Settings
+    from agent.settings.config import Settings
 
 EXIT_REPLY, EXIT_NO_REPLY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
 WEBHOOK_PATH = "/robot/sendBySession"

@@ -12,8 +12,8 @@ from langchain_core.language_models import BaseChatModel
 
 from agent.assembly import open_agent
 from agent.assistant import Assistant
-from agent.config import Settings
 from agent.messages import IncomingMessage
+from agent.settings.config import Settings
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from agent.config import Settings
+from agent.settings.config import Settings
 from api.app import create_app
 from tests import network_guard
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.config import Settings
+from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted

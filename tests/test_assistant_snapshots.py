@@ -8,8 +8,8 @@ from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from agent.config import Settings
 from agent.messages import IncomingMessage
+from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
 from tests.fakes.models import RecordingChatModel, render
 from tests.snapshot import assert_snapshot

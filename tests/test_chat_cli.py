@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_PROMPTS_DIR, Settings
+from agent.settings.config import DEFAULT_PROMPTS_DIR, Settings
 from dingbot.cli import main
 from tests.conftest import serve
 from tests.fakes.servers import FakeOpenAI, Scripted

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Provider, Settings, load_settings
 from agent.errors import ConfigError
+from agent.settings.choices import Provider
+from agent.settings.config import Settings, load_settings
 from tests.conftest import subprocess_env
 
 
@@ -88,17 +89,17 @@ def test_missing_key_names_both_ways_out() -> None:
     ("name", "value", "fix"),
     [
         ("PORT", "eighty", "PORT=8080"),
-        ("PORT", "70000", "PORT=8080"),
+        ("PORT", "70000", "use a whole number from 1 to 65535, e.g. PORT=8080"),
         ("OPENAI_API_BASE", "localhost:11434", "https://api.openai.com/v1"),
         ("OPENAI_TIMEOUT", "-1", "OPENAI_TIMEOUT=60"),
         ("BOT_TIMEZONE", "Mars/Base", "Asia/Shanghai"),
         ("FORCE_MOCK_OPENAI", "maybe", "1/true/yes"),
         ("HISTORY_TURNS", "many", "HISTORY_TURNS=10"),
         ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
-        ("DINGTALK_SIGN_WINDOW_SECONDS", "7200", "3600"),
-        ("DINGTALK_MODE", "websocket", "stream (a WebSocket"),
-        ("DINGTALK_REPLY_STYLE", "typewriter", "card (an AI card"),
-        ("DINGTALK_STREAM_IDLE_SECONDS", "1", "e.g. 180"),
+        ("DINGTALK_SIGN_WINDOW_SECONDS", "7200", "greater than 0, at most 3600"),
+        ("DINGTALK_MODE", "websocket", "use one of http, stream, both"),
+        ("DINGTALK_REPLY_STYLE", "typewriter", "use one of card, plain"),
+        ("DINGTALK_STREAM_IDLE_SECONDS", "1", "from 5 to 3600, e.g. DINGTALK_STREAM_IDLE_SECONDS=180"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable_and_the_fix(

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 import api.app
-from agent.config import Settings
-from agent.database import Database
-from agent.history import HistoryStore, Turn
+from agent.memory.history import HistoryStore, Turn
+from agent.settings.config import Settings
+from agent.storage.database import Database
+from api.delivery.inbox import Inbox
+from api.delivery.outbox import Outbox
 from api.dingtalk.reply import Route
-from api.inbox import Inbox
-from api.outbox import Outbox
 from tests.assistants import person_message
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent import diagnostics_memory
-from agent.config import Settings
-from agent.diagnostics import Status, check_key, mask
-from agent.memory_store import held_by_another_process
+from agent.diagnostics import memory as diagnostics_memory
+from agent.diagnostics.checks import Status, mask
+from agent.diagnostics.model import check_key
+from agent.memory.store import held_by_another_process
+from agent.settings.config import Settings
 from dingbot.cli import main
 from tests.conftest import serve
 from tests.fakes.gateway import CLIENT_ID as GATEWAY_CLIENT_ID

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import Settings
 from agent.limits import RateLimiter
+from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Settings
+from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
 
 # Read at import: the hermetic fixture clears OPENAI_* from the environment of every test.

@@ -11,9 +11,9 @@ import pytest
 from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
-from agent.config import Settings
-from agent.llm import build_chat_model
 from agent.messages import IncomingMessage
+from agent.model.factory import build_chat_model
+from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
 from tests.fakes.servers import FakeOpenAI, Scripted
 

@@ -22,12 +22,12 @@ from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 
 from agent.assistant import Assistant
-from agent.config import Settings
-from agent.embeddings import LocalEmbeddings
 from agent.errors import ConfigError
-from agent.llm import build_chat_model
+from agent.memory.embeddings import LocalEmbeddings
 from agent.messages import IncomingMessage
-from agent.prompts import load_prompts
+from agent.model.factory import build_chat_model
+from agent.prompts.loader import load_prompts
+from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
 
 LIVE = os.environ.get("DINGBOT_LIVE_TESTS") == "1"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.commands import parse_command
-from agent.config import Settings
+from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
 from tests.test_mem0_integration import SNACK, WXM, turn
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.memory import parse_facts
-from agent.memory_guard import unsafe_reason
+from agent.memory.guard import unsafe_reason
+from agent.memory.service import parse_facts
 
 
 @pytest.mark.parametrize(

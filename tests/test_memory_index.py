@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.memory_index import PersonIndex
+from agent.memory.index import PersonIndex
 
 ROWS: dict[str, list[tuple[str, str, dict[str, Any], list[float]]]] = {
     "alice": [

@@ -14,8 +14,8 @@ from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from pydantic import Field
 
-from agent.config import Settings
-from agent.llm import MockExtractionModel
+from agent.model.mock import MockExtractionModel
+from agent.settings.config import Settings
 from tests.assistants import open_assistant
 from tests.test_mem0_integration import WXM, FailingEmbeddings, turn
 from tests.test_memory_commands import GROUP, files_containing

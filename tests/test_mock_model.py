@@ -6,9 +6,9 @@ import asyncio
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from agent.config import DEFAULT_PROMPTS_DIR
-from agent.llm import MockChatModel
-from agent.prompts import load_prompts
+from agent.model.mock import MockChatModel
+from agent.prompts.loader import load_prompts
+from agent.settings.config import DEFAULT_PROMPTS_DIR
 
 TEMPLATE = load_prompts(DEFAULT_PROMPTS_DIR).reply_template("mock_reply")
 

@@ -6,9 +6,9 @@ import httpx
 import openai
 import pytest
 
-from agent.config import Settings
 from agent.errors import ModelErrorKind
-from agent.model_errors import classify_model_error, public_endpoint
+from agent.model.errors import classify_model_error, public_endpoint
+from agent.settings.config import Settings
 
 SETTINGS = Settings(
     _env_file=None, openai_api_key="k", openai_api_base="http://user:pw@localhost:11434/v1?x=1"

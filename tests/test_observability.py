@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import Callable
 
-from agent.config import Settings
+from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 
-from agent.database import Database
-from api.courier import Courier, Delivery
+from agent.storage.database import Database
+from api.delivery.courier import Courier, Delivery
+from api.delivery.outbox import Outbox
 from api.dingtalk.reply import Route
 from api.dingtalk.sender import SessionWebhookSender
-from api.outbox import Outbox
 from tests.fakes.servers import FakeDingTalk
 
 WEBHOOK = "/robot/sendBySession"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_PROMPTS_DIR
-from agent.prompt_cases import CaseFileError, PromptCase, load_cases, run_cases
+from agent.prompts.cases import CaseFileError, PromptCase, load_cases, run_cases
+from agent.settings.config import DEFAULT_PROMPTS_DIR
 from dingbot.cli import main
 
 SHIPPED = load_cases(DEFAULT_PROMPTS_DIR)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_PROMPTS_DIR, Settings
 from agent.errors import PromptError
-from agent.prompt_library import PromptLibrary
+from agent.prompts.library import PromptLibrary
+from agent.settings.config import DEFAULT_PROMPTS_DIR, Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
@@ -64,7 +64,7 @@ def test_a_broken_edit_keeps_the_last_good_prompts_and_says_why(
 ) -> None:
     library = PromptLibrary(prompts)
     edit(prompts / "system.md", "当前时间：{now}", "当前时间：{now} {wether}")
-    with caplog.at_level(logging.WARNING, logger="agent.prompt_library"):
+    with caplog.at_level(logging.WARNING, logger="agent.prompts.library"):
         text = system_text(library)
     assert "{wether}" not in text  # the last good version
     assert "当前时间：{now}" in text

@@ -13,12 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from pydantic import SecretStr
 
-from agent.database import Database
-from api.courier import Courier
+from agent.storage.database import Database
+from api.delivery.courier import Courier
+from api.delivery.outbox import Outbox
 from api.dingtalk.robot_webhook import ROBOT_SENDS_PER_MINUTE, RobotWebhookSender, notice_body
 from api.dingtalk.sender import SessionWebhookSender
 from api.dingtalk.signature import compute_sign
-from api.outbox import Outbox
 from tests.fakes.servers import FakeDingTalk
 
 ROBOT_SECRET = "SEC-robot-secret"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import api.app
-from agent.config import Settings
+from agent.settings.config import Settings
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from agent.config import Settings
+from agent.settings.config import Settings
 from api.dingtalk.parse import parse_callback
 from api.dingtalk.reply import webhook_allowed
 from api.dingtalk.signature import verify_callback

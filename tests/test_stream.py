@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.config import DingTalkMode, Settings
+from agent.settings.choices import DingTalkMode
+from agent.settings.config import Settings
 from api.dingtalk.stream import StreamConnection, StreamState, StreamStatus
 from api.metrics import Metrics
 from api.routes.health import stream_blocks_readiness

@@ -4,7 +4,7 @@ Create a card instance from the template (`POST /v1.0/card/instances`, flowStatu
 deliver it to the conversation (`POST /v1.0/card/instances/deliver`; in groups the sender is @-mentioned),
 then `PUT /v1.0/card/streaming` with the full text so far (a fresh guid each time, `isFull`), and finish:
 the last streaming update with `isFinalize` (and `isError` for a failure), then the card's flowStatus 3
-(done) or 5 (failed). The finish goes through the outbox (api/courier.py), so it is retried, and a card
+(done) or 5 (failed). The finish goes through the outbox (delivery/courier.py), so it is retried, and a card
 that cannot be finished falls back to plain messages. Needs Card.Instance.Write and Card.Streaming.Write.
 """
 

@@ -11,8 +11,8 @@ import time
 
 import httpx
 
-from agent.config import Settings
-from agent.diagnostics import Check, mask, ms, new_check
+from agent.diagnostics.checks import Check, mask, ms, new_check
+from agent.settings.config import Settings
 from api.dingtalk.openapi import AccessTokens, TokenError
 from api.dingtalk.robot_webhook import RobotWebhookSender, notice_body
 from api.dingtalk.sender import SendResult

@@ -30,7 +30,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus, WebSocketException
 
-from agent.config import Settings
+from agent.settings.config import Settings
 from api.dingtalk.stream_frames import (
     BOT_MESSAGE_TOPIC,
     Frame,

@@ -1,4 +1,4 @@
-"""POST /dingtalk/callback: verify on the raw request, parse, then the intake (api/intake.py); ack at once."""
+"""POST /dingtalk/callback: verify on the raw request, parse, then the intake (delivery/intake.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from api.delivery.intake import Outcome, take_in
 from api.deps import ServicesDep
 from api.dingtalk.parse import PayloadError, parse_callback
 from api.dingtalk.signature import SignatureError, verify_callback
-from api.intake import Outcome, take_in
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["dingtalk"])

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agent.config import DingTalkMode
+from agent.settings.choices import DingTalkMode
 from api.deps import ServicesDep
 from api.dingtalk.stream import StreamState, StreamStatus
 from api.services import Services

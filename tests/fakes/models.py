@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from agent.scripted_model import RecordingChatModel, render
+from agent.model.scripted import RecordingChatModel, render
 
 __all__ = ["RecordingChatModel", "render"]

@@ -17,9 +17,9 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
-from agent.config import Settings
 from agent.errors import ConfigError
-from agent.memory_index import PersonIndex
+from agent.memory.index import PersonIndex
+from agent.settings.config import Settings
 
 COLLECTION = "dingbot_memories"
 

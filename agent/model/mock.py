@@ -1,4 +1,5 @@
-"""The chat model factory: a real OpenAI-compatible model, Azure, or the offline mock."""
+"""The offline models of mock mode: a chat model whose answer shows what it was given, and a
+deterministic fact extractor. Nothing here touches the network."""
 
 from __future__ import annotations
 
@@ -6,14 +7,11 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-
-from agent.config import Provider, Settings
 
 _MEMORY_BLOCK = re.compile(r"<memories>(.*?)</memories>", re.DOTALL)
 
@@ -111,40 +109,6 @@ class MockChatModel(_OfflineModel):
             yield chunk
 
 
-def build_chat_model(settings: Settings, *, mock_reply_template: str | Callable[[], str]) -> BaseChatModel:
-    """Build the chat model the settings describe. Build it once: the first ChatOpenAI costs ~100 ms.
-
-    `mock_reply_template` is the mock model's answer template (replies.yaml `mock_reply`), or a function
-    returning the one in use now, so an edited template shows without a restart."""
-    provider = settings.provider
-    if provider is Provider.MOCK:
-        if callable(mock_reply_template):
-            return MockChatModel(reply_template=mock_reply_template(), template_source=mock_reply_template)
-        return MockChatModel(reply_template=mock_reply_template)
-
-    # Imported here: langchain_openai costs ~0.5 s to import, and mock mode never needs it.
-    from langchain_openai import AzureChatOpenAI, ChatOpenAI
-
-    assert settings.openai_api_key is not None  # Settings.check_runnable guarantees it
-    if provider is Provider.AZURE:
-        parts = urlsplit(settings.openai_api_base)
-        return AzureChatOpenAI(
-            azure_endpoint=f"{parts.scheme}://{parts.netloc}",
-            azure_deployment=settings.openai_model,
-            api_version=settings.openai_api_version,
-            api_key=settings.openai_api_key,
-            timeout=settings.openai_timeout,
-            max_retries=settings.openai_max_retries,
-        )
-    return ChatOpenAI(
-        model=settings.openai_model,
-        base_url=settings.openai_api_base,
-        api_key=settings.openai_api_key,
-        timeout=settings.openai_timeout,
-        max_retries=settings.openai_max_retries,
-    )
-
-
 _CLAUSES = re.compile(r"[，。！？；,.!?;\n]+")
 _QUESTION = re.compile(
     r"[?？]|吗|什么|怎么|为什么|哪|谁|几|多少|是否|\b(what|how|why|where|who|which|can i|do i)\b", re.I
@@ -186,8 +150,3 @@ class MockExtractionModel(_OfflineModel):
         humans = [m for m in messages if isinstance(m, HumanMessage)]
         text = _content_text(humans[-1]) if humans else ""
         return json.dumps({"facts": self.facts(text)}, ensure_ascii=False)
-
-
-def build_extraction_model(settings: Settings, chat_model: BaseChatModel) -> BaseChatModel:
-    """Fact extraction runs on the same chat model as the conversation; mock mode has its own."""
-    return MockExtractionModel() if settings.provider is Provider.MOCK else chat_model

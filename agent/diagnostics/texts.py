@@ -1,11 +1,12 @@
 """Chinese texts for `dingbot doctor`: the cause and the fix of a classified model error, in the words
-of agent/model_errors.py (which gives them in English, for the log)."""
+of agent/model/errors.py (which gives them in English, for the log)."""
 
 from __future__ import annotations
 
-from agent.config import Provider, Settings
 from agent.errors import ModelError, ModelErrorKind
-from agent.model_errors import key_test_command, public_endpoint
+from agent.model.errors import key_test_command, public_endpoint
+from agent.settings.choices import Provider
+from agent.settings.config import Settings
 
 MOCK_SKIP = (
     "mock mode (FORCE_MOCK_OPENAI=1): the built-in mock model answers, no model endpoint is used",

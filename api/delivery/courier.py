@@ -18,12 +18,12 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+from api.delivery.outbox import Channel, Outbox, OutboxState, Outgoing
 from api.dingtalk.cards import CardSender
 from api.dingtalk.openapi import OpenApiSender
 from api.dingtalk.robot_webhook import ROBOT_SENDS_PER_MINUTE, THROTTLE_PAUSE_SECONDS, RobotWebhookSender
 from api.dingtalk.sender import SendResult, SessionWebhookSender
 from api.metrics import Metrics
-from api.outbox import Channel, Outbox, OutboxState, Outgoing
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from agent.config import Settings
-from agent.database import Database
-from api.courier import Courier
+from agent.settings.config import Settings
+from agent.storage.database import Database
+from api.delivery.courier import Courier
+from api.delivery.outbox import Outbox, OutboxState
 from api.dingtalk.robot_webhook import RobotWebhookSender, notice_body
 from api.dingtalk.sender import SessionWebhookSender
-from api.outbox import Outbox, OutboxState
 
 
 @dataclass(frozen=True, slots=True)

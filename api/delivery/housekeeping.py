@@ -6,12 +6,12 @@ import asyncio
 import logging
 import time
 
-from agent.history import HistoryStore
 from agent.limits import RateLimiter
-from api.courier import Courier
-from api.delivery import Dispatcher
-from api.inbox import MAX_ATTEMPTS, Inbox
-from api.outbox import Outbox
+from agent.memory.history import HistoryStore
+from api.delivery.courier import Courier
+from api.delivery.dispatcher import Dispatcher
+from api.delivery.inbox import MAX_ATTEMPTS, Inbox
+from api.delivery.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

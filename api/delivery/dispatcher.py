@@ -17,11 +17,11 @@ from agent.assistant import Assistant
 from agent.errors import ModelErrorKind
 from agent.messages import IncomingMessage, Reply
 from agent.observe import current_message_id
-from api.courier import Courier, Delivery
+from api.delivery.courier import Courier, Delivery
+from api.delivery.inbox import Inbox
+from api.delivery.outbox import Outbox
 from api.dingtalk.cards import CardSender, CardStream
 from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
-from api.inbox import Inbox
-from api.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from agent.config import Provider, Settings
 from agent.errors import ModelError, ModelErrorKind
+from agent.settings.choices import Provider
+from agent.settings.config import Settings
 
 
 def public_endpoint(url: str) -> str:

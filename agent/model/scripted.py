@@ -1,6 +1,6 @@
 """A chat model with scripted replies that records every prompt it receives (like simonw/llm's mock).
 
-Prompt regression cases (agent/prompt_cases.py) and the tests use it: nothing leaves the process.
+Prompt regression cases (agent/prompts/cases.py) and the tests use it: nothing leaves the process.
 """
 
 from __future__ import annotations

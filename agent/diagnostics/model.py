@@ -1,7 +1,7 @@
 """`dingbot doctor`'s checks of the model endpoint (the user guide's troubleshooting list as code), and
 the `Check` every doctor check answers: a status, what was found, and the cause and the fix in English
 and Chinese. No DingTalk, no HTTP server here (design.md: agent/ imports neither). The memory and
-storage checks are in agent/diagnostics_memory.py.
+storage checks are in agent/diagnostics/memory.py.
 
 The checks go through the service's own code where it matters: `build_chat_model` for the one-token
 completion and `classify_model_error` for the cause and the fix. `GET /models` is a direct httpx call.
@@ -10,89 +10,23 @@ completion and `classify_model_error` for the cause and the fix. `GET /models` i
 from __future__ import annotations
 
 import difflib
-import enum
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
 
-from agent.config import Provider, Settings
-from agent.diagnostic_texts import MOCK_SKIP, model_error_zh
+from agent.diagnostics.checks import Check, Status, mask, ms, new_check
+from agent.diagnostics.texts import MOCK_SKIP, model_error_zh
 from agent.errors import ModelError, ModelErrorKind
-from agent.model_errors import classify_model_error, public_endpoint
+from agent.model.errors import classify_model_error, public_endpoint
+from agent.settings.choices import Provider
+from agent.settings.config import Settings
 
 PROBE_TIMEOUT_SECONDS = 5.0  # GET /models and other plain HTTP probes
 _MODEL_NAME = re.compile(r"^(gpt-|o\d|chatgpt|text-embedding|dall-e|whisper|tts-)", re.IGNORECASE)
-
-
-class Status(enum.StrEnum):
-    OK = "ok"
-    WARN = "warn"  # works, but worth a look: does not change the exit code
-    FAIL = "fail"
-    SKIP = "skip"  # could not run (mock mode, nothing configured, an earlier check failed): cause says why
-
-
-@dataclass
-class Check:
-    name: str  # stable id, e.g. "model.endpoint"
-    title: str
-    title_zh: str
-    status: Status
-    detail: str = ""  # what was found (names, numbers, timings); never a secret
-    cause: str = ""
-    cause_zh: str = ""
-    fix: str = ""
-    fix_zh: str = ""
-    elapsed_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
-
-    def failed(self, cause: str, cause_zh: str, fix: str = "", fix_zh: str = "") -> Check:
-        return self._set(Status.FAIL, cause, cause_zh, fix, fix_zh)
-
-    def warned(self, cause: str, cause_zh: str, fix: str = "", fix_zh: str = "") -> Check:
-        return self._set(Status.WARN, cause, cause_zh, fix, fix_zh)
-
-    def _set(self, status: Status, cause: str, cause_zh: str, fix: str, fix_zh: str) -> Check:
-        self.status, self.cause, self.cause_zh, self.fix, self.fix_zh = status, cause, cause_zh, fix, fix_zh
-        return self
-
-    def skipped(self, reason: str, reason_zh: str) -> Check:
-        self.status, self.cause, self.cause_zh = Status.SKIP, reason, reason_zh
-        return self
-
-
-def new_check(name: str, title: str, title_zh: str, detail: str = "") -> Check:
-    return Check(name, title, title_zh, Status.OK, detail)
-
-
-def mask(value: str) -> str:
-    """A secret as `sk-…7f2a`: never more than its last 4 characters (none of a short one)."""
-    value = value.strip()
-    if len(value) < 12:
-        return f"<{len(value)} chars>"
-    return ("sk-" if value.startswith("sk-") else "") + "…" + value[-4:]
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Every secret the settings hold, for a last redaction pass over the doctor's output."""
-    fields = (
-        settings.openai_api_key,
-        settings.secret,
-        settings.access_token,
-        settings.dingtalk_client_secret,
-        settings.dingtalk_robot_secret,
-        settings.dingtalk_outgoing_token,
-    )
-    return [f.get_secret_value() for f in fields if f is not None and f.get_secret_value().strip()]
-
-
-def ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def explain(check: Check, error: ModelError, settings: Settings) -> Check:
@@ -356,7 +290,7 @@ def _complete(check: Check, settings: Settings, timeout: float) -> ModelError | 
     """One token through the service's own chat model; the classified error when it fails."""
     from langchain_core.messages import HumanMessage
 
-    from agent.llm import build_chat_model
+    from agent.model.factory import build_chat_model
 
     waited = min(settings.openai_timeout, timeout)
     quick = settings.model_copy(update={"openai_timeout": waited, "openai_max_retries": 0})

@@ -14,8 +14,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from agent.database import Database
 from agent.messages import ContentKind, IncomingMessage
+from agent.storage.database import Database
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from agent.database import Database, erase_person_messages
+from agent.storage.database import Database, erase_person_messages
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from agent.config import Settings
 from agent.messages import IncomingMessage
 from agent.observe import current_message_id
+from agent.settings.config import Settings
 from api.dingtalk.parse import PayloadError, parse_callback
 from api.dingtalk.reply import webhook_allowed
 from api.services import Services

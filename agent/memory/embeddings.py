@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 from langchain_core.embeddings import Embeddings
 
-from agent.config import EmbeddingProvider, Provider, Settings
+from agent.settings.choices import EmbeddingProvider, Provider
+from agent.settings.config import Settings
 
 _use_model: Any = None
 _use_lock = threading.Lock()

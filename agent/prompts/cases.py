@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 
 from agent.assembly import open_agent
-from agent.config import Settings
 from agent.errors import PromptError
-from agent.history import Turn
+from agent.memory.history import Turn
 from agent.messages import ContentKind, IncomingMessage
-from agent.prompt_library import PromptLibrary
-from agent.scripted_model import RecordingChatModel, render
+from agent.model.scripted import RecordingChatModel, render
+from agent.prompts.library import PromptLibrary
+from agent.settings.config import Settings
 
 CASES_FOLDER = "tests"
 SNAPSHOTS_FOLDER = "snapshots"

@@ -1,5 +1,5 @@
 """`dingbot doctor`'s checks of long-term memory and storage: the embedder answers, its dimension matches
-the stored memories, the database and memory folders are writable and lasting. See agent/diagnostics.py.
+the stored memories, the database and memory folders are writable and lasting. See agent/diagnostics/model.py.
 
 Nothing here opens the memory store (design.md: one owner per embedded folder): the stored dimension
 comes from the running service that holds the folder, else from Qdrant's meta.json (read, like the
@@ -16,19 +16,13 @@ from pathlib import Path
 
 import httpx
 
-from agent.config import EmbeddingProvider, Settings
-from agent.diagnostics import (
-    PROBE_TIMEOUT_SECONDS,
-    Check,
-    ModelFindings,
-    explain,
-    is_azure,
-    ms,
-    new_check,
-)
+from agent.diagnostics.checks import Check, ms, new_check
+from agent.diagnostics.model import PROBE_TIMEOUT_SECONDS, ModelFindings, explain, is_azure
 from agent.errors import ModelError, ModelErrorKind
-from agent.memory_store import COLLECTION
-from agent.model_errors import classify_model_error, public_endpoint
+from agent.memory.store import COLLECTION
+from agent.model.errors import classify_model_error, public_endpoint
+from agent.settings.choices import EmbeddingProvider
+from agent.settings.config import Settings
 
 # Folders the system may empty (reboot, tmp cleaners): no place for the database or the memories.
 TEMPORARY_ROOTS: tuple[Path, ...] = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))  # noqa: S108
@@ -48,8 +42,8 @@ def embedding_check(
     settings: Settings, findings: ModelFindings, *, timeout: float
 ) -> tuple[Check, int | None]:
     """The embedder the service would use answers; returns its dimension."""
-    from agent.embeddings import build_embeddings
-    from agent.memory_store import probe_dims
+    from agent.memory.embeddings import build_embeddings
+    from agent.memory.store import probe_dims
 
     local = settings.embeddings is EmbeddingProvider.LOCAL
     check = new_check("memory.embeddings", "embedding model answers", "向量模型可用")
@@ -176,7 +170,7 @@ def stored_dims_check(
 
 def _held(settings: Settings) -> bool:
     """A running service holds the embedded folder (a lock we may not even open counts as held)."""
-    from agent.memory_store import held_by_another_process
+    from agent.memory.store import held_by_another_process
 
     try:
         return held_by_another_process(settings)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from agent.database import Database
+from agent.storage.database import Database
 from api.dingtalk.reply import Route
 
 

@@ -5,7 +5,7 @@
 - One-to-one chats recall all of the person's memories; a group recalls the speaker's memories learned
   in that group, plus their one-to-one memories only after `/memory share on`. Never another person's.
 - Facts are extracted by our own chain (prompts/memory.yaml, the conversation's chat model, or the
-  deterministic mock extractor), pass the guard in code (agent/memory_guard.py), and only then are
+  deterministic mock extractor), pass the guard in code (agent/memory/guard.py), and only then are
   stored with mem0 (`infer=False`: mem0 embeds and stores, it makes no LLM call). So the memory thread
   never waits on a model, and a poisoned extraction cannot reach the store.
 - mem0 is imported lazily, after MEM0_TELEMETRY/MEM0_DIR are set (design.md invariant 7). All mem0 calls
@@ -28,13 +28,13 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 
-from agent.config import Settings
-from agent.database import Database
 from agent.errors import ConfigError, DingbotError
-from agent.memory_guard import unsafe_reason
-from agent.memory_store import Mem0Store
+from agent.memory.guard import unsafe_reason
+from agent.memory.store import Mem0Store
 from agent.messages import ContentKind, IncomingMessage
-from agent.prompt_library import PromptLibrary
+from agent.prompts.library import PromptLibrary
+from agent.settings.config import Settings
+from agent.storage.database import Database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

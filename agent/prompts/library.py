@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import PromptError
-from agent.prompts import PromptSet, PromptSources, build_prompt_set, read_sources, read_text, read_yaml
+from agent.prompts.loader import (
+    PromptSet,
+    PromptSources,
+    build_prompt_set,
+    read_sources,
+    read_text,
+    read_yaml,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The chat model: the factory (OpenAI-compatible, Azure, mock), the offline models, error classification."""

@@ -1,0 +1,451 @@
+"""Settings: every environment variable DingHook reads, with defaults and validation.
+
+The names are a public contract: the seed's names keep the seed's meaning. Every field carries its
+description; docs/settings.md and .env.example are generated from them (`dingbot settings`). Nothing else
+in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, JsonValue, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.errors import ConfigError
+from agent.settings.choices import DingTalkMode, EmbeddingProvider, LogLevel, Provider, ReplyStyle
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+DEFAULT_PROMPTS_DIR = PROJECT_ROOT / "prompts"
+
+
+def _check_http_url(value: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    return value
+
+
+def setting(
+    default: Any, zh: str, en: str, *, section: str = "", shown: str = "", fix: str = "", **rules: Any
+) -> Any:
+    """A documented field: its Chinese and English description are the settings reference
+    (docs/settings.md, .env.example, `dingbot settings`). `section` starts a new group of the reference,
+    `shown` is the default as people should read it, `fix` replaces the hint derived from the rules."""
+    pairs = (("zh", zh), ("section", section), ("shown", shown), ("fix", fix))
+    extra: dict[str, JsonValue] = {key: value for key, value in pairs if value}
+    return Field(default, description=en, json_schema_extra=extra, **rules)
+
+
+class Settings(BaseSettings):
+    """All configuration, from the environment or a `.env` file in the working directory."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- model (names from the seed guide) ---
+    openai_api_key: SecretStr | None = setting(
+        None,
+        "必需（Mock 模式除外）；Ollama/vLLM 可填任意值",
+        "required unless mock mode; any value for Ollama/vLLM",
+        section="模型 / Model",
+    )
+    openai_api_base: str = setting(
+        "https://api.openai.com/v1",
+        "任意 OpenAI 兼容端点；`https://<资源名>.openai.azure.com/` 表示 Azure，"
+        "Ollama `http://localhost:11434/v1`，vLLM `http://localhost:8000/v1`",
+        "any OpenAI-compatible base; `https://<res>.openai.azure.com/` means Azure, "
+        "Ollama `http://localhost:11434/v1`, vLLM `http://localhost:8000/v1`",
+    )
+    openai_model: str = setting(
+        "gpt-4-turbo", "模型名；Azure 上是部署名称", "model name; on Azure the deployment name"
+    )
+    force_mock_openai: bool = setting(
+        False,
+        "`1`/`true`/`yes`：内置 Mock 模型，无需 Key、不联网",
+        "`1`/`true`/`yes`: the built-in mock model, no key, no network",
+    )
+    openai_timeout: float = setting(60.0, "每次模型调用最多等待的秒数", "seconds per model call", gt=0)
+    openai_max_retries: int = setting(
+        2, "429、5xx 和超时的重试次数", "retries on 429, 5xx and timeouts", ge=0, le=10
+    )
+    openai_api_version: str = setting(
+        "2024-10-21", "Azure 的 api-version（仅部署路径）", "Azure api-version (deployments path only)"
+    )
+
+    # --- long-term memory ---
+    embedding_provider: EmbeddingProvider = setting(
+        EmbeddingProvider.OPENAI,
+        "`openai`：与聊天模型同一端点和 Key；`local`：内置离线多语言嵌入（Mock 模式总是 `local`）",
+        "`openai`: the chat endpoint and key; `local`: the bundled offline multilingual embedder "
+        "(always in mock mode)",
+        section="长期记忆 / Long-term memory",
+    )
+    embedding_model: str = setting(
+        "text-embedding-3-small",
+        "嵌入模型（Azure 上是部署名称）",
+        "embedding model (on Azure its deployment name)",
+    )
+    embedding_dims: int | None = setting(
+        None,
+        "向量维度；与已存储的记忆不符时拒绝启动",
+        "vector size; checked against the stored memories",
+        shown="probed",
+        fix="leave it unset (probed), or give the embedder's vector size, e.g. EMBEDDING_DIMS=1536",
+        ge=8,
+        le=8192,
+    )
+    qdrant_url: str | None = setting(
+        None,
+        "使用 Qdrant 服务器而不是 `DATABASE_PATH` 旁的本地文件夹",
+        "a Qdrant server instead of the embedded folder beside `DATABASE_PATH`",
+        fix="use a full http(s) URL of a Qdrant server, e.g. QDRANT_URL=http://localhost:6333",
+    )
+    memory_top_k: int = setting(5, "每次回复最多召回几条记忆", "memories recalled per reply", ge=0, le=50)
+    memory_max_chars: int = setting(
+        1500, "提示词中记忆文本的总长度上限", "cap on recalled memory text in a prompt", ge=0, le=20000
+    )
+    memory_timeout: float = setting(
+        10.0,
+        "记忆检索或写入的超时秒数，超时则不带记忆继续",
+        "seconds for a memory search or write before going on without it",
+        gt=0,
+    )
+
+    # --- DingTalk ---
+    secret: SecretStr | None = setting(
+        None,
+        "机器人的签名密钥：校验回调并给自定义机器人 webhook 加签（应用机器人即 AppSecret）",
+        "the robot's signing secret: verifies callbacks and signs custom-robot webhook sends "
+        "(an app robot's AppSecret)",
+        section="钉钉 / DingTalk",
+    )
+    access_token: SecretStr | None = setting(
+        None,
+        "自定义机器人 webhook 的 access_token：主动推送（`dingbot notify`）和给运维的告警",
+        "custom-robot webhook token: proactive notices (`dingbot notify`) and operator alerts",
+    )
+    dingtalk_client_id: str | None = setting(
+        None,
+        "应用的 AppKey：`sessionWebhook` 过期后的 OpenAPI 发送、Stream 模式、AI 卡片",
+        "the app's AppKey: the OpenAPI send once a session webhook expired, Stream mode, AI cards",
+    )
+    dingtalk_client_secret: SecretStr | None = setting(
+        None,
+        "应用的 AppSecret；未设 `SECRET` 时也用它校验回调",
+        "the app's AppSecret; also verifies callbacks when `SECRET` is unset",
+    )
+    dingtalk_robot_secret: SecretStr | None = setting(
+        None,
+        "自定义机器人 webhook 的加签密钥（与 `SECRET` 不同时）",
+        "the custom-robot webhook's signing secret, when it differs from `SECRET`",
+        shown="= SECRET",
+    )
+    dingtalk_outgoing_token: SecretStr | None = setting(
+        None,
+        "自定义机器人 Outgoing 的 token：请求头 `token` 与它相同即代替签名",
+        "custom-robot Outgoing token: accepted in the `token` header instead of a signature",
+    )
+    dingtalk_sign_window_seconds: float = setting(
+        3600.0, "回调时间戳允许的偏差秒数", "accepted clock skew of callback timestamps", gt=0, le=3600
+    )
+    dingtalk_oapi_base: str = setting(
+        "https://oapi.dingtalk.com",
+        "钉钉 webhook 主机；`sessionWebhook` 必须在它或 `DINGTALK_API_BASE` 上",
+        "DingTalk's webhook host; session webhooks must be on it or on `DINGTALK_API_BASE`",
+    )
+    dingtalk_api_base: str = setting(
+        "https://api.dingtalk.com", "钉钉 OpenAPI 主机", "DingTalk's OpenAPI host"
+    )
+    dingtalk_mode: DingTalkMode = setting(
+        DingTalkMode.HTTP,
+        "`http`：回调发到 `/dingtalk/callback`（需要公网地址）；`stream`：服务主动连钉钉的 WebSocket，"
+        "不需要公网地址（需要应用凭证）；`both` 两者同时",
+        "`http`: callbacks at `/dingtalk/callback` (a public URL); `stream`: a WebSocket to DingTalk, "
+        "no public URL (app credentials); `both`",
+    )
+    dingtalk_stream_heartbeat_seconds: float = setting(
+        20.0, "Stream：WebSocket 心跳间隔，发现断开的连接", "Stream: WebSocket ping interval", ge=1, le=300
+    )
+    dingtalk_stream_idle_seconds: float = setting(
+        180.0,
+        "Stream：这么久收不到网关的任何帧就重连",
+        "Stream: no frame from the gateway this long means reconnect",
+        ge=5,
+        le=3600,
+    )
+    dingtalk_card_template_id: str | None = setting(
+        None,
+        "AI 卡片模板 id：回答像打字一样出现在卡片里（需要应用凭证）",
+        "AI card template: answers stream into a card (needs the app credentials)",
+    )
+    dingtalk_reply_style: ReplyStyle = setting(
+        ReplyStyle.CARD,
+        "`card`：有模板和应用凭证时用 AI 卡片；`plain`：总是普通文本/Markdown 消息",
+        "`card`: AI cards when a template and credentials are set; `plain`: text/Markdown always",
+    )
+    dingtalk_robot_code: str | None = setting(
+        None,
+        "设置后，发给其他机器人（`robotCode`）的回调返回 403；也是 OpenAPI 发送的 robotCode",
+        "when set, callbacks for another robot (`robotCode`) get 403; also the OpenAPI send's robotCode",
+    )
+    dingtalk_corp_id: str | None = setting(
+        None,
+        "设置后，来自其他组织（`chatbotCorpId`）的回调返回 403",
+        "when set, callbacks from another organisation (`chatbotCorpId`) get 403",
+    )
+
+    # --- service ---
+    host: str = setting("0.0.0.0", "监听地址", "bind address", section="服务 / Service")  # noqa: S104
+    port: int = setting(8080, "HTTP 端口", "HTTP port", ge=1, le=65535)
+    database_path: Path = setting(
+        Path("dingbot_memory.db"),
+        "SQLite 数据库（对话历史、收件箱、发件箱）；长期记忆在它旁边的 `<名字>_store/`",
+        "the SQLite database (history, inbox, outbox); long-term memory sits beside it in `<name>_store/`",
+    )
+    check_interval_seconds: float = setting(
+        60.0,
+        "后台检查周期：重发到期的回复、继续卡住的消息、复查模型、清理过期记录",
+        "period of the background check: due replies, stuck messages, the model's state, expiry",
+        gt=0,
+    )
+    workers: int = setting(4, "同时处理的消息数", "messages answered at once", ge=1, le=64)
+    retention_days: float = setting(
+        30.0, "收件箱、发件箱和短期历史保留的天数", "days inbox, outbox and history rows are kept", gt=0
+    )
+    log_level: LogLevel = setting(
+        LogLevel.INFO,
+        "日志级别；消息正文只在 `DEBUG` 记录",
+        "log level; message text is logged only at `DEBUG`",
+    )
+    operator_alerts: bool = setting(
+        True,
+        "设置了 `ACCESS_TOKEN` 时，把模型故障、记忆不可用、回复发不出去告诉机器人所在的群",
+        "with `ACCESS_TOKEN` set, tell the robot's group when the model fails, memory is down or "
+        "replies cannot be delivered",
+    )
+    alert_repeat_minutes: float = setting(
+        60.0,
+        "同一条告警最多这么多分钟发一次",
+        "the same alert is sent at most once per this many minutes",
+        gt=0,
+    )
+
+    # --- limits and access ---
+    max_message_chars: int = setting(
+        4000,
+        "更长的消息只读前这么多字，并告诉对方",
+        "longer input is truncated, with a note to the person",
+        section="限制与访问 / Limits and access",
+        ge=1,
+        le=100_000,
+    )
+    rate_limit_per_minute: int = setting(
+        20,
+        "每人每分钟最多回答几条，超出时礼貌提示（`0` 不限）",
+        "messages per person per minute, answered politely beyond (`0`: no limit)",
+        ge=0,
+        le=10_000,
+    )
+    stale_message_seconds: float = setting(
+        600.0,
+        "比这更旧的回调（按 `createAt`）只确认、不回答",
+        "older callbacks (by `createAt`) are acknowledged, not answered",
+        gt=0,
+    )
+    allowed_users: str = setting(
+        "",
+        "逗号分隔的 staffId（或 senderId）；为空表示所有人",
+        "comma-separated staff ids (or sender ids); empty: everyone",
+    )
+    allowed_groups: str = setting(
+        "",
+        "逗号分隔的群 conversationId；为空表示所有群",
+        "comma-separated conversation ids; empty: every group",
+    )
+
+    # --- conversation ---
+    history_turns: int = setting(
+        10,
+        "放进提示词的近期对话轮数",
+        "short-term turns in the prompt",
+        section="对话 / Conversation",
+        ge=0,
+        le=100,
+    )
+    group_shared_context: bool = setting(
+        False,
+        "开：群内共享一份短期历史（带发言人昵称）；关：每人一份",
+        "on: one short-term history per group, with speakers' nicks; off: one per speaker",
+    )
+    bot_name: str = setting("小钉", "提示词里助手的名字", "the assistant's name in prompts")
+    bot_timezone: str = setting(
+        "Asia/Shanghai",
+        "提示词中“当前时间”的时区",
+        'time zone of "now" in prompts',
+        fix="use an IANA time zone name, e.g. BOT_TIMEZONE=Asia/Shanghai",
+    )
+    prompts_dir: Path = setting(
+        DEFAULT_PROMPTS_DIR,
+        "提示词文件夹",
+        "the prompts folder",
+        shown="prompts/",
+        fix="point it at a folder that holds chat.yaml (the project's prompts/ folder)",
+    )
+
+    @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _valid_optional_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("bot_timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown time zone") from exc
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("openai_model", "bot_name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    # --- derived facts ---
+
+    @property
+    def mock_mode(self) -> bool:
+        return self.force_mock_openai
+
+    @property
+    def provider(self) -> Provider:
+        if self.mock_mode:
+            return Provider.MOCK
+        parts = urlsplit(self.openai_api_base)
+        host = (parts.hostname or "").lower()
+        if host.endswith(".openai.azure.com"):
+            return Provider.AZURE_V1 if "/openai/v1" in parts.path.rstrip("/") + "/" else Provider.AZURE
+        if host == "api.openai.com":
+            return Provider.OPENAI
+        if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.startswith("127."):  # noqa: S104
+            return Provider.LOCAL
+        return Provider.COMPATIBLE
+
+    @property
+    def callback_secret(self) -> SecretStr | None:
+        """The secret that verifies inbound callbacks: SECRET, else DINGTALK_CLIENT_SECRET."""
+        return self.secret or self.dingtalk_client_secret
+
+    @property
+    def allowed_user_ids(self) -> frozenset[str]:
+        return frozenset(part.strip() for part in self.allowed_users.split(",") if part.strip())
+
+    @property
+    def allowed_group_ids(self) -> frozenset[str]:
+        return frozenset(part.strip() for part in self.allowed_groups.split(",") if part.strip())
+
+    @property
+    def uses_stream(self) -> bool:
+        return self.dingtalk_mode in (DingTalkMode.STREAM, DingTalkMode.BOTH)
+
+    @property
+    def app_credentials(self) -> bool:
+        return bool(self.dingtalk_client_id and self.dingtalk_client_secret)
+
+    @property
+    def card_replies(self) -> bool:
+        """Answers stream into an AI card: a template, app credentials, and the card style chosen."""
+        return (
+            self.dingtalk_reply_style is ReplyStyle.CARD
+            and bool(self.dingtalk_card_template_id)
+            and self.app_credentials
+        )
+
+    @property
+    def embeddings(self) -> EmbeddingProvider:
+        if self.mock_mode:  # mock mode never touches the network
+            return EmbeddingProvider.LOCAL
+        return self.embedding_provider
+
+    @property
+    def memory_folder(self) -> Path:
+        """Embedded Qdrant and mem0's history DB: a folder beside DATABASE_PATH, never /tmp or ~."""
+        path = self.database_path
+        return path.parent / f"{path.stem}_store"
+
+    @property
+    def longest_answer_seconds(self) -> float:
+        """How long one answer can take at most: every model attempt timing out, plus room for the send."""
+        return self.openai_timeout * (self.openai_max_retries + 1) + 60
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.bot_timezone)
+
+    def check_runnable(self) -> None:
+        """Cross-field rules that must hold before the service starts."""
+        if not self.mock_mode and (
+            self.openai_api_key is None or not self.openai_api_key.get_secret_value().strip()
+        ):
+            raise ConfigError(
+                "OPENAI_API_KEY is not set: set OPENAI_API_KEY (any value for Ollama/vLLM), "
+                "or set FORCE_MOCK_OPENAI=1 to run on the built-in mock model"
+            )
+        if not (self.prompts_dir / "chat.yaml").is_file():
+            raise ConfigError(f"PROMPTS_DIR has no chat.yaml: {fix_hint('prompts_dir')}")
+        if self.uses_stream and not self.app_credentials:
+            raise ConfigError(
+                f"DINGTALK_MODE={self.dingtalk_mode.value} needs the app's credentials: set "
+                "DINGTALK_CLIENT_ID (AppKey) and DINGTALK_CLIENT_SECRET (AppSecret), or DINGTALK_MODE=http"
+            )
+
+
+def fix_hint(field: str) -> str:
+    from agent.settings.reference import fix_hint as hint  # the reference reads this module's Settings
+
+    return hint(field)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    name = str(error["loc"][0]).upper() if error.get("loc") else "SETTINGS"
+    raw = error.get("input")  # secrets are SecretStr and accept any text: they never fail here
+    shown = "" if isinstance(raw, dict) else f"={raw!r}"
+    reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    hint = fix_hint(name.lower())
+    return f"{name}{shown} is invalid ({reason}): {hint}"
+
+
+def load_settings(*, runnable: bool = True, **overrides: Any) -> Settings:
+    """Build Settings from the environment; a bad value becomes one ConfigError line per variable.
+
+    `runnable=False` skips the checks that only the service needs (a model key, the prompts folder).
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(dict(e)) for e in exc.errors())) from None
+    if runnable:
+        settings.check_runnable()
+    return settings

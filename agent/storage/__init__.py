@@ -1,0 +1,1 @@
+"""The service's own database: connection lanes and the schema of every table."""

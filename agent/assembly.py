@@ -71,6 +71,7 @@ async def open_agent(
                 extraction_model=extraction_model or build_extraction_model(settings, model),
                 embeddings=embeddings or build_embeddings(settings),
                 database=database,
+                observer=observer,
             )
             await service.open()
         assistant = Assistant(

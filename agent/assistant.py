@@ -26,6 +26,7 @@ from agent.memory.history import HistoryStore, Turn
 from agent.memory.service import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
 from agent.model.errors import classify_model_error
+from agent.model.health import ModelHealth
 from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import PromptSet
@@ -64,6 +65,7 @@ class Assistant:
             weakref.WeakKeyDictionary()
         )
         self.observer: Observer = observer or NoObserver()
+        self.health = ModelHealth(settings, self.observer)  # the model endpoint's state, for /readyz
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self._clock = clock or (lambda: datetime.now(settings.timezone))
 
@@ -176,8 +178,10 @@ class Assistant:
                 error.cause,
                 error.fix,
             )
-            return Reply(prompts.model_error_reply(error.kind), failed=True)
+            told = await self.health.answer_failed(error)
+            return Reply(prompts.model_error_reply(error.kind, operators_told=told), failed=True)
         self.observer.model_call(time.perf_counter() - started, None)
+        self.health.answered()
         log.info("model answered in %.0f ms (%d chars)", (time.perf_counter() - started) * 1000, len(answer))
         log.debug("model answer: %s", answer)
         structured = has_structure(answer)

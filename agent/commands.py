@@ -66,7 +66,7 @@ class CommandRunner:
 
     async def run(self, command: Command, message: IncomingMessage, history_scope: str) -> Reply:
         if command.name == "help":
-            return self._say("help", bot_name=self.bot_name)
+            return self._say("help_group" if message.is_group else "help_direct", bot_name=self.bot_name)
         if command.name == "reset":
             await self.history.clear(history_scope)
             return self._say("reset")

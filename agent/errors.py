@@ -33,8 +33,12 @@ class ModelErrorKind(enum.StrEnum):
 class ModelError(DingbotError):
     """A model call failed. `kind` selects the person's message; `cause` and `fix` are for operators."""
 
-    def __init__(self, kind: ModelErrorKind, cause: str, fix: str) -> None:
+    def __init__(
+        self, kind: ModelErrorKind, cause: str, fix: str, *, cause_zh: str = "", fix_zh: str = ""
+    ) -> None:
         super().__init__(f"{kind.value}: {cause}")
         self.kind = kind
         self.cause = cause
         self.fix = fix
+        self.cause_zh = cause_zh  # set where the Chinese cannot be derived from the kind (network causes)
+        self.fix_zh = fix_zh

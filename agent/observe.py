@@ -1,4 +1,5 @@
-"""Observation hooks: the agent reports what it did; the service decides how to count it (Prometheus).
+"""Observation hooks: the agent reports what it did and what went wrong; the service decides how to count
+it (Prometheus) and whom to tell (operator alerts).
 
 Also the id of the message being handled, for log lines (a context variable: tasks started while
 handling a message inherit it).
@@ -7,9 +8,23 @@ handling a message inherit it).
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Protocol
 
 current_message_id: ContextVar[str] = ContextVar("current_message_id", default="-")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something operators must fix: the model endpoint down, memory off, replies not delivered."""
+
+    key: str  # stable, for deduplication: "model", "memory", "delivery"
+    title: str  # English, for the log
+    title_zh: str  # Chinese, for the alert in DingTalk
+    cause: str
+    cause_zh: str
+    fix: str
+    fix_zh: str
 
 
 class Observer(Protocol):
@@ -17,10 +32,23 @@ class Observer(Protocol):
 
     def memory_recall(self, seconds: float) -> None: ...
 
+    async def problem(self, problem: Problem) -> bool:
+        """Report a problem. True when operators were told of it (now, or already within the alert
+        window, and the alert went out): only then may a person hear "the administrator was told"."""
+        ...
+
+    def resolved(self, key: str) -> None: ...
+
 
 class NoObserver:
     def model_call(self, seconds: float, error_kind: str | None) -> None:
         return
 
     def memory_recall(self, seconds: float) -> None:
+        return
+
+    async def problem(self, problem: Problem) -> bool:
+        return False
+
+    def resolved(self, key: str) -> None:
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
@@ -13,8 +14,10 @@ import httpx
 from fastapi import FastAPI
 
 from agent.assembly import open_agent
+from agent.model.health import ModelState
 from agent.settings.choices import DingTalkMode
 from agent.settings.config import Settings
+from api.alerts import OperatorAlerts, ServiceObserver
 from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.housekeeping import PeriodicCheck
@@ -56,7 +59,7 @@ def _warn_about_authentication(settings: Settings) -> None:
 
 
 def _build_courier(
-    settings: Settings, http: httpx.AsyncClient, outbox: Outbox, metrics: Metrics
+    settings: Settings, http: httpx.AsyncClient, outbox: Outbox, observer: ServiceObserver
 ) -> tuple[Courier, CardSender | None]:
     openapi = cards = None
     if settings.dingtalk_client_id and settings.dingtalk_client_secret is not None:
@@ -96,8 +99,9 @@ def _build_courier(
         openapi=openapi,
         robot=robot,
         cards=cards,
-        metrics=metrics,
+        metrics=observer.metrics,
         retry_base_seconds=_retry_base(settings),
+        observer=observer,
     )
     return courier, cards
 
@@ -115,7 +119,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(_stopped)
         stack.push_async_callback(http.aclose)
         metrics = Metrics()
-        agent = await stack.enter_async_context(open_agent(settings, observer=metrics))
+        observer = ServiceObserver(metrics)
+        agent = await stack.enter_async_context(open_agent(settings, observer=observer))
         database, assistant, memory, history = (
             agent.database,
             agent.assistant,
@@ -126,7 +131,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise RuntimeError("the service needs the memory service")
         inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)
         outbox = Outbox(database)
-        courier, cards = _build_courier(settings, http, outbox, metrics)
+        courier, cards = _build_courier(settings, http, outbox, observer)
+        alerts = OperatorAlerts(settings=settings, courier=courier, prompts=agent.prompts)
+        await observer.attach(alerts)  # problems met while opening (memory) are told now
+        stack.push_async_callback(alerts.close)
         dispatcher = Dispatcher(
             assistant=assistant,
             inbox=inbox,
@@ -139,6 +147,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         metrics.track_in_flight(lambda: dispatcher.in_flight)
         metrics.track_outbox(lambda: courier.pending)
+        health = assistant.health
+        metrics.track_model(lambda: float(health.status.state in (ModelState.OK, ModelState.MOCK)))
         check = PeriodicCheck(
             inbox=inbox,
             outbox=outbox,
@@ -149,6 +159,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             retention_days=settings.retention_days,
             retry_after_seconds=_retry_base(settings),
             limiter=assistant.limiter,
+            model=health,
         )
         services = Services(settings, database, assistant, dispatcher, memory, check, metrics, courier)
         if settings.uses_stream:
@@ -166,6 +177,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await services.stream.start()  # connects in the background: DingTalk's messages come after
             stack.push_async_callback(services.stream.stop)  # also when startup fails after this
         _warn_about_authentication(settings)
+        if settings.mock_mode:
+            log.info(
+                "mock mode: session webhooks on this machine (127.0.0.1, ::1, localhost) are accepted too, "
+                "so `dingbot simulate` and `dingbot catch` work without DINGTALK_OAPI_BASE"
+            )
+        else:  # in the background: startup does not wait on the endpoint, the log says what it found
+            model_check = asyncio.create_task(health.check("startup check"), name="model-check")
+            stack.push_async_callback(_cancel, model_check)
+        if alerts.enabled:
+            log.info("operator alerts go to the custom robot's group (ACCESS_TOKEN)")
         # Everything built so far lives as long as the service: frozen out of the collector's way, so a
         # full collection of a heap this size (the embedder, mem0, LangChain) no longer stalls the event
         # loop for 100+ ms. Full collections of what remains are made 10x rarer: with the frozen heap
@@ -185,6 +206,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await services.stream.stop()  # no new messages while the ones in flight finish
         await check.stop()
         await dispatcher.drain(SHUTDOWN_GRACE_SECONDS)
+
+
+async def _cancel(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _stopped() -> None:

@@ -47,6 +47,18 @@ class Metrics:
             registry=r,
         )
 
+        self.problems = Counter(
+            "dingbot_problems",
+            "Reports of problems operators must fix, by kind: model (endpoint failing), memory, delivery",
+            ["key"],
+            registry=r,
+        )
+        self.model_ok = Gauge(
+            "dingbot_model_ok",
+            "1 while the model endpoint is ok (or mock), 0 while it is failing or not checked yet",
+            registry=r,
+        )
+
         # Stream mode (api/dingtalk/stream.py); no series at all in HTTP mode.
         self.stream_state_gauge = Gauge(
             "dingbot_stream_state",
@@ -79,6 +91,12 @@ class Metrics:
     def callback(self, outcome: str) -> None:
         self.callbacks.labels(outcome).inc()
 
+    def track_model(self, ok: Callable[[], float]) -> None:
+        self.model_ok.set_function(ok)
+
+    def problem(self, key: str) -> None:
+        self.problems.labels(key).inc()
+
     def track_outbox(self, count: Callable[[], float]) -> None:
         self.outbox_pending.set_function(count)
 
@@ -102,7 +120,7 @@ class Metrics:
     def stream_frame(self, frame_type: str) -> None:
         self.stream_frames.labels(frame_type).inc()
 
-    # agent.observe.Observer
+    # what the agent reports (through api/alerts.py's ServiceObserver)
     def model_call(self, seconds: float, error_kind: str | None) -> None:
         self.model_seconds.observe(seconds)
         if error_kind:

@@ -56,8 +56,8 @@ def _catch(args: argparse.Namespace) -> int:
 
     server = HTTPServer((args.host, args.port), Catcher)
     print(
-        f"catching replies on http://{args.host}:{args.port} (start the service with "
-        f"DINGTALK_OAPI_BASE=http://{args.host}:{args.port}); Ctrl+C to stop",
+        f"catching replies on http://{args.host}:{args.port} (a mock-mode service posts here as it is; "
+        f"with a real model start it with DINGTALK_OAPI_BASE=http://{args.host}:{args.port}); Ctrl+C to stop",
         flush=True,
     )
     try:

@@ -1,9 +1,10 @@
 """`dingbot simulate "text"`: play DingTalk against a running service.
 
-Builds a realistic robot callback (dingtalk-protocol.md), signs it with `SECRET`, hosts a one-shot
-session webhook on `DINGTALK_OAPI_BASE` (the only host the service posts replies to, so it must be a
-loopback address here), posts the callback, and prints the reply as DingTalk would show it with the
-time it took. Exit code 0 when a reply arrived, 1 when none did, 2 when the settings stop it early.
+Builds a realistic robot callback (dingtalk-protocol.md), signs it with `SECRET` when that is set (a
+mock-mode service without SECRET takes it unsigned), hosts a one-shot session webhook (on
+`DINGTALK_OAPI_BASE` when that is a loopback address, else on a free loopback port, which a mock-mode
+service accepts), posts the callback, and prints the reply as DingTalk would show it with the time it
+took. Exit code 0 when a reply arrived, 1 when none did, 2 when the settings stop it early.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def add_parser(sub: Any) -> None:
         "simulate",
         help="play DingTalk against a running service: send a signed message, print the reply",
         description=(
-            "Send one signed callback to a running service, host the session webhook it replies to "
-            "(on DINGTALK_OAPI_BASE, which must be a loopback address such as http://127.0.0.1:9000 "
-            "for both the service and this command), and print the reply as DingTalk shows it."
+            "Send one callback to a running service (signed with SECRET when set), host the session "
+            "webhook it replies to, and print the reply as DingTalk shows it. A mock-mode service "
+            "(FORCE_MOCK_OPENAI=1) needs nothing else; with a real model, set DINGTALK_OAPI_BASE to a "
+            "loopback address such as http://127.0.0.1:9000 for both the service and this command."
         ),
     )
     simulate.add_argument("text", help="what the person says")
@@ -182,7 +184,7 @@ def _check_allowed(settings: Settings, args: argparse.Namespace, conversation_id
 # --- the run ---
 
 
-def _refusal(response: Any) -> str:
+def _refusal(response: Any, *, signed: bool) -> str:
     """The status and reason of a refused callback, with the likely fix."""
     try:
         reason = str(response.json().get("error") or response.json().get("detail") or "")
@@ -190,8 +192,24 @@ def _refusal(response: Any) -> str:
         reason = response.text.strip()[:200]
     status = response.status_code
     line = f"the service refused the callback: HTTP {status} {reason or response.reason_phrase}"
-    if status == 401:
+    if status == 401 and "configured on the server" in reason:
+        line += (
+            " — the service has no SECRET and is not in mock mode, so it takes no callback: set the same "
+            "SECRET for the service and simulate (e.g. in .env) and restart the service"
+        )
+    elif status == 401 and not signed:
+        line += (
+            " — the service checks signatures: set SECRET for simulate too, the same value as the service's "
+            "(e.g. in .env, or SECRET=… dingbot simulate …)"
+        )
+    elif status == 401:
         line += " — simulate and the service must use the same SECRET (restart the service after changing it)"
+    elif status == 400 and "mock mode only" in reason:
+        line += (
+            " — the service is not in mock mode, so it replies only to DINGTALK_OAPI_BASE: to try it on this "
+            "machine, set DINGTALK_OAPI_BASE=http://127.0.0.1:9000 for both the service and simulate and "
+            "restart the service"
+        )
     elif status == 400 and "DINGTALK_OAPI_BASE" in reason:
         line += " — the service runs with another DINGTALK_OAPI_BASE: give both the same value and restart it"
     elif status == 403:
@@ -229,13 +247,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
         settings = load_settings(runnable=False)
     except ConfigError as exc:
         raise SimulateError(str(exc), EXIT_SETUP) from None
-    secret = settings.callback_secret
-    if secret is None:
-        raise SimulateError(
-            "SECRET is not set: simulate signs the callback with it, as DingTalk does; set SECRET "
-            "(the same value the service uses, e.g. in .env)",
-            EXIT_SETUP,
-        )
+    secret = settings.callback_secret  # None: unsigned, which only a mock-mode service without it takes
     callback_url, service = _callback_url(args.url, settings)
     host, port, base = webhook_address(settings, service)
     group: str | None = args.group
@@ -253,7 +265,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
     try:
         webhook = OneShotWebhook(host, port, session, started)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
+        if exc.errno == errno.EADDRINUSE and base is not None:
             raise SimulateError(
                 f"port {port} on {host} (from DINGTALK_OAPI_BASE={base}) is in use: stop what listens there "
                 f"(another simulate, or `dingbot catch`), or choose a free port in DINGTALK_OAPI_BASE "
@@ -267,6 +279,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
             EXIT_SETUP,
         ) from None
 
+    base = base or f"http://127.0.0.1:{webhook.port}"
     body = build_callback(
         args.text,
         webhook=f"{base}{WEBHOOK_PATH}?session={session}",
@@ -283,12 +296,10 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
     print(f"{nick} ({args.user}) → {bot}, {where}: {args.text}", file=out, flush=True)
 
     with webhook, httpx.Client(timeout=ACK_TIMEOUT_SECONDS, trust_env=False) as client:
-        timestamp = str(int(time.time() * 1000))
-        headers = {
-            "timestamp": timestamp,
-            "sign": compute_sign(timestamp, secret.get_secret_value()),
-            "Content-Type": "application/json; charset=utf-8",
-        }
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if secret is not None:
+            timestamp = str(int(time.time() * 1000))
+            headers |= {"timestamp": timestamp, "sign": compute_sign(timestamp, secret.get_secret_value())}
         started.append(time.perf_counter())
         try:
             response = client.post(callback_url, content=raw, headers=headers)
@@ -305,7 +316,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
             raise SimulateError(f"sending the callback to {callback_url} failed: {exc}") from None
         ack_ms = (time.perf_counter() - started[0]) * 1000
         if response.status_code != 200:
-            raise SimulateError(_refusal(response))
+            raise SimulateError(_refusal(response, signed=secret is not None))
         inline = _inline_reply(response, ack_ms / 1000)
         parts = [inline] if inline else webhook.collect(started[0] + timeout, QUIET_SECONDS)
 

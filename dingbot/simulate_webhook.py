@@ -1,7 +1,8 @@
 """`dingbot simulate`: the one-shot session webhook it hosts, and where it may listen.
 
-The service posts replies only to webhooks on DINGTALK_OAPI_BASE/DINGTALK_API_BASE, so the webhook
-listens at DINGTALK_OAPI_BASE, which must be a free loopback address other than the service's own.
+The service posts replies to webhooks on DINGTALK_OAPI_BASE/DINGTALK_API_BASE, and in mock mode to any
+address on this machine. So the webhook listens at DINGTALK_OAPI_BASE when that is a loopback address
+(which then works with a real model too), else on a free loopback port (the service must be in mock mode).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class OneShotWebhook:
         server_class = type("WebhookServer", (ThreadingHTTPServer,), {"address_family": family})
         self.server: ThreadingHTTPServer = server_class((host, port), Handler)
         self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])  # the one chosen when asked for port 0
         self.thread = threading.Thread(target=self.server.serve_forever, name="simulate-webhook", daemon=True)
 
     def __enter__(self) -> OneShotWebhook:
@@ -115,8 +117,9 @@ def suggested_base(avoid: set[int]) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, int, str]:
-    """(host, port, base) of the webhook to host: DINGTALK_OAPI_BASE, when that is on this machine."""
+def webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, int, str | None]:
+    """(host, port, base) of the webhook to host: DINGTALK_OAPI_BASE when that is on this machine, else
+    a free loopback port (port 0, base None: known once bound), which a mock-mode service accepts."""
     base = settings.dingtalk_oapi_base.rstrip("/")
     parts = urlsplit(base)
     host = parts.hostname or ""
@@ -125,18 +128,13 @@ def webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, 
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
         raise SimulateError(f"DINGTALK_OAPI_BASE={base} has no valid port", EXIT_SETUP) from None
+    if not is_loopback(host):
+        return "127.0.0.1", 0, None
     avoid = {service[1], settings.port}
-    suggestion = suggested_base(avoid)
     how = (
-        f"set DINGTALK_OAPI_BASE={suggestion} for both the service and simulate (e.g. in .env) "
+        f"set DINGTALK_OAPI_BASE={suggested_base(avoid)} for both the service and simulate (e.g. in .env) "
         "and restart the service"
     )
-    if not is_loopback(host):
-        raise SimulateError(
-            f"DINGTALK_OAPI_BASE is {base}, not this machine: the service posts replies only to "
-            f"DINGTALK_OAPI_BASE/DINGTALK_API_BASE, so for a local run {how}",
-            EXIT_SETUP,
-        )
     if scheme != "http":
         raise SimulateError(
             f"DINGTALK_OAPI_BASE is {base}: simulate hosts a plain http webhook, so {how}", EXIT_SETUP

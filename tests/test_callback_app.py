@@ -160,18 +160,42 @@ def test_each_missing_required_field_gets_400_naming_it(
 
 
 def test_session_webhook_on_a_foreign_host_is_refused(
-    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, fake_openai: Any, tmp_path: Path
 ) -> None:
-    with serve(make_settings()) as app:
+    real = make_settings(
+        database_path=tmp_path / "real" / "db.sqlite",
+        force_mock_openai=False,
+        openai_api_key="sk-test",
+        openai_api_base=f"{fake_openai.url}/v1",
+    )
+    with serve(real) as app:
         for url in (
             "https://evil.example/robot/sendBySession?session=1",
             f"{fake_dingtalk.url}@evil.example/robot",
-            fake_dingtalk.url.replace("127.0.0.1", "localhost"),
+            fake_dingtalk.url.replace("127.0.0.1", "localhost"),  # this machine, but not the configured host
             fake_dingtalk.url.replace("http://", "https://"),
         ):
             response = post(app, callback(url))
             assert response.status_code == 400, url
             assert "sessionWebhook" in response.json()["error"]
+            assert "loopback webhooks are accepted in mock mode only" in response.json()["error"]
+
+
+def test_mock_mode_also_replies_to_webhooks_on_this_machine_and_nowhere_else(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    """So `dingbot simulate` and `dingbot catch` work against the quick-start server with no set-up."""
+    with serve(make_settings(dingtalk_oapi_base="https://oapi.dingtalk.com")) as app:
+        for url in (
+            "https://evil.example/robot/sendBySession?session=1",
+            f"{fake_dingtalk.url}@evil.example/x",
+        ):
+            response = post(app, callback(url))
+            assert response.status_code == 400, url
+        on_this_machine = fake_dingtalk.webhook().replace("127.0.0.1", "localhost")
+        assert post(app, callback(on_this_machine, "你好")).status_code == 200
+        [request] = fake_dingtalk.wait_for(1, timeout=10.0)
+    assert "「你好」" in request.json()["text"]["content"]
 
 
 def test_duplicate_msg_id_is_answered_once(

@@ -100,3 +100,12 @@ def test_notify_reports_dingtalks_refusal(
     assert "errcode 310000" in err
     assert "keywords, signature, timestamp or IP whitelist" in err
     assert "robot-token" not in err
+
+
+def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"dingbot {version('dinghook')}\n"

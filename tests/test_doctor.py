@@ -228,9 +228,16 @@ def test_unreachable_base_is_named_and_later_checks_say_why_they_were_skipped(
     assert code == 1
     endpoint = checks["model.endpoint"]
     assert endpoint["status"] == "fail"
-    assert endpoint["cause"] == f"connection: could not connect from http://127.0.0.1:{port}/v1"
-    assert endpoint["fix"].startswith(f"check OPENAI_API_BASE (http://127.0.0.1:{port}/v1), that the server")
-    assert endpoint["cause_zh"].startswith("连接失败")
+    assert endpoint["cause"] == (
+        f"connection: could not connect to http://127.0.0.1:{port}/v1: connection refused by "
+        f"127.0.0.1:{port}: nothing listens there"
+    )
+    assert endpoint["fix"] == (
+        f"start the server at 127.0.0.1:{port}, or correct the port in OPENAI_API_BASE (ollama serve / vLLM)"
+    )
+    assert endpoint["cause_zh"] == (
+        f"连接失败：无法连接到 http://127.0.0.1:{port}/v1：127.0.0.1:{port} 拒绝连接：该端口没有服务在监听"
+    )
     for later in ("model.auth", "model.listed", "model.completion", "memory.embeddings"):
         assert checks[later]["status"] == "skip"
         assert checks[later]["cause"] == "the base URL is not reachable"
@@ -240,6 +247,31 @@ def test_unreachable_base_is_named_and_later_checks_say_why_they_were_skipped(
     code, text, _ = doctor(capsys)
     assert "✗ base URL reachable · 接口地址可达" in text
     assert "skipped, same reason · 跳过，原因同上" in text
+
+
+def test_a_host_name_that_does_not_resolve_is_called_a_dns_failure(
+    env: Callable[..., None], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name server is the process boundary here: it answers "no such name" for the typo."""
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("api.openai.con", b"api.openai.con"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    env(OPENAI_API_BASE="https://api.openai.con/v1", OPENAI_API_KEY="sk-" + "a" * 40)
+    code, _text, checks = doctor(capsys, "--json")
+    assert code == 1
+    endpoint = checks["model.endpoint"]
+    assert endpoint["cause"] == (
+        "connection: could not connect to https://api.openai.con/v1: the host name 'api.openai.con' "
+        "does not resolve (DNS)"
+    )
+    assert endpoint["fix"].startswith("check the host name in OPENAI_API_BASE for typos")
+    assert "域名 'api.openai.con' 无法解析（DNS）" in endpoint["cause_zh"]
+    assert "from" not in endpoint["cause"]
 
 
 def test_endpoint_without_embeddings_is_told_to_use_the_local_embedder(
@@ -289,13 +321,24 @@ def test_mock_mode_skips_the_model_and_still_checks_memory_storage_and_dingtalk(
 
 
 def test_storage_under_a_temporary_folder_or_behind_a_file_fails(
+    start_openai: Callable[..., FakeOpenAI],
     env: Callable[..., None],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(diagnostics_memory, "TEMPORARY_ROOTS", (tmp_path,))
-    env(FORCE_MOCK_OPENAI="1")
+    env(FORCE_MOCK_OPENAI="1")  # trying things out: a scratch folder is worth a warning, not a failure
+    code, _, checks = doctor(capsys, "--json")
+    assert code == 0
+    assert checks["storage.database"]["status"] == "warn"
+    assert checks["storage.database"]["cause"].startswith(
+        f"{tmp_path / 'data' / 'bot.db'} is under {tmp_path}"
+    )
+    assert checks["storage.memory"]["status"] == "warn"
+
+    server = start_openai()
+    env(FORCE_MOCK_OPENAI="0", OPENAI_API_BASE=f"{server.url}/v1")  # a real model: real conversations
     code, _, checks = doctor(capsys, "--json")
     assert code == 1
     database = checks["storage.database"]
@@ -462,6 +505,17 @@ def test_key_plausibility_for_each_provider() -> None:
     assert key(azure, "sk-proj-0123456789abcdef")[0] is Status.WARN  # an OpenAI key on Azure
     assert key(local, "ollama")[0] is Status.OK  # any value works locally
     assert key(openai, "Bearer sk-proj-0123456789")[0] is Status.FAIL
+    for placeholder in (
+        "sk-xxx",
+        "sk-your-api-key-here",
+        "your_api_key",
+        "<your-azure-key>",
+        "sk-xxx-yyy-zzz",
+    ):
+        status, cause = key(openai if placeholder.startswith("sk-") else azure, placeholder)
+        assert status is Status.FAIL, placeholder
+        assert cause.startswith("OPENAI_API_KEY is a placeholder from an example"), placeholder
+    assert key(local, "your_key")[0] is Status.OK  # a local server takes any value, placeholders too
     assert key(openai, "sk-proj-0123456789 ")[0] is Status.FAIL
 
 

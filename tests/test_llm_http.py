@@ -115,8 +115,9 @@ def test_refused_connection_gets_the_connection_message(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     text = answer(real_settings(openai_api_base=f"http://127.0.0.1:{port}/v1"))
-    assert text == "抱歉，暂时连接不上模型服务，请稍后再试。已通知管理员检查网络和服务地址。"
-    assert f"check OPENAI_API_BASE (http://127.0.0.1:{port}/v1)" in caplog.text
+    assert text == "抱歉，暂时连接不上模型服务，请稍后再试。"  # no alerts set up: nobody is said to be told
+    assert f"connection refused by 127.0.0.1:{port}: nothing listens there" in caplog.text
+    assert f"Fix: start the server at 127.0.0.1:{port}, or correct the port in OPENAI_API_BASE" in caplog.text
 
 
 def test_retries_recover_from_a_transient_500(

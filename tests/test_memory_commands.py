@@ -139,3 +139,24 @@ def test_other_people_keep_their_memories_after_someone_forgets(
             return await turn(assistant, replace(lilei, text="/memory"))
 
     assert "用户喜欢篮球" in asyncio.run(go())
+
+
+@pytest.mark.parametrize("place", ["help_direct", "help_group"])
+def test_help_lists_every_command_there_is(place: str) -> None:
+    """A command added to the parser and left out of /help fails here, for one-to-one and group alike."""
+    from agent.commands import _NAMES
+    from agent.prompts.loader import load_prompts
+    from agent.settings.config import DEFAULT_PROMPTS_DIR
+
+    text = load_prompts(DEFAULT_PROMPTS_DIR).command_reply(place, bot_name="小钉")
+    for command in sorted(set(_NAMES.values())):
+        assert f"/{command}" in text, command
+    for usage in (
+        "/memory share on|off",
+        "/forget N",
+        "/forget all",
+        "/记忆 共享 开|关",
+        "/忘记 全部",
+        "/帮助",
+    ):
+        assert usage in text, usage

@@ -14,8 +14,10 @@ from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
 
 def sample(metrics: str, name: str, **labels: str) -> float:
     label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
-    match = re.search(pattern, metrics)
+    pattern = (
+        "^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
+    )
+    match = re.search(pattern, metrics, re.MULTILINE)  # a sample line, not the # HELP text
     return float(match.group(1)) if match else 0.0
 
 
@@ -32,7 +34,9 @@ def test_readyz_and_metrics_count_what_happened(
         openai_max_retries=0,
     )
     with serve(settings) as app:
-        assert app.client.get("/readyz").json() == {"ready": True, "memory": "ok", "embedding_dims": 64}
+        ready = app.client.get("/readyz").json()
+        assert ready.pop("model_endpoint")["state"] in ("checking", "ok")  # the startup check runs meanwhile
+        assert ready == {"ready": True, "memory": "ok", "embedding_dims": 64}
         first = callback(fake_dingtalk.webhook(), "你好")
         app.post_callback(encode(first), signed_headers(SECRET))
         app.post_callback(encode(first), signed_headers(SECRET))  # duplicate
@@ -49,6 +53,13 @@ def test_readyz_and_metrics_count_what_happened(
         while app.client.get("/healthz").json()["in_flight"] and time.monotonic() < deadline:
             time.sleep(0.05)
         text = app.client.get("/metrics").text
+        endpoint = app.client.get("/readyz").json()["model_endpoint"]
+    assert endpoint["state"] == "failing"  # the 401 of the second answer: no need to wait for a check
+    assert endpoint["kind"] == "authentication"
+    assert endpoint["source"] == "answer"
+    assert "OPENAI_API_KEY" in endpoint["fix"]
+    assert sample(text, "dingbot_model_ok") == 0
+    assert sample(text, "dingbot_problems_total", key="model") == 1
     assert sample(text, "dingbot_callbacks_total", outcome="accepted") == 2
     assert sample(text, "dingbot_callbacks_total", outcome="duplicate") == 1
     assert sample(text, "dingbot_callbacks_total", outcome="refused_401") == 1

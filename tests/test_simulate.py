@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -201,27 +202,61 @@ def test_server_down_says_how_to_start_it(tmp_path: Path) -> None:
     assert "start it with `python -m dingbot.server`" in lines[0]
 
 
-def test_webhook_not_on_loopback_says_how_to_point_both_at_it(
+def test_with_the_default_oapi_base_it_listens_on_a_free_port_a_mock_service_accepts(
     same_settings: Service, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("DINGTALK_OAPI_BASE")  # the default: https://oapi.dingtalk.com
-    assert simulate_cli("你好") == 2
+    assert simulate_cli("你好") == 0
     out, err = capsys.readouterr()
-    assert out == ""  # nothing was sent
-    assert err.count("\n") == 1
-    assert err.startswith("dingbot: DINGTALK_OAPI_BASE is https://oapi.dingtalk.com, not this machine")
-    assert "set DINGTALK_OAPI_BASE=http://127.0.0.1:9000 for both the service and simulate" in err
+    assert err == ""
+    assert "你说的是：「你好」" in out
 
 
-def test_without_secret_says_so(
+def test_a_service_that_checks_signatures_tells_simulate_without_secret_what_to_set(
     same_settings: Service, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("SECRET")
-    assert simulate_cli("你好") == 2
-    out, err = capsys.readouterr()
-    assert out == ""
+    assert simulate_cli("你好") == 1
+    err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("dingbot: SECRET is not set")
+    assert err.startswith("dingbot: the service refused the callback: HTTP 401")
+    assert "the service checks signatures: set SECRET for simulate too" in err
+
+
+def test_the_quick_start_server_needs_nothing_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README command 1 (mock mode, no .env, no SECRET) then `dingbot simulate "你好"`: a reply."""
+    settings = Settings(_env_file=None, force_mock_openai=True, database_path=tmp_path / "db" / "bot.db")
+    with serve(settings) as app:
+        monkeypatch.setenv("PORT", app.url.rsplit(":", 1)[1])  # the quick start's port is 8080: taken here?
+        monkeypatch.setattr(simulate, "QUIET_SECONDS", 0.5)
+        assert simulate_cli("你好") == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "【模拟回复】" in out
+    assert "你说的是：「你好」" in out
+
+
+def test_a_real_model_service_explains_why_it_will_not_reply_to_this_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_openai: Any
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        secret=SECRET,
+        openai_api_key="sk-test",
+        openai_api_base=f"{fake_openai.url}/v1",
+        database_path=tmp_path / "db" / "bot.db",
+    )
+    with serve(settings) as app:
+        monkeypatch.setenv("PORT", app.url.rsplit(":", 1)[1])
+        monkeypatch.setenv("SECRET", SECRET)
+        assert simulate_cli("你好") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "HTTP 400" in err
+    assert "the service is not in mock mode, so it replies only to DINGTALK_OAPI_BASE" in err
+    assert "set DINGTALK_OAPI_BASE=http://127.0.0.1:9000 for both the service and simulate" in err
 
 
 def test_webhook_port_busy_says_so(same_settings: Service, capsys: pytest.CaptureFixture[str]) -> None:

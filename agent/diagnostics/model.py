@@ -19,19 +19,27 @@ from urllib.parse import urlsplit
 import httpx
 
 from agent.diagnostics.checks import Check, Status, mask, ms, new_check
-from agent.diagnostics.texts import MOCK_SKIP, model_error_zh
 from agent.errors import ModelError, ModelErrorKind
 from agent.model.errors import classify_model_error, public_endpoint
 from agent.settings.choices import Provider
 from agent.settings.config import Settings
 
+MOCK_SKIP = (
+    "mock mode (FORCE_MOCK_OPENAI=1): the built-in mock model answers, no model endpoint is used",
+    "Mock 模式（FORCE_MOCK_OPENAI=1）：由内置 Mock 模型回答，不使用模型端点",
+)
 PROBE_TIMEOUT_SECONDS = 5.0  # GET /models and other plain HTTP probes
+# Keys copied from examples and guides: sk-xxx, sk-your-api-key-here, your_api_key, <your-azure-key>…
+_PLACEHOLDER = re.compile(
+    r"^(sk-)?(x{3,}|(your|my)[-_ ]?\S*|<[^>]*>|\.\.\.|…|(api[-_]?)?key[-_]?here|changeme|placeholder|"
+    r"xxx[-_]yyy[-_]zzz|sk-xxx\S*)$",
+    re.IGNORECASE,
+)
 _MODEL_NAME = re.compile(r"^(gpt-|o\d|chatgpt|text-embedding|dall-e|whisper|tts-)", re.IGNORECASE)
 
 
 def explain(check: Check, error: ModelError, settings: Settings) -> Check:
-    cause_zh, fix_zh = model_error_zh(error, settings)
-    return check.failed(error.cause, cause_zh, error.fix, fix_zh)
+    return check.failed(error.cause, error.cause_zh or error.cause, error.fix, error.fix_zh or error.fix)
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -57,6 +65,13 @@ def check_key(settings: Settings) -> Check:
             "OPENAI_API_KEY 含有空格、引号、“Bearer ”前缀或非 ASCII 字符（多半是复制粘贴出错）",
             "set OPENAI_API_KEY to the key alone, exactly as issued",
             "OPENAI_API_KEY 只填密钥本身，与签发时完全一致",
+        )
+    if _PLACEHOLDER.search(raw) and provider is not Provider.LOCAL:  # a local server takes any value
+        return check.failed(
+            "OPENAI_API_KEY is a placeholder from an example (e.g. sk-xxx, your_…), not a real key",
+            "OPENAI_API_KEY 是示例里的占位符（如 sk-xxx、your_…），不是真实的密钥",
+            "set OPENAI_API_KEY to the key you were issued (any value for Ollama/vLLM, e.g. local)",
+            "把 OPENAI_API_KEY 设为你拿到的真实密钥（Ollama/vLLM 可填任意值，例如 local）",
         )
     if provider is Provider.OPENAI and not raw.startswith("sk-"):
         return check.failed(
@@ -155,7 +170,10 @@ def _status_error(answer: _Answer, settings: Settings) -> ModelError:
 
 
 def _transport_error(exc: httpx.HTTPError, settings: Settings) -> ModelError:
+    """The classification a model call gets, for a plain request that never got an answer: the cause
+    chain is kept, so a DNS failure or a refused connection is named as such."""
     plain = TimeoutError() if isinstance(exc, httpx.TimeoutException) else ConnectionError()
+    plain.__cause__ = exc
     return classify_model_error(plain, settings)
 
 
@@ -180,7 +198,12 @@ class ModelFindings:
     blocked: tuple[str, str] | None = None  # (reason, reason in Chinese) when the endpoint cannot be used
 
 
-def model_checks(settings: Settings, *, timeout: float) -> tuple[list[Check], ModelFindings]:
+def model_checks(
+    settings: Settings, *, timeout: float, complete: bool = True
+) -> tuple[list[Check], ModelFindings]:
+    """The endpoint checks in order. `complete=False` (the service's startup check) stops before the
+    one-token completion: base reachable, key accepted, model listed (on Azure, whose deployments are
+    not listed, the first answer tells)."""
     key = check_key(settings)
     endpoint = new_check("model.endpoint", "base URL reachable", "接口地址可达")
     auth = new_check("model.auth", "endpoint accepts the key", "端点接受该密钥")
@@ -249,6 +272,13 @@ def model_checks(settings: Settings, *, timeout: float) -> tuple[list[Check], Mo
 
     models = answer.models()
     unlisted = not azure and not _judge_listing(listed, answer, models, settings)
+    if not complete:
+        completion.skipped("not asked for", "未要求")
+        if azure:
+            listed.skipped(
+                "Azure lists no deployments: the first answer tells", "Azure 不列出部署：以首次回答为准"
+            )
+        return checks, ModelFindings()
     error = _complete(completion, settings, timeout)
     if azure:
         _judge_deployment(listed, error, models, settings)

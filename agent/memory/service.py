@@ -29,9 +29,11 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 
 from agent.errors import ConfigError, DingbotError
+from agent.memory.failures import explain_open_failure, recall_problem
 from agent.memory.guard import unsafe_reason
 from agent.memory.store import Mem0Store
 from agent.messages import ContentKind, IncomingMessage
+from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
 from agent.storage.database import Database
@@ -78,6 +80,7 @@ class MemoryService:
         extraction_model: BaseChatModel,
         embeddings: Embeddings,
         database: Database,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.prompts = prompts
@@ -90,6 +93,9 @@ class MemoryService:
         self._recall_paused_until = 0.0
         self._forgotten_at: dict[str, float] = {}
         self._writes: set[asyncio.Task[int]] = set()
+        self.observer: Observer = observer or NoObserver()
+        self.off_reason = ""  # why the store did not open, for /healthz
+        self._recall_failing = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -121,14 +127,10 @@ class MemoryService:
         except ConfigError:
             raise
         except Exception as exc:
-            log.warning(
-                "long-term memory is OFF: %s (%s). Fix: check EMBEDDING_MODEL at OPENAI_API_BASE, or set "
-                "EMBEDDING_PROVIDER=local for endpoints without embeddings (many Ollama/vLLM setups)",
-                type(exc).__name__,
-                str(exc)[:200].replace(self.settings.openai_api_key.get_secret_value(), "***")
-                if self.settings.openai_api_key
-                else str(exc)[:200],
-            )
+            problem = explain_open_failure(exc, self.settings)
+            self.off_reason = problem.cause
+            log.warning("long-term memory is OFF: %s. Fix: %s", problem.cause, problem.fix)
+            await self.observer.problem(problem)
 
     async def close(self) -> None:
         if self._executor is None:
@@ -216,7 +218,12 @@ class MemoryService:
                 cause,
                 RECALL_PAUSE_SECONDS,
             )
+            self._recall_failing = True
+            await self.observer.problem(recall_problem(exc, self.settings.memory_timeout))
             return []
+        if self._recall_failing:
+            self._recall_failing = False
+            self.observer.resolved("memory")
         memories: list[str] = []
         budget = self.settings.memory_max_chars
         for _, text in found[: self.settings.memory_top_k]:

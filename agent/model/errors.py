@@ -1,4 +1,5 @@
-"""Turn a failed model call into a ModelError: a kind for the person, a cause and a fix for operators.
+"""Turn a failed model call into a ModelError: a kind for the person, a cause and a fix for operators
+(in English for the log, in Chinese for `dingbot doctor` and alerts in DingTalk).
 
 The fixes follow the troubleshooting list of the user's guide (key, base URL, model name, network,
 balance). Nothing here prints a key: only the endpoint's scheme, host, port and path.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from agent.errors import ModelError, ModelErrorKind
+from agent.network import Reason, describe_failure
 from agent.settings.choices import Provider
 from agent.settings.config import Settings
 
@@ -109,10 +111,75 @@ def _fix(kind: ModelErrorKind, settings: Settings) -> str:
     return fixes[kind]
 
 
+KIND_ZH = {
+    ModelErrorKind.AUTHENTICATION: "认证失败",
+    ModelErrorKind.PERMISSION: "没有权限",
+    ModelErrorKind.MODEL_NOT_FOUND: "模型不存在",
+    ModelErrorKind.QUOTA: "额度已用完",
+    ModelErrorKind.RATE_LIMITED: "请求被限流",
+    ModelErrorKind.TIMEOUT: "超时",
+    ModelErrorKind.CONNECTION: "连接失败",
+    ModelErrorKind.SERVER_ERROR: "服务端错误",
+    ModelErrorKind.BAD_REQUEST: "请求被拒绝",
+    ModelErrorKind.UNKNOWN: "未知错误",
+}
+
+
+def _fix_zh(kind: ModelErrorKind, settings: Settings) -> str:
+    base = public_endpoint(settings.openai_api_base)
+    azure = settings.provider in (Provider.AZURE, Provider.AZURE_V1)
+    if kind is ModelErrorKind.AUTHENTICATION:
+        return (
+            "检查 OPENAI_API_KEY 是否完整且有效"
+            + ("（Azure：资源“密钥和终结点”页面中的 Key 1）" if azure else "")
+            + ("（OpenAI 的密钥以 sk- 开头）" if settings.provider is Provider.OPENAI else "")
+            + f"；可用 {key_test_command(settings)} 验证"
+        )
+    if kind is ModelErrorKind.MODEL_NOT_FOUND:
+        if azure:
+            return f"Azure 上 OPENAI_MODEL 是部署名称，不是模型名称（当前 {settings.openai_model!r}）"
+        return (
+            f"用 curl {base.rstrip('/')}/models 列出模型并设置 OPENAI_MODEL；"
+            "OpenAI 兼容的地址通常以 /v1 结尾（Ollama：http://localhost:11434/v1）"
+        )
+    fixes = {
+        ModelErrorKind.PERMISSION: "该密钥可能无权使用这个模型：检查密钥所属项目及权限",
+        ModelErrorKind.QUOTA: "账户额度已用完：检查该密钥的余额和账单",
+        ModelErrorKind.RATE_LIMITED: "端点正在限流：降低频率、提高限额，或调大 OPENAI_MAX_RETRIES",
+        ModelErrorKind.TIMEOUT: f"调大 OPENAI_TIMEOUT（当前 {settings.openai_timeout:g} 秒；"
+        f"本地模型可能较慢），并确认 {base} 能应答",
+        ModelErrorKind.CONNECTION: f"检查 OPENAI_API_BASE（{base}）是否正确、服务是否在运行"
+        "（ollama serve / vLLM）且本机可达，以及代理设置",
+        ModelErrorKind.SERVER_ERROR: f"端点 {base} 自身出错：稍后重试，查看其服务状态",
+        ModelErrorKind.BAD_REQUEST: "端点拒绝了请求：提示词可能超出模型上下文，或该模型不支持对话补全",
+        ModelErrorKind.UNKNOWN: "查看异常类型；用 LOG_LEVEL=DEBUG 运行以获得详情",
+    }
+    return fixes[kind]
+
+
 def classify_model_error(exc: BaseException, settings: Settings) -> ModelError:
+    base = public_endpoint(settings.openai_api_base)
     try:
         kind, detail = _kind_of(exc)
     except Exception:  # a classification bug must never cost the person their notice
         kind, detail = ModelErrorKind.UNKNOWN, type(exc).__name__
-    cause = f"{kind.value}: {detail} from {public_endpoint(settings.openai_api_base)}"
-    return ModelError(kind, cause=cause, fix=_fix(kind, settings))
+    zh = KIND_ZH[kind]
+    if kind is ModelErrorKind.CONNECTION:
+        failure = describe_failure(exc, settings.openai_api_base, "OPENAI_API_BASE")
+        local = settings.provider is Provider.LOCAL and failure.reason is Reason.REFUSED
+        return ModelError(
+            kind,
+            cause=f"connection: could not connect to {base}: {failure.detail}",
+            fix=failure.fix + (" (ollama serve / vLLM)" if local else ""),
+            cause_zh=f"{zh}：无法连接到 {base}：{failure.detail_zh}",
+            fix_zh=failure.fix_zh + ("（ollama serve / vLLM）" if local else ""),
+        )
+    if kind is ModelErrorKind.TIMEOUT:
+        cause, cause_zh = f"timeout: no answer from {base} in time", f"{zh}：{base} 没有及时应答"
+    elif detail.startswith("HTTP "):
+        cause, cause_zh = f"{kind.value}: {detail} from {base}", f"{zh}：{base} 返回 {detail}"
+    else:
+        cause, cause_zh = f"{kind.value}: {detail} from {base}", f"{zh}：{detail}（{base}）"
+    return ModelError(
+        kind, cause=cause, fix=_fix(kind, settings), cause_zh=cause_zh, fix_zh=_fix_zh(kind, settings)
+    )

@@ -12,7 +12,7 @@ the defaults for them (see prompts/groups/README.md):
     system_file: engineering.md          # optional: a system prompt of its own, beside this file
     system_extra: ...                    # optional: appended to the system prompt
     human / chat_place / memories / weekdays: ...    # optional: as in chat.yaml
-    replies: {empty: ..., commands: {help: ...}}      # optional: merged onto replies.yaml
+    replies: {empty: ..., commands: {help_group: ...}}      # optional: merged onto replies.yaml
 """
 
 from __future__ import annotations

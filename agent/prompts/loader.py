@@ -57,9 +57,11 @@ class PromptSet:
     def command_reply(self, key: str, **values: object) -> str:
         return str(self.replies["commands"][key]).format(**values)
 
-    def model_error_reply(self, kind: ModelErrorKind) -> str:
+    def model_error_reply(self, kind: ModelErrorKind, *, operators_told: bool = False) -> str:
+        """The person's notice of a failed answer; "operators were told" only when they were."""
         errors = self.replies["model_errors"]
-        return str(errors.get(kind.value) or errors["unknown"])
+        text = str(errors.get(kind.value) or errors["unknown"])
+        return text + str(self.replies["operators_told"]) if operators_told else text
 
     def unsupported_reply(self, original_type: str) -> str:
         names = self.replies["type_names"]
@@ -106,11 +108,15 @@ _REQUIRED_REPLIES: dict[str, frozenset[str]] = {
     "markdown_title": frozenset(),
     "rate_limited": frozenset({"limit"}),
     "truncated": frozenset({"limit"}),
+    "operators_told": frozenset(),
+    "operator_alert": frozenset({"bot_name", "title", "cause", "fix"}),
+    "operator_resolved": frozenset({"bot_name", "title"}),
 }
 
 
 _COMMAND_REPLIES: dict[str, frozenset[str]] = {
-    "help": frozenset({"bot_name"}),
+    "help_direct": frozenset({"bot_name"}),
+    "help_group": frozenset({"bot_name"}),
     "reset": frozenset(),
     "memory_list": frozenset({"count", "items"}),
     "memory_item": frozenset({"number", "text"}),

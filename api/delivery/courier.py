@@ -18,6 +18,7 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+from agent.observe import NoObserver, Observer, Problem
 from api.delivery.outbox import Channel, Outbox, OutboxState, Outgoing
 from api.dingtalk.cards import CardSender
 from api.dingtalk.openapi import OpenApiSender
@@ -51,6 +52,19 @@ def _bound(
     return lambda: send(body)
 
 
+def undelivered(detail: str) -> Problem:
+    """A reply given up for good: someone did not get an answer."""
+    return Problem(
+        "delivery",
+        "replies not delivered",
+        "回复发送失败",
+        f"a reply was given up: {detail}",
+        f"一条回复最终没有发出去：{detail}",
+        "see the log lines of that message (its id is on each); `dingbot doctor` checks DingTalk settings",
+        "查看该消息的日志（每行都带消息 id）；用 `dingbot doctor` 检查钉钉相关配置",
+    )
+
+
 class Courier:
     def __init__(
         self,
@@ -62,6 +76,7 @@ class Courier:
         cards: CardSender | None = None,
         metrics: Metrics | None = None,
         retry_base_seconds: float = 5.0,
+        observer: Observer | None = None,
     ) -> None:
         self._outbox = outbox
         self._webhook = webhook
@@ -73,6 +88,8 @@ class Courier:
         self._sending: set[int] = set()  # rows being sent right now in this process
         self._due_lock = asyncio.Lock()
         self.pending = 0  # pending rows at the last check, for /metrics
+        self.observer: Observer = observer or NoObserver()  # told when a reply is given up
+        self._replies_failing = False
 
     @property
     def can_notify(self) -> bool:
@@ -122,6 +139,9 @@ class Courier:
         label = f"{row.channel.value} {row.msg_id or row.id}/{row.part}"
         if result.ok:
             await self._outbox.mark_sent(row.id)
+            if self._replies_failing and row.channel is Channel.REPLY:
+                self._replies_failing = False
+                self.observer.resolved("delivery")
             return Delivery.SENT
         if result.retryable and row.attempts + 1 < MAX_SEND_ATTEMPTS:
             if result.throttled:
@@ -134,6 +154,9 @@ class Courier:
             return Delivery.RETRYING
         log.error("%s: given up after %d attempt(s): %s", label, row.attempts + 1, result.detail)
         await self._outbox.mark_failed(row.id, result.detail)
+        if row.channel is Channel.REPLY:  # a failing notice (an alert itself) is not alerted about
+            self._replies_failing = True
+            await self.observer.problem(undelivered(result.detail))
         return Delivery.FAILED
 
     async def deliver(self, rows: Iterable[Outgoing]) -> Delivery:
@@ -203,6 +226,10 @@ class Courier:
         row = await self._outbox.store_notice(body)
         await self._send_notices([row])  # this one only: queued ones are the periodic check's
         return row.id
+
+    async def status(self, row_id: int) -> tuple[OutboxState, str, float] | None:
+        """(state, last error, next attempt) of a stored reply or notice."""
+        return await self._outbox.status(row_id)
 
     async def _send_notices(self, rows: Iterable[Outgoing]) -> None:
         robot = self._robot

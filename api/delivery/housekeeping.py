@@ -1,4 +1,5 @@
-"""The periodic check, every CHECK_INTERVAL_SECONDS: send due replies, resume stuck work, expire old rows."""
+"""The periodic check, every CHECK_INTERVAL_SECONDS: send due replies, resume stuck work, expire old rows,
+and check a failing model endpoint again."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 from agent.limits import RateLimiter
 from agent.memory.history import HistoryStore
+from agent.model.health import ModelHealth, ModelState
 from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.inbox import MAX_ATTEMPTS, Inbox
@@ -29,8 +31,10 @@ class PeriodicCheck:
         retention_days: float,
         retry_after_seconds: float,
         limiter: RateLimiter | None = None,
+        model: ModelHealth | None = None,
     ) -> None:
         self._limiter = limiter
+        self._model = model
         self._inbox = inbox
         self._outbox = outbox
         self._dispatcher = dispatcher
@@ -44,6 +48,8 @@ class PeriodicCheck:
         self.runs = 0
 
     async def run_once(self) -> None:
+        if self._model is not None and self._model.status.state is ModelState.FAILING:
+            await self._model.check("periodic check")  # notices the fix without waiting for a person
         await self._courier.send_due()
         await self._dispatcher.resume(at_startup=False, retry_after_seconds=self._retry_after)
         cutoff = time.time() - self._retention_seconds

@@ -60,9 +60,12 @@ async def take_in(services: Services, message: IncomingMessage) -> Intake:
     """Accept a verified, parsed message into the inbox (or say why not). Never waits for an answer."""
     settings = services.settings
     current_message_id.set(message.message_id)
-    if not webhook_allowed(message.reply_url, [settings.dingtalk_oapi_base, settings.dingtalk_api_base]):
+    bases = [settings.dingtalk_oapi_base, settings.dingtalk_api_base]
+    if not webhook_allowed(message.reply_url, bases, loopback=settings.mock_mode):
         return Intake(
-            Outcome.REFUSED_400, "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)"
+            Outcome.REFUSED_400,
+            "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)"
+            + ("" if settings.mock_mode else "; loopback webhooks are accepted in mock mode only"),
         )
     refusal = _refused_origin(message, settings)
     if refusal:

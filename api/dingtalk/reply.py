@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 from collections.abc import Callable
@@ -23,15 +24,28 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, parsed.host.lower(), parsed.port or (443 if scheme == "https" else 80)
 
 
-def webhook_allowed(url: str, bases: list[str]) -> bool:
-    """A session webhook comes from the request body: post only to a configured DingTalk origin."""
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def webhook_allowed(url: str, bases: list[str], *, loopback: bool = False) -> bool:
+    """A session webhook comes from the request body: post only to a configured DingTalk origin, and
+    with `loopback` (mock mode: trying the service on one machine) also to this machine."""
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
         return False  # whitespace or control characters: parsers disagree on such URLs
     try:
         origin = _origin(url)
     except (httpx.InvalidURL, ValueError, TypeError):
         return False
-    return origin[0] in ("http", "https") and bool(origin[1]) and any(origin == _origin(b) for b in bases)
+    if origin[0] not in ("http", "https") or not origin[1]:
+        return False
+    return any(origin == _origin(b) for b in bases) or (loopback and is_loopback_host(origin[1]))
 
 
 def tables_to_lists(text: str) -> str:

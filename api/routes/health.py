@@ -23,7 +23,9 @@ async def healthz(services: ServicesDep) -> JSONResponse:
         "provider": services.settings.provider.value,
         "model": services.settings.openai_model if not services.settings.mock_mode else "mock",
         "in_flight": services.dispatcher.in_flight,
+        "model_endpoint": services.assistant.health.status.public(),  # checked at startup, then answers
         "memory": "ok" if services.memory.available else "off",
+        **({"memory_off": services.memory.off_reason} if services.memory.off_reason else {}),
         "memory_writes": services.memory.pending_writes,
         "prompts": {  # the loaded version, and files not in use right now (the last good one stays)
             "version": services.assistant.prompts.version,
@@ -58,7 +60,8 @@ async def readyz(request: Request) -> JSONResponse:
     memory = services.memory
     return JSONResponse(
         {
-            "ready": True,
+            "ready": True,  # a failing model endpoint is shown, not unready: people still get told
+            "model_endpoint": services.assistant.health.status.public(),
             "memory": "ok" if memory.available else "off",
             "embedding_dims": memory.embedding_dims,  # `dingbot doctor` compares it with its embedder
             **({"stream": stream.state.value} if stream is not None else {}),

@@ -1,0 +1,164 @@
+"""The model endpoint's state, so a wrong endpoint is not first noticed by a person in chat: checked at
+startup (and again while failing) with `dingbot doctor`'s own checks, and updated by every answer.
+
+One line in the log on every change of state, with the cause and the fix; operators are told through
+the observer (alerts). Answers are the ground truth: a check that passes does not clear a failure that
+answers still show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from agent.errors import ModelError, ModelErrorKind
+from agent.observe import NoObserver, Observer, Problem
+from agent.settings.config import Settings
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_SECONDS = 5.0  # per request of a check (GET /models)
+# These say the endpoint cannot answer anyone until someone changes something: failing at once.
+DOWN_KINDS = frozenset(
+    {
+        ModelErrorKind.AUTHENTICATION,
+        ModelErrorKind.PERMISSION,
+        ModelErrorKind.MODEL_NOT_FOUND,
+        ModelErrorKind.QUOTA,
+        ModelErrorKind.CONNECTION,
+    }
+)
+# These may pass by themselves: failing only when they keep happening.
+PASSING_KINDS = frozenset({ModelErrorKind.TIMEOUT, ModelErrorKind.SERVER_ERROR})
+PASSING_FAILURES_BEFORE_DOWN = 3
+
+
+class ModelState(enum.StrEnum):
+    MOCK = "mock"  # the built-in mock model: nothing to check
+    UNCHECKED = "unchecked"
+    CHECKING = "checking"
+    OK = "ok"
+    FAILING = "failing"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    state: ModelState
+    source: str = ""  # what set it: "startup check", "periodic check", "answer"
+    cause: str = ""
+    fix: str = ""
+    cause_zh: str = ""
+    fix_zh: str = ""
+    kind: str = ""  # the ModelErrorKind of a failure
+    detail: str = ""  # what a passing check found
+    since: float = 0.0  # epoch seconds of the last change
+
+    def public(self) -> dict[str, Any]:
+        """For /healthz: no secrets in any of these (causes name the endpoint without credentials)."""
+        return {key: value for key, value in asdict(self).items() if value not in ("", 0.0)}
+
+
+class ModelHealth:
+    def __init__(self, settings: Settings, observer: Observer | None = None) -> None:
+        self.settings = settings
+        self.observer: Observer = observer or NoObserver()
+        state = ModelState.MOCK if settings.mock_mode else ModelState.UNCHECKED
+        self._status = ModelStatus(state, since=time.time())
+        self._passing_failures = 0
+
+    @property
+    def status(self) -> ModelStatus:
+        return self._status
+
+    def _change(self, status: ModelStatus) -> None:
+        before, self._status = self._status, replace(status, since=time.time())
+        if status.state is ModelState.FAILING:
+            if before.state is not ModelState.FAILING or before.cause != status.cause:
+                log.warning(
+                    "model endpoint FAILING (%s): %s. Fix: %s", status.source, status.cause, status.fix
+                )
+        elif status.state is ModelState.OK and before.state is not ModelState.OK:
+            recovered = " again" if before.state is ModelState.FAILING else ""
+            log.info(
+                "model endpoint ok%s (%s)%s",
+                recovered,
+                status.source,
+                f": {status.detail}" * bool(status.detail),
+            )
+            if before.state is ModelState.FAILING:
+                self.observer.resolved("model")
+
+    async def _problem(self) -> bool:
+        status = self._status
+        return await self.observer.problem(
+            Problem(
+                "model",
+                "model endpoint failing",
+                "模型服务不可用",
+                status.cause,
+                status.cause_zh or status.cause,
+                status.fix,
+                status.fix_zh or status.fix,
+            )
+        )
+
+    # --- what answers say ----------------------------------------------------------------------
+
+    def answered(self) -> None:
+        self._passing_failures = 0
+        if self._status.state not in (ModelState.OK, ModelState.MOCK):
+            self._change(ModelStatus(ModelState.OK, "answer", detail="a model call succeeded"))
+
+    async def answer_failed(self, error: ModelError) -> bool:
+        """Record a failed answer. True when operators are told of the failure (see Observer.problem)."""
+        if error.kind in PASSING_KINDS:
+            self._passing_failures += 1
+            if self._passing_failures < PASSING_FAILURES_BEFORE_DOWN:
+                return False
+        elif error.kind not in DOWN_KINDS:
+            return False  # about this request (too long, refused content), not the endpoint
+        self._fail("answer", error.cause, error.fix, error.cause_zh, error.fix_zh, error.kind.value)
+        return await self._problem()
+
+    def _fail(self, source: str, cause: str, fix: str, cause_zh: str, fix_zh: str, kind: str) -> None:
+        self._change(ModelStatus(ModelState.FAILING, source, cause, fix, cause_zh, fix_zh, kind))
+
+    # --- checks --------------------------------------------------------------------------------
+
+    async def check(self, source: str) -> ModelStatus:
+        """Run the doctor's endpoint checks (base reachable, key accepted, model listed) in a thread."""
+        if self._status.state is ModelState.MOCK:
+            return self._status
+        if self._status.state is ModelState.UNCHECKED:
+            self._status = replace(self._status, state=ModelState.CHECKING, source=source)
+        from agent.diagnostics.checks import Status
+        from agent.diagnostics.model import check_key, model_checks
+
+        timeout = min(CHECK_TIMEOUT_SECONDS, self.settings.openai_timeout)
+        key = check_key(self.settings)
+        try:
+            if key.status is Status.FAIL:  # a missing or placeholder key: nothing to ask the endpoint
+                checks = [key]
+            else:
+                checks, _ = await asyncio.to_thread(
+                    model_checks, self.settings, timeout=timeout, complete=False
+                )
+        except Exception as exc:  # a bug in a check must never stop the service
+            log.warning("model endpoint check could not run (%s)", type(exc).__name__)
+            if self._status.state is ModelState.CHECKING:
+                self._status = replace(self._status, state=ModelState.UNCHECKED)
+            return self._status
+        failed = next((c for c in checks if c.status is Status.FAIL), None)
+        if failed is not None:
+            self._fail(source, failed.cause, failed.fix, failed.cause_zh, failed.fix_zh, failed.name)
+            await self._problem()
+        elif self._status.state is ModelState.FAILING and self._status.source == "answer":
+            pass  # the endpoint looks fine, yet answers failed: only an answer clears that
+        else:
+            found = "; ".join(f"{c.title}: {c.detail}" for c in checks if c.detail and c.name != "model.key")
+            self._change(ModelStatus(ModelState.OK, source, detail=found))
+        return self._status

@@ -54,11 +54,19 @@ class PromptRecorder:
         self.handler = Handler()
 
 
+def _echoing_input(prompt: str) -> str:
+    """`input`, and when the lines come from a pipe or file, the line shown after the prompt as if typed."""
+    line = input(prompt)
+    print(line, flush=True)
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError, PromptError
 
+    read_line = input if sys.stdin.isatty() else _echoing_input
     try:
-        return asyncio.run(chat(args, input, sys.stdout))
+        return asyncio.run(chat(args, read_line, sys.stdout))
     except (ConfigError, PromptError) as exc:
         print(f"dingbot: {exc}", file=sys.stderr)
         return 2
@@ -68,12 +76,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: TextIO) -> int:
     from agent.assembly import open_agent
+    from agent.memory.failures import describe_holders
     from agent.memory.store import held_by_another_process
     from agent.messages import ContentKind, IncomingMessage
     from agent.model.factory import build_chat_model, build_extraction_model
     from agent.model.scripted import render
     from agent.prompts.library import PromptLibrary
-    from agent.settings.config import load_settings
+    from agent.settings.loading import load_settings
 
     def say(text: str = "") -> None:
         out.write(text + "\n")
@@ -82,8 +91,11 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
     database = args.database or DEFAULT_DATABASE
     settings = load_settings(database_path=database)
     if not args.no_memory and held_by_another_process(settings):
+        who = describe_holders(settings)[0]
         print(
-            f"dingbot: the memory folder {settings.memory_folder} belongs to a running DingHook service, and "
+            f"dingbot: the memory folder {settings.memory_folder} belongs to a running DingHook service"
+            + (f" ({who})" if who else "")
+            + ", and "
             "an embedded memory store has one owner. `dingbot chat` keeps its own data "
             f"({DEFAULT_DATABASE}) unless --database says otherwise: leave out --database, stop the "
             "service, or add --no-memory.",

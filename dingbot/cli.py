@@ -9,7 +9,7 @@ import sys
 import time
 
 from agent.errors import ConfigError
-from agent.settings.config import load_settings
+from agent.settings.loading import load_settings
 
 
 def _sign(args: argparse.Namespace) -> int:

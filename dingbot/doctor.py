@@ -99,7 +99,7 @@ def gather(args: argparse.Namespace) -> tuple[list[Check], dict[str, Any], list[
     from agent.errors import ConfigError, PromptError
     from agent.model.errors import public_endpoint
     from agent.prompts.library import PromptLibrary
-    from agent.settings.config import load_settings
+    from agent.settings.loading import load_settings
     from api.dingtalk.diagnostics import dingtalk_checks
 
     settings_check = new_check("settings.valid", "settings valid, prompts load", "配置有效，提示词可加载")

@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
 def _prompts_folder(args: argparse.Namespace) -> Path:
     if args.prompts_dir is not None:
         return Path(args.prompts_dir)
-    from agent.settings.config import load_settings
+    from agent.settings.loading import load_settings
 
     return load_settings(runnable=False).prompts_dir
 

@@ -16,7 +16,8 @@ from agent.errors import ConfigError, PromptError
 from agent.memory.embeddings import build_embeddings
 from agent.memory.store import check_stored_dims
 from agent.prompts.library import PromptLibrary
-from agent.settings.config import Settings, load_settings
+from agent.settings.config import Settings
+from agent.settings.loading import load_settings
 from api.app import create_app
 from dingbot.logs import configure_logging
 

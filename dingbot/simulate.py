@@ -240,7 +240,7 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
     import httpx
 
     from agent.errors import ConfigError
-    from agent.settings.config import load_settings
+    from agent.settings.loading import load_settings
     from api.dingtalk.signature import compute_sign
 
     try:

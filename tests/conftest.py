@@ -46,21 +46,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No setting leaks in from the developer's shell or a .env file."""
+    settings_names = {name.upper() for name in Settings.model_fields}
     for name in list(os.environ):
-        if name.startswith(("OPENAI_", "DINGTALK_", "EMBEDDING_", "MEMORY_", "BOT_")) or name in {
-            "FORCE_MOCK_OPENAI",
-            "SECRET",
-            "ACCESS_TOKEN",
-            "PORT",
-            "HOST",
-            "DATABASE_PATH",
-            "LOG_LEVEL",
-            "CHECK_INTERVAL_SECONDS",
-            "WORKERS",
-            "HISTORY_TURNS",
-            "GROUP_SHARED_CONTEXT",
-            "PROMPTS_DIR",
-        }:
+        if name.upper() in settings_names or name.startswith(("OPENAI_", "DINGTALK_", "EMBEDDING_")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 

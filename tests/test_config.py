@@ -10,7 +10,8 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.settings.choices import Provider
-from agent.settings.config import Settings, load_settings
+from agent.settings.config import Settings
+from agent.settings.loading import load_settings
 from tests.conftest import subprocess_env
 
 

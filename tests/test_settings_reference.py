@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings.config import PROJECT_ROOT, Settings, load_settings
+from agent.settings.config import PROJECT_ROOT, Settings
+from agent.settings.loading import load_settings
 from agent.settings.reference import fix_hint, rows
 from dingbot.cli import main
 from dingbot.settings_reference import ENV_FILE, MARKDOWN_FILE, generated_files

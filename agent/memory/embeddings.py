@@ -45,7 +45,7 @@ def build_embeddings(settings: Settings) -> Embeddings:
         return LocalEmbeddings()
     from langchain_openai import AzureOpenAIEmbeddings, OpenAIEmbeddings
 
-    assert settings.openai_api_key is not None  # Settings.check_runnable guarantees it
+    assert settings.openai_api_key is not None  # agent/settings/loading.py check_runnable guarantees it
     common: dict[str, Any] = {
         "openai_api_key": settings.openai_api_key,
         "request_timeout": settings.openai_timeout,

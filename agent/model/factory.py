@@ -26,7 +26,7 @@ def build_chat_model(settings: Settings, *, mock_reply_template: str | Callable[
     # Imported here: langchain_openai costs ~0.5 s to import, and mock mode never needs it.
     from langchain_openai import AzureChatOpenAI, ChatOpenAI
 
-    assert settings.openai_api_key is not None  # Settings.check_runnable guarantees it
+    assert settings.openai_api_key is not None  # agent/settings/loading.py check_runnable guarantees it
     if provider is Provider.AZURE:
         parts = urlsplit(settings.openai_api_base)
         return AzureChatOpenAI(

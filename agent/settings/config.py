@@ -12,22 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, JsonValue, SecretStr, ValidationError, field_validator
+from pydantic import Field, JsonValue, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent.errors import ConfigError
 from agent.settings.choices import DingTalkMode, EmbeddingProvider, LogLevel, Provider, ReplyStyle
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_PROMPTS_DIR = PROJECT_ROOT / "prompts"
-
-
-def _check_http_url(value: str) -> str:
-    value = value.strip()
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not an http(s) URL")
-    return value
 
 
 def setting(
@@ -302,15 +293,13 @@ class Settings(BaseSettings):
         fix="point it at a folder that holds chat.yaml (the project's prompts/ folder)",
     )
 
-    @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base")
+    @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base", "qdrant_url")
     @classmethod
-    def _valid_url(cls, value: str) -> str:
-        return _check_http_url(value)
-
-    @field_validator("qdrant_url")
-    @classmethod
-    def _valid_optional_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
+    def _valid_url(cls, value: str | None) -> str | None:
+        parts = urlsplit(value.strip()) if value is not None else None
+        if parts is not None and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("not an http(s) URL")
+        return value.strip() if value is not None else None
 
     @field_validator("bot_timezone")
     @classmethod
@@ -403,49 +392,3 @@ class Settings(BaseSettings):
     @property
     def timezone(self) -> ZoneInfo:
         return ZoneInfo(self.bot_timezone)
-
-    def check_runnable(self) -> None:
-        """Cross-field rules that must hold before the service starts."""
-        if not self.mock_mode and (
-            self.openai_api_key is None or not self.openai_api_key.get_secret_value().strip()
-        ):
-            raise ConfigError(
-                "OPENAI_API_KEY is not set: set OPENAI_API_KEY (any value for Ollama/vLLM), "
-                "or set FORCE_MOCK_OPENAI=1 to run on the built-in mock model"
-            )
-        if not (self.prompts_dir / "chat.yaml").is_file():
-            raise ConfigError(f"PROMPTS_DIR has no chat.yaml: {fix_hint('prompts_dir')}")
-        if self.uses_stream and not self.app_credentials:
-            raise ConfigError(
-                f"DINGTALK_MODE={self.dingtalk_mode.value} needs the app's credentials: set "
-                "DINGTALK_CLIENT_ID (AppKey) and DINGTALK_CLIENT_SECRET (AppSecret), or DINGTALK_MODE=http"
-            )
-
-
-def fix_hint(field: str) -> str:
-    from agent.settings.reference import fix_hint as hint  # the reference reads this module's Settings
-
-    return hint(field)
-
-
-def _describe(error: dict[str, Any]) -> str:
-    name = str(error["loc"][0]).upper() if error.get("loc") else "SETTINGS"
-    raw = error.get("input")  # secrets are SecretStr and accept any text: they never fail here
-    shown = "" if isinstance(raw, dict) else f"={raw!r}"
-    reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    hint = fix_hint(name.lower())
-    return f"{name}{shown} is invalid ({reason}): {hint}"
-
-
-def load_settings(*, runnable: bool = True, **overrides: Any) -> Settings:
-    """Build Settings from the environment; a bad value becomes one ConfigError line per variable.
-
-    `runnable=False` skips the checks that only the service needs (a model key, the prompts folder).
-    """
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(dict(e)) for e in exc.errors())) from None
-    if runnable:
-        settings.check_runnable()
-    return settings

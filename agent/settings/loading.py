@@ -1,0 +1,53 @@
+"""Loading the settings: one line per rejected value naming the variable and the fix, and the rules
+across fields that must hold before the service starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.errors import ConfigError
+from agent.settings.config import Settings
+from agent.settings.reference import fix_hint
+
+
+def check_runnable(settings: Settings) -> None:
+    """Cross-field rules that must hold before the service starts."""
+    if not settings.mock_mode and (
+        settings.openai_api_key is None or not settings.openai_api_key.get_secret_value().strip()
+    ):
+        raise ConfigError(
+            "OPENAI_API_KEY is not set: set OPENAI_API_KEY (any value for Ollama/vLLM), "
+            "or set FORCE_MOCK_OPENAI=1 to run on the built-in mock model"
+        )
+    if not (settings.prompts_dir / "chat.yaml").is_file():
+        raise ConfigError(f"PROMPTS_DIR has no chat.yaml: {fix_hint('prompts_dir')}")
+    if settings.uses_stream and not settings.app_credentials:
+        raise ConfigError(
+            f"DINGTALK_MODE={settings.dingtalk_mode.value} needs the app's credentials: set "
+            "DINGTALK_CLIENT_ID (AppKey) and DINGTALK_CLIENT_SECRET (AppSecret), or DINGTALK_MODE=http"
+        )
+
+
+def _describe(error: dict[str, Any]) -> str:
+    name = str(error["loc"][0]).upper() if error.get("loc") else "SETTINGS"
+    raw = error.get("input")  # secrets are SecretStr and accept any text: they never fail here
+    shown = "" if isinstance(raw, dict) else f"={raw!r}"
+    reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    hint = fix_hint(name.lower())
+    return f"{name}{shown} is invalid ({reason}): {hint}"
+
+
+def load_settings(*, runnable: bool = True, **overrides: Any) -> Settings:
+    """Build Settings from the environment; a bad value becomes one ConfigError line per variable.
+
+    `runnable=False` skips the checks that only the service needs (a model key, the prompts folder).
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(dict(e)) for e in exc.errors())) from None
+    if runnable:
+        check_runnable(settings)
+    return settings

@@ -109,7 +109,7 @@ class CommandRunner:
             return self._say("unknown")
         visible = await self.memory.list_memories(message)
         if not visible:
-            return self._say("memory_empty")
+            return self._say("memory_empty_group" if message.is_group else "memory_empty")
         items = "\n".join(
             self.prompts.command_reply("memory_item", number=n, text=text)
             for n, (_, text) in enumerate(visible, 1)

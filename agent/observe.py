@@ -37,6 +37,10 @@ class Observer(Protocol):
         window, and the alert went out): only then may a person hear "the administrator was told"."""
         ...
 
+    def report(self, problem: Problem) -> None:
+        """Report a problem without waiting to learn whether operators were told (nobody is told so)."""
+        ...
+
     def resolved(self, key: str) -> None: ...
 
 
@@ -49,6 +53,9 @@ class NoObserver:
 
     async def problem(self, problem: Problem) -> bool:
         return False
+
+    def report(self, problem: Problem) -> None:
+        return
 
     def resolved(self, key: str) -> None:
         return

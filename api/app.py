@@ -133,7 +133,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox = Outbox(database)
         courier, cards = _build_courier(settings, http, outbox, observer)
         alerts = OperatorAlerts(settings=settings, courier=courier, prompts=agent.prompts)
-        await observer.attach(alerts)  # problems met while opening (memory) are told now
+        observer.attach(alerts)  # problems met while opening (memory) are told now
         stack.push_async_callback(alerts.close)
         dispatcher = Dispatcher(
             assistant=assistant,
@@ -172,6 +172,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = services
         # Before the first callback is accepted: every `processing` row belongs to a process that is gone.
         await dispatcher.resume(at_startup=True, retry_after_seconds=0.0)
+        if not settings.mock_mode:  # in the background: startup does not wait on the endpoint, the log
+            # says what it found. Started before the periodic check, which then finds it under way.
+            model_check = asyncio.create_task(health.check("startup check"), name="model-check")
+            stack.push_async_callback(_cancel, model_check)
         check.start()  # its first run, at once, sends replies a previous run left unsent
         if services.stream is not None:
             await services.stream.start()  # connects in the background: DingTalk's messages come after
@@ -179,12 +183,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         _warn_about_authentication(settings)
         if settings.mock_mode:
             log.info(
-                "mock mode: session webhooks on this machine (127.0.0.1, ::1, localhost) are accepted too, "
-                "so `dingbot simulate` and `dingbot catch` work without DINGTALK_OAPI_BASE"
+                "mock mode: callbacks sent from this machine may name a session webhook on it too "
+                "(127.0.0.1, ::1, localhost): `dingbot simulate` and `dingbot catch` need no set-up"
             )
-        else:  # in the background: startup does not wait on the endpoint, the log says what it found
-            model_check = asyncio.create_task(health.check("startup check"), name="model-check")
-            stack.push_async_callback(_cancel, model_check)
         if alerts.enabled:
             log.info("operator alerts go to the custom robot's group (ACCESS_TOKEN)")
         # Everything built so far lives as long as the service: frozen out of the collector's way, so a

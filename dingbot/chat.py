@@ -2,7 +2,7 @@
 
 The same assistant, prompts (reloaded when a file changes), history and long-term memory as the
 service (agent/assembly.py), with its own data folder by default: the embedded memory store has one
-owner, and a running service owns its folder (design.md).
+owner, and a running service owns its folder (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
     database = args.database or DEFAULT_DATABASE
     settings = load_settings(database_path=database)
     if not args.no_memory and held_by_another_process(settings):
-        who = describe_holders(settings)[0]
+        who = describe_holders(settings)
         print(
             f"dingbot: the memory folder {settings.memory_folder} belongs to a running DingHook service"
             + (f" ({who})" if who else "")

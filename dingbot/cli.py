@@ -88,7 +88,9 @@ def _notify(args: argparse.Namespace) -> int:
     if outcome.state is OutboxState.PENDING:
         when = time.strftime("%H:%M:%S", time.localtime(outcome.next_attempt_at))
         reason = outcome.detail or "DingTalk allows a robot 20 messages a minute"
-        print(f"queued ({reason}); the running service sends it from {when}")
+        print(
+            f"queued ({reason}): a service running with this ACCESS_TOKEN and database sends it from {when}"
+        )
         return 0
     print(f"dingbot: not sent: {outcome.detail}", file=sys.stderr)
     return 1

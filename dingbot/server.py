@@ -85,7 +85,7 @@ def main() -> int:
         log_config=None,  # keep our logging configuration
         access_log=False,  # our own lines say what happened, without bodies or URLs
         lifespan="on",
-        workers=1,  # embedded stores have one owner: never more than one process (design.md)
+        workers=1,  # embedded stores have one owner: never more than one process (docs/architecture.md)
     )
     server = _Server(config)
     server.run()  # handles SIGTERM/SIGINT: stops accepting, drains, runs the lifespan shutdown

@@ -43,6 +43,7 @@ DEFAULT_CORP_ID = "dingsimulatecorp"
 CALLBACK_PATH = "/dingtalk/callback"
 SESSION_MINUTES = 90  # DingTalk's session webhooks live about 90 minutes
 QUIET_SECONDS = 1.5  # a long reply arrives as several posts: wait this long after the last one
+MEMORY_WAIT_SECONDS = 10.0  # at most, for the service to store what the message taught
 ACK_TIMEOUT_SECONDS = 10.0  # the service acknowledges in milliseconds; this is for a hung one
 
 
@@ -206,9 +207,9 @@ def _refusal(response: Any, *, signed: bool) -> str:
         line += " — simulate and the service must use the same SECRET (restart the service after changing it)"
     elif status == 400 and "mock mode only" in reason:
         line += (
-            " — the service is not in mock mode, so it replies only to DINGTALK_OAPI_BASE: to try it on this "
-            "machine, set DINGTALK_OAPI_BASE=http://127.0.0.1:9000 for both the service and simulate and "
-            "restart the service"
+            " — the service is not in mock mode (or was reached through a proxy), so it replies only to "
+            "DINGTALK_OAPI_BASE: to try it on this machine, set DINGTALK_OAPI_BASE=http://127.0.0.1:9000 for "
+            "both the service and simulate and restart the service"
         )
     elif status == 400 and "DINGTALK_OAPI_BASE" in reason:
         line += " — the service runs with another DINGTALK_OAPI_BASE: give both the same value and restart it"
@@ -230,6 +231,19 @@ def _inline_reply(response: Any, seconds: float) -> Part | None:
     if isinstance(data, dict) and data.get("msgtype") not in (None, "empty"):
         return Part(seconds, response.content)
     return None
+
+
+def _wait_for_memory(client: Any, service: str) -> None:
+    """What this message taught is stored before the next `simulate` asks (the service learns after it
+    replied): wait, briefly, until the service has no memory write in flight."""
+    deadline = time.monotonic() + MEMORY_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if not client.get(f"{service}/healthz").json().get("memory_writes"):
+                return
+        except Exception:  # an older service, or one that stopped: nothing to wait for
+            return
+        time.sleep(0.05)
 
 
 def _default_timeout(settings: Settings) -> float:
@@ -306,7 +320,8 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
         except httpx.ConnectError as exc:
             raise SimulateError(
                 f"no service at {callback_url.removesuffix(CALLBACK_PATH)} ({exc or 'cannot connect'}): "
-                "start it with `python -m dingbot.server` (same settings / .env), or pass --url"
+                "start it (to try it: `FORCE_MOCK_OPENAI=1 python -m dingbot.server`, with the same settings "
+                "or .env as simulate), or pass --url"
             ) from None
         except httpx.TimeoutException:
             raise SimulateError(
@@ -319,6 +334,8 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
             raise SimulateError(_refusal(response, signed=secret is not None))
         inline = _inline_reply(response, ack_ms / 1000)
         parts = [inline] if inline else webhook.collect(started[0] + timeout, QUIET_SECONDS)
+        if parts:
+            _wait_for_memory(client, callback_url.removesuffix(CALLBACK_PATH))
 
     if not parts:
         raise SimulateError(

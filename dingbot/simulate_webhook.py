@@ -7,7 +7,6 @@ address on this machine. So the webhook listens at DINGTALK_OAPI_BASE when that 
 
 from __future__ import annotations
 
-import ipaddress
 import queue
 import socket
 import threading
@@ -16,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+from api.dingtalk.reply import is_loopback_host
 from dingbot.simulate_view import Part
 
 if TYPE_CHECKING:
@@ -101,15 +101,6 @@ class OneShotWebhook:
 # --- settings → where to send, where to listen ---
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def suggested_base(avoid: set[int]) -> str:
     port = 9000
     while port in avoid:
@@ -128,7 +119,7 @@ def webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, 
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
         raise SimulateError(f"DINGTALK_OAPI_BASE={base} has no valid port", EXIT_SETUP) from None
-    if not is_loopback(host):
+    if not is_loopback_host(host):
         return "127.0.0.1", 0, None
     avoid = {service[1], settings.port}
     how = (
@@ -141,7 +132,7 @@ def webhook_address(settings: Settings, service: tuple[str, int]) -> tuple[str, 
         )
     service_host, service_port = service
     same_as_service = port == service_port and (
-        is_loopback(service_host) or service_host in ("0.0.0.0", "::")  # noqa: S104
+        is_loopback_host(service_host) or service_host in ("0.0.0.0", "::")  # noqa: S104
     )
     if same_as_service or port == settings.port:
         raise SimulateError(

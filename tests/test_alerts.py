@@ -3,11 +3,24 @@ per window, and a person is told "已通知管理员" only when that is true."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from agent.settings.config import Settings
+import httpx
+from pydantic import SecretStr
+
+from agent.observe import Problem
+from agent.prompts.library import PromptLibrary
+from agent.settings.config import DEFAULT_PROMPTS_DIR, Settings
+from agent.storage.database import Database
+from api.alerts import OperatorAlerts
+from api.delivery.courier import Courier
+from api.delivery.outbox import Outbox
+from api.dingtalk.robot_webhook import RobotWebhookSender
+from api.dingtalk.sender import SessionWebhookSender
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
@@ -109,20 +122,80 @@ def test_a_reply_given_up_alerts_the_group(
     assert texts[0].startswith("【小钉 告警】回复发送失败\n原因：一条回复最终没有发出去：errcode 400013")
 
 
-def test_alerts_respect_the_repeat_window_of_each_problem(
-    make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+PROBLEM = Problem("model", "model endpoint failing", "模型服务不可用", "c", "原因", "f", "处理")
+
+
+def run_alerts(
+    tmp_path: Path, dingtalk: FakeDingTalk, script: Callable[[OperatorAlerts, list[float]], Awaitable[Any]]
+) -> Any:
+    """The real alerts, courier, outbox and robot sender against the fake DingTalk, on a clock the
+    test moves (the repeat window is an hour: nobody waits for it)."""
+
+    async def go() -> Any:
+        database = Database(tmp_path / "alerts.db")
+        await database.open()
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                robot = RobotWebhookSender(
+                    http, oapi_base=dingtalk.url, access_token=SecretStr("t"), secret=SecretStr("s")
+                )
+                courier = Courier(
+                    outbox=Outbox(database), webhook=SessionWebhookSender(http), openapi=None, robot=robot
+                )
+                settings = Settings(_env_file=None, force_mock_openai=True, access_token="t")  # type: ignore[call-arg]
+                now = [1000.0]
+                alerts = OperatorAlerts(
+                    settings=settings,
+                    courier=courier,
+                    prompts=PromptLibrary(DEFAULT_PROMPTS_DIR),
+                    clock=lambda: now[0],
+                )
+                result = await script(alerts, now)
+                await alerts.close()
+                return result
+        finally:
+            await database.close()
+
+    return asyncio.run(go())
+
+
+def test_one_alert_per_window_and_a_problem_back_after_its_resolution_is_not_alerted_again(
+    tmp_path: Path, fake_dingtalk: FakeDingTalk
 ) -> None:
-    """With a window of 1.2 s, a failure after the window is alerted again; within it, never."""
-    fake_openai.script.extend([Scripted(status=401)] * 3)
-    with serve(alerting(make_settings, fake_openai, alert_repeat_minutes=0.02)) as app:
-        say(app, fake_dingtalk, "一", 1)
-        sent_at = time.monotonic()
-        wait_for_robot(fake_dingtalk, 1)
-        say(app, fake_dingtalk, "二", 2)
-        if time.monotonic() - sent_at < 1.2:  # on a slow machine the window may be over already
-            assert len(robot_texts(fake_dingtalk)) == 1
-        while time.monotonic() - sent_at < 1.3:
-            time.sleep(0.05)
-        say(app, fake_dingtalk, "三", 3)
-        texts = wait_for_robot(fake_dingtalk, 2)
-    assert texts[0] == texts[1]
+    async def script(alerts: OperatorAlerts, now: list[float]) -> list[bool]:
+        told = [await alerts.problem(PROBLEM)]  # sent
+        now[0] += 59 * 60
+        told.append(await alerts.problem(PROBLEM))  # within the window: they know, no second alert
+        alerts.resolved("model")
+        alerts.resolved("model")  # said once
+        now[0] += 30
+        told.append(await alerts.problem(PROBLEM))  # flapping: not alerted again, and not claimed
+        now[0] += 60 * 60
+        told.append(await alerts.problem(PROBLEM))  # a new window: alerted again
+        return told
+
+    assert run_alerts(tmp_path, fake_dingtalk, script) == [True, True, False, True]
+    texts = robot_texts(fake_dingtalk)
+    assert len(texts) == 3
+    assert texts[0] == texts[2] == "【小钉 告警】模型服务不可用\n原因：原因\n处理：处理"
+    assert texts[1] == "【小钉】告警「模型服务不可用」已解除，恢复正常。"
+
+
+def test_concurrent_reports_of_an_alert_that_fails_all_learn_that_it_failed(
+    tmp_path: Path, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.robot_errcodes.extend([310000] * 3)
+
+    async def script(alerts: OperatorAlerts, now: list[float]) -> list[bool]:
+        return list(await asyncio.gather(*(alerts.problem(PROBLEM) for _ in range(3))))
+
+    assert run_alerts(tmp_path, fake_dingtalk, script) == [False, False, False]
+    assert len(fake_dingtalk.posts("/robot/send")) == 1  # one alert, however many asked
+
+
+def test_at_most_ten_alerts_a_window_of_all_kinds(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> None:
+    async def script(alerts: OperatorAlerts, now: list[float]) -> list[bool]:
+        return [await alerts.problem(replace(PROBLEM, key=f"k{n}")) for n in range(11)]
+
+    assert run_alerts(tmp_path, fake_dingtalk, script) == [True] * 10 + [False]
+    assert len(fake_dingtalk.posts("/robot/send")) == 10

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agent.settings.config import Settings
@@ -177,8 +178,9 @@ def test_session_webhook_on_a_foreign_host_is_refused(
         ):
             response = post(app, callback(url))
             assert response.status_code == 400, url
-            assert "sessionWebhook" in response.json()["error"]
-            assert "loopback webhooks are accepted in mock mode only" in response.json()["error"]
+            assert "not on a configured DingTalk host" in response.json()["error"]
+            on_this_machine = httpx.URL(url).host in ("localhost", "127.0.0.1")
+            assert ("accepted in mock mode only" in response.json()["error"]) is on_this_machine
 
 
 def test_mock_mode_also_replies_to_webhooks_on_this_machine_and_nowhere_else(
@@ -193,6 +195,11 @@ def test_mock_mode_also_replies_to_webhooks_on_this_machine_and_nowhere_else(
             response = post(app, callback(url))
             assert response.status_code == 400, url
         on_this_machine = fake_dingtalk.webhook().replace("127.0.0.1", "localhost")
+        # Through a proxy the sender is elsewhere: pointing the service at this machine is refused then.
+        proxied = signed_headers(SECRET) | {"X-Forwarded-For": "203.0.113.7"}
+        refused = post(app, callback(on_this_machine, "经代理"), proxied)
+        assert refused.status_code == 400
+        assert refused.json()["error"].endswith("in mock mode only, for callbacks sent on this machine")
         assert post(app, callback(on_this_machine, "你好")).status_code == 200
         [request] = fake_dingtalk.wait_for(1, timeout=10.0)
     assert "「你好」" in request.json()["text"]["content"]

@@ -249,6 +249,21 @@ def test_unreachable_base_is_named_and_later_checks_say_why_they_were_skipped(
     assert "skipped, same reason · 跳过，原因同上" in text
 
 
+def test_a_base_that_never_answers_is_a_timeout_of_the_check_not_of_openai_timeout(
+    env: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as silent:  # takes connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        env(OPENAI_API_BASE=f"http://127.0.0.1:{port}/v1", OPENAI_TIMEOUT="1")
+        code, _, checks = doctor(capsys, "--json")
+    assert code == 1
+    endpoint = checks["model.endpoint"]
+    assert endpoint["cause"] == f"timeout: GET http://127.0.0.1:{port}/v1/models did not answer within 1 s"
+    assert "OPENAI_TIMEOUT" not in endpoint["fix"]  # raising it would change nothing here
+
+
 def test_a_host_name_that_does_not_resolve_is_called_a_dns_failure(
     env: Callable[..., None], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -516,6 +531,9 @@ def test_key_plausibility_for_each_provider() -> None:
         assert status is Status.FAIL, placeholder
         assert cause.startswith("OPENAI_API_KEY is a placeholder from an example"), placeholder
     assert key(local, "your_key")[0] is Status.OK  # a local server takes any value, placeholders too
+    compatible = "https://llm.example.com/v1"
+    for real in ("mykey-7f2a9c0d1e", "my-vllm-token-2024", "myriad-4f2a9b", "sk-xxxxRealKeyABC123"):
+        assert key(compatible, real)[0] is Status.OK, real  # starts like a placeholder, is not one
     assert key(openai, "sk-proj-0123456789 ")[0] is Status.FAIL
 
 

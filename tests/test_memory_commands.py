@@ -160,3 +160,19 @@ def test_help_lists_every_command_there_is(place: str) -> None:
         "/帮助",
     ):
         assert usage in text, usage
+
+
+def test_memory_in_a_group_where_nothing_may_be_used_says_why(make_settings: Callable[..., Settings]) -> None:
+    """The person has private memories, none usable here: not "I remember nothing about you"."""
+
+    async def go() -> tuple[str, str]:
+        async with open_assistant(make_settings(), memory=True) as assistant:
+            await turn(assistant, WXM)  # 我叫王小明，我对花生过敏 (one-to-one)
+            return await turn(assistant, replace(GROUP, text="/memory")), await turn(
+                assistant, replace(WXM, message_id="w2", text="/memory")
+            )
+
+    group, direct = asyncio.run(go())
+    assert group.startswith("在这个群里我还没有能用到的关于你的记忆")
+    assert "/memory share on" in group
+    assert direct.startswith("我记得关于你的 2 件事")

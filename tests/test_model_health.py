@@ -137,3 +137,26 @@ def test_mock_mode_has_nothing_to_check(make_settings: Callable[..., Settings]) 
     with serve(make_settings()) as app:
         assert app.client.get("/readyz").json()["model_endpoint"]["state"] == "mock"
         assert "dingbot_model_ok 1.0" in app.client.get("/metrics").text.splitlines()
+
+
+def test_causes_are_shown_to_this_machine_only_and_a_failing_endpoint_is_degraded(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Hosts and fixes describe the set-up: /healthz and /readyz give them to curl on the host, and
+    only states to a request that came through a proxy (from anywhere)."""
+    port = closed_port()
+    with serve(real(make_settings, f"http://127.0.0.1:{port}/v1")) as app:
+        endpoint_state(app, until=checked)
+        local = app.client.get("/healthz").json()
+        remote = app.client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.7"}).json()
+        remote_ready = app.client.get("/readyz", headers={"X-Forwarded-For": "203.0.113.7"}).json()
+    assert local["status"] == remote["status"] == "degraded"
+    assert "cause" in local["model_endpoint"]
+    assert "fix" in local["model_endpoint"]
+    for body in (remote, remote_ready):
+        assert body["model_endpoint"]["state"] == "failing"
+        assert not {"cause", "fix", "cause_zh", "fix_zh", "detail"} & set(body["model_endpoint"])
+    assert str(port) not in str(remote) + str(remote_ready)
+    assert "memory_off" in local
+    assert "memory_off" not in remote
+    assert remote["prompts"]["problems"] == 0

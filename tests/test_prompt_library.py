@@ -217,3 +217,28 @@ def test_the_shipped_group_sample_loads_once_copied(prompts: Path) -> None:
     group = library.for_conversation("cidReplaceWithYourGroupId==")
     assert group.reply("empty", bot_name="小钉") == "研发群里直接 @小钉 并贴出你的问题或报错就好。"
     assert "优先给出可以直接运行的命令" in str(group.chat.messages[0].prompt.template)  # type: ignore[union-attr]
+
+
+def test_a_prompts_folder_from_before_the_alerts_still_loads(
+    prompts: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copied replies.yaml without the replies added since, with one /help, and the old claim."""
+    import yaml
+
+    path = prompts / "replies.yaml"
+    replies = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key in ("operators_told", "operator_alert", "operator_resolved"):
+        del replies[key]
+    commands = replies["commands"]
+    commands["help"] = "旧的帮助：/help /memory /forget"
+    del commands["help_direct"], commands["help_group"]
+    replies["model_errors"]["authentication"] += "已通知管理员检查配置。"
+    path.write_text(yaml.safe_dump(replies, allow_unicode=True), encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING, logger="agent.prompts.loader"):
+        defaults = PromptLibrary(prompts).defaults
+    assert defaults.command_reply("help_direct", bot_name="小钉") == "旧的帮助：/help /memory /forget"
+    assert defaults.command_reply("help_group", bot_name="小钉") == "旧的帮助：/help /memory /forget"
+    assert defaults.reply("operators_told") == "已通知管理员处理。"  # the bundled one
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "model_errors.authentication says 已通知" in warning

@@ -1,7 +1,7 @@
 """`dingbot doctor`'s checks of long-term memory and storage: the embedder answers, its dimension matches
 the stored memories, the database and memory folders are writable and lasting. See agent/diagnostics/model.py.
 
-Nothing here opens the memory store (design.md: one owner per embedded folder): the stored dimension
+Nothing here opens the memory store (architecture.md: one owner per embedded folder): the stored dimension
 comes from the running service that holds the folder, else from Qdrant's meta.json (read, like the
 service's own startup check), or from the Qdrant server at QDRANT_URL.
 """

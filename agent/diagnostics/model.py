@@ -1,6 +1,6 @@
 """`dingbot doctor`'s checks of the model endpoint (the user guide's troubleshooting list as code), and
 the `Check` every doctor check answers: a status, what was found, and the cause and the fix in English
-and Chinese. No DingTalk, no HTTP server here (design.md: agent/ imports neither). The memory and
+and Chinese. No DingTalk, no HTTP server here (docs/architecture.md: agent/ imports neither). The memory and
 storage checks are in agent/diagnostics/memory.py.
 
 The checks go through the service's own code where it matters: `build_chat_model` for the one-token
@@ -29,10 +29,12 @@ MOCK_SKIP = (
     "Mock 模式（FORCE_MOCK_OPENAI=1）：由内置 Mock 模型回答，不使用模型端点",
 )
 PROBE_TIMEOUT_SECONDS = 5.0  # GET /models and other plain HTTP probes
-# Keys copied from examples and guides: sk-xxx, sk-your-api-key-here, your_api_key, <your-azure-key>…
+# Keys copied from examples and guides, whole: sk-xxx, sk-xxx-yyy-zzz, sk-your-api-key-here, your_api_key,
+# YOUR_OPENAI_KEY, <your-azure-key>, xxxxxx, changeme. A real key that merely starts alike is not one.
 _PLACEHOLDER = re.compile(
-    r"^(sk-)?(x{3,}|(your|my)[-_ ]?\S*|<[^>]*>|\.\.\.|…|(api[-_]?)?key[-_]?here|changeme|placeholder|"
-    r"xxx[-_]yyy[-_]zzz|sk-xxx\S*)$",
+    r"^(?:sk-x+(?:-y+-z+)?|sk-your-[\w-]*-here"
+    r"|(?:your|my)[-_ ]?(?:openai[-_ ]?|azure[-_ ]?)?(?:api[-_ ]?)?key(?:[-_ ]?here)?"
+    r"|<[^<>]*>|x{3,}|\.{3}|…|changeme|placeholder|(?:api[-_]?)?key[-_]?here)$",
     re.IGNORECASE,
 )
 _MODEL_NAME = re.compile(r"^(gpt-|o\d|chatgpt|text-embedding|dall-e|whisper|tts-)", re.IGNORECASE)
@@ -150,8 +152,10 @@ def _list_models(settings: Settings, base: str, *, with_key: bool) -> _Answer:
         )
     started = time.perf_counter()
     timeout = httpx.Timeout(min(PROBE_TIMEOUT_SECONDS, settings.openai_timeout), connect=3.0)
+    # httpx drops Authorization on a redirect to another host, but not Azure's api-key header.
+    follow = settings.provider is not Provider.AZURE
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+        with httpx.Client(timeout=timeout, follow_redirects=follow) as client:
             response = client.get(url, params=params, headers=headers)
     except httpx.HTTPError as exc:
         return _Answer(public_endpoint(url), error=exc, elapsed_ms=ms(started))
@@ -224,8 +228,19 @@ def model_checks(
     key_usable = key.status is not Status.FAIL
     answer = _list_models(settings, settings.openai_api_base, with_key=key_usable)
     endpoint.elapsed_ms = answer.elapsed_ms
-    if answer.error is not None:
+    if isinstance(answer.error, httpx.TimeoutException):  # the probe's own limit, not OPENAI_TIMEOUT
+        waited = min(PROBE_TIMEOUT_SECONDS, settings.openai_timeout)
+        endpoint.failed(
+            f"timeout: GET {answer.url} did not answer within {waited:g} s",
+            f"超时：GET {answer.url} 在 {waited:g} 秒内没有应答",
+            f"check that the server behind OPENAI_API_BASE is up and not overloaded (a model still loading "
+            f"answers slowly), and that {public_endpoint(settings.openai_api_base)} is its address",
+            f"检查 OPENAI_API_BASE 后面的服务是否在运行、是否过载（模型加载中会很慢），以及 "
+            f"{public_endpoint(settings.openai_api_base)} 是否是它的地址",
+        )
+    elif answer.error is not None:
         explain(endpoint, _transport_error(answer.error, settings), settings)
+    if answer.error is not None:
         endpoint.detail = f"{type(answer.error).__name__}: {str(answer.error)[:120]}"
         reason = ("the base URL is not reachable", "接口地址不可达")
         for check in (auth, listed, completion):

@@ -4,14 +4,29 @@ TLS…), an endpoint without embeddings, a refused key. Never one generic hint f
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import ssl
 from pathlib import Path
 
 from agent.network import describe_failure
 from agent.observe import Problem
+from agent.settings.choices import EmbeddingProvider
 from agent.settings.config import Settings
 
 _HELD = "already accessed by another instance of qdrant client"
+_SOCKET_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.ETIMEDOUT,
+    }
+)
+_STORAGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 TITLE, TITLE_ZH = "long-term memory is off", "长期记忆不可用"
 
 
@@ -21,7 +36,8 @@ def lock_file(settings: Settings) -> Path:
 
 
 def lock_holders(path: Path) -> list[tuple[int, str]]:
-    """(pid, command line) of the processes that have `path` open, from /proc (Linux; [] elsewhere)."""
+    """(pid, program) of the processes that have `path` open, from /proc (Linux; [] elsewhere). The
+    program is named without its arguments (they may hold anything): `python -m dingbot.server`."""
     found: list[tuple[int, str]] = []
     try:
         target = path.resolve()
@@ -40,9 +56,19 @@ def lock_holders(path: Path) -> list[tuple[int, str]]:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             raw = b""
-        command = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
-        found.append((pid, command[:120] or "?"))
+        found.append((pid, _program([part.decode(errors="replace") for part in raw.split(b"\0") if part])))
     return found
+
+
+def _program(args: list[str]) -> str:
+    if not args:
+        return "?"
+    name = Path(args[0]).name
+    if len(args) > 2 and args[1] == "-m":
+        return f"{name} -m {args[2]}"
+    if len(args) > 1 and (args[1].endswith(".py") or args[1].isidentifier()):
+        return f"{name} {Path(args[1]).name}"  # a script, or a command such as `dingbot chat`
+    return name
 
 
 def _points_to(fd: str, target: Path) -> bool:
@@ -52,26 +78,25 @@ def _points_to(fd: str, target: Path) -> bool:
         return False
 
 
-def describe_holders(settings: Settings) -> tuple[str, str]:
-    """Who holds the memory folder, in English and Chinese ("" when nobody can be named)."""
-    holders = [(pid, cmd) for pid, cmd in lock_holders(lock_file(settings)) if pid != os.getpid()]
-    if not holders:
-        mine = any(pid == os.getpid() for pid, _ in lock_holders(lock_file(settings)))
-        return ("this same process (opened twice)", "本进程自己（打开了两次）") if mine else ("", "")
-    named = ", ".join(f"pid {pid} ({cmd})" for pid, cmd in holders)
-    return named, named
+def describe_holders(settings: Settings) -> str:
+    """Who holds the memory folder ("" when nobody can be named)."""
+    holders = lock_holders(lock_file(settings))
+    others = [(pid, program) for pid, program in holders if pid != os.getpid()]
+    if others:
+        return ", ".join(f"pid {pid} ({program})" for pid, program in others)
+    return "this same process (opened twice)" if holders else ""
 
 
 def _held_problem(settings: Settings) -> Problem:
     folder = settings.memory_folder.resolve()
-    who, who_zh = describe_holders(settings)
+    who = describe_holders(settings)
     return Problem(
         "memory",
         TITLE,
         TITLE_ZH,
         f"the memory folder {folder} is held by another process"
         + (f": {who}" if who else " (it could not be named)"),
-        f"记忆文件夹 {folder} 正被另一个进程占用" + (f"：{who_zh}" if who_zh else "（无法确定是哪个进程）"),
+        f"记忆文件夹 {folder} 正被另一个进程占用" + (f"：{who}" if who else "（无法确定是哪个进程）"),
         "stop that process, or give this one its own DATABASE_PATH (the memory folder sits beside it); "
         "several processes share memory only through a vector server (QDRANT_URL)",
         "停止那个进程，或给本进程另设 DATABASE_PATH（记忆文件夹在它旁边）；多个进程共享记忆只能通过向量服务器"
@@ -90,22 +115,69 @@ def _status_of(exc: BaseException) -> int:
     return 0
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 12:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
 def _is_transport(exc: BaseException) -> bool:
+    """A failure on the way to a server: not a refused file, a full disk or a read-only folder."""
     import httpx
     import openai
 
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(
-            seen, openai.APIConnectionError | httpx.TransportError | ConnectionError | TimeoutError
-        ):
-            return True
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    network = (
+        openai.APIConnectionError,
+        httpx.TransportError,
+        socket.gaierror,
+        ssl.SSLError,
+        ConnectionError,
+    )
+    return any(
+        isinstance(item, (*network, TimeoutError))
+        or (isinstance(item, OSError) and item.errno in _SOCKET_ERRNOS)
+        for item in _chain(exc)
+    )
+
+
+def _storage_problem(exc: BaseException, settings: Settings) -> Problem | None:
+    """The memory folder cannot be written: permissions, a full disk, a read-only file system."""
+    error = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS), None)
+    if error is None:
+        return None
+    folder = settings.memory_folder.resolve()
+    where = f" ({error.filename})" if error.filename else ""
+    reasons = {
+        errno.ENOSPC: ("the disk is full", "磁盘已满", "free space on that disk", "清理该磁盘的空间"),
+        errno.EDQUOT: (
+            "the disk quota is used up",
+            "磁盘配额已用完",
+            "free space or raise the quota",
+            "清理空间或提高配额",
+        ),
+        errno.EROFS: (
+            "the file system is read-only",
+            "文件系统是只读的",
+            "mount it writable",
+            "以可写方式挂载",
+        ),
+    }
+    cause, cause_zh, fix, fix_zh = reasons.get(
+        error.errno or 0,
+        ("permission denied", "没有权限", "give this user write access to it", "给当前用户写权限"),
+    )
+    return Problem(
+        "memory",
+        TITLE,
+        TITLE_ZH,
+        f"the memory folder {folder} cannot be written: {cause}{where}",
+        f"记忆文件夹 {folder} 无法写入：{cause_zh}{where}",
+        f"{fix}, or point DATABASE_PATH at a writable place (the memory folder sits beside it)",
+        f"{fix_zh}，或把 DATABASE_PATH 指向可写的位置（记忆文件夹在它旁边）",
+    )
 
 
 def explain_open_failure(exc: BaseException, settings: Settings) -> Problem:
@@ -113,8 +185,12 @@ def explain_open_failure(exc: BaseException, settings: Settings) -> Problem:
     elsewhere, as ConfigError)."""
     if _HELD in str(exc).lower():
         return _held_problem(settings)
+    storage = _storage_problem(exc, settings)
+    if storage is not None:
+        return storage
     from_vector_server = bool(settings.qdrant_url) and type(exc).__module__.startswith("qdrant_client")
-    if _is_transport(exc):
+    remote_embeddings = settings.embeddings is not EmbeddingProvider.LOCAL
+    if _is_transport(exc) and (from_vector_server or remote_embeddings):
         url, setting = (
             (str(settings.qdrant_url), "QDRANT_URL")
             if from_vector_server

@@ -8,7 +8,7 @@
   deterministic mock extractor), pass the guard in code (agent/memory/guard.py), and only then are
   stored with mem0 (`infer=False`: mem0 embeds and stores, it makes no LLM call). So the memory thread
   never waits on a model, and a poisoned extraction cannot reach the store.
-- mem0 is imported lazily, after MEM0_TELEMETRY/MEM0_DIR are set (design.md invariant 7). All mem0 calls
+- mem0 is imported lazily, after MEM0_TELEMETRY/MEM0_DIR are set (architecture.md invariant 7). All mem0 calls
   run on one dedicated thread: the embedded Qdrant folder has exactly one client (invariant 6).
 """
 
@@ -95,7 +95,6 @@ class MemoryService:
         self._writes: set[asyncio.Task[int]] = set()
         self.observer: Observer = observer or NoObserver()
         self.off_reason = ""  # why the store did not open, for /healthz
-        self._recall_failing = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -130,7 +129,7 @@ class MemoryService:
             problem = explain_open_failure(exc, self.settings)
             self.off_reason = problem.cause
             log.warning("long-term memory is OFF: %s. Fix: %s", problem.cause, problem.fix)
-            await self.observer.problem(problem)
+            self.observer.report(problem)
 
     async def close(self) -> None:
         if self._executor is None:
@@ -218,12 +217,8 @@ class MemoryService:
                 cause,
                 RECALL_PAUSE_SECONDS,
             )
-            self._recall_failing = True
-            await self.observer.problem(recall_problem(exc, self.settings.memory_timeout))
+            self.observer.report(recall_problem(exc, self.settings.memory_timeout))
             return []
-        if self._recall_failing:
-            self._recall_failing = False
-            self.observer.resolved("memory")
         memories: list[str] = []
         budget = self.settings.memory_max_chars
         for _, text in found[: self.settings.memory_top_k]:

@@ -1,7 +1,7 @@
 """The mem0 adapter: opening the store, searching, adding, listing and erasing. Synchronous: every call
 runs on the memory service's single thread (the embedded Qdrant folder allows one client).
 
-mem0 is imported here, lazily, after MEM0_TELEMETRY and MEM0_DIR are set (design.md invariant 7).
+mem0 is imported here, lazily, after MEM0_TELEMETRY and MEM0_DIR are set (docs/architecture.md invariant 7).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
 from agent.errors import ConfigError
+from agent.memory.failures import lock_file
 from agent.memory.index import PersonIndex
 from agent.settings.config import Settings
 
@@ -284,18 +285,18 @@ def _open_memory(config: dict[str, Any]) -> Any:
 
 def held_by_another_process(settings: Settings) -> bool:
     """True when another client (a running service) holds the embedded store folder. Probes Qdrant's
-    own lock file without opening the store (design.md: one owner per folder)."""
+    own lock file without opening the store (docs/architecture.md: one owner per folder)."""
     if settings.qdrant_url:
         return False
-    lock_path = settings.memory_folder.resolve() / "qdrant" / ".lock"
+    lock_path = lock_file(settings)
     if not lock_path.is_file():
         return False
     import portalocker
 
-    with lock_path.open("r+") as lock_file:
+    with lock_path.open("r+") as lock:
         try:
-            portalocker.lock(lock_file, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+            portalocker.lock(lock, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
         except portalocker.exceptions.LockException:
             return True
-        portalocker.unlock(lock_file)
+        portalocker.unlock(lock)
     return False

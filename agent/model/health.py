@@ -13,9 +13,12 @@ import enum
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ModelError, ModelErrorKind
+
+if TYPE_CHECKING:
+    from agent.diagnostics.checks import Check
 from agent.observe import NoObserver, Observer, Problem
 from agent.settings.config import Settings
 
@@ -53,13 +56,17 @@ class ModelStatus:
     fix: str = ""
     cause_zh: str = ""
     fix_zh: str = ""
-    kind: str = ""  # the ModelErrorKind of a failure
+    kind: str = ""  # the ModelErrorKind of a failed answer
+    check: str = ""  # the doctor check that failed (e.g. model.listed), for a failed check
     detail: str = ""  # what a passing check found
     since: float = 0.0  # epoch seconds of the last change
 
-    def public(self) -> dict[str, Any]:
-        """For /healthz: no secrets in any of these (causes name the endpoint without credentials)."""
-        return {key: value for key, value in asdict(self).items() if value not in ("", 0.0)}
+    def public(self, *, details: bool) -> dict[str, Any]:
+        """For /healthz and /readyz. No secrets in any of these (causes name the endpoint without
+        credentials), but the cause, the fix and what checks found describe the set-up: `details` only
+        for whoever asks from this machine."""
+        hidden = () if details else ("cause", "fix", "cause_zh", "fix_zh", "detail")
+        return {k: v for k, v in asdict(self).items() if v not in ("", 0.0) and k not in hidden}
 
 
 class ModelHealth:
@@ -69,6 +76,7 @@ class ModelHealth:
         state = ModelState.MOCK if settings.mock_mode else ModelState.UNCHECKED
         self._status = ModelStatus(state, since=time.time())
         self._passing_failures = 0
+        self._answers = 0  # answers seen, failed or not: a check older than the last answer is stale
 
     @property
     def status(self) -> ModelStatus:
@@ -92,73 +100,98 @@ class ModelHealth:
             if before.state is ModelState.FAILING:
                 self.observer.resolved("model")
 
-    async def _problem(self) -> bool:
+    def _as_problem(self) -> Problem:
         status = self._status
-        return await self.observer.problem(
-            Problem(
-                "model",
-                "model endpoint failing",
-                "模型服务不可用",
-                status.cause,
-                status.cause_zh or status.cause,
-                status.fix,
-                status.fix_zh or status.fix,
-            )
+        return Problem(
+            "model",
+            "model endpoint failing",
+            "模型服务不可用",
+            status.cause,
+            status.cause_zh or status.cause,
+            status.fix,
+            status.fix_zh or status.fix,
         )
 
     # --- what answers say ----------------------------------------------------------------------
 
     def answered(self) -> None:
+        self._answers += 1
         self._passing_failures = 0
         if self._status.state not in (ModelState.OK, ModelState.MOCK):
             self._change(ModelStatus(ModelState.OK, "answer", detail="a model call succeeded"))
 
     async def answer_failed(self, error: ModelError) -> bool:
         """Record a failed answer. True when operators are told of the failure (see Observer.problem)."""
+        self._answers += 1
         if error.kind in PASSING_KINDS:
             self._passing_failures += 1
             if self._passing_failures < PASSING_FAILURES_BEFORE_DOWN:
                 return False
         elif error.kind not in DOWN_KINDS:
             return False  # about this request (too long, refused content), not the endpoint
-        self._fail("answer", error.cause, error.fix, error.cause_zh, error.fix_zh, error.kind.value)
-        return await self._problem()
-
-    def _fail(self, source: str, cause: str, fix: str, cause_zh: str, fix_zh: str, kind: str) -> None:
-        self._change(ModelStatus(ModelState.FAILING, source, cause, fix, cause_zh, fix_zh, kind))
+        failing = ModelStatus(
+            ModelState.FAILING,
+            "answer",
+            error.cause,
+            error.fix,
+            error.cause_zh,
+            error.fix_zh,
+            error.kind.value,
+        )
+        self._change(failing)
+        return await self.observer.problem(self._as_problem())
 
     # --- checks --------------------------------------------------------------------------------
 
     async def check(self, source: str) -> ModelStatus:
-        """Run the doctor's endpoint checks (base reachable, key accepted, model listed) in a thread."""
+        """Run the doctor's endpoint checks (key plausible, base reachable, key accepted, model listed) in a
+        thread. Never raises. Answers outrank checks: while a failed answer stands, or when an answer came
+        while the check ran, the check's result changes nothing."""
         if self._status.state is ModelState.MOCK:
             return self._status
         if self._status.state is ModelState.UNCHECKED:
             self._status = replace(self._status, state=ModelState.CHECKING, source=source)
-        from agent.diagnostics.checks import Status
-        from agent.diagnostics.model import check_key, model_checks
-
-        timeout = min(CHECK_TIMEOUT_SECONDS, self.settings.openai_timeout)
-        key = check_key(self.settings)
+        answers_before = self._answers
         try:
-            if key.status is Status.FAIL:  # a missing or placeholder key: nothing to ask the endpoint
-                checks = [key]
-            else:
-                checks, _ = await asyncio.to_thread(
-                    model_checks, self.settings, timeout=timeout, complete=False
-                )
+            failed, found = await asyncio.to_thread(self._run_checks)
         except Exception as exc:  # a bug in a check must never stop the service
-            log.warning("model endpoint check could not run (%s)", type(exc).__name__)
+            log.warning(
+                "model endpoint check could not run (%s); it is tried again later", type(exc).__name__
+            )
             if self._status.state is ModelState.CHECKING:
                 self._status = replace(self._status, state=ModelState.UNCHECKED)
             return self._status
-        failed = next((c for c in checks if c.status is Status.FAIL), None)
+        if self._answers != answers_before or (
+            self._status.state is ModelState.FAILING and self._status.source == "answer"
+        ):
+            return self._status  # answers know better
         if failed is not None:
-            self._fail(source, failed.cause, failed.fix, failed.cause_zh, failed.fix_zh, failed.name)
-            await self._problem()
-        elif self._status.state is ModelState.FAILING and self._status.source == "answer":
-            pass  # the endpoint looks fine, yet answers failed: only an answer clears that
+            self._change(
+                ModelStatus(
+                    ModelState.FAILING,
+                    source,
+                    failed.cause,
+                    failed.fix,
+                    failed.cause_zh,
+                    failed.fix_zh,
+                    check=failed.name,
+                )
+            )
+            self.observer.report(self._as_problem())
         else:
-            found = "; ".join(f"{c.title}: {c.detail}" for c in checks if c.detail and c.name != "model.key")
             self._change(ModelStatus(ModelState.OK, source, detail=found))
         return self._status
+
+    def _run_checks(self) -> tuple[Check | None, str]:
+        """(the first failed check or None, what the passing checks found)."""
+        from agent.diagnostics.checks import Status
+        from agent.diagnostics.model import check_key, model_checks
+
+        key = check_key(self.settings)
+        if key.status is Status.FAIL:  # a missing or placeholder key: nothing to ask the endpoint
+            return key, ""
+        timeout = min(CHECK_TIMEOUT_SECONDS, self.settings.openai_timeout)
+        checks, _ = model_checks(self.settings, timeout=timeout, complete=False)
+        failed = next((c for c in checks if c.status is Status.FAIL), None)
+        found = "; ".join(f"{c.title}: {c.detail}" for c in checks if c.detail and c.name != "model.key")
+        return failed, found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ import yaml
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from agent.errors import ModelErrorKind, PromptError
+
+log = logging.getLogger(__name__)
 
 SYSTEM_VARIABLES = frozenset({"bot_name", "now", "timezone", "speaker_nick", "chat_place", "memories"})
 HUMAN_VARIABLES = frozenset({"text", "speaker_nick"})
@@ -121,6 +125,7 @@ _COMMAND_REPLIES: dict[str, frozenset[str]] = {
     "memory_list": frozenset({"count", "items"}),
     "memory_item": frozenset({"number", "text"}),
     "memory_empty": frozenset(),
+    "memory_empty_group": frozenset(),
     "memory_unavailable": frozenset(),
     "share_on": frozenset(),
     "share_off": frozenset(),
@@ -152,6 +157,47 @@ def _check_replies(path: Path, replies: dict[str, Any]) -> None:
         raise PromptError(f"{path}: model_errors lacks {missing}")
     for key, value in errors.items():
         _check(value, frozenset(), f"{path}: model_errors.{key}")
+
+
+# Replies added after a prompts folder may have been copied: taken from the bundled prompts when missing.
+_LATER_REPLIES = ("operators_told", "operator_alert", "operator_resolved")
+_LATER_COMMAND_REPLIES = ("memory_empty_group",)
+_CLAIM = "已通知"
+
+
+@functools.cache
+def _bundled_replies() -> dict[str, Any]:
+    from agent.settings.config import DEFAULT_PROMPTS_DIR
+
+    return read_yaml(DEFAULT_PROMPTS_DIR / "replies.yaml")
+
+
+def _upgraded(replies: dict[str, Any], path: Path) -> dict[str, Any]:
+    """An older replies.yaml keeps working: replies added since come from the bundled prompts, and a
+    single `commands.help` (before /help differed between one-to-one and groups) serves both places."""
+    upgraded = dict(replies)
+    for key in _LATER_REPLIES:
+        if key not in upgraded:
+            upgraded[key] = _bundled_replies()[key]
+    commands = upgraded.get("commands")
+    if isinstance(commands, dict):
+        later = {key: _bundled_replies()["commands"][key] for key in _LATER_COMMAND_REPLIES}
+        old_help = (
+            {"help_direct": commands["help"], "help_group": commands["help"]} if "help" in commands else {}
+        )
+        upgraded["commands"] = later | commands | old_help
+    errors = upgraded.get("model_errors")
+    for kind, text in errors.items() if isinstance(errors, dict) else ():
+        if isinstance(text, str) and _CLAIM in text:
+            log.warning(
+                "%s: model_errors.%s says %s…, but nobody may have been told: the service adds "
+                "`operators_told` only when an alert went out; remove the claim from model_errors.%s",
+                path,
+                kind,
+                _CLAIM,
+                kind,
+            )
+    return upgraded
 
 
 @dataclass(frozen=True)
@@ -222,7 +268,8 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
     if not isinstance(weekdays, list) or len(weekdays) != 7 or not all(isinstance(w, str) for w in weekdays):
         raise PromptError(f"{chat_path}: weekdays must list 7 names, Monday first")
 
-    _check_replies(sources.replies_path, sources.replies)
+    replies = _upgraded(sources.replies, sources.replies_path)
+    _check_replies(sources.replies_path, replies)
 
     memory_path = sources.memory_path
     memory = sources.memory
@@ -258,7 +305,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
         memory_item=item,
         memory_empty=empty,
         weekdays=tuple(weekdays),
-        replies=sources.replies,
+        replies=replies,
     )
 
 

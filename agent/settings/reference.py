@@ -26,19 +26,24 @@ TEST_VARIABLES = (
         "tests only: `1` runs the live tests (`tests/test_live.py` …) against the `OPENAI_*` endpoint",
     ),
 )
-MARKDOWN_HEADER = """# 配置项 / Settings
+MARKDOWN_HEADER = f"""# 配置项 / Settings
 
 <!-- Generated from the Settings fields (agent/settings/config.py) by `dingbot settings`. Do not edit:
-     change the field's description and run `dingbot settings > docs/settings.md`. -->
+     change the field's description and run `dingbot settings --write`. -->
 
-每个配置项都是环境变量，也可以写在工作目录下的 `.env` 文件里（环境变量优先）；`dingbot settings --env`
-生成一份带注释的 `.env.example`。非法值会让服务拒绝启动，并用一行说明是哪个变量、怎么改。种子指南里的名字
-（`OPENAI_*`、`SECRET`、`ACCESS_TOKEN`、`PORT`、`DATABASE_PATH`、`CHECK_INTERVAL_SECONDS`、`FORCE_MOCK_OPENAI`）
-含义与指南完全一致。
+{
+    "每个配置项都是环境变量，也可以写在工作目录下的 `.env` 文件里（环境变量优先）；"
+    "`dingbot settings --env` 生成一份带注释的 `.env.example`。"
+    "非法值会让服务拒绝启动，并用一行说明是哪个变量、怎么改。"
+    "最初的《OpenAI 客户端配置指南》里的名字"
+    "（`OPENAI_*`、`SECRET`、`ACCESS_TOKEN`、`PORT`、"
+    "`DATABASE_PATH`、`CHECK_INTERVAL_SECONDS`、`FORCE_MOCK_OPENAI`）含义与指南完全一致。"
+}
 
 Every setting is an environment variable; a `.env` file in the working directory works too (the environment
 wins); `dingbot settings --env` prints a commented `.env.example`. An invalid value stops startup with one
-line naming the variable and the fix. The seed guide's names keep exactly the guide's meaning.
+line naming the variable and the fix. The names of the original OpenAI client setup guide keep exactly
+that guide's meaning.
 """
 ENV_HEADER = """\
 # DingHook settings: copy to .env (read from the working directory), uncomment and fill in what you need.

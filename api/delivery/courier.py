@@ -89,7 +89,6 @@ class Courier:
         self._due_lock = asyncio.Lock()
         self.pending = 0  # pending rows at the last check, for /metrics
         self.observer: Observer = observer or NoObserver()  # told when a reply is given up
-        self._replies_failing = False
 
     @property
     def can_notify(self) -> bool:
@@ -139,9 +138,6 @@ class Courier:
         label = f"{row.channel.value} {row.msg_id or row.id}/{row.part}"
         if result.ok:
             await self._outbox.mark_sent(row.id)
-            if self._replies_failing and row.channel is Channel.REPLY:
-                self._replies_failing = False
-                self.observer.resolved("delivery")
             return Delivery.SENT
         if result.retryable and row.attempts + 1 < MAX_SEND_ATTEMPTS:
             if result.throttled:
@@ -155,8 +151,7 @@ class Courier:
         log.error("%s: given up after %d attempt(s): %s", label, row.attempts + 1, result.detail)
         await self._outbox.mark_failed(row.id, result.detail)
         if row.channel is Channel.REPLY:  # a failing notice (an alert itself) is not alerted about
-            self._replies_failing = True
-            await self.observer.problem(undelivered(result.detail))
+            self.observer.report(undelivered(result.detail))
         return Delivery.FAILED
 
     async def deliver(self, rows: Iterable[Outgoing]) -> Delivery:

@@ -4,6 +4,7 @@ and check a failing model endpoint again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -16,6 +17,7 @@ from api.delivery.inbox import MAX_ATTEMPTS, Inbox
 from api.delivery.outbox import Outbox
 
 log = logging.getLogger(__name__)
+MODEL_CHECK_BUDGET_SECONDS = 20.0  # a check is a few requests of at most CHECK_TIMEOUT_SECONDS each
 
 
 class PeriodicCheck:
@@ -48,8 +50,6 @@ class PeriodicCheck:
         self.runs = 0
 
     async def run_once(self) -> None:
-        if self._model is not None and self._model.status.state is ModelState.FAILING:
-            await self._model.check("periodic check")  # notices the fix without waiting for a person
         await self._courier.send_due()
         await self._dispatcher.resume(at_startup=False, retry_after_seconds=self._retry_after)
         cutoff = time.time() - self._retention_seconds
@@ -65,6 +65,11 @@ class PeriodicCheck:
             )
         if self._limiter is not None:
             self._limiter.forget_idle()
+        if self._model is not None and self._model.status.state in (ModelState.FAILING, ModelState.UNCHECKED):
+            # Notices the fix without waiting for a person; after the deliveries, and bounded, so a hung
+            # endpoint (or name server) never holds up the sweep.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._model.check("periodic check"), MODEL_CHECK_BUDGET_SECONDS)
         given_up = await self._inbox.count_given_up()
         if given_up != self._reported_given_up:
             self._reported_given_up = given_up

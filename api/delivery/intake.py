@@ -56,19 +56,30 @@ def _allowed(message: IncomingMessage, settings: Settings) -> bool:
     return not (message.is_group and groups and message.conversation_id not in groups)
 
 
-async def take_in(services: Services, message: IncomingMessage) -> Intake:
+def _webhook_refusal(message: IncomingMessage, settings: Settings, from_this_machine: bool) -> str:
+    """Why the session webhook may not be posted to ("" when it may): a configured DingTalk origin, or —
+    in mock mode, for a callback sent on this machine (`dingbot simulate`, curl) — this machine itself.
+    Never for a callback from elsewhere: the service would post wherever a stranger points it."""
+    bases = [settings.dingtalk_oapi_base, settings.dingtalk_api_base]
+    local = settings.mock_mode and from_this_machine
+    if webhook_allowed(message.reply_url, bases, loopback=local):
+        return ""
+    if webhook_allowed(message.reply_url, [], loopback=True):
+        return (
+            "sessionWebhook is on this machine, not on a configured DingTalk host (DINGTALK_OAPI_BASE): "
+            "accepted in mock mode only, for callbacks sent on this machine"
+        )
+    return "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)"
+
+
+async def take_in(services: Services, message: IncomingMessage, *, from_this_machine: bool = False) -> Intake:
     """Accept a verified, parsed message into the inbox (or say why not). Never waits for an answer."""
     settings = services.settings
     current_message_id.set(message.message_id)
-    bases = [settings.dingtalk_oapi_base, settings.dingtalk_api_base]
-    if not webhook_allowed(message.reply_url, bases, loopback=settings.mock_mode):
-        return Intake(
-            Outcome.REFUSED_400,
-            "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)"
-            + ("" if settings.mock_mode else "; loopback webhooks are accepted in mock mode only"),
-        )
-    refusal = _refused_origin(message, settings)
+    refusal = _webhook_refusal(message, settings, from_this_machine)
     if refusal:
+        return Intake(Outcome.REFUSED_400, refusal)
+    if refusal := _refused_origin(message, settings):
         return Intake(Outcome.REFUSED_403, refusal)
     if not _allowed(message, settings):
         log.info(

@@ -39,7 +39,7 @@ class SendResult:
     retryable: bool = False  # worth trying again later: timeout, transport, 5xx, 429, busy, throttled
     expired: bool = False  # the session webhook is gone: another route may still work
     # The request went out but its answer was lost (read timeout, dropped connection, 504): DingTalk may
-    # have taken it. Retried later by the periodic check, never at once (design.md: delivery semantics).
+    # have taken it. Retried later by the periodic check, never at once (architecture.md: delivery semantics).
     uncertain: bool = False
 
     @property

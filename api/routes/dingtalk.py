@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.delivery.intake import Outcome, take_in
-from api.deps import ServicesDep
+from api.deps import LocalPeer, ServicesDep
 from api.dingtalk.parse import PayloadError, parse_callback
 from api.dingtalk.signature import SignatureError, verify_callback
 
@@ -45,13 +45,13 @@ def _refuse(status: int, reason: str) -> JSONResponse:
 
 
 @router.post("/dingtalk/callback")
-async def dingtalk_callback(request: Request, services: ServicesDep) -> JSONResponse:
-    outcome, response = await _handle(request, services)
+async def dingtalk_callback(request: Request, services: ServicesDep, local: LocalPeer) -> JSONResponse:
+    outcome, response = await _handle(request, services, local)
     services.metrics.callback(outcome)
     return response
 
 
-async def _handle(request: Request, services: ServicesDep) -> tuple[str, JSONResponse]:
+async def _handle(request: Request, services: ServicesDep, local: bool) -> tuple[str, JSONResponse]:
     settings = services.settings
     try:
         verify_callback(
@@ -73,7 +73,7 @@ async def _handle(request: Request, services: ServicesDep) -> tuple[str, JSONRes
         message = parse_callback(raw)
     except PayloadError as exc:
         return "refused_400", _refuse(400, str(exc))
-    intake = await take_in(services, message)
+    intake = await take_in(services, message, from_this_machine=local)
     if intake.refused:
         status = 400 if intake.outcome is Outcome.REFUSED_400 else 403
         return intake.outcome.value, _refuse(status, intake.reason)

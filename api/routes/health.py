@@ -6,31 +6,39 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from agent.model.health import ModelState
 from agent.settings.choices import DingTalkMode
-from api.deps import ServicesDep
+from api.deps import LocalPeer, ServicesDep
 from api.dingtalk.stream import StreamState, StreamStatus
 from api.services import Services
 
 router = APIRouter(tags=["health"])
 
 
+# The causes of failures (hosts, folders, process names) are for operators: shown in full to requests from
+# this machine (curl on the host, `dingbot doctor`), and only as states to the rest of the network.
+
+
 @router.get("/healthz")
-async def healthz(services: ServicesDep) -> JSONResponse:
+async def healthz(services: ServicesDep, local: LocalPeer) -> JSONResponse:
     database_ok = await services.database.ping()
+    model = services.assistant.health.status
+    working = database_ok and services.memory.available and model.state is not ModelState.FAILING
+    prompts = services.assistant.prompts
     body = {
-        "status": "ok" if database_ok else "degraded",
+        "status": "ok" if working else "degraded",  # 503 only without the database: the process still serves
         "database": "ok" if database_ok else "unavailable",
         "provider": services.settings.provider.value,
         "model": services.settings.openai_model if not services.settings.mock_mode else "mock",
         "in_flight": services.dispatcher.in_flight,
-        "model_endpoint": services.assistant.health.status.public(),  # checked at startup, then answers
+        "model_endpoint": model.public(details=local),
         "memory": "ok" if services.memory.available else "off",
-        **({"memory_off": services.memory.off_reason} if services.memory.off_reason else {}),
+        **({"memory_off": services.memory.off_reason} if services.memory.off_reason and local else {}),
         "memory_writes": services.memory.pending_writes,
         "prompts": {  # the loaded version, and files not in use right now (the last good one stays)
-            "version": services.assistant.prompts.version,
-            "problems": services.assistant.prompts.problems,
-            "groups": services.assistant.prompts.group_files(),  # override file -> conversation ids
+            "version": prompts.version,
+            "problems": prompts.problems if local else len(prompts.problems),
+            **({"groups": prompts.group_files()} if local else {}),  # override file -> conversation ids
         },
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)
@@ -45,7 +53,7 @@ def stream_blocks_readiness(mode: DingTalkMode, status: StreamStatus) -> bool:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request, local: LocalPeer) -> JSONResponse:
     """Ready when the lifespan finished building everything and the database answers. Long-term memory
     that is off (e.g. an endpoint without embeddings) is reported but does not make the service unready."""
     services: Services | None = getattr(request.app.state, "services", None)
@@ -61,7 +69,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "ready": True,  # a failing model endpoint is shown, not unready: people still get told
-            "model_endpoint": services.assistant.health.status.public(),
+            "model_endpoint": services.assistant.health.status.public(details=local),
             "memory": "ok" if memory.available else "off",
             "embedding_dims": memory.embedding_dims,  # `dingbot doctor` compares it with its embedder
             **({"stream": stream.state.value} if stream is not None else {}),

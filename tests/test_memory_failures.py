@@ -117,3 +117,30 @@ def test_an_endpoint_without_embeddings_is_told_to_use_the_local_embedder(
         cause = memory_off(app)
     assert cause.startswith("the endpoint has no embeddings model 'text-embedding-3-small' (HTTP 404)")
     assert "Fix: set EMBEDDING_PROVIDER=local" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (PermissionError(13, "Permission denied", "/srv/bot_store/qdrant/.lock"), "permission denied"),
+        (OSError(28, "No space left on device"), "the disk is full"),
+        (OSError(30, "Read-only file system"), "the file system is read-only"),
+    ],
+)
+def test_a_folder_that_cannot_be_written_is_not_blamed_on_the_network(
+    make_settings: Callable[..., Settings], error: OSError, cause: str
+) -> None:
+    """Root ignores permissions, so the disk's answers are raised as the store would raise them."""
+    from agent.memory.failures import explain_open_failure
+
+    for settings in (make_settings(), real(make_settings, "http://127.0.0.1:9/v1")):
+        try:
+            raise RuntimeError("Qdrant could not open its storage") from error
+        except RuntimeError as wrapped:
+            problem = explain_open_failure(wrapped, settings)
+        assert problem.cause.startswith(
+            f"the memory folder {settings.memory_folder.resolve()} cannot be written"
+        )
+        assert cause in problem.cause
+        assert "OPENAI_API_BASE" not in problem.cause + problem.fix
+        assert "DATABASE_PATH" in problem.fix

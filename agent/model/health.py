@@ -83,7 +83,9 @@ class ModelHealth:
         return self._status
 
     def _change(self, status: ModelStatus) -> None:
-        before, self._status = self._status, replace(status, since=time.time())
+        before = self._status
+        same = before.state is status.state and before.cause == status.cause
+        self._status = replace(status, since=before.since if same else time.time())  # since when it is so
         if status.state is ModelState.FAILING:
             if before.state is not ModelState.FAILING or before.cause != status.cause:
                 log.warning(
@@ -95,7 +97,7 @@ class ModelHealth:
                 "model endpoint ok%s (%s)%s",
                 recovered,
                 status.source,
-                f": {status.detail}" * bool(status.detail),
+                f": {status.detail}" if status.detail else "",
             )
             if before.state is ModelState.FAILING:
                 self.observer.resolved("model")

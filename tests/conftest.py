@@ -20,6 +20,7 @@ from agent.settings.config import Settings
 from api.app import create_app
 from tests import network_guard
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.waiting import PATIENCE
 
 LIVE = os.environ.get("DINGBOT_LIVE_TESTS") == "1"
 if not LIVE:
@@ -100,7 +101,7 @@ class RunningApp:
     def __init__(self, url: str, server: uvicorn.Server) -> None:
         self.url = url
         self.server = server
-        self.client = httpx.Client(base_url=url, timeout=10.0)
+        self.client = httpx.Client(base_url=url, timeout=PATIENCE)
 
     def post_callback(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         return self.client.post("/dingtalk/callback", content=body, headers=headers)
@@ -113,7 +114,7 @@ def serve(settings: Settings) -> Iterator[RunningApp]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + PATIENCE
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the app did not start")
@@ -125,7 +126,7 @@ def serve(settings: Settings) -> Iterator[RunningApp]:
     finally:
         app.client.close()
         server.should_exit = True
-        thread.join(timeout=20)
+        thread.join(timeout=PATIENCE)
         assert not thread.is_alive(), "the app did not shut down"
 
 

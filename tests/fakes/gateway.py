@@ -10,7 +10,8 @@ Scriptable from a test's thread:
 * `silence()`: that socket answers no more WebSocket pings and sends nothing (a zombie TCP link);
   `ping_every`: SYSTEM pings at that interval while it is set (application frames that keep an idle
   watchdog quiet);
-* every ack is recorded with its arrival time (`time.monotonic()`, like the push times).
+* every ack is recorded with its arrival time (`time.monotonic()`, like the push times, and each socket's
+  `last_frame_at`).
 
 Tickets are single use: a WebSocket with an unknown or used ticket is refused with HTTP 401.
 """
@@ -35,6 +36,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.fakes.servers import LocalServer, Recorded
+from tests.waiting import PATIENCE
 
 OPEN_PATH = "/v1.0/gateway/connections/open"
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
@@ -70,6 +72,7 @@ class GatewaySocket:
     closed_at: float | None = None
     close_code: int | None = None  # the code of the client's close frame; None: none came
     silent: bool = False  # no pongs, no SYSTEM pings
+    last_frame_at: float | None = None  # time.monotonic() just before the last frame was sent to it
     closed: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -261,7 +264,7 @@ class FakeGateway:
         target = to or self.current()
         with self._cond:
             self.frames[message_id] = frame
-            self.pushed_at[message_id] = time.monotonic()
+            self.pushed_at[message_id] = target.last_frame_at = time.monotonic()
         target.conn.send(json.dumps(frame, ensure_ascii=False))
         return message_id
 
@@ -291,14 +294,14 @@ class FakeGateway:
 
     # --- waiting ---------------------------------------------------------------------------------
 
-    def wait_socket(self, count: int, timeout: float = 5.0) -> GatewaySocket:
+    def wait_socket(self, count: int, timeout: float = PATIENCE) -> GatewaySocket:
         """Block until `count` WebSockets have been opened in all; return the count-th."""
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.sockets) >= count, timeout):
                 raise AssertionError(f"expected {count} gateway socket(s), got {len(self.sockets)}")
             return self.sockets[count - 1]
 
-    def wait_ack(self, message_id: str, timeout: float = 5.0) -> Ack:
+    def wait_ack(self, message_id: str, timeout: float = PATIENCE) -> Ack:
         with self._cond:
             if not self._cond.wait_for(lambda: self.ack_of(message_id) is not None, timeout):
                 raise AssertionError(f"no ack for frame {message_id}")
@@ -313,12 +316,12 @@ class FakeGateway:
         """Seconds from just before the push to the ack's arrival, as this gateway saw them."""
         return ack.at - self.pushed_at[ack.message_id]
 
-    def wait_closed(self, record: GatewaySocket, timeout: float = 5.0) -> GatewaySocket:
+    def wait_closed(self, record: GatewaySocket, timeout: float = PATIENCE) -> GatewaySocket:
         if not record.closed.wait(timeout):
             raise AssertionError(f"gateway socket {record.index} is still open")
         return record
 
-    def wait_opens(self, count: int, timeout: float = 5.0) -> list[Recorded]:
+    def wait_opens(self, count: int, timeout: float = PATIENCE) -> list[Recorded]:
         deadline = time.monotonic() + timeout
         while len(opens := self.opens) < count:
             if time.monotonic() > deadline:

@@ -1,6 +1,9 @@
 """Local HTTP servers standing in for the processes across our boundaries: an OpenAI-compatible
 endpoint and DingTalk's session webhooks. Each runs in its own thread on a free loopback port and
 records every request it receives.
+
+A slow answer is a *hold*: a `threading.Event` the request waits on until the test sets it (or the
+server stops), so "the answer has not come yet" is a fact the test controls, not a race against a sleep.
 """
 
 from __future__ import annotations
@@ -9,9 +12,14 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.waiting import PATIENCE
+
+HOLD_LIMIT_SECONDS = 120.0  # a hold the test forgot to release still ends (long after any wait gave up)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class Scripted:
     text: str = "你好"
     body: dict[str, Any] | None = None  # a raw JSON answer instead of a completion
     delay: float = 0.0
+    hold: threading.Event | None = None  # no answer until the test sets it (a model still thinking)
     error_code: str | None = None
 
 
@@ -50,6 +59,8 @@ class LocalServer:
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        self._holds: list[threading.Event] = []  # every hold a request waited on, released by stop()
+        self._stopped = False
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -92,10 +103,27 @@ class LocalServer:
         return self
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            holds = list(self._holds)
+        for hold in holds:  # held requests end without an answer
+            hold.set()
         self._server.shutdown()
         self._server.server_close()
 
-    def wait_for(self, count: int, timeout: float = 5.0, path: str = "") -> list[Recorded]:
+    def hold(self, event: threading.Event, handler: BaseHTTPRequestHandler) -> bool:
+        """Keep this request unanswered until `event` is set; False when the server stopped meanwhile
+        (then the request gets no answer and its connection is closed)."""
+        with self._lock:
+            self._holds.append(event)
+        event.wait(HOLD_LIMIT_SECONDS)
+        with self._lock:
+            stopped = self._stopped
+        if stopped:
+            handler.close_connection = True
+        return not stopped
+
+    def wait_for(self, count: int, timeout: float = PATIENCE, path: str = "") -> list[Recorded]:
         """Block until `count` requests (whose path contains `path`) have arrived; return them."""
         deadline = time.monotonic() + timeout
         with self._arrived:
@@ -133,7 +161,8 @@ class FakeDingTalk(LocalServer):
 
     Session webhooks and the robot webhook: `errcodes` (HTTP 200 with that errcode) or `statuses` (an HTTP
     error status). OpenAPI sends: `openapi_statuses`. `delays` holds seconds to wait before answering
-    session-webhook posts (a timeout test).
+    session-webhook posts; `holds`: each session-webhook post takes the next event, if any, and is not
+    answered until the test sets it (a slow or lost answer).
     """
 
     def __init__(self) -> None:
@@ -141,6 +170,7 @@ class FakeDingTalk(LocalServer):
         self.errcodes: deque[int] = deque()
         self.statuses: deque[int] = deque()
         self.delays: deque[float] = deque()
+        self.holds: deque[threading.Event] = deque()
         self.robot_errcodes: deque[int] = deque()
         self.openapi_statuses: deque[int] = deque()
         self.token_statuses: deque[int] = deque()
@@ -188,6 +218,8 @@ class FakeDingTalk(LocalServer):
             return
         if self.delays:
             time.sleep(self.delays.popleft())
+        if self.holds and not self.hold(self.holds.popleft(), handler):
+            return
         if self.statuses:
             self.send_json(handler, self.statuses.popleft(), {"message": "scripted"})
             return
@@ -236,6 +268,9 @@ class FakeOpenAI(LocalServer):
         self.delay = 0.0  # seconds every unscripted chat completion takes
         self.echo = False  # unscripted completions answer "答复：<the last user message>"
         self.stream_piece_delay = 0.0  # seconds between the pieces (2 characters each) of a streamed answer
+        # called (in the server's thread) with the text so far after each streamed piece is flushed: a test
+        # can pace the stream by what the other side has seen, instead of by the clock
+        self.after_piece: Callable[[str], None] | None = None
         self.api_key = api_key
         self.v1_only = v1_only
         self.known_models_only = known_models_only
@@ -296,6 +331,8 @@ class FakeOpenAI(LocalServer):
                 step.text = "答复：" + (str(users[-1].get("content", "")) if users else "")
         if step.delay:
             time.sleep(step.delay)
+        if step.hold is not None and not self.hold(step.hold, handler):
+            return
         if step.body is not None:
             self.send_json(handler, step.status, step.body)
             return
@@ -308,17 +345,24 @@ class FakeOpenAI(LocalServer):
             return
         model = request.json().get("model") or "deployment"
         if request.json().get("stream"):
-            self._stream(handler, step.text, model, self.stream_piece_delay)
+            self._stream(handler, step.text, model, self.stream_piece_delay, self.after_piece)
         else:
             self.send_json(handler, 200, _completion(step.text, model))
 
     @staticmethod
-    def _stream(handler: BaseHTTPRequestHandler, text: str, model: str, piece_delay: float = 0.0) -> None:
+    def _stream(
+        handler: BaseHTTPRequestHandler,
+        text: str,
+        model: str,
+        piece_delay: float = 0.0,
+        after_piece: Callable[[str], None] | None = None,
+    ) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Connection", "close")
         handler.end_headers()
         pieces = [text[i : i + 2] for i in range(0, len(text), 2)]
+        so_far = ""
         for piece in pieces:
             chunk = {
                 "id": "chatcmpl-fake",
@@ -331,6 +375,9 @@ class FakeOpenAI(LocalServer):
             }
             handler.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
             handler.wfile.flush()
+            so_far += piece
+            if after_piece is not None:
+                after_piece(so_far)
             if piece_delay:
                 time.sleep(piece_delay)
         done = {

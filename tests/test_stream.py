@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+import api.app
+import api.dingtalk.stream as stream_module
 from agent.settings.choices import DingTalkMode
 from agent.settings.config import Settings
 from api.dingtalk.stream import StreamConnection, StreamState, StreamStatus
@@ -23,6 +26,7 @@ from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.gateway import CLIENT_ID, CLIENT_SECRET, FakeGateway, OpenAnswer
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
+from tests.waiting import PATIENCE, wait_until
 
 STREAM_LOGGER = "api.dingtalk.stream"
 
@@ -58,15 +62,6 @@ def sample(metrics: str, name: str, **labels: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return result
-
-
 def ready(app: RunningApp) -> bool:
     return app.client.get("/readyz").status_code == 200
 
@@ -75,30 +70,36 @@ def texts(fake_dingtalk: FakeDingTalk) -> list[str]:
     return [reply["text"]["content"] for reply in fake_dingtalk.replies()]
 
 
-def test_pushed_message_is_acked_within_100ms_and_answered(
-    stream_settings: Callable[..., Settings], gateway: FakeGateway, fake_dingtalk: FakeDingTalk
+def test_pushed_messages_are_acked_while_their_answers_are_still_on_the_way(
+    stream_settings: Callable[..., Settings],
+    gateway: FakeGateway,
+    fake_dingtalk: FakeDingTalk,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Acked before any work: DingTalk holds the first answer, and one person's messages are answered in
+    order, so all five acks arrive while none of the five answers has been delivered. (How fast an ack
+    is, is bench/stream_ack.py's business, not a test's.)"""
+    monkeypatch.setattr(api.app, "SEND_TIMEOUT_SECONDS", 2 * PATIENCE)  # the held send is not given up on
+    first_answer = threading.Event()
+    fake_dingtalk.holds.append(first_answer)
     with serve(stream_settings()) as app:
         gateway.wait_socket(1)
         wait_until(lambda: ready(app), what="/readyz 200")
         assert app.client.get("/readyz").json()["stream"] == "connected"
-        latencies = []
         for n in range(5):
             frame_id = gateway.push(callback(fake_dingtalk.webhook(f"s{n}"), f"第{n}条"))
             ack = gateway.wait_ack(frame_id)
-            latencies.append(gateway.latency(ack))
             assert ack.raw == {
                 "code": 200,
                 "headers": {"contentType": "application/json", "messageId": frame_id},
                 "message": "OK",
                 "data": '{"response": null}',
             }
-        fake_dingtalk.wait_for(5, timeout=5)
+        fake_dingtalk.wait_for(1)  # the first answer reached DingTalk, which has not answered it yet
+        assert len(fake_dingtalk.requests) == 1  # the other four wait behind it
+        first_answer.set()
+        fake_dingtalk.wait_for(5)
         metrics = app.client.get("/metrics").text
-    # Typically ~1 ms. The median, because one full garbage collection of this big test process can
-    # stall every thread for ~0.1-0.2 s (measured; see bench/stream_ack.py for the service's own figures).
-    assert sorted(latencies)[2] < 0.1, latencies
-    assert max(latencies) < 0.5, latencies
     for n in range(5):
         assert sum(f"「第{n}条」" in t for t in texts(fake_dingtalk)) == 1
     # the gateway-open request: the app's credentials, the bot-message subscription, a ticket used once
@@ -158,8 +159,13 @@ def test_redelivered_msgid_in_a_new_frame_is_acked_and_answered_once(
             assert gateway.wait_ack(frame_id).code == 200
         gateway.push(callback(fake_dingtalk.webhook("later"), "下一条"))
         fake_dingtalk.wait_for(2)
-        time.sleep(0.3)
-        metrics = app.client.get("/metrics").text
+        # an acked frame is taken in after its ack: wait until both redeliveries have been
+
+        def both_taken_in() -> str:
+            text = app.client.get("/metrics").text
+            return text if sample(text, "dingbot_callbacks_total", outcome="duplicate") >= 2 else ""
+
+        metrics = wait_until(both_taken_in, what="both redeliveries taken in")
     assert len(frames) == len(set(frames)) == 3
     assert sum("「只回答一次」" in t for t in texts(fake_dingtalk)) == 1
     assert sample(metrics, "dingbot_callbacks_total", outcome="duplicate") == 2
@@ -243,25 +249,29 @@ def test_reconnects_after_disconnect_close_and_drop(
     stream_settings: Callable[..., Settings],
     gateway: FakeGateway,
     fake_dingtalk: FakeDingTalk,
+    monkeypatch: pytest.MonkeyPatch,
     action: str,
     reason: str,
 ) -> None:
+    at_once = action in ("disconnect", "close")
+    if at_once:  # any backoff would now be at least half of this (the jitter): unmistakable
+        monkeypatch.setattr(stream_module, "BACKOFF_FIRST_SECONDS", 2 * PATIENCE)
+    shortest_backoff = stream_module.BACKOFF_FIRST_SECONDS / 2
     with serve(stream_settings()) as app:
         first = gateway.wait_socket(1)
         reconnect(app, gateway, fake_dingtalk, 1)
         before = time.monotonic()
         getattr(gateway, action)()
-        second = gateway.wait_socket(2, timeout=5)
+        second = gateway.wait_socket(2, timeout=PATIENCE)
         took = time.monotonic() - before
         gateway.wait_closed(first)
         reconnect(app, gateway, fake_dingtalk, 2)
         assert [s.open for s in gateway.sockets] == [False, True]  # one connection per process
         metrics = app.client.get("/metrics").text
+    if at_once:
+        assert took < shortest_backoff, took  # at once, no backoff
     if action == "disconnect":
-        assert took < 0.5, took  # at once, no backoff
         assert first.close_code == 1000  # we closed the old socket ourselves, normally
-    if action == "close":
-        assert took < 0.5, took
     assert len(gateway.opens) == 2
     assert first.ticket != second.ticket
     assert all(gateway.tickets.values())
@@ -269,43 +279,53 @@ def test_reconnects_after_disconnect_close_and_drop(
 
 
 def test_silent_gateway_is_left_after_unanswered_heartbeats(
-    stream_settings: Callable[..., Settings], gateway: FakeGateway, fake_dingtalk: FakeDingTalk
+    stream_settings: Callable[..., Settings],
+    gateway: FakeGateway,
+    fake_dingtalk: FakeDingTalk,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A zombie TCP link: no pongs, no frames. The 1 s WebSocket heartbeat notices; the idle watchdog
-    (180 s here) is not what ends it."""
-    with serve(stream_settings(dingtalk_stream_heartbeat_seconds=1)) as app:
+    (180 s here, far beyond any wait below) is not what ends it: the reason says which one did."""
+    caplog.set_level(logging.INFO)
+    settings = stream_settings(dingtalk_stream_heartbeat_seconds=1)
+    assert settings.dingtalk_stream_idle_seconds > 2 * PATIENCE
+    with serve(settings) as app:
         first = gateway.silence(gateway.wait_socket(1))
-        started = time.monotonic()
-        gateway.wait_socket(2, timeout=8)
-        assert time.monotonic() - started < 5
+        gateway.wait_socket(2)
         reconnect(app, gateway, fake_dingtalk, 2)
         metrics = app.client.get("/metrics").text
     assert first.closed.is_set()
     assert sample(metrics, "dingbot_stream_reconnects_total", reason="dropped") == 1
+    assert sample(metrics, "dingbot_stream_reconnects_total", reason="idle") == 0
+    assert "the gateway left WebSocket pings unanswered for 1 s" in caplog.text
 
 
 def test_idle_watchdog_counts_application_frames_not_pongs(
     stream_settings: Callable[..., Settings], gateway: FakeGateway, fake_dingtalk: FakeDingTalk
 ) -> None:
-    # below the setting's 5 s floor, to keep the test short (model_copy skips validation)
+    idle = 1.0  # below the setting's 5 s floor, to keep the test short (model_copy skips validation)
     settings = stream_settings(dingtalk_stream_heartbeat_seconds=1).model_copy(
-        update={"dingtalk_stream_idle_seconds": 1.0}
+        update={"dingtalk_stream_idle_seconds": idle}
     )
-    gateway.ping_every = 0.3  # SYSTEM pings: application frames
+    gateway.ping_every = idle / 10  # SYSTEM pings: application frames, well inside every idle period
     with serve(settings) as app:
         first = gateway.wait_socket(1)
-        time.sleep(2.5)  # > 2 idle periods, > 2 WebSocket heartbeats
+        # more than two idle periods (and two WebSocket heartbeats) with pings: the connection stays
+        wait_until(lambda: time.monotonic() > first.opened_at + 2.5 * idle, what="2.5 idle periods")
         assert len(gateway.sockets) == 1
         assert first.open
-        assert sum(a.socket == 0 for a in gateway.acks) >= 4
+        assert sum(a.socket == 0 for a in gateway.acks) >= 4  # the pings were flowing, and acked
         gateway.ping_every = None  # pongs still flow, frames stop
-        stopped = time.monotonic()
-        gateway.wait_closed(first, timeout=5)
-        assert 0.8 < time.monotonic() - stopped < 3
+        gateway.wait_closed(first)
+        # closed by the watchdog: a whole idle period after the last frame reached the service, not before
+        assert first.closed_at is not None
+        assert first.last_frame_at is not None
+        assert first.closed_at - first.last_frame_at >= idle
         assert first.close_code == 1000
+        gateway.ping_every = idle / 10  # the next connection gets frames again: it must stay up
         reconnect(app, gateway, fake_dingtalk, 2)
         metrics = app.client.get("/metrics").text
-    assert sample(metrics, "dingbot_stream_reconnects_total", reason="idle") >= 1
+    assert sample(metrics, "dingbot_stream_reconnects_total", reason="idle") == 1
 
 
 def test_bad_credentials_are_not_ready_with_one_clear_log_line(
@@ -326,7 +346,6 @@ def test_bad_credentials_are_not_ready_with_one_clear_log_line(
                 )
                 >= 2
             ),
-            timeout=8,
             what="two refused attempts",
         )
         answer = app.client.get("/readyz")
@@ -343,7 +362,14 @@ def test_bad_credentials_are_not_ready_with_one_clear_log_line(
         assert sample(metrics, "dingbot_stream_state", state="connected") == 0
         # fixed on DingTalk's side: the next retry connects, without a restart
         gateway.client_secret = CLIENT_SECRET
-        gateway.wait_socket(1, timeout=10)
+        failures = sample(
+            app.client.get("/metrics").text, "dingbot_stream_connect_failures_total", kind="credentials"
+        )
+        # the next try comes after the backoff of the failures so far (maybe one more, under way)
+        backoff = stream_module.BACKOFF_FIRST_SECONDS * 2 ** (failures - 1)
+        gateway.wait_socket(
+            1, timeout=PATIENCE + 2 * min(backoff, stream_module.CREDENTIALS_BACKOFF_CAP_SECONDS)
+        )
         wait_until(lambda: ready(app), what="/readyz 200")
     assert gateway.sockets[0].close_code == 1000
     lines = [r for r in caplog.records if r.name == STREAM_LOGGER]
@@ -413,20 +439,23 @@ def test_shutdown_closes_the_socket_normally_and_does_not_reconnect(
     with serve(stream_settings()) as app:
         socket = gateway.wait_socket(1)
         reconnect(app, gateway, fake_dingtalk, 1)
-    assert gateway.wait_closed(socket, timeout=1).close_code == 1000
+    assert gateway.wait_closed(socket).close_code == 1000
     time.sleep(0.3)
     assert len(gateway.opens) == 1
     assert len(gateway.sockets) == 1
 
 
 def test_shutdown_while_failing_and_stop_without_start(
-    stream_settings: Callable[..., Settings], gateway: FakeGateway
+    stream_settings: Callable[..., Settings], gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(stream_module, "BACKOFF_FIRST_SECONDS", 2 * PATIENCE)  # the retry: 30-60 s away
     gateway.refuse_credentials = True
-    started = time.monotonic()
-    with serve(stream_settings()):
+    with serve(stream_settings()) as app:
         gateway.wait_opens(1)
-    assert time.monotonic() - started < 5  # stop() does not wait out the backoff
+        wait_until(lambda: app.client.get("/readyz").json().get("stream") == "failing", what="failing")
+        stopping = time.monotonic()  # in the backoff now
+    assert time.monotonic() - stopping < stream_module.BACKOFF_FIRST_SECONDS / 2  # not waited out
+    assert len(gateway.opens) == 1
 
     async def never_started() -> None:
         async with httpx.AsyncClient() as http:
@@ -456,7 +485,10 @@ def test_both_mode_answers_http_callbacks_and_stream_messages(
         gateway.push(callback(fake_dingtalk.webhook("stream"), "走Stream"))
         fake_dingtalk.wait_for(2)
         gateway.push(body)  # the same msgId through the other door: one path, one dedupe
-        time.sleep(0.3)
+        wait_until(
+            lambda: sample(app.client.get("/metrics").text, "dingbot_callbacks_total", outcome="duplicate"),
+            what="the redelivery taken in",
+        )
         assert app.client.get("/readyz").json()["stream"] == "connected"
     answered = texts(fake_dingtalk)
     assert len(answered) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,26 +12,32 @@ from typing import Any
 import httpx
 import pytest
 
+import api.app
 from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
+from tests.waiting import PATIENCE, wait_until
 
 
 def post(app: Any, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     return app.post_callback(encode(body), headers if headers is not None else signed_headers(SECRET))
 
 
-def test_signed_text_message_is_acked_empty_and_answered_within_a_second(
-    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+def test_signed_text_message_is_acked_empty_before_it_is_answered(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The ack never waits for the answer: DingTalk holds the reply until the ack is in hand. (How fast
+    either is, is for bench/, not a test.)"""
+    monkeypatch.setattr(api.app, "SEND_TIMEOUT_SECONDS", 2 * PATIENCE)  # the held send is not given up on
+    answer = threading.Event()
+    fake_dingtalk.holds.append(answer)
     with serve(make_settings()) as app:
-        started = time.monotonic()
         response = post(app, callback(fake_dingtalk.webhook(), "今天天气怎么样？"))
         assert response.status_code == 200
         assert response.json() == {"msgtype": "empty"}
-        [request] = fake_dingtalk.wait_for(1, timeout=1.0)
-        assert time.monotonic() - started < 1.0
+        answer.set()
+        [request] = fake_dingtalk.wait_for(1)
     assert request.path == "/robot/sendBySession?session=s1"
     body = request.json()
     assert body["msgtype"] == "text"
@@ -322,9 +329,7 @@ def test_errcode_from_dingtalk_is_read_and_the_server_stays_healthy(
     with serve(make_settings()) as app:
         post(app, callback(fake_dingtalk.webhook(), "第一条"))
         fake_dingtalk.wait_for(1)
-        deadline = time.monotonic() + 3
-        while "errcode 300001" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: "errcode 300001" in caplog.text, what="the errcode read and logged")
         assert app.client.get("/healthz").json()["status"] == "ok"
         # the failed turn is not in history: the next answer sees 0 turns
         post(app, callback(fake_dingtalk.webhook(), "第二条"))
@@ -342,12 +347,12 @@ def test_redelivery_of_a_message_whose_reply_failed_is_answered(
     with serve(make_settings()) as app:
         post(app, body)
         fake_dingtalk.wait_for(1)
-        deadline = time.monotonic() + 3
-        delivered = 1
-        while delivered < 2 and time.monotonic() < deadline:  # redeliver until the failure is recorded
+
+        def redelivered_and_answered() -> bool:  # redeliver until the failure is recorded
             post(app, body)
-            time.sleep(0.05)
-            delivered = len(fake_dingtalk.requests)
+            return len(fake_dingtalk.requests) >= 2
+
+        wait_until(redelivered_and_answered, what="a redelivery answered", every=0.05)
         post(app, body)  # answered now: further redeliveries are dropped
         time.sleep(0.3)
     assert len(fake_dingtalk.requests) == 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +12,7 @@ from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.waiting import PATIENCE, wait_until
 
 KEY = "sk-live-looking-key-abcdefghijklmnopqrstu"
 WEBHOOK_SESSION = "session-credential-9f8e7d"
@@ -54,23 +55,25 @@ def test_reply_is_the_model_servers_text(
         (Scripted(status=404), "抱歉，配置的模型不存在"),
         (Scripted(status=429), "模型服务现在太忙了"),
         (Scripted(status=500), "模型服务暂时不可用"),
-        (Scripted(delay=3), "抱歉，模型服务响应超时"),
+        (None, "抱歉，模型服务响应超时"),  # no answer within OPENAI_TIMEOUT
     ],
 )
 def test_model_failures_reach_the_person_and_the_server_stays_healthy(
     make_settings: Callable[..., Settings],
     fake_openai: FakeOpenAI,
     fake_dingtalk: FakeDingTalk,
-    scripted: Scripted,
+    scripted: Scripted | None,
     expected: str,
 ) -> None:
+    if scripted is None:  # the model answers only when the test ends: OPENAI_TIMEOUT is what ends the wait
+        scripted = Scripted(hold=threading.Event())
     fake_openai.script.extend([scripted, Scripted(text="恢复正常")])
-    with serve(settings_for(make_settings, fake_openai, openai_timeout=1)) as app:
+    with serve(settings_for(make_settings, fake_openai, openai_timeout=3)) as app:
         app.post_callback(encode(callback(fake_dingtalk.webhook(), "第一问")), signed_headers(SECRET))
-        fake_dingtalk.wait_for(1, timeout=5)
+        fake_dingtalk.wait_for(1)
         assert app.client.get("/healthz").status_code == 200
         app.post_callback(encode(callback(fake_dingtalk.webhook(), "第二问")), signed_headers(SECRET))
-        fake_dingtalk.wait_for(2, timeout=5)
+        fake_dingtalk.wait_for(2)
     first, second = (r["text"]["content"] for r in fake_dingtalk.replies())
     assert first.startswith(expected)
     assert second == "恢复正常"
@@ -96,7 +99,7 @@ def test_no_secret_webhook_or_text_in_logs_at_info(
         app.post_callback(encode(callback(webhook, PRIVATE_TEXT)), signed_headers("wrong"))
         app.post_callback(encode(callback(webhook, PRIVATE_TEXT)), {"token": "wrong-token"})
         app.post_callback(b'{"text": "' + PRIVATE_TEXT.encode() + b'"}', good)
-        time.sleep(0.2)
+    # (leaving serve() drains what is still under way: every log line is in by now)
     secrets = [
         KEY,
         SECRET,
@@ -120,15 +123,21 @@ def test_no_secret_webhook_or_text_in_logs_at_info(
 def test_reply_is_sent_before_a_slow_memory_extraction_finishes(
     make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
 ) -> None:
-    # The first chat call answers the person; the second is the fact extraction, slow on purpose.
+    # The first chat call answers the person; the second is the fact extraction, which gets no answer
+    # until the reply has arrived. Neither the model nor the memory write times out before the waits
+    # below give up: a reply that waited for the extraction would never come.
+    extraction = threading.Event()
     fake_openai.script.extend(
-        [Scripted(text="好的，记住了"), Scripted(text='{"facts": ["用户喜欢猫"]}', delay=2)]
+        [Scripted(text="好的，记住了"), Scripted(text='{"facts": ["用户喜欢猫"]}', hold=extraction)]
     )
-    with serve(settings_for(make_settings, fake_openai, memory_timeout=5)) as app:
+    patient = {"openai_timeout": 2 * PATIENCE, "memory_timeout": 2 * PATIENCE}
+    with serve(settings_for(make_settings, fake_openai, **patient)) as app:
         app.post_callback(encode(callback(fake_dingtalk.webhook(), "我喜欢猫")), signed_headers(SECRET))
-        [reply] = fake_dingtalk.wait_for(1, timeout=1.5)  # well before the extraction can finish
-        fake_openai.wait_for(2, timeout=1.5, path="/chat/completions")  # the extraction is under way
-        assert app.client.get("/healthz").json()["memory"] == "ok"
+        [reply] = fake_dingtalk.wait_for(1)
+        fake_openai.wait_for(2, path="/chat/completions")  # the extraction is under way
+        health = app.client.get("/healthz").json()
+        assert (health["memory"], health["memory_writes"]) == ("ok", 1)  # and not answered yet
+        extraction.set()
     assert reply.json()["text"]["content"] == "好的，记住了"
     # the real-mode embeddings came from the same endpoint (the seed's behaviour)
     assert any(r.path == "/v1/embeddings" for r in fake_openai.requests)
@@ -163,12 +172,12 @@ def test_real_mode_learns_with_the_endpoint_and_recalls_in_another_conversation(
         first = callback(fake_dingtalk.webhook(), "我对花生过敏")
         app.post_callback(encode(first), signed_headers(SECRET))
         fake_openai.wait_for(2, path="/chat/completions")  # the extraction call
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # until the reply is out and the background write is done
+
+        def settled() -> bool:  # the reply is out and the background write is done
             health = app.client.get("/healthz").json()
-            if not health["in_flight"] and not health["memory_writes"]:
-                break
-            time.sleep(0.05)
+            return not health["in_flight"] and not health["memory_writes"]
+
+        wait_until(settled, what="the reply and the memory write done", every=0.05)
         second = callback(fake_dingtalk.webhook(), "我能吃什么零食？", conversationId="cid-another==")
         app.post_callback(encode(second), signed_headers(SECRET))
         fake_dingtalk.wait_for(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from agent.settings.config import Settings
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.waiting import PATIENCE, wait_until
 
 KEY = "sk-live-looking-key-abcdefghijklmnopqrstu"
 TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
@@ -53,13 +55,6 @@ def post(app: RunningApp, body: dict[str, Any]) -> None:
     assert response.status_code == 200, response.text
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def calls_named(fake: FakeDingTalk, name: str) -> list[dict[str, Any]]:
     return [body for call, body in fake.card_calls() if call == name]
 
@@ -73,8 +68,17 @@ def test_the_answer_streams_into_a_card_with_throttled_full_updates_and_is_finis
     card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
 ) -> None:
     fake_openai.script.append(Scripted(text=ANSWER))
-    fake_openai.stream_piece_delay = 0.08  # 20 pieces over ~1.6 s: several updates, each ≥ 0.6 s apart
-    settings = card_settings()
+    fake_openai.stream_piece_delay = 0.08  # the model writes faster than a card may be updated (0.6 s)
+
+    def shown(text: str) -> bool:
+        return any(update["content"] == text for update in calls_named(fake_dingtalk, "update"))
+
+    def pace(so_far: str) -> None:  # at two points the model goes on only once the card shows its text
+        if len(so_far) in (12, 24):
+            wait_until(lambda: shown(so_far), what=f"the card showing {so_far!r}")
+
+    fake_openai.after_piece = pace
+    settings = card_settings(openai_timeout=2 * PATIENCE)  # the paced model may pause longer than 5 s
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "怎么提交报销？"))
         wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")))
@@ -87,7 +91,7 @@ def test_the_answer_streams_into_a_card_with_throttled_full_updates_and_is_finis
     assert deliver["openSpaceId"] == "dtv1.card//IM_ROBOT.042217062297"  # the sender's staff id
     assert deliver["outTrackId"] == create["outTrackId"]
     updates = calls_named(fake_dingtalk, "update")
-    assert len(updates) >= 3  # streamed, not one wall of text
+    assert len(updates) >= 3  # streamed, not one wall of text (two paced updates and the final one)
     contents = [u["content"] for u in updates]
     assert all(ANSWER.startswith(c) for c in contents)  # each update is the whole text so far
     assert contents == sorted(contents, key=len)
@@ -137,14 +141,17 @@ def test_the_watchdog_finishes_the_card_when_the_answer_takes_too_long(
     fake_dingtalk: FakeDingTalk,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(Settings, "longest_answer_seconds", property(lambda self: 1.0))
-    fake_openai.script.append(Scripted(text="太慢了", delay=4))
-    with serve(card_settings(openai_timeout=30)) as app:
+    deadline = 1.0
+    monkeypatch.setattr(Settings, "longest_answer_seconds", property(lambda self: deadline))
+    # the model answers only when the test ends, and its own timeout is beyond every wait here: only the
+    # watchdog can finish the card
+    fake_openai.script.append(Scripted(text="太慢了", hold=threading.Event()))
+    with serve(card_settings(openai_timeout=2 * PATIENCE)) as app:
         started = time.monotonic()
         post(app, callback(fake_dingtalk.webhook(), "你好"))
-        wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")))
+        wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")), what="the card finished")
         finished_after = time.monotonic() - started
-    assert finished_after < 3  # the watchdog, not the model's 30 s timeout
+    assert finished_after >= deadline  # when the watchdog's deadline passed, not before
     finish = calls_named(fake_dingtalk, "finish")[0]["cardData"]["cardParamMap"]
     assert finish["flowStatus"] == "5"
     assert finish["content"].startswith("抱歉，模型服务响应超时")
@@ -245,8 +252,8 @@ def test_a_card_is_finished_as_failed_when_the_service_stops_mid_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(api.app, "SHUTDOWN_GRACE_SECONDS", 0.3)
-    fake_openai.script.append(Scripted(text="来不及说完", delay=5))
-    with serve(card_settings(openai_timeout=30)) as app:
+    fake_openai.script.append(Scripted(text="来不及说完", hold=threading.Event()))  # answers only at the end
+    with serve(card_settings(openai_timeout=2 * PATIENCE)) as app:
         post(app, callback(fake_dingtalk.webhook(), "你好"))
         wait_until(lambda: bool(calls_named(fake_dingtalk, "deliver")))
     finish = calls_named(fake_dingtalk, "finish")[0]["cardData"]["cardParamMap"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from agent.settings.config import Settings
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
+from tests.waiting import wait_until
 
 WEBHOOK = "/robot/sendBySession"
 GROUP_SEND = "/v1.0/robot/groupMessages/send"
@@ -38,11 +40,11 @@ def first_state(path: Path) -> str:
     return rows[0][1] if rows else ""
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+def more_checks(app: RunningApp, count: int = 2) -> None:
+    """Wait until `count` more periodic checks have run (the last of them started after this call)."""
+    check = app.server.config.app.state.services.check
+    runs = check.runs
+    wait_until(lambda: check.runs >= runs + count, what=f"{count} more periodic checks")
 
 
 @pytest.fixture
@@ -149,8 +151,8 @@ def test_a_timed_out_send_is_retried_later_not_at_once(
 ) -> None:
     # DingTalk may have taken a send whose answer never came: no quick retry (a likely duplicate), the
     # periodic check tries again after the backoff.
-    monkeypatch.setattr(api.app, "SEND_TIMEOUT_SECONDS", 0.3)
-    fake_dingtalk.delays.append(1.0)
+    monkeypatch.setattr(api.app, "SEND_TIMEOUT_SECONDS", 2.0)  # any send but the held one: well within
+    fake_dingtalk.holds.append(threading.Event())  # the first send's answer never comes
     settings = make_settings(check_interval_seconds=0.2)
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "超时"))
@@ -170,8 +172,8 @@ def test_a_reply_that_keeps_failing_waits_in_the_outbox_and_the_periodic_check_s
     settings = make_settings(check_interval_seconds=0.2)
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "稍后送达"))
-        wait_until(lambda: first_state(settings.database_path) == "sent", timeout=10)
-        time.sleep(0.5)  # later checks must not send it again
+        wait_until(lambda: first_state(settings.database_path) == "sent")
+        more_checks(app)  # later checks must not send it again
     bodies = fake_dingtalk.replies()
     assert len(bodies) == 5  # three tries at once; from the check, one more failure and the success
     assert all(b == bodies[0] for b in bodies)
@@ -187,7 +189,7 @@ def test_other_errcodes_are_not_retried_and_their_meaning_is_logged(
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "机器人被移出群"))
         wait_until(lambda: first_state(settings.database_path) == "failed")
-        time.sleep(0.3)
+        more_checks(app)  # later checks must not retry it
     assert len(fake_dingtalk.posts(WEBHOOK)) == 1
     assert "the robot is not in this conversation any more" in caplog.text
 

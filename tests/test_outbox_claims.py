@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from api.delivery.outbox import Outbox
 from api.dingtalk.reply import Route
 from api.dingtalk.sender import SessionWebhookSender
 from tests.fakes.servers import FakeDingTalk
+from tests.waiting import PATIENCE
 
 WEBHOOK = "/robot/sendBySession"
 
@@ -60,7 +62,8 @@ def test_a_given_up_part_takes_the_later_parts_with_it(tmp_path: Path, fake_ding
 def test_two_processes_checking_one_outbox_send_a_due_reply_once(
     tmp_path: Path, fake_dingtalk: FakeDingTalk
 ) -> None:
-    fake_dingtalk.delays.append(0.3)  # a slow answer: both checks run while the first send is in flight
+    in_flight = threading.Event()
+    fake_dingtalk.holds.append(in_flight)  # the first send stays unanswered until the other check is done
     path = tmp_path / "x.db"
 
     async def scenario() -> list[int]:
@@ -74,13 +77,18 @@ def test_two_processes_checking_one_outbox_send_a_due_reply_once(
                     Courier(outbox=Outbox(db), webhook=SessionWebhookSender(http), openapi=None, robot=None)
                     for db in (first, second)
                 ]
-                return list(await asyncio.gather(*(c.send_due() for c in couriers)))
+                sending = asyncio.create_task(couriers[0].send_due())
+                await asyncio.to_thread(fake_dingtalk.wait_for, 1)  # its first part is on the wire
+                other = await asyncio.wait_for(couriers[1].send_due(), PATIENCE)  # the other process checks
+                in_flight.set()
+                return [await sending, other]
             finally:
+                in_flight.set()
                 await first.close()
                 await second.close()
 
     completed = asyncio.run(scenario())
-    assert sorted(completed) == [0, 1]  # one of them sent the reply, the other found it taken
+    assert completed == [1, 0]  # one of them sent the reply, the other found it taken
     contents = [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)]
     assert contents == ["第 1 部分", "第 2 部分", "第 3 部分"]
     assert [state for _, state, _ in states(path)] == ["sent", "sent", "sent"]

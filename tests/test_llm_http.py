@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -103,7 +104,7 @@ def test_each_http_failure_gets_the_right_message(
 def test_timeout_gets_the_timeout_message(
     real_settings: Callable[..., Settings], fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake_openai.script.append(Scripted(delay=1.5))
+    fake_openai.script.append(Scripted(hold=threading.Event()))  # answers only when the test ends
     assert answer(real_settings(openai_timeout=0.3)) == "抱歉，模型服务响应超时，请稍后再试一次。"
     assert "raise OPENAI_TIMEOUT (now 0.3 s" in caplog.text
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 
 from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.waiting import wait_until
 
 
 def sample(metrics: str, name: str, **labels: str) -> float:
@@ -44,14 +44,11 @@ def test_readyz_and_metrics_count_what_happened(
         app.post_callback(b"{}", signed_headers(SECRET))  # bad body
         fake_dingtalk.wait_for(1)
         fake_openai.wait_for(2, path="/chat/completions")
-        deadline = time.monotonic() + 5
-        while app.client.get("/healthz").json()["memory_writes"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # the extraction is done before the next message (the script's next answer is that message's)
+        wait_until(lambda: not app.client.get("/healthz").json()["memory_writes"], what="the memory write")
         app.post_callback(encode(callback(fake_dingtalk.webhook(), "再问")), signed_headers(SECRET))
         fake_dingtalk.wait_for(2)
-        deadline = time.monotonic() + 5
-        while app.client.get("/healthz").json()["in_flight"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not app.client.get("/healthz").json()["in_flight"], what="nothing in flight")
         text = app.client.get("/metrics").text
         endpoint = app.client.get("/readyz").json()["model_endpoint"]
     assert endpoint["state"] == "failing"  # the 401 of the second answer: no need to wait for a check

@@ -14,6 +14,7 @@ import pytest
 from dingbot.cli import main
 from tests.conftest import subprocess_env
 from tests.fakes.servers import FakeDingTalk
+from tests.waiting import PATIENCE
 
 
 def test_sign_prints_the_published_vector(
@@ -42,7 +43,7 @@ def test_catch_prints_replies_and_answers_errcode_zero(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE
         while True:
             try:
                 answer = httpx.post(
@@ -55,7 +56,7 @@ def test_catch_prints_replies_and_answers_errcode_zero(tmp_path: Path) -> None:
         assert answer.json() == {"errcode": 0, "errmsg": "ok"}
     finally:
         process.terminate()
-        out, _ = process.communicate(timeout=10)
+        out, _ = process.communicate(timeout=PATIENCE)
     assert '"content": "回复"' in out
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,9 @@ import pytest
 from tests.conftest import SECRET, subprocess_env
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.waiting import PATIENCE, wait_until
+
+STARTUP_PATIENCE = 2 * PATIENCE  # a cold start imports the embedder, mem0 and LangChain
 
 
 def free_port() -> int:
@@ -46,7 +50,7 @@ def test_serves_answers_and_stops_cleanly(
         [sys.executable, "-m", "dingbot.server"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + STARTUP_PATIENCE
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -60,13 +64,14 @@ def test_serves_answers_and_stops_cleanly(
             f"http://127.0.0.1:{port}/dingtalk/callback",
             content=encode(callback(fake_dingtalk.webhook(), "进程测试")),
             headers=signed_headers(SECRET),
+            timeout=PATIENCE,
         )
         assert response.json() == {"msgtype": "empty"}
         [request] = fake_dingtalk.wait_for(1)
         assert "「进程测试」" in request.json()["text"]["content"]
     finally:
         process.send_signal(stop_signal)
-        _, stderr = process.communicate(timeout=20)
+        _, stderr = process.communicate(timeout=PATIENCE)
     assert process.returncode == 0, stderr
     assert "DingHook stopped" in stderr
     # every line of a message's handling names it, the background reply included
@@ -98,7 +103,7 @@ def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_pa
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=STARTUP_PATIENCE,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -107,11 +112,15 @@ def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_pa
     assert "EMBEDDING_PROVIDER" in lines[0]
 
 
+def post_callback(url: str, body: dict[str, Any]) -> int:
+    return httpx.post(url, content=encode(body), headers=signed_headers(SECRET), timeout=PATIENCE).status_code
+
+
 def _start(env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "dingbot.server"], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + STARTUP_PATIENCE
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -151,30 +160,30 @@ def test_sigkill_mid_answer_and_mid_send_then_restart_answers_every_message_once
     process = _start(env, tmp_path, port)
     try:
         url = f"http://127.0.0.1:{port}/dingtalk/callback"
-        assert httpx.post(url, content=encode(first), headers=signed_headers(SECRET)).status_code == 200
-        fake_dingtalk.wait_for(3, timeout=10)  # the first try and two quick retries, all refused
+        assert post_callback(url, first) == 200
+        fake_dingtalk.wait_for(3)  # the first try and two quick retries, all refused
         fake_openai.delay = 60.0
         for body in others:
-            assert httpx.post(url, content=encode(body), headers=signed_headers(SECRET)).status_code == 200
-        deadline = time.monotonic() + 10
-        while not all(
-            any(b["text"]["content"] in r.body.decode() for r in fake_openai.chats()) for b in others
-        ):
-            assert time.monotonic() < deadline, "the model was not asked"
-            time.sleep(0.05)
+            assert post_callback(url, body) == 200
+        wait_until(
+            lambda: all(
+                any(b["text"]["content"] in r.body.decode() for r in fake_openai.chats()) for b in others
+            ),
+            what="the model asked about both",
+        )
     finally:
         process.kill()  # SIGKILL: no shutdown code runs
-        process.communicate(timeout=20)
+        process.communicate(timeout=PATIENCE)
 
     fake_openai.delay = 0.0
     before = len(fake_dingtalk.requests)
     process = _start(env, tmp_path, port)
     try:
-        fake_dingtalk.wait_for(before + 3, timeout=20)
+        fake_dingtalk.wait_for(before + 3)
         time.sleep(1.5)  # a few periodic checks: nothing may be sent twice
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=20)
+        process.communicate(timeout=PATIENCE)
     after = [r.json()["text"]["content"] for r in fake_dingtalk.requests[before:]]
     assert len(after) == 3, after
     for text in ("甲的问题", "乙的问题", "丙的问题"):

@@ -41,7 +41,6 @@ class Scripted:
     status: int = 200
     text: str = "你好"
     body: dict[str, Any] | None = None  # a raw JSON answer instead of a completion
-    delay: float = 0.0
     hold: threading.Event | None = None  # no answer until the test sets it (a model still thinking)
     error_code: str | None = None
 
@@ -160,16 +159,14 @@ class FakeDingTalk(LocalServer):
     sends) and the custom-robot webhook. Each answers with its scripted results in order, then success.
 
     Session webhooks and the robot webhook: `errcodes` (HTTP 200 with that errcode) or `statuses` (an HTTP
-    error status). OpenAPI sends: `openapi_statuses`. `delays` holds seconds to wait before answering
-    session-webhook posts; `holds`: each session-webhook post takes the next event, if any, and is not
-    answered until the test sets it (a slow or lost answer).
+    error status). OpenAPI sends: `openapi_statuses`. `holds`: each session-webhook post takes the next
+    event, if any, and is not answered until the test sets it (a slow or lost answer).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.errcodes: deque[int] = deque()
         self.statuses: deque[int] = deque()
-        self.delays: deque[float] = deque()
         self.holds: deque[threading.Event] = deque()
         self.robot_errcodes: deque[int] = deque()
         self.openapi_statuses: deque[int] = deque()
@@ -216,8 +213,6 @@ class FakeDingTalk(LocalServer):
             errcode = self.robot_errcodes.popleft() if self.robot_errcodes else 0
             self.send_json(handler, 200, {"errcode": errcode, "errmsg": "ok" if errcode == 0 else "scripted"})
             return
-        if self.delays:
-            time.sleep(self.delays.popleft())
         if self.holds and not self.hold(self.holds.popleft(), handler):
             return
         if self.statuses:
@@ -325,12 +320,12 @@ class FakeOpenAI(LocalServer):
         if self.script:
             step = self.script.popleft()
         else:
-            step = Scripted(delay=self.delay)
+            step = Scripted()
+            if self.delay:
+                time.sleep(self.delay)
             if self.echo:
                 users = [m for m in request.json().get("messages", []) if m.get("role") == "user"]
                 step.text = "答复：" + (str(users[-1].get("content", "")) if users else "")
-        if step.delay:
-            time.sleep(step.delay)
         if step.hold is not None and not self.hold(step.hold, handler):
             return
         if step.body is not None:

@@ -46,7 +46,8 @@ def stream_settings(make_settings: Callable[..., Settings], gateway: FakeGateway
             "dingtalk_client_id": CLIENT_ID,
             "dingtalk_client_secret": CLIENT_SECRET,
             "dingtalk_api_base": gateway.url,
-            "dingtalk_stream_heartbeat_seconds": 1,
+            # no WebSocket ping (with its pong deadline) within a test, unless the test is about them
+            "dingtalk_stream_heartbeat_seconds": 2 * PATIENCE,
         }
         values.update(overrides)
         return make_settings(**values)
@@ -234,7 +235,7 @@ def test_a_failing_handler_does_not_stop_the_connection(
 
 def reconnect(app: RunningApp, gateway: FakeGateway, fake_dingtalk: FakeDingTalk, n: int) -> None:
     """The n-th socket works: a message pushed on it is acked and answered."""
-    socket = gateway.wait_socket(n, timeout=8)
+    socket = gateway.wait_socket(n)
     wait_until(lambda: ready(app), what="/readyz 200 again")
     frame_id = gateway.push(callback(fake_dingtalk.webhook(f"after{n}"), f"重连{n}"), to=socket)
     assert gateway.wait_ack(frame_id).socket == socket.index

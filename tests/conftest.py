@@ -114,7 +114,7 @@ def serve(settings: Settings) -> Iterator[RunningApp]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + PATIENCE
+    deadline = time.monotonic() + 2 * PATIENCE  # the first start in a process imports the embedder, mem0
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the app did not start")

@@ -16,7 +16,12 @@ from pydantic import SecretStr
 from agent.storage.database import Database
 from api.delivery.courier import Courier
 from api.delivery.outbox import Outbox
-from api.dingtalk.robot_webhook import ROBOT_SENDS_PER_MINUTE, RobotWebhookSender, notice_body
+from api.dingtalk.robot_webhook import (
+    ROBOT_SENDS_PER_MINUTE,
+    THROTTLE_PAUSE_SECONDS,
+    RobotWebhookSender,
+    notice_body,
+)
 from api.dingtalk.sender import SessionWebhookSender
 from api.dingtalk.signature import compute_sign
 from tests.fakes.servers import FakeDingTalk
@@ -129,8 +134,11 @@ def test_throttled_by_dingtalk_the_notice_waits_ten_minutes_without_losing_an_at
             await courier.notify(notice_body("被限流"))
             await courier.notify(notice_body("排在后面"))
 
+    started = time.time()
     asyncio.run(scenario())
+    ended = time.time()
     assert len(fake_dingtalk.posts("/robot/send")) == 1  # not hammered: no quick retries when throttled
     rows = notices(path)
     assert [(state, attempts) for state, attempts, _ in rows] == [("pending", 0), ("pending", 0)]
-    assert all(at > time.time() + 500 for _, _, at in rows)
+    pause = THROTTLE_PAUSE_SECONDS  # ten minutes from when DingTalk said so
+    assert all(started + pause <= at <= ended + pause for _, _, at in rows)

@@ -159,6 +159,30 @@ def test_the_watchdog_finishes_the_card_when_the_answer_takes_too_long(
     assert finish["content"].startswith("抱歉，模型服务响应超时")
 
 
+def test_a_card_still_being_opened_when_the_deadline_strikes_is_finished_not_left_spinning(
+    card_settings: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    fake_dingtalk: FakeDingTalk,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deadline = 2.0
+    monkeypatch.setattr(Settings, "longest_answer_seconds", property(lambda self: deadline))
+    delivered = threading.Event()  # DingTalk shows the card but answers the delivery only later
+    fake_dingtalk.card_holds["deliver"].append(delivered)
+    try:
+        with serve(card_settings(memory_top_k=0)) as app:
+            post(app, callback(fake_dingtalk.webhook(), "你好"))
+            wait_until(lambda: bool(calls_named(fake_dingtalk, "finish")), what="the card finished")
+    finally:
+        delivered.set()
+    [created] = calls_named(fake_dingtalk, "create")
+    finish = calls_named(fake_dingtalk, "finish")[0]
+    assert finish["outTrackId"] == created["outTrackId"]  # the card that was being opened
+    assert finish["cardData"]["cardParamMap"]["flowStatus"] == "5"
+    assert finish["cardData"]["cardParamMap"]["content"].startswith("抱歉，模型服务响应超时")
+    assert fake_openai.chats() == []  # the deadline struck before the model was asked
+
+
 def test_a_refused_card_gives_way_to_a_markdown_reply_and_cards_pause(
     card_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
 ) -> None:

@@ -166,16 +166,19 @@ class CardStream:
     async def started(self) -> None:
         if not self._cards.available:
             return
-        card_id = uuid.uuid4().hex
+        # Known before DingTalk answers: when the answer's deadline strikes while the card is being opened
+        # (it may already be in the chat), the card is still finished, not left spinning.
+        self.card_id = card_id = uuid.uuid4().hex
         try:
             result = await self._cards.open(card_id, self._route, sender_nick=self._nick)
         except Exception as exc:  # never let the card take the answer down: plain reply instead
+            self.card_id = ""
             log.warning("card not created (%s): the answer goes as a plain message", type(exc).__name__)
             return
         if not result.ok:
+            self.card_id = ""
             log.warning("card not created (%s): the answer goes as a plain message", result.detail)
             return
-        self.card_id = card_id
         self._updater = asyncio.create_task(self._update_loop(), name=f"card-{card_id[:8]}")
 
     async def text(self, so_far: str) -> None:

@@ -160,7 +160,8 @@ class FakeDingTalk(LocalServer):
 
     Session webhooks and the robot webhook: `errcodes` (HTTP 200 with that errcode) or `statuses` (an HTTP
     error status). OpenAPI sends: `openapi_statuses`. `holds`: each session-webhook post takes the next
-    event, if any, and is not answered until the test sets it (a slow or lost answer).
+    event, if any, and is not answered until the test sets it (a slow or lost answer); `card_holds` the
+    same per card call.
     """
 
     def __init__(self) -> None:
@@ -176,7 +177,10 @@ class FakeDingTalk(LocalServer):
         self.card_statuses: dict[str, deque[int]] = {
             k: deque() for k in ("create", "deliver", "update", "finish")
         }
-        self.card_delay = 0.0  # seconds every card call takes
+        # AI cards: events a card call waits on, per call, before it is answered (a slow DingTalk)
+        self.card_holds: dict[str, deque[threading.Event]] = {
+            k: deque() for k in ("create", "deliver", "update", "finish")
+        }
 
     def webhook(self, session: str = "s1") -> str:
         return f"{self.url}/robot/sendBySession?session={session}"
@@ -193,8 +197,9 @@ class FakeDingTalk(LocalServer):
             return
         card_call = _CARD_CALLS.get((request.method, path))
         if card_call is not None:
-            if self.card_delay:
-                time.sleep(self.card_delay)
+            holds = self.card_holds[card_call]
+            if holds and not self.hold(holds.popleft(), handler):
+                return
             scripted = self.card_statuses[card_call]
             status = scripted.popleft() if scripted else 200
             if status != 200:

@@ -32,7 +32,7 @@ class TransportFailure:
     fix_zh: str
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """The exception and everything it was raised from (httpx and openai wrap the socket error)."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
@@ -45,7 +45,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _reason(exc: BaseException) -> Reason:
     import httpx
 
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     for item in chain:
         text = str(item).lower()
         if (

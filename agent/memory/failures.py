@@ -10,7 +10,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from agent.network import describe_failure
+from agent.network import describe_failure, exception_chain
 from agent.observe import Problem
 from agent.settings.choices import EmbeddingProvider
 from agent.settings.config import Settings
@@ -105,23 +105,9 @@ def _held_problem(settings: Settings) -> Problem:
 
 
 def _status_of(exc: BaseException) -> int:
-    chain: list[BaseException] = [exc]
-    while chain[-1].__cause__ is not None and len(chain) < 8:
-        chain.append(chain[-1].__cause__)
-    for item in chain:
-        status = getattr(item, "status_code", None)
-        if isinstance(status, int):
-            return status
-    return 0
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen and len(seen) < 12:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
+    """The HTTP status an endpoint answered with, wherever it sits in the chain (0 when none)."""
+    statuses = (getattr(item, "status_code", None) for item in exception_chain(exc))
+    return next((status for status in statuses if isinstance(status, int)), 0)
 
 
 def _is_transport(exc: BaseException) -> bool:
@@ -139,13 +125,15 @@ def _is_transport(exc: BaseException) -> bool:
     return any(
         isinstance(item, (*network, TimeoutError))
         or (isinstance(item, OSError) and item.errno in _SOCKET_ERRNOS)
-        for item in _chain(exc)
+        for item in exception_chain(exc)
     )
 
 
 def _storage_problem(exc: BaseException, settings: Settings) -> Problem | None:
     """The memory folder cannot be written: permissions, a full disk, a read-only file system."""
-    error = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS), None)
+    error = next(
+        (e for e in exception_chain(exc) if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS), None
+    )
     if error is None:
         return None
     folder = settings.memory_folder.resolve()

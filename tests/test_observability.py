@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.prometheus import sample
 from tests.waiting import wait_until
-
-
-def sample(metrics: str, name: str, **labels: str) -> float:
-    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = (
-        "^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
-    )
-    match = re.search(pattern, metrics, re.MULTILINE)  # a sample line, not the # HELP text
-    return float(match.group(1)) if match else 0.0
 
 
 def test_readyz_and_metrics_count_what_happened(

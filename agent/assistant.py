@@ -11,12 +11,10 @@ import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.output_parsers import StrOutputParser
-from langchain_core.runnables import Runnable
 
 from agent.commands import CommandRunner, parse_command
 from agent.errors import ModelError, ModelErrorKind
@@ -25,6 +23,8 @@ from agent.limits import RateLimiter
 from agent.memory.history import HistoryStore, Turn
 from agent.memory.service import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
+from agent.model.answer import AnswerStream, Chain, ModelAnswer, ask
+from agent.model.context import ContextWindow
 from agent.model.errors import classify_model_error
 from agent.model.health import ModelHealth
 from agent.observe import NoObserver, Observer
@@ -33,15 +33,6 @@ from agent.prompts.loader import PromptSet
 from agent.settings.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-class AnswerStream(Protocol):
-    """Who watches a model answer being written (an AI card): told when the model starts, then given
-    the whole text so far after each piece. The final Reply still comes from `reply()`."""
-
-    async def started(self) -> None: ...
-
-    async def text(self, so_far: str) -> None: ...
 
 
 class Assistant:
@@ -61,11 +52,10 @@ class Assistant:
         self.model = model
         self.history = history
         self.memory = memory
-        self._chains: weakref.WeakKeyDictionary[PromptSet, Runnable[dict[str, Any], str]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._chains: weakref.WeakKeyDictionary[PromptSet, Chain] = weakref.WeakKeyDictionary()
         self.observer: Observer = observer or NoObserver()
         self.health = ModelHealth(settings, self.observer)  # the model endpoint's state, for /readyz
+        self.context = ContextWindow(settings)  # how much of the conversation fits the model
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self._clock = clock or (lambda: datetime.now(settings.timezone))
 
@@ -85,11 +75,11 @@ class Assistant:
         reloaded first when a file in the prompts folder changed."""
         return self.prompts.for_conversation(message.conversation_id)
 
-    def _chain(self, prompts: PromptSet) -> Runnable[dict[str, Any], str]:
-        """prompt | model | parser, built once per loaded prompt version."""
+    def _chain(self, prompts: PromptSet) -> Chain:
+        """prompt | model, built once per loaded prompt version."""
         chain = self._chains.get(prompts)
         if chain is None:
-            chain = self._chains[prompts] = prompts.chat | self.model | StrOutputParser()
+            chain = self._chains[prompts] = prompts.chat | self.model
         return chain
 
     async def build_inputs(
@@ -154,19 +144,11 @@ class Assistant:
             memories = await self.memory.recall(message) if self.memory else []
             if self.memory:
                 self.observer.memory_recall(time.perf_counter() - recall_started)
-        inputs = await self.build_inputs(message, memories, prompts)
+        inputs = self._fitted(prompts, await self.build_inputs(message, memories, prompts))
         started = time.perf_counter()
         try:
-            if stream is None:
-                answer = (await self._chain(prompts).ainvoke(inputs)).strip()
-            else:
-                await stream.started()
-                answer = ""
-                async for piece in self._chain(prompts).astream(inputs):
-                    answer += piece
-                    await stream.text(answer)
-                answer = answer.strip()
-            if not answer:
+            answered = await self._ask(prompts, inputs, stream)
+            if not answered.text:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
         except Exception as exc:
             error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
@@ -179,14 +161,50 @@ class Assistant:
                 error.fix,
             )
             told = await self.health.answer_failed(error)
+            if error.context_exceeded:  # even the new message alone is too long, or nothing fits
+                return Reply(prompts.reply("context_too_long"), failed=True)
             return Reply(prompts.model_error_reply(error.kind, operators_told=told), failed=True)
         self.observer.model_call(time.perf_counter() - started, None)
         self.health.answered()
+        answer = answered.text
         log.info("model answered in %.0f ms (%d chars)", (time.perf_counter() - started) * 1000, len(answer))
         log.debug("model answer: %s", answer)
+        if answered.truncated:  # cut at MAX_TOKENS: said so, never sent as if it were whole
+            log.warning("model answer cut at MAX_TOKENS=%d (finish_reason=length)", self.settings.max_tokens)
+            self.observer.answer_truncated()
+            answer += "\n\n" + prompts.reply("answer_truncated")
         structured = has_structure(answer)
         title = (title_of(answer) or prompts.reply("markdown_title")) if structured else ""
         return Reply(note + answer, markdown=structured, title=title)
+
+    def _fitted(self, prompts: PromptSet, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The recent turns that fit the model's context beside the system prompt, the new message and
+        MAX_TOKENS of answer: a long answer earlier never makes the next message too long."""
+        if not inputs["history"]:
+            return inputs
+        fixed = prompts.chat.format_messages(**{**inputs, "history": []})
+        history = self.context.fit(fixed, inputs["history"], self.settings.max_tokens)
+        if len(history) < len(inputs["history"]):
+            log.info(
+                "history: %d of %d turns fit the context", len(history) // 2, len(inputs["history"]) // 2
+            )
+        return {**inputs, "history": history}
+
+    async def _ask(
+        self, prompts: PromptSet, inputs: dict[str, Any], stream: AnswerStream | None
+    ) -> ModelAnswer:
+        """One answer; when the endpoint says the prompt is longer than its context (its tokenizer counts
+        more than the estimate), once more with what fits its stated limit, else with no history."""
+        try:
+            return await ask(self._chain(prompts), inputs, stream)
+        except Exception as exc:
+            error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
+            if not error.context_exceeded:
+                raise
+            self.context.learn_from(error.said)
+            shorter = self._fitted(prompts, inputs) if self.context.learned else {**inputs, "history": []}
+            log.warning("the model refused the prompt as too long for its context: retrying once, shorter")
+            return await ask(self._chain(prompts), shorter, stream)
 
     def _clipped(self, message: IncomingMessage) -> IncomingMessage:
         """MAX_MESSAGE_CHARS: the model, history and memory see at most this much of a message."""

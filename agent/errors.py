@@ -34,11 +34,21 @@ class ModelError(DingbotError):
     """A model call failed. `kind` selects the person's message; `cause` and `fix` are for operators."""
 
     def __init__(
-        self, kind: ModelErrorKind, cause: str, fix: str, *, cause_zh: str = "", fix_zh: str = ""
+        self,
+        kind: ModelErrorKind,
+        cause: str,
+        fix: str,
+        *,
+        cause_zh: str = "",
+        fix_zh: str = "",
+        context_exceeded: bool = False,
+        said: str = "",
     ) -> None:
         super().__init__(f"{kind.value}: {cause}")
         self.kind = kind
         self.cause = cause
         self.fix = fix
-        self.cause_zh = cause_zh  # set where the Chinese cannot be derived from the kind (network causes)
+        self.cause_zh = cause_zh
         self.fix_zh = fix_zh
+        self.context_exceeded = context_exceeded  # the prompt was longer than the model's context
+        self.said = said  # the endpoint's own words (its error message), e.g. the context length it has

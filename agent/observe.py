@@ -32,6 +32,8 @@ class Observer(Protocol):
 
     def memory_recall(self, seconds: float) -> None: ...
 
+    def answer_truncated(self) -> None: ...
+
     async def problem(self, problem: Problem) -> bool:
         """Report a problem. True when operators were told of it (now, or already within the alert
         window, and the alert went out): only then may a person hear "the administrator was told"."""
@@ -49,6 +51,9 @@ class NoObserver:
         return
 
     def memory_recall(self, seconds: float) -> None:
+        return
+
+    def answer_truncated(self) -> None:
         return
 
     async def problem(self, problem: Problem) -> bool:

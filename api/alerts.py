@@ -170,6 +170,9 @@ class ServiceObserver:
     def memory_recall(self, seconds: float) -> None:
         self.metrics.memory_recall(seconds)
 
+    def answer_truncated(self) -> None:
+        self.metrics.truncated.inc()
+
     async def problem(self, problem: Problem) -> bool:
         self.metrics.problem(problem.key)
         if self.alerts is None:

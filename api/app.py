@@ -176,6 +176,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             # says what it found. Started before the periodic check, which then finds it under way.
             model_check = asyncio.create_task(health.check("startup check"), name="model-check")
             stack.push_async_callback(_cancel, model_check)
+            probe = asyncio.create_task(asyncio.to_thread(assistant.context.probe), name="context-probe")
+            stack.push_async_callback(_cancel, probe)
         check.start()  # its first run, at once, sends replies a previous run left unsent
         if services.stream is not None:
             await services.stream.start()  # connects in the background: DingTalk's messages come after

@@ -28,6 +28,11 @@ class Metrics:
         self.model_errors = Counter(
             "dingbot_model_errors", "Failed model calls by class", ["kind"], registry=r
         )
+        self.truncated = Counter(
+            "dingbot_answers_truncated",
+            "Answers the model stopped at MAX_TOKENS (sent with a note)",
+            registry=r,
+        )
         self.sends = Counter(
             "dingbot_sends",
             "Send attempts by route (session_webhook, openapi, robot_webhook) and DingTalk errcode "

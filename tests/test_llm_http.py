@@ -84,7 +84,7 @@ def test_streamed_completion_arrives_in_pieces(
         (Scripted(status=429, error_code="insufficient_quota"), "额度已用完", "balance"),
         (Scripted(status=500), "服务端错误", "failed on its side"),
         (Scripted(status=503), "服务端错误", "failed on its side"),
-        (Scripted(status=400, error_code="context_length_exceeded"), "消息太长", "context"),
+        (Scripted(status=400, error_code="invalid_request_error"), "消息太长", "refused the request"),
     ],
 )
 def test_each_http_failure_gets_the_right_message(
@@ -99,6 +99,29 @@ def test_each_http_failure_gets_the_right_message(
     assert expected in answer(real_settings())
     assert fix in caplog.text
     assert KEY not in caplog.text
+
+
+def test_a_prompt_too_long_for_the_context_is_retried_once_shorter_then_suggests_reset(
+    real_settings: Callable[..., Settings], fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend(
+        [
+            Scripted(status=400, error_code="context_length_exceeded"),
+            Scripted(text="短一点就能回答"),
+            Scripted(status=400, error_code="context_length_exceeded"),
+            Scripted(status=400, error_code="context_length_exceeded"),
+        ]
+    )
+
+    async def go() -> list[str]:  # one event loop: the model's HTTP client lives in it
+        async with open_assistant(real_settings()) as assistant:
+            return [(await assistant.reply(MESSAGE)).text, (await assistant.reply(MESSAGE)).text]
+
+    first, second = asyncio.run(go())
+    assert first == "短一点就能回答"
+    assert second.startswith("抱歉，这段对话太长")
+    assert "/reset" in second
+    assert len(fake_openai.chats()) == 4  # each message tried twice at most
 
 
 def test_timeout_gets_the_timeout_message(

@@ -339,10 +339,10 @@ def _complete(check: Check, settings: Settings, timeout: float) -> ModelError | 
 
     waited = min(settings.openai_timeout, timeout)
     quick = settings.model_copy(update={"openai_timeout": waited, "openai_max_retries": 0})
-    model = build_chat_model(quick, mock_reply_template="")
+    model = build_chat_model(quick, mock_reply_template="", max_tokens=1)  # capped for servers that ignore
     started = time.perf_counter()
     try:
-        model.invoke([HumanMessage("ping")], max_tokens=1)
+        model.invoke([HumanMessage("ping")])  # max_completion_tokens: it sends max_tokens too
     except Exception as exc:
         check.elapsed_ms = ms(started)
         error = classify_model_error(exc, settings)

@@ -157,6 +157,17 @@ def _fix_zh(kind: ModelErrorKind, settings: Settings) -> str:
     return fixes[kind]
 
 
+_CONTEXT_WORDS = ("context length", "context_length", "maximum context", "context size", "context window")
+
+
+def _said(exc: BaseException) -> str:
+    """The endpoint's error message, whatever shape its body has (never a key: it is the server's text)."""
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else body
+    message = inner.get("message") if isinstance(inner, dict) else inner
+    return (message if isinstance(message, str) else str(getattr(exc, "message", "")))[:300]
+
+
 def classify_model_error(exc: BaseException, settings: Settings) -> ModelError:
     base = public_endpoint(settings.openai_api_base)
     try:
@@ -180,6 +191,17 @@ def classify_model_error(exc: BaseException, settings: Settings) -> ModelError:
         cause, cause_zh = f"{kind.value}: {detail} from {base}", f"{zh}：{base} 返回 {detail}"
     else:
         cause, cause_zh = f"{kind.value}: {detail} from {base}", f"{zh}：{detail}（{base}）"
+    said = _said(exc)
+    context = kind is ModelErrorKind.BAD_REQUEST and (
+        "context_length_exceeded" in cause or any(word in said.lower() for word in _CONTEXT_WORDS)
+    )
+    fix = "the prompt was longer than the model's context: set MODEL_CONTEXT_TOKENS to it" if context else ""
     return ModelError(
-        kind, cause=cause, fix=_fix(kind, settings), cause_zh=cause_zh, fix_zh=_fix_zh(kind, settings)
+        kind,
+        cause=cause,
+        fix=fix or _fix(kind, settings),
+        cause_zh=cause_zh,
+        fix_zh=_fix_zh(kind, settings),
+        context_exceeded=context,
+        said=said,
     )

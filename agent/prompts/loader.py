@@ -113,6 +113,8 @@ _REQUIRED_REPLIES: dict[str, frozenset[str]] = {
     "rate_limited": frozenset({"limit"}),
     "truncated": frozenset({"limit"}),
     "operators_told": frozenset(),
+    "answer_truncated": frozenset(),
+    "context_too_long": frozenset(),
     "operator_alert": frozenset({"bot_name", "title", "cause", "fix"}),
     "operator_resolved": frozenset({"bot_name", "title"}),
 }
@@ -160,7 +162,13 @@ def _check_replies(path: Path, replies: dict[str, Any]) -> None:
 
 
 # Replies added after a prompts folder may have been copied: taken from the bundled prompts when missing.
-_LATER_REPLIES = ("operators_told", "operator_alert", "operator_resolved")
+_LATER_REPLIES = (
+    "operators_told",
+    "operator_alert",
+    "operator_resolved",
+    "answer_truncated",
+    "context_too_long",
+)
 _LATER_COMMAND_REPLIES = ("memory_empty_group",)
 _CLAIM = "已通知"
 

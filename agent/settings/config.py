@@ -8,28 +8,17 @@ in the code reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, JsonValue, SecretStr, field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.settings.choices import DingTalkMode, EmbeddingProvider, LogLevel, Provider, ReplyStyle
+from agent.settings.field import setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_PROMPTS_DIR = PROJECT_ROOT / "prompts"
-
-
-def setting(
-    default: Any, zh: str, en: str, *, section: str = "", shown: str = "", fix: str = "", **rules: Any
-) -> Any:
-    """A documented field: its Chinese and English description are the settings reference
-    (docs/settings.md, .env.example, `dingbot settings`). `section` starts a new group of the reference,
-    `shown` is the default as people should read it, `fix` replaces the hint derived from the rules."""
-    pairs = (("zh", zh), ("section", section), ("shown", shown), ("fix", fix))
-    extra: dict[str, JsonValue] = {key: value for key, value in pairs if value}
-    return Field(default, description=en, json_schema_extra=extra, **rules)
 
 
 class Settings(BaseSettings):
@@ -71,6 +60,22 @@ class Settings(BaseSettings):
     )
     openai_api_version: str = setting(
         "2024-10-21", "Azure 的 api-version（仅部署路径）", "Azure api-version (deployments path only)"
+    )
+    max_tokens: int = setting(
+        1000,
+        "一次回答最多生成的 token 数；超出时回答被截断并注明",
+        "the most tokens one answer may generate; a longer one is cut, with a note",
+        ge=16,
+        le=100_000,
+    )
+    model_context_tokens: int | None = setting(
+        None,
+        "模型的上下文长度（token）；不设置时从服务端探测（llama.cpp、vLLM），否则按 8192",
+        "the model's context length in tokens; unset: probed from the server (llama.cpp, vLLM), else 8192",
+        shown="probed",
+        fix="leave it unset (probed), or give the model's context length, e.g. MODEL_CONTEXT_TOKENS=8192",
+        ge=512,
+        le=10_000_000,
     )
 
     # --- long-term memory ---

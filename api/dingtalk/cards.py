@@ -149,7 +149,7 @@ class CardSender:
 
 class CardStream:
     """One answer streaming into one card: created when the model starts, updated at most every
-    UPDATE_INTERVAL_SECONDS with the full text so far. agent.assistant's AnswerStream."""
+    UPDATE_INTERVAL_SECONDS with the full text so far. agent.model.answer's AnswerStream."""
 
     def __init__(self, cards: CardSender, route: Route, *, sender_nick: str) -> None:
         self._cards = cards
@@ -164,7 +164,7 @@ class CardStream:
         self._updater: asyncio.Task[None] | None = None
 
     async def started(self) -> None:
-        if not self._cards.available:
+        if not self._cards.available or self.card_id:  # a second attempt at the answer keeps its card
             return
         # Known before DingTalk answers: when the answer's deadline strikes while the card is being opened
         # (it may already be in the chat), the card is still finished, not left spinning.

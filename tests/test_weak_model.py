@@ -1,0 +1,133 @@
+"""Against a model that behaves like a small one on llama.cpp (tests/fakes/weak_model.py): answers are
+bounded, a cut answer says so, and the doctor's one-token check really is one token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agent.settings.config import Settings
+from dingbot.cli import main
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk
+from tests.fakes.weak_model import RUNAWAY, WeakModel
+from tests.prometheus import sample
+
+TRUNCATED = "（回答过长，已截断）"
+
+
+@pytest.fixture
+def weak() -> Iterator[WeakModel]:
+    server = WeakModel().start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def on_weak(make_settings: Callable[..., Settings], weak: WeakModel, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "force_mock_openai": False,
+        "openai_api_key": "local",
+        "openai_api_base": f"{weak.url}/v1",
+        "openai_model": weak.model,
+        "openai_max_retries": 0,
+    }
+    return make_settings(**(values | overrides))
+
+
+def ask(app: Any, dingtalk: FakeDingTalk, text: str, replies: int) -> str:
+    app.post_callback(encode(callback(dingtalk.webhook(), text)), signed_headers(SECRET))
+    dingtalk.wait_for(replies, path="/robot/sendBySession")
+    return str(dingtalk.replies()[replies - 1]["text"]["content"])
+
+
+def test_a_model_that_never_stops_is_cut_at_max_tokens_and_the_person_is_told(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(on_weak(make_settings, weak, max_tokens=60)) as app:
+        text = ask(app, fake_dingtalk, "讲个故事", 1)
+        metrics = app.client.get("/metrics").text
+    [request] = weak.answers()
+    assert request["max_tokens"] == 60  # the name llama.cpp reads; without it the model runs on
+    assert request["max_completion_tokens"] == 60  # the name OpenAI's own API reads
+    body, note = text.rsplit("\n\n", 1)
+    assert body == (RUNAWAY * 10)[:60]
+    assert note == TRUNCATED
+    assert sample(metrics, "dingbot_answers_truncated_total") == 1
+
+
+def test_an_answer_that_ends_by_itself_has_no_note(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    weak.answer = "好的，没问题。"
+    with serve(on_weak(make_settings, weak)) as app:
+        assert ask(app, fake_dingtalk, "你好", 1) == "好的，没问题。"
+
+
+def test_openai_itself_gets_only_the_name_it_expects(make_settings: Callable[..., Settings]) -> None:
+    from agent.model.factory import build_chat_model
+
+    settings = make_settings(force_mock_openai=False, openai_api_key="sk-x", max_tokens=77)
+    model = build_chat_model(settings, mock_reply_template="")
+    payload = model._get_request_payload([("human", "hi")])  # type: ignore[attr-defined]
+    assert payload["max_completion_tokens"] == 77
+    assert "max_tokens" not in payload
+    assert "max_tokens" not in (payload.get("extra_body") or {})
+
+
+def test_the_doctors_one_token_check_is_one_token_on_servers_that_ignore_the_new_name(
+    weak: WeakModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {
+        "OPENAI_API_KEY": "local",
+        "OPENAI_API_BASE": f"{weak.url}/v1",
+        "OPENAI_MODEL": weak.model,
+        "DATABASE_PATH": str(tmp_path / "bot.db"),
+        "EMBEDDING_PROVIDER": "local",
+    }.items():
+        monkeypatch.setenv(name, value)
+    main(["doctor", "--json"])
+    capsys.readouterr()
+    [request] = weak.answers()
+    assert request["max_tokens"] == 1
+
+
+def test_thirty_long_answers_in_a_row_never_make_the_next_message_too_long(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    """Ten turns of 300-token answers are three times what a 2,000-token context holds: the history sent
+    is fitted to the context the server told (llama.cpp's /props), so no message is refused."""
+    weak.n_ctx = 2000
+    with serve(on_weak(make_settings, weak, max_tokens=300, rate_limit_per_minute=0)) as app:
+        weak.wait_for(1, path="/props")
+        replies = [ask(app, fake_dingtalk, f"第{n}个问题：请详细说说", n) for n in range(1, 31)]
+    assert weak.context_refusals == 0
+    assert all(reply.endswith(TRUNCATED) for reply in replies)  # every one answered, cut at MAX_TOKENS
+    sent = weak.answers()[-1]["messages"]
+    assert len(sent) > 2  # history was kept, as much as fits
+    assert sum(len(str(m["content"])) for m in sent) + 300 <= 2000
+
+
+def test_a_context_learned_from_a_refusal_fits_every_later_message(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    """A server that tells nothing (not llama.cpp, not vLLM) and is smaller than the assumed 8,192
+    tokens: its first refusal states the limit, the message is retried shorter, and it is believed."""
+    weak.n_ctx, weak.tell_context = 2000, ""
+    with serve(on_weak(make_settings, weak, max_tokens=300)) as app:
+        replies = [ask(app, fake_dingtalk, f"第{n}个问题：请详细说说", n) for n in range(1, 16)]
+    assert weak.context_refusals == 1
+    assert all(reply.endswith(TRUNCATED) for reply in replies)
+
+
+def test_a_message_too_long_for_the_model_on_its_own_suggests_reset(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    weak.n_ctx, weak.tell_context = 1200, ""
+    with serve(on_weak(make_settings, weak, max_tokens=300, max_message_chars=4000)) as app:
+        text = ask(app, fake_dingtalk, "长" * 1500, 1)
+    assert "超出了模型一次能读的长度" in text
+    assert "/reset" in text
+    assert weak.context_refusals == 2  # the message, then once more without history: no more

@@ -59,16 +59,19 @@ async def open_agent(
     await database.open()
     service: MemoryService | None = None
     try:
+        if model is None or settings.mock_mode:  # mock mode: its own offline extractor, whatever answers
+            extraction_model = extraction_model or build_extraction_model(settings)
         if model is None:
             model = build_chat_model(
                 settings, mock_reply_template=lambda: library.defaults.reply_template("mock_reply")
             )
+        # A model given by the caller (tests, tools) in real mode does the extraction too, unless one is.
         history = HistoryStore(database, settings.history_turns)
         if memory:
             service = MemoryService(
                 settings,
                 prompts=prompts,
-                extraction_model=extraction_model or build_extraction_model(settings, model),
+                extraction_model=extraction_model or model,
                 embeddings=embeddings or build_embeddings(settings),
                 database=database,
                 observer=observer,

@@ -195,16 +195,20 @@ class Assistant:
     ) -> ModelAnswer:
         """One answer; when the endpoint says the prompt is longer than its context (its tokenizer counts
         more than the estimate), once more with what fits its stated limit, else with no history."""
+        chain = self._chain(prompts)
+        retries = self.settings.openai_max_retries
         try:
-            return await ask(self._chain(prompts), inputs, stream)
-        except Exception as exc:
-            error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
+            return await ask(chain, inputs, stream, classify=self._classify, retries=retries)
+        except ModelError as error:
             if not error.context_exceeded:
                 raise
             self.context.learn_from(error.said)
             shorter = self._fitted(prompts, inputs) if self.context.learned else {**inputs, "history": []}
             log.warning("the model refused the prompt as too long for its context: retrying once, shorter")
-            return await ask(self._chain(prompts), shorter, stream)
+            return await ask(chain, shorter, stream, classify=self._classify, retries=retries)
+
+    def _classify(self, exc: BaseException) -> ModelError:
+        return classify_model_error(exc, self.settings)
 
     def _clipped(self, message: IncomingMessage) -> IncomingMessage:
         """MAX_MESSAGE_CHARS: the model, history and memory see at most this much of a message."""

@@ -34,6 +34,8 @@ class Observer(Protocol):
 
     def answer_truncated(self) -> None: ...
 
+    def extraction_failed(self, reason: str) -> None: ...
+
     async def problem(self, problem: Problem) -> bool:
         """Report a problem. True when operators were told of it (now, or already within the alert
         window, and the alert went out): only then may a person hear "the administrator was told"."""
@@ -54,6 +56,9 @@ class NoObserver:
         return
 
     def answer_truncated(self) -> None:
+        return
+
+    def extraction_failed(self, reason: str) -> None:
         return
 
     async def problem(self, problem: Problem) -> bool:

@@ -173,6 +173,9 @@ class ServiceObserver:
     def answer_truncated(self) -> None:
         self.metrics.truncated.inc()
 
+    def extraction_failed(self, reason: str) -> None:
+        self.metrics.extraction_failures.labels(reason).inc()
+
     async def problem(self, problem: Problem) -> bool:
         self.metrics.problem(problem.key)
         if self.alerts is None:

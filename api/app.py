@@ -118,7 +118,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(_stopped)
         stack.push_async_callback(http.aclose)
-        metrics = Metrics()
+        metrics = Metrics(settings.longest_answer_seconds)
         observer = ServiceObserver(metrics)
         agent = await stack.enter_async_context(open_agent(settings, observer=observer))
         database, assistant, memory, history = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -12,9 +13,11 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, longest_answer_seconds: float = 60.0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # up to the answer watchdog: a model that takes 3 minutes shows as such, not as "over 60 s"
+        model_buckets = sorted({*_LATENCY_BUCKETS, 120.0, 300.0, float(math.ceil(longest_answer_seconds))})
         self.callbacks = Counter(
             "dingbot_callbacks",
             "Callbacks by outcome: accepted, duplicate, ignored, refused_4xx",
@@ -23,7 +26,7 @@ class Metrics:
         )
         self.in_flight = Gauge("dingbot_messages_in_flight", "Accepted messages not answered yet", registry=r)
         self.model_seconds = Histogram(
-            "dingbot_model_seconds", "Model call latency", buckets=_LATENCY_BUCKETS, registry=r
+            "dingbot_model_seconds", "Model call latency", buckets=model_buckets, registry=r
         )
         self.model_errors = Counter(
             "dingbot_model_errors", "Failed model calls by class", ["kind"], registry=r
@@ -31,6 +34,12 @@ class Metrics:
         self.truncated = Counter(
             "dingbot_answers_truncated",
             "Answers the model stopped at MAX_TOKENS (sent with a note)",
+            registry=r,
+        )
+        self.extraction_failures = Counter(
+            "dingbot_memory_extraction_failures",
+            "Memory extractions that gave nothing usable, by reason (not_json: no JSON even after a repair)",
+            ["reason"],
             registry=r,
         )
         self.sends = Counter(

@@ -117,7 +117,7 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
         memory=not args.no_memory,
         prompts=library,
         model=answering,
-        extraction_model=build_extraction_model(settings, model),
+        extraction_model=build_extraction_model(settings),
     ) as agent:
         bot = settings.bot_name
         model_name = "mock" if settings.mock_mode else settings.openai_model

@@ -15,6 +15,7 @@ from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.fakes.weak_model import RUNAWAY, WeakModel
 from tests.prometheus import sample
+from tests.waiting import wait_until
 
 TRUNCATED = "（回答过长，已截断）"
 
@@ -131,3 +132,70 @@ def test_a_message_too_long_for_the_model_on_its_own_suggests_reset(
     assert "超出了模型一次能读的长度" in text
     assert "/reset" in text
     assert weak.context_refusals == 2  # the message, then once more without history: no more
+
+
+def test_a_timeout_is_not_retried_and_the_request_is_dropped(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    """A slow model past OPENAI_TIMEOUT: the person is told, the connection is closed (the server sees the
+    client leave), and no second request doubles the server's load."""
+    weak.token_seconds = 0.003  # 600 tokens: about 2 s, past the 0.5 s timeout
+    settings = on_weak(make_settings, weak, max_tokens=600, openai_timeout=0.5, openai_max_retries=2)
+    with serve(settings) as app:
+        text = ask(app, fake_dingtalk, "讲个故事", 1)
+        wait_until(lambda: weak.abandoned == 1, what="the server to find its client gone")
+    assert text == "抱歉，模型服务响应超时，请稍后再试一次。"
+    assert len(weak.answers()) == 1
+
+
+def settle(app: Any, weak: WeakModel, extractions: int = 1) -> None:
+    """The message's facts were asked for and the write is done (the service learns after replying)."""
+    wait_until(lambda: len(weak.extractions()) >= extractions, what="the extraction")
+    wait_until(lambda: app.client.get("/healthz").json()["memory_writes"] == 0, what="memory writes")
+
+
+def test_extraction_is_capped_cold_and_asked_for_json(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    weak.answer, weak.json_extraction, weak.extraction_facts = "好的", True, ["用户喜欢猫"]
+    with serve(on_weak(make_settings, weak)) as app:
+        ask(app, fake_dingtalk, "我喜欢猫", 1)
+        settle(app, weak)
+        listed = ask(app, fake_dingtalk, "/memory", 2)
+    [extraction] = weak.extractions()
+    assert extraction["max_tokens"] == 256  # a model that runs on stops here, not at MAX_TOKENS
+    assert extraction["temperature"] == 0
+    assert extraction["response_format"] == {"type": "json_object"}
+    assert "1. 用户喜欢猫" in listed
+
+
+def test_an_answer_that_is_not_json_gets_one_repair(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    weak.answer, weak.extraction_facts = "好的", ["用户对花生过敏", "事实一"]  # prose first, JSON when told
+    with serve(on_weak(make_settings, weak)) as app:
+        ask(app, fake_dingtalk, "我对花生过敏", 1)
+        settle(app, weak, extractions=2)
+        listed = ask(app, fake_dingtalk, "/memory", 2)
+    _, repair = weak.extractions()
+    assert [m["role"] for m in repair["messages"]] == ["system", "user", "assistant", "user"]
+    assert repair["messages"][2]["content"] == "好的，我会记住这些信息：用户提到了一些事情。"
+    assert "不是有效的 JSON" in repair["messages"][3]["content"]
+    assert "1. 用户对花生过敏" in listed
+    assert "事实一" not in listed  # the prompt's own example, copied by a weak model, is never kept
+
+
+def test_a_model_that_never_answers_json_is_logged_and_counted(
+    make_settings: Callable[..., Settings],
+    weak: WeakModel,
+    fake_dingtalk: FakeDingTalk,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    weak.answer, weak.json_on_repair = "好的", False
+    with serve(on_weak(make_settings, weak)) as app:
+        ask(app, fake_dingtalk, "我对花生过敏", 1)
+        settle(app, weak, extractions=2)
+        metrics = app.client.get("/metrics").text
+    assert len(weak.extractions()) == 2  # the first try and one repair, no more
+    assert "answered without the JSON the prompt asks for, twice" in caplog.text
+    assert sample(metrics, "dingbot_memory_extraction_failures_total", reason="not_json") == 1

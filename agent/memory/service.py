@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import sqlite3
@@ -26,11 +25,10 @@ from typing import Any, TypeVar
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.output_parsers import StrOutputParser
 
 from agent.errors import ConfigError, DingbotError
+from agent.memory.extraction import Extractor
 from agent.memory.failures import explain_open_failure, recall_problem
-from agent.memory.guard import unsafe_reason
 from agent.memory.store import Mem0Store
 from agent.messages import ContentKind, IncomingMessage
 from agent.observe import NoObserver, Observer
@@ -45,26 +43,6 @@ COLLECTION = "dingbot_memories"
 RECALL_PAUSE_SECONDS = 30  # after a failed or slow recall, replies skip memory for this long
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _TAGS = re.compile(r"</?\s*memories\s*>", re.IGNORECASE)
-
-
-def parse_facts(answer: str) -> list[str]:
-    """The facts in an extraction answer: {"facts": [...]} (mem0's {"memory": [{"text"}]} accepted too)."""
-    match = _JSON_OBJECT.search(answer)
-    if not match:
-        return []
-    try:
-        data = json.loads(match.group(0))
-    except ValueError:
-        return []
-    if not isinstance(data, dict):
-        return []
-    items = data.get("facts", data.get("memory", []))
-    facts = []
-    for item in items if isinstance(items, list) else []:
-        text = item.get("text") if isinstance(item, dict) else item
-        if isinstance(text, str) and text.strip():
-            facts.append(" ".join(text.split())[:500])
-    return facts
 
 
 class MemoryUnavailable(DingbotError):
@@ -94,6 +72,7 @@ class MemoryService:
         self._forgotten_at: dict[str, float] = {}
         self._writes: set[asyncio.Task[int]] = set()
         self.observer: Observer = observer or NoObserver()
+        self._extractor = Extractor(extraction_model, self.observer)
         self.off_reason = ""  # why the store did not open, for /healthz
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -317,21 +296,7 @@ class MemoryService:
         # the person's private facts, so it cannot restate one into the group.
         scopes = await self._scopes(message)
         existing = await self._on_thread(lambda: store.recent(scopes, 20))
-        extraction = self.prompts.defaults.extraction | self._extraction_model | StrOutputParser()
-        answer = await extraction.ainvoke(
-            {
-                "speaker_nick": message.sender_nick or "用户",
-                "existing": "\n".join(f"  - {text}" for text in existing) or "  （暂无）",
-                "text": message.text,
-            }
-        )
-        facts = []
-        for fact in parse_facts(answer):
-            reason = unsafe_reason(fact)
-            if reason:
-                log.info("memory guard dropped an extracted fact (%s)", reason)
-            elif fact not in existing and fact not in facts:
-                facts.append(fact)
+        facts = await self._extractor.facts(self.prompts.defaults, message, existing)
         if not facts:
             return 0
         where = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from langchain_core.language_models import BaseChatModel
@@ -13,7 +14,11 @@ from agent.settings.config import Settings
 
 
 def build_chat_model(
-    settings: Settings, *, mock_reply_template: str | Callable[[], str], max_tokens: int | None = None
+    settings: Settings,
+    *,
+    mock_reply_template: str | Callable[[], str],
+    max_tokens: int | None = None,
+    json_answers: bool = False,
 ) -> BaseChatModel:
     """Build the chat model the settings describe. Build it once: the first ChatOpenAI costs ~100 ms.
 
@@ -39,22 +44,39 @@ def build_chat_model(
             api_version=settings.openai_api_version,
             api_key=settings.openai_api_key,
             timeout=settings.openai_timeout,
-            max_retries=settings.openai_max_retries,
+            max_retries=0,  # retried by agent/model/answer.py, where a retry can help (not timeouts)
             max_tokens=max_tokens,  # sent as max_tokens: what the deployments API takes
+            **_json_mode(json_answers),
         )
     return ChatOpenAI(
         model=settings.openai_model,
         base_url=settings.openai_api_base,
         api_key=settings.openai_api_key,
         timeout=settings.openai_timeout,
-        max_retries=settings.openai_max_retries,
+        max_retries=0,  # retried by agent/model/answer.py, where a retry can help (not timeouts)
         max_tokens=max_tokens,  # sent as max_completion_tokens, which OpenAI's own API expects
         # Several OpenAI-compatible servers (llama.cpp, older vLLM and Ollama) ignore max_completion_tokens
         # and run to the end of their context: they get the older name too.
         extra_body=None if provider in (Provider.OPENAI, Provider.AZURE_V1) else {"max_tokens": max_tokens},
+        **_json_mode(json_answers),
     )
 
 
-def build_extraction_model(settings: Settings, chat_model: BaseChatModel) -> BaseChatModel:
-    """Fact extraction runs on the same chat model as the conversation; mock mode has its own."""
-    return MockExtractionModel() if settings.provider is Provider.MOCK else chat_model
+def _json_mode(on: bool) -> dict[str, Any]:
+    """JSON answers and no sampling: the memory extraction's settings."""
+    return {"temperature": 0.0, "model_kwargs": {"response_format": {"type": "json_object"}}} if on else {}
+
+
+EXTRACTION_MAX_TOKENS = 256  # a few short facts in JSON; a model that runs on is cut here
+
+
+def build_extraction_model(settings: Settings) -> BaseChatModel:
+    """Fact extraction: the conversation's endpoint and model, capped at EXTRACTION_MAX_TOKENS, at
+    temperature 0 and asked for JSON where the endpoint is known to take `response_format` (OpenAI, Azure,
+    llama.cpp, vLLM and Ollama on this machine); mock mode has its own offline extractor."""
+    if settings.provider is Provider.MOCK:
+        return MockExtractionModel()
+    json_answers = settings.provider is not Provider.COMPATIBLE  # unknown servers may refuse the field
+    return build_chat_model(
+        settings, mock_reply_template="", max_tokens=EXTRACTION_MAX_TOKENS, json_answers=json_answers
+    )

@@ -30,6 +30,7 @@ class PromptSet:
 
     chat: ChatPromptTemplate
     extraction: ChatPromptTemplate  # prompts/memory.yaml: the person's message → {"facts": [...]}
+    extraction_repair: str  # said to the model, once, when its extraction was not JSON
     chat_place_direct: str
     chat_place_group: str
     memory_item: str
@@ -180,6 +181,13 @@ def _bundled_replies() -> dict[str, Any]:
     return read_yaml(DEFAULT_PROMPTS_DIR / "replies.yaml")
 
 
+@functools.cache
+def _bundled_memory() -> dict[str, Any]:
+    from agent.settings.config import DEFAULT_PROMPTS_DIR
+
+    return read_yaml(DEFAULT_PROMPTS_DIR / "memory.yaml")
+
+
 def _upgraded(replies: dict[str, Any], path: Path) -> dict[str, Any]:
     """An older replies.yaml keeps working: replies added since come from the bundled prompts, and a
     single `commands.help` (before /help differed between one-to-one and groups) serves both places."""
@@ -305,9 +313,11 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
             ("human", human),
         ]
     )
+    repair = memory.get("extraction_repair") or _bundled_memory().get("extraction_repair")
     return PromptSet(
         chat=template,
         extraction=extraction,
+        extraction_repair=_check(repair, frozenset(), f"{memory_path}: extraction_repair"),
         chat_place_direct=direct,
         chat_place_group=group,
         memory_item=item,

@@ -32,7 +32,6 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    # --- model (names from the seed guide) ---
     openai_api_key: SecretStr | None = setting(
         None,
         "必需（Mock 模式除外）；Ollama/vLLM 可填任意值",
@@ -56,7 +55,11 @@ class Settings(BaseSettings):
     )
     openai_timeout: float = setting(60.0, "每次模型调用最多等待的秒数", "seconds per model call", gt=0)
     openai_max_retries: int = setting(
-        2, "429、5xx 和超时的重试次数", "retries on 429, 5xx and timeouts", ge=0, le=10
+        2,
+        "连接被拒、429 和 5xx 时的重试次数（超时不重试：服务端可能还在算，重试只会加倍负载）",
+        "retries on refused connections, 429 and 5xx (never on timeouts: the server may still be working)",
+        ge=0,
+        le=10,
     )
     openai_api_version: str = setting(
         "2024-10-21", "Azure 的 api-version（仅部署路径）", "Azure api-version (deployments path only)"
@@ -78,7 +81,6 @@ class Settings(BaseSettings):
         le=10_000_000,
     )
 
-    # --- long-term memory ---
     embedding_provider: EmbeddingProvider = setting(
         EmbeddingProvider.OPENAI,
         "`openai`：与聊天模型同一端点和 Key；`local`：内置离线多语言嵌入（Mock 模式总是 `local`）",
@@ -117,7 +119,6 @@ class Settings(BaseSettings):
         gt=0,
     )
 
-    # --- DingTalk ---
     secret: SecretStr | None = setting(
         None,
         "机器人的签名密钥：校验回调并给自定义机器人 webhook 加签（应用机器人即 AppSecret）",
@@ -200,7 +201,6 @@ class Settings(BaseSettings):
         "when set, callbacks from another organisation (`chatbotCorpId`) get 403",
     )
 
-    # --- service ---
     host: str = setting("0.0.0.0", "监听地址", "bind address", section="服务 / Service")  # noqa: S104
     port: int = setting(8080, "HTTP 端口", "HTTP port", ge=1, le=65535)
     database_path: Path = setting(
@@ -236,7 +236,6 @@ class Settings(BaseSettings):
         gt=0,
     )
 
-    # --- limits and access ---
     max_message_chars: int = setting(
         4000,
         "更长的消息只读前这么多字，并告诉对方",
@@ -269,7 +268,6 @@ class Settings(BaseSettings):
         "comma-separated conversation ids; empty: every group",
     )
 
-    # --- conversation ---
     history_turns: int = setting(
         10,
         "放进提示词的近期对话轮数",
@@ -326,8 +324,6 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be blank")
         return value.strip()
-
-    # --- derived facts ---
 
     @property
     def mock_mode(self) -> bool:

@@ -214,14 +214,18 @@ class Assistant:
         """MAX_MESSAGE_CHARS: the model, history and memory see at most this much of a message."""
         return replace(message, text=message.text[: self.settings.max_message_chars])
 
+    def learns_from(self, message: IncomingMessage, reply: Reply) -> bool:
+        """Whether `remember` keeps this exchange: model answers to text, not notices or commands."""
+        return message.kind is ContentKind.TEXT and not reply.failed and not reply.canned
+
     async def remember(self, message: IncomingMessage, reply: Reply) -> None:
         """After the reply went out: keep the turn in short-term history and, in the background, learn
-        long-term facts from what the person said (model answers only)."""
-        if message.kind is not ContentKind.TEXT or reply.failed or reply.canned:
+        long-term facts from what the person said. Neither happens for what a later "/forget all" of
+        theirs came after."""
+        if not self.learns_from(message, reply):
             return
         message = self._clipped(message)
-        await self.history.append(
-            self.history_scope(message), Turn(self._human_entry(message), reply.text), message.person_id
-        )
+        turn = Turn(self._human_entry(message), reply.text)
+        await self.history.append(self.history_scope(message), turn, message.person_id, message.arrived_at)
         if self.memory:
             self.memory.learn_later(message)

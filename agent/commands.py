@@ -88,12 +88,12 @@ class CommandRunner:
 
     async def _forget_all(self, message: IncomingMessage) -> Reply:
         """Our own copies go first, whatever the memory store says; then the long-term memories."""
-        await self.history.erase_person(message.person_id)
+        await self.history.erase_person(message.person_id, message.arrived_at)
         await self.history.shrink()
         try:
             if self.memory is None:
                 raise MemoryUnavailable
-            count = await self.memory.forget_person(message.person_id)
+            count = await self.memory.forget_person(message.person_id, message.arrived_at)
         except Exception as exc:
             log.warning("/forget all: long-term memories not erased (%s)", type(exc).__name__)
             return self._say("forgot_history_only")

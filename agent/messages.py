@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
+import time
 from dataclasses import dataclass
+from typing import Any
 
 
 class ContentKind(enum.StrEnum):
@@ -42,6 +46,24 @@ class IncomingMessage:
     @property
     def group_history_key(self) -> str:
         return f"{self.conversation_id}\x1f*"
+
+    @property
+    def arrived_at(self) -> float:
+        """When the person sent it (epoch seconds, the channel's clock): what a later "forget" is compared
+        with, so a fact said a moment before "/forget all" cannot be stored after it."""
+        return self.created_at_ms / 1000 if self.created_at_ms else time.time()
+
+
+def message_to_json(message: IncomingMessage) -> str:
+    return json.dumps(dataclasses.asdict(message), ensure_ascii=False)
+
+
+def message_from_json(payload: str) -> IncomingMessage:
+    data: dict[str, Any] = json.loads(payload)
+    known = {field.name for field in dataclasses.fields(IncomingMessage)}
+    fields = {k: v for k, v in data.items() if k in known}  # rows written by another version
+    fields["kind"] = ContentKind(fields.get("kind", ContentKind.TEXT))
+    return IncomingMessage(**fields)
 
 
 @dataclass(frozen=True, slots=True)

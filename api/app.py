@@ -172,6 +172,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = services
         # Before the first callback is accepted: every `processing` row belongs to a process that is gone.
         await dispatcher.resume(at_startup=True, retry_after_seconds=0.0)
+        await memory.resume_learning()  # answered before a crash, not learned from yet
         if not settings.mock_mode:  # in the background: startup does not wait on the endpoint, the log
             # says what it found. Started before the periodic check, which then finds it under way.
             model_check = asyncio.create_task(health.check("startup check"), name="model-check")

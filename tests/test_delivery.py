@@ -128,8 +128,8 @@ def test_periodic_check_expires_old_rows_and_keeps_recent_ones(
                 await inbox.claim(person_message(message_id=msg_id))
                 parts = await outbox.store_reply(msg_id, "corp:u1", route, [{"msgtype": "text"}])
                 await outbox.mark_sent(parts[0].id)
-            await history.append("scope", Turn("旧问题", "旧回答"), "p1")
-            await history.append("scope", Turn("新问题", "新回答"), "p1")
+            await history.append("scope", Turn("旧问题", "旧回答"), "p1", said_at=time.time())
+            await history.append("scope", Turn("新问题", "新回答"), "p1", said_at=time.time())
             old = time.time() - 31 * 86400
 
             def age(conn: sqlite3.Connection) -> None:

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.commands import parse_command
+from agent.memory.history import Turn
 from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
 from tests.test_mem0_integration import SNACK, WXM, turn
@@ -176,3 +178,61 @@ def test_memory_in_a_group_where_nothing_may_be_used_says_why(make_settings: Cal
     assert group.startswith("在这个群里我还没有能用到的关于你的记忆")
     assert "/memory share on" in group
     assert direct.startswith("我记得关于你的 2 件事")
+
+
+def test_a_message_answered_before_a_crash_is_learned_from_at_the_next_start(
+    make_settings: Callable[..., Settings], fake_dingtalk: Any
+) -> None:
+    """The learning job stored with the reply outlives the process: the next start learns from it; and
+    "/forget all" takes such a job with it."""
+    import sqlite3
+
+    from agent.messages import message_to_json
+    from agent.storage.database import SCHEMA, store_learning
+    from tests.conftest import SECRET, serve
+    from tests.fakes.payloads import callback, encode, signed_headers
+    from tests.waiting import wait_until
+
+    settings = make_settings()
+    settings.database_path.parent.mkdir(parents=True)
+    with sqlite3.connect(settings.database_path) as conn:  # what a crash after the reply leaves
+        conn.executescript(SCHEMA)
+        store_learning(conn, WXM.message_id, WXM.person_id, message_to_json(WXM))
+        other = replace(WXM, message_id="other==", person_id="corp:someone-else")
+        store_learning(conn, other.message_id, other.person_id, message_to_json(other))
+    corp, staff_id = WXM.person_id.split(":")
+    body = callback(fake_dingtalk.webhook(), "/memory", senderStaffId=staff_id, senderCorpId=corp)
+    with serve(settings) as app:
+        wait_until(lambda: app.client.get("/healthz").json()["memory_writes"] == 0, what="memory writes")
+        app.post_callback(encode(body), signed_headers(SECRET))
+        [reply] = fake_dingtalk.wait_for(1, path="/robot/sendBySession")
+    assert "用户对花生过敏" in reply.json()["text"]["content"]
+    with sqlite3.connect(settings.database_path) as conn:
+        assert conn.execute("SELECT msg_id FROM learning").fetchall() == []
+
+
+def test_forget_all_takes_the_persons_pending_learning_with_it_and_refuses_older_turns(
+    tmp_path: Path,
+) -> None:
+    from agent.memory.history import HistoryStore
+    from agent.messages import message_to_json
+    from agent.storage.database import Database, store_learning
+
+    async def go() -> tuple[list[Any], bool, bool]:
+        database = Database(tmp_path / "db.sqlite")
+        await database.open()
+        try:
+            await database.run(lambda c: store_learning(c, "m1", WXM.person_id, message_to_json(WXM)))
+            history = HistoryStore(database, 10)
+            await history.erase_person(WXM.person_id, asked_at=1000.0)
+            jobs = await database.run(lambda c: c.execute("SELECT msg_id FROM learning").fetchall())
+            before = await history.append("s", Turn("早说的", "好"), WXM.person_id, said_at=999.0)
+            after = await history.append("s", Turn("后说的", "好"), WXM.person_id, said_at=1001.0)
+            return jobs, before, after
+        finally:
+            await database.close()
+
+    jobs, before, after = asyncio.run(go())
+    assert jobs == []
+    assert before is False  # said before the forget: never written
+    assert after is True

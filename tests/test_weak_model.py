@@ -199,3 +199,43 @@ def test_a_model_that_never_answers_json_is_logged_and_counted(
     assert len(weak.extractions()) == 2  # the first try and one repair, no more
     assert "answered without the JSON the prompt asks for, twice" in caplog.text
     assert sample(metrics, "dingbot_memory_extraction_failures_total", reason="not_json") == 1
+
+
+def test_forget_beats_a_fact_said_a_moment_earlier_twenty_times_out_of_twenty(
+    make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
+) -> None:
+    """A slow model: the fact's answer is still being written when "/forget all" (sent a moment later, from
+    a group, so handled at the same time) erases everything. Neither the fact's turn nor the fact itself
+    may be written afterwards."""
+    weak.answer, weak.json_extraction, weak.extraction_facts = "好的，我记住了。", True, ["用户对花生过敏"]
+    weak.token_seconds = 0.05  # the answer takes 0.4 s, the extraction about a second
+    people = [f"0422170{n:05d}" for n in range(20)]
+    settings = on_weak(make_settings, weak, rate_limit_per_minute=0, workers=8)
+    with serve(settings) as app:
+        for staff_id in people:
+            fact = callback(fake_dingtalk.webhook(), "我对花生过敏", senderStaffId=staff_id)
+            forget = callback(fake_dingtalk.webhook(), "/forget all", group=True, senderStaffId=staff_id)
+            forget["createAt"] = fact["createAt"] + 50  # said after the fact, by 50 ms
+            app.post_callback(encode(fact), signed_headers(SECRET))
+            app.post_callback(encode(forget), signed_headers(SECRET))
+        fake_dingtalk.wait_for(40, path="/robot/sendBySession")
+        wait_until(lambda: app.client.get("/healthz").json()["memory_writes"] == 0, what="memory writes")
+        database = settings.database_path
+        for staff_id in people:
+            listed = ask_as(app, fake_dingtalk, staff_id)
+            assert listed.startswith("我还没有记住关于你的事"), (staff_id, listed)
+    import sqlite3
+
+    with sqlite3.connect(database) as conn:
+        turns = conn.execute("SELECT COUNT(*) FROM history WHERE content LIKE '%花生%'").fetchone()[0]
+        jobs = conn.execute("SELECT COUNT(*) FROM learning").fetchone()[0]
+    assert turns == 0
+    assert jobs == 0
+
+
+def ask_as(app: Any, dingtalk: FakeDingTalk, staff_id: str) -> str:
+    before = len(dingtalk.replies())
+    body = callback(dingtalk.webhook(), "/memory", senderStaffId=staff_id)
+    app.post_callback(encode(body), signed_headers(SECRET))
+    dingtalk.wait_for(before + 1, path="/robot/sendBySession")
+    return str(dingtalk.replies()[before]["text"]["content"])

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from agent.storage.database import Database, erase_person_messages
+from agent.storage.database import Database, erase_person_messages, forgotten_at, mark_forgotten
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +44,17 @@ class HistoryStore:
                 pending = None
         return turns
 
-    async def append(self, scope: str, turn: Turn, person_id: str) -> None:
+    async def append(self, scope: str, turn: Turn, person_id: str, said_at: float) -> bool:
+        """Keep a turn the person began at `said_at`; refused (False) when they asked to be forgotten
+        after saying it — checked in the same transaction as the write."""
         keep = self.turns * 2
         now = time.time()
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> bool:
             with conn:
-                conn.execute("BEGIN")
+                conn.execute("BEGIN IMMEDIATE")
+                if forgotten_at(conn, person_id) >= said_at:
+                    return False
                 conn.executemany(
                     "INSERT INTO history (scope, person_id, role, content, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -61,8 +65,9 @@ class HistoryStore:
                     "(SELECT id FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?)",
                     (scope, scope, keep),
                 )
+                return True
 
-        await self._db.run(write)
+        return await self._db.run(write)
 
     async def clear(self, scope: str) -> None:
         """/reset: forget the recent turns of one scope."""
@@ -72,12 +77,16 @@ class HistoryStore:
 
         await self._db.run(delete)
 
-    async def erase_person(self, person_id: str) -> None:
-        """/forget all: every turn of this person, in every scope, and their stored messages."""
+    async def erase_person(self, person_id: str, asked_at: float) -> None:
+        """/forget all, sent at `asked_at`: every turn of this person, in every scope, their stored messages,
+        and a mark that refuses anything they said before it (still on its way) — one transaction."""
 
         def delete(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM history WHERE person_id = ?", (person_id,))
-            erase_person_messages(conn, person_id)
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                mark_forgotten(conn, person_id, asked_at)
+                conn.execute("DELETE FROM history WHERE person_id = ?", (person_id,))
+                erase_person_messages(conn, person_id)
 
         await self._db.run(delete)
 

@@ -34,12 +34,13 @@ from agent.messages import ContentKind, IncomingMessage
 from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
-from agent.storage.database import Database
+from agent.storage.database import Database, finish_learning, forgotten_at, pending_learning
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COLLECTION = "dingbot_memories"
+NEVER = float("-inf")  # no "/forget all" yet
 RECALL_PAUSE_SECONDS = 30  # after a failed or slow recall, replies skip memory for this long
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _TAGS = re.compile(r"</?\s*memories\s*>", re.IGNORECASE)
@@ -70,7 +71,7 @@ class MemoryService:
         self._recall_executor: ThreadPoolExecutor | None = None
         self._recall_paused_until = 0.0
         self._forgotten_at: dict[str, float] = {}
-        self._writes: set[asyncio.Task[int]] = set()
+        self._writes: set[asyncio.Task[None]] = set()
         self.observer: Observer = observer or NoObserver()
         self._extractor = Extractor(extraction_model, self.observer)
         self.off_reason = ""  # why the store did not open, for /healthz
@@ -248,13 +249,12 @@ class MemoryService:
         await self._on_thread(lambda: store.erase([memory_id], message.person_id))
         return text
 
-    async def forget_person(self, person_id: str) -> int:
-        """/forget all: every memory of the person, mem0's copies included; returns how many.
-
-        A write already under way for this person (learned before the command) is refused when it
-        reaches the store, so a forgotten fact cannot come back a second later."""
+    async def forget_person(self, person_id: str, asked_at: float) -> int:
+        """/forget all, sent at `asked_at`: every memory of the person, mem0's copies included; returns
+        how many. A write still under way of something they said before it is refused when it reaches the
+        store (on the same thread as this erase), so a forgotten fact cannot come back a second later."""
         store = self._open_store_or_raise()
-        self._forgotten_at[person_id] = time.monotonic()
+        self._forgotten_at[person_id] = max(asked_at, self._forgotten_at.get(person_id, NEVER))
 
         def erase_all() -> int:
             erased = 0
@@ -266,10 +266,28 @@ class MemoryService:
         return await self._on_thread(erase_all)
 
     def learn_later(self, message: IncomingMessage) -> None:
-        """Learn from `message` in the background: the caller (a reply just sent) never waits."""
-        task = asyncio.create_task(self.learn(message), name=f"memory-{message.message_id}")
+        """Learn from `message` in the background: the caller (a reply just sent) never waits. Its job
+        row (stored with the reply) is removed once done, whatever the outcome."""
+        task = asyncio.create_task(self._learn_job(message), name=f"memory-{message.message_id}")
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    async def _learn_job(self, message: IncomingMessage) -> None:
+        try:
+            await self.learn(message)
+        finally:
+            await self._database.run(lambda conn: finish_learning(conn, message.message_id))
+
+    async def resume_learning(self) -> int:
+        """At startup: the messages answered before a crash whose facts were never learned."""
+        if self._store is None:
+            return 0
+        pending = await self._database.run(pending_learning)
+        for message in pending:
+            self.learn_later(message)
+        if pending:
+            log.info("memory: resuming %d unfinished learning job(s)", len(pending))
+        return len(pending)
 
     async def learn(self, message: IncomingMessage) -> int:
         """Extract facts from what the person said, guard them, store the rest. Returns how many were stored.
@@ -278,6 +296,10 @@ class MemoryService:
         """
         if message.kind is not ContentKind.TEXT or self._store is None:
             return 0
+        said_at = message.arrived_at
+        known = await self._database.run(lambda conn: forgotten_at(conn, message.person_id))
+        if max(known, self._forgotten_at.get(message.person_id, NEVER)) >= said_at:
+            return 0  # they asked to be forgotten after saying it
         try:
             return await asyncio.wait_for(self._learn(message), self.settings.memory_timeout)
         except TimeoutError:
@@ -290,7 +312,7 @@ class MemoryService:
         return 0
 
     async def _learn(self, message: IncomingMessage) -> int:
-        started = time.monotonic()
+        said_at = message.arrived_at
         store = self._open_store_or_raise()
         # What is already known *here* (the scopes a recall here may use): a group's extraction never sees
         # the person's private facts, so it cannot restate one into the group.
@@ -305,8 +327,8 @@ class MemoryService:
         }
 
         def add_all() -> int:
-            if self._forgotten_at.get(message.person_id, -1.0) >= started:
-                return 0  # "/forget all" came while this was being extracted
+            if self._forgotten_at.get(message.person_id, NEVER) >= said_at:
+                return 0  # "/forget all", sent after this, came while it was being extracted
             added = 0
             for fact in facts:
                 if not store.knows(message.person_id, fact, where):  # a concurrent write may have added it

@@ -233,7 +233,7 @@ async def run_case(
     async with open_agent(settings, memory=False, model=model, clock=lambda: now) as agent:
         scope = agent.assistant.history_scope(message)
         for human, ai in case.history:
-            await agent.history.append(scope, Turn(human, ai), message.person_id)
+            await agent.history.append(scope, Turn(human, ai), message.person_id, said_at=0.0)
         reply = await agent.assistant.reply(message, recalled=list(case.memories))
     prompt = render(model.prompts[-1]) if model.prompts else ""
     failures = _check(case, prompt, reply.text, bool(model.prompts))

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+
+from agent.messages import IncomingMessage, message_from_json
 
 T = TypeVar("T")
 
@@ -72,6 +75,21 @@ CREATE TABLE IF NOT EXISTS memory_sharing (
     person_id TEXT PRIMARY KEY,
     shared INTEGER NOT NULL
 );
+
+-- Messages answered whose facts are not learned yet: stored with the reply, gone once learned (a crash
+-- in between is resumed at the next start), erased by "/forget all".
+CREATE TABLE IF NOT EXISTS learning (
+    msg_id TEXT PRIMARY KEY,
+    person_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+
+-- The last "/forget all" of each person (when they sent it): anything said before it is never written.
+CREATE TABLE IF NOT EXISTS forgotten (
+    person_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
 )
 
@@ -116,6 +134,40 @@ def erase_person_messages(conn: sqlite3.Connection, person_id: str) -> None:
         "UPDATE inbox SET payload = NULL WHERE person_id = ? AND state <> 'processing'", (person_id,)
     )
     conn.execute("DELETE FROM outbox WHERE person_id = ? AND state <> 'pending'", (person_id,))
+    conn.execute("DELETE FROM learning WHERE person_id = ?", (person_id,))
+
+
+def mark_forgotten(conn: sqlite3.Connection, person_id: str, at: float) -> None:
+    """Record a "/forget all" sent at `at`: writes of anything said before it are refused from now on."""
+    conn.execute(
+        "INSERT INTO forgotten (person_id, at) VALUES (?, ?) "
+        "ON CONFLICT (person_id) DO UPDATE SET at = MAX(at, excluded.at)",
+        (person_id, at),
+    )
+
+
+def store_learning(conn: sqlite3.Connection, msg_id: str, person_id: str, message: str) -> None:
+    """Inside the reply's transaction: its message is to be learned from, even after a crash."""
+    conn.execute(
+        "INSERT INTO learning (msg_id, person_id, message, created_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (msg_id) DO NOTHING",
+        (msg_id, person_id, message, time.time()),
+    )
+
+
+def pending_learning(conn: sqlite3.Connection) -> list[IncomingMessage]:
+    rows = conn.execute("SELECT message FROM learning ORDER BY created_at").fetchall()
+    return [message_from_json(str(row[0])) for row in rows]
+
+
+def finish_learning(conn: sqlite3.Connection, msg_id: str) -> None:
+    conn.execute("DELETE FROM learning WHERE msg_id = ?", (msg_id,))
+
+
+def forgotten_at(conn: sqlite3.Connection, person_id: str) -> float:
+    """When the person last asked to be forgotten; -inf when never."""
+    row = conn.execute("SELECT at FROM forgotten WHERE person_id = ?", (person_id,)).fetchone()
+    return float(row[0]) if row else float("-inf")
 
 
 class _Lane:

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.assistant import Assistant
 from agent.errors import ModelErrorKind
-from agent.messages import IncomingMessage, Reply
+from agent.messages import IncomingMessage, Reply, message_to_json
 from agent.observe import current_message_id
 from api.delivery.courier import Courier, Delivery
 from api.delivery.inbox import Inbox
@@ -166,7 +166,10 @@ class Dispatcher:
             bodies = [{"card": {"text": reply.text, "failed": reply.failed}}, *bodies]
         # From here the reply is DingTalk's to receive: stored with the message marked done, in one step.
         try:
-            parts = await self._outbox.store_reply(message.message_id, message.person_id, route, bodies)
+            learning = message_to_json(message) if self._assistant.learns_from(message, reply) else None
+            parts = await self._outbox.store_reply(
+                message.message_id, message.person_id, route, bodies, learning=learning
+            )
         except BaseException:
             if card is not None:  # answered again later, in a new card: this one must not spin
                 await card.abandon(

@@ -7,14 +7,12 @@ survives a crash, and the dispatcher resumes it on the next start.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sqlite3
 import time
 from enum import StrEnum
-from typing import Any
 
-from agent.messages import ContentKind, IncomingMessage
+from agent.messages import IncomingMessage, message_from_json, message_to_json
 from agent.storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -26,18 +24,6 @@ class InboxState(StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
-
-
-def message_to_json(message: IncomingMessage) -> str:
-    return json.dumps(dataclasses.asdict(message), ensure_ascii=False)
-
-
-def message_from_json(payload: str) -> IncomingMessage:
-    data: dict[str, Any] = json.loads(payload)
-    known = {field.name for field in dataclasses.fields(IncomingMessage)}
-    fields = {k: v for k, v in data.items() if k in known}  # rows written by another version
-    fields["kind"] = ContentKind(fields.get("kind", ContentKind.TEXT))
-    return IncomingMessage(**fields)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,9 +153,11 @@ class Inbox:
         return await self._db.run_for_request(update)
 
     async def purge_older_than(self, cutoff: float) -> int:
-        """Forget answered or failed msgIds last touched before `cutoff` (epoch seconds)."""
+        """Forget answered or failed msgIds last touched before `cutoff` (epoch seconds), and learning
+        jobs that old (memory was off all that time: nobody will learn from them)."""
 
         def delete(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM learning WHERE created_at < ?", (cutoff,))
             return conn.execute(
                 "DELETE FROM inbox WHERE updated_at < ? AND state <> ?", (cutoff, InboxState.PROCESSING.value)
             ).rowcount

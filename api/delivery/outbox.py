@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from agent.storage.database import Database
+from agent.storage.database import Database, store_learning
 from api.dingtalk.reply import Route
 
 
@@ -70,9 +70,16 @@ class Outbox:
         self._db = db
 
     async def store_reply(
-        self, msg_id: str, person_id: str, route: Route, bodies: list[dict[str, Any]]
+        self,
+        msg_id: str,
+        person_id: str,
+        route: Route,
+        bodies: list[dict[str, Any]],
+        *,
+        learning: str | None = None,
     ) -> list[Outgoing]:
-        """Store the reply's parts and mark the message done (dropping its text), in one transaction."""
+        """Store the reply's parts and mark the message done (dropping its text), in one transaction —
+        with `learning` (the message as JSON), a job to learn from it that survives a crash."""
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> list[Outgoing]:
@@ -100,6 +107,8 @@ class Outbox:
                     "UPDATE inbox SET state = 'done', updated_at = ?, payload = NULL WHERE msg_id = ?",
                     (now, msg_id),
                 )
+                if learning is not None:
+                    store_learning(conn, msg_id, person_id, learning)
                 rows = conn.execute(
                     "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox "
                     "WHERE msg_id = ? AND state = ? ORDER BY part",

@@ -1,8 +1,8 @@
 """Baseline for bench/ack_latency.py: the cheapest FastAPI endpoint, served like the real service.
 
 `python -m bench.echo_app --port N` serves `POST /echo` on 127.0.0.1:N with the same uvicorn settings
-as `dingbot.server` (one process, no uvicorn logging config, no access log). The endpoint reads the
-body and answers `{"msgtype": "empty"}`, so its latency is what FastAPI + uvicorn cost by themselves.
+as `dingbot.server` (api/serving.py: one process, the request-head limits, no access log). The endpoint
+reads the body and answers `{"msgtype": "empty"}`, so its latency is what FastAPI + uvicorn cost alone.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import sys
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from api.serving import server_config
 
 EMPTY_ACK = {"msgtype": "empty"}
 
@@ -34,15 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        workers=1,
-    )
+    config = server_config(app, "127.0.0.1", args.port)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

@@ -86,13 +86,13 @@ def stop_process(proc: subprocess.Popen[bytes]) -> str | None:
 @contextlib.contextmanager
 def started(
     cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, health_url: str
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run cmd (output to log_path) until health_url answers 200; stop it when the block ends."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(health_url, proc, log_path)
-        yield
+        yield proc
     finally:
         problem = stop_process(proc)
         if problem:
@@ -133,6 +133,7 @@ def cpu_count() -> int:
 class Scratch:
     folder: Path  # a temporary folder for the service's database and log
     service_log: Path
+    service_pid: int | None = None  # set by start_service
     log_lines: list[str] = field(default_factory=list)  # the log's last lines, once the service stopped
 
 
@@ -157,7 +158,7 @@ def start_service(stack: contextlib.ExitStack, room: Scratch, settings: dict[str
         "LOG_LEVEL": "WARNING",
         **settings,
     }
-    stack.enter_context(
+    service = stack.enter_context(
         started(
             [sys.executable, "-m", "dingbot.server"],
             env=child_env(env),
@@ -166,4 +167,5 @@ def start_service(stack: contextlib.ExitStack, room: Scratch, settings: dict[str
             health_url=f"{base}/healthz",
         )
     )
+    room.service_pid = service.pid
     return base

@@ -19,6 +19,7 @@ from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
 from agent.settings.loading import load_settings
 from api.app import create_app
+from api.serving import server_config
 from dingbot.logs import configure_logging
 
 
@@ -78,15 +79,7 @@ def main() -> int:
         print(f"dingbot: cannot start: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep our logging configuration
-        access_log=False,  # our own lines say what happened, without bodies or URLs
-        lifespan="on",
-        workers=1,  # embedded stores have one owner: never more than one process (docs/architecture.md)
-    )
+    config = server_config(create_app(settings), settings.host, settings.port)
     server = _Server(config)
     server.run()  # handles SIGTERM/SIGINT: stops accepting, drains, runs the lifespan shutdown
     return 0 if server.started else 1

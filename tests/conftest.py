@@ -18,6 +18,7 @@ import uvicorn
 
 from agent.settings.config import Settings
 from api.app import create_app
+from api.serving import server_config
 from tests import network_guard
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI
 from tests.waiting import PATIENCE
@@ -110,7 +111,7 @@ class RunningApp:
 @contextmanager
 def serve(settings: Settings) -> Iterator[RunningApp]:
     """The real app under real uvicorn, on a free loopback port, in a thread."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_config=None, lifespan="on")
+    config = server_config(create_app(settings), "127.0.0.1", 0)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -24,6 +24,7 @@ from api.delivery.housekeeping import PeriodicCheck
 from api.delivery.inbox import Inbox
 from api.delivery.intake import take_in_stream
 from api.delivery.outbox import Outbox
+from api.delivery.recovery import StorageRecovery
 from api.dingtalk.cards import CardSender
 from api.dingtalk.openapi import AccessTokens, OpenApiSender
 from api.dingtalk.robot_webhook import RobotWebhookSender
@@ -170,8 +171,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 metrics=metrics,
             )
         app.state.services = services
+        metrics.track_database(lambda: float(database.health.ok))
+        recovery = StorageRecovery(
+            database=database,
+            dispatcher=dispatcher,
+            courier=courier,
+            parked=services.parked,
+            retake=functools.partial(take_in_stream, services),
+        )
         # Before the first callback is accepted: every `processing` row belongs to a process that is gone.
-        await dispatcher.resume(at_startup=True, retry_after_seconds=0.0)
+        await dispatcher.resume(all_processing=True, retry_after_seconds=0.0)
         await memory.resume_learning()  # answered before a crash, not learned from yet
         if not settings.mock_mode:  # in the background: startup does not wait on the endpoint, the log
             # says what it found. Started before the periodic check, which then finds it under way.
@@ -180,6 +189,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             probe = asyncio.create_task(asyncio.to_thread(assistant.context.probe), name="context-probe")
             stack.push_async_callback(_cancel, probe)
         check.start()  # its first run, at once, sends replies a previous run left unsent
+        recovery.start()
+        stack.push_async_callback(recovery.stop)
         if services.stream is not None:
             await services.stream.start()  # connects in the background: DingTalk's messages come after
             stack.push_async_callback(services.stream.stop)  # also when startup fails after this

@@ -20,7 +20,7 @@ class Metrics:
         model_buckets = sorted({*_LATENCY_BUCKETS, 120.0, 300.0, float(math.ceil(longest_answer_seconds))})
         self.callbacks = Counter(
             "dingbot_callbacks",
-            "Callbacks by outcome: accepted, duplicate, ignored, refused_4xx",
+            "Callbacks by outcome: accepted, duplicate, ignored, stale, refused_4xx, unavailable_503",
             ["outcome"],
             registry=r,
         )
@@ -67,6 +67,11 @@ class Metrics:
             ["key"],
             registry=r,
         )
+        self.database_ok = Gauge(
+            "dingbot_database_ok",
+            "1 while the database works, 0 while it is damaged, full, unwritable or failing",
+            registry=r,
+        )
         self.model_ok = Gauge(
             "dingbot_model_ok",
             "1 while the model endpoint is ok (or mock), 0 while it is failing or not checked yet",
@@ -104,6 +109,9 @@ class Metrics:
 
     def callback(self, outcome: str) -> None:
         self.callbacks.labels(outcome).inc()
+
+    def track_database(self, ok: Callable[[], float]) -> None:
+        self.database_ok.set_function(ok)
 
     def track_model(self, ok: Callable[[], float]) -> None:
         self.model_ok.set_function(ok)

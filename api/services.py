@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.assistant import Assistant
 from agent.memory.service import MemoryService
@@ -11,6 +11,7 @@ from agent.storage.database import Database
 from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.housekeeping import PeriodicCheck
+from api.delivery.recovery import ParkedMessages
 from api.dingtalk.stream import StreamConnection
 from api.metrics import Metrics
 
@@ -26,3 +27,4 @@ class Services:
     metrics: Metrics
     courier: Courier
     stream: StreamConnection | None = None  # DINGTALK_MODE=stream|both
+    parked: ParkedMessages = field(default_factory=ParkedMessages)  # Stream messages while the database fails

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from agent.memory.store import check_stored_dims
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
 from agent.settings.loading import load_settings
+from agent.storage.health import StorageError, check_file
 from api.app import create_app
 from api.serving import server_config
 from dingbot.logs import configure_logging
@@ -34,15 +34,20 @@ def preflight() -> Settings:
 
 
 def _check_database(path: Path) -> None:
+    """The file opens, and passes SQLite's quick_check within its budget (agent/storage/health.py)."""
     try:
         path.resolve().parent.mkdir(parents=True, exist_ok=True)
-        sqlite3.connect(path).close()
-    except (OSError, sqlite3.Error) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+    except OSError as exc:
         raise ConfigError(
-            f"DATABASE_PATH={str(path)!r} cannot be opened ({reason}): point it at a writable file path, "
-            "e.g. DATABASE_PATH=data/dingbot_memory.db"
+            f"DATABASE_PATH={str(path)!r} cannot be opened ({exc.strerror or exc}): point it at a writable "
+            "file path, e.g. DATABASE_PATH=data/dingbot_memory.db"
         ) from None
+    if path.is_dir():
+        example = path / "bot.db"
+        raise ConfigError(f"DATABASE_PATH={str(path)!r} is a folder: name a file in it, e.g. {example}")
+    found = check_file(path)
+    if found != "sound":
+        print(f"dingbot: database {path}: {found}", file=sys.stderr)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -75,7 +80,7 @@ class _Server(uvicorn.Server):
 def main() -> int:
     try:
         settings = preflight()
-    except (ConfigError, PromptError) as exc:
+    except (ConfigError, PromptError, StorageError) as exc:
         print(f"dingbot: cannot start: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)

@@ -6,7 +6,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from agent.storage.database import Database, erase_person_messages, forgotten_at, mark_forgotten
+from agent.storage.database import (
+    Database,
+    erase_person_messages,
+    forgotten_at,
+    mark_forgotten,
+    transaction,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +57,7 @@ class HistoryStore:
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> bool:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
+            with transaction(conn):
                 if forgotten_at(conn, person_id) >= said_at:
                     return False
                 conn.executemany(
@@ -82,8 +87,7 @@ class HistoryStore:
         and a mark that refuses anything they said before it (still on its way) — one transaction."""
 
         def delete(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
+            with transaction(conn):
                 mark_forgotten(conn, person_id, asked_at)
                 conn.execute("DELETE FROM history WHERE person_id = ?", (person_id,))
                 erase_person_messages(conn, person_id)

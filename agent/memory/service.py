@@ -35,6 +35,7 @@ from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
 from agent.storage.database import Database, finish_learning, forgotten_at, pending_learning
+from agent.storage.health import StorageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -275,8 +276,9 @@ class MemoryService:
     async def _learn_job(self, message: IncomingMessage) -> None:
         try:
             await self.learn(message)
-        finally:
             await self._database.run(lambda conn: finish_learning(conn, message.message_id))
+        except StorageError:
+            pass  # the database's health logs it; the job stays stored and is resumed at the next start
 
     async def resume_learning(self) -> int:
         """At startup: the messages answered before a crash whose facts were never learned."""

@@ -8,14 +8,23 @@ take over later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from agent.messages import IncomingMessage, message_from_json
+from agent.storage.health import (
+    QUICK_CHECK_SECONDS,
+    StorageError,
+    StorageFault,
+    StorageHealth,
+    fault_of,
+    quick_check,
+)
 
 T = TypeVar("T")
 
@@ -90,6 +99,12 @@ CREATE TABLE IF NOT EXISTS forgotten (
     person_id TEXT PRIMARY KEY,
     at REAL NOT NULL
 );
+
+-- One row, rewritten by the probe that says whether the database can be written again after a fault.
+CREATE TABLE IF NOT EXISTS storage_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 """
 )
 
@@ -109,11 +124,25 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. SQLite may already have rolled back (a full
+    disk does that): the original error is what is raised, never "no transaction is active"."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 def _migrate_outbox(conn: sqlite3.Connection) -> None:
     """An outbox made before the `skipped` state cannot take it (a CHECK constraint): rebuilt with its
     rows, in one transaction (a crash leaves either the old table or the new one, whole)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         row = conn.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
         ).fetchone()
@@ -122,10 +151,6 @@ def _migrate_outbox(conn: sqlite3.Connection) -> None:
             conn.execute(OUTBOX_TABLE)
             conn.execute("INSERT INTO outbox SELECT * FROM outbox_before_skipped")
             conn.execute("DROP TABLE outbox_before_skipped")  # its indexes too: the schema makes them anew
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def erase_person_messages(conn: sqlite3.Connection, person_id: str) -> None:
@@ -184,10 +209,14 @@ class Database:
     The request lane serves the few statements a callback waits for (the dedupe insert); the work lane
     serves everything else. So an acknowledgement never queues behind background history writes.
     WAL mode lets the two connections read concurrently; writes take turns (busy_timeout).
+
+    A statement that fails because of the file or the disk (damaged, full, unwritable, failing) raises
+    `StorageError` and puts `health` in that fault until `probe()` finds the database working again.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.health = StorageHealth(path)
         self._lanes: dict[str, _Lane] = {}
 
     def _connect(self) -> sqlite3.Connection:
@@ -211,14 +240,50 @@ class Database:
         loop = asyncio.get_running_loop()
         work, request = _Lane("dingbot-db"), _Lane("dingbot-db-request")
         self._lanes = {"work": work, "request": request}
-        work.conn = await loop.run_in_executor(work.executor, self._open_work_lane)
-        request.conn = await loop.run_in_executor(request.executor, self._connect)
+        try:
+            work.conn = await loop.run_in_executor(work.executor, self._open_work_lane)
+            request.conn = await loop.run_in_executor(request.executor, self._connect)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise self.health.failed(exc, fault_of(exc) or StorageFault.FAILING) from None
 
     async def _run_on(self, lane_name: str, work: Callable[[sqlite3.Connection], T]) -> T:
         lane = self._lanes.get(lane_name)
         if lane is None or lane.conn is None:
             raise RuntimeError("database is not open")
-        return await asyncio.get_running_loop().run_in_executor(lane.executor, work, lane.conn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(lane.executor, work, lane.conn)
+        except sqlite3.Error as exc:
+            fault = fault_of(exc)
+            if fault is None:
+                raise
+            raise self.health.failed(exc, fault) from exc
+
+    async def probe(self) -> bool:
+        """After a fault: does the database work again? A damaged file must pass a quick_check, any other
+        fault a real write (a full disk still reads). Clears the fault when it does."""
+        if self.health.ok:
+            return True
+        damaged = self.health.fault is StorageFault.DAMAGED
+
+        def check(conn: sqlite3.Connection) -> bool:
+            if damaged:
+                return quick_check(conn, QUICK_CHECK_SECONDS) is None
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO storage_probe (id, at) VALUES (1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    (time.time(),),
+                )
+            return True
+
+        try:
+            works = await self._run_on("work", check)
+        except (StorageError, sqlite3.Error):
+            return False
+        if works:
+            self.health.recovered()
+        return works
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the work lane."""
@@ -239,11 +304,12 @@ class Database:
         await self.run(vacuum)
 
     async def ping(self) -> bool:
+        """The database answers and has no fault."""
         try:
             await self.run_for_request(lambda c: c.execute("SELECT 1").fetchone())
-        except (sqlite3.Error, RuntimeError):
+        except (sqlite3.Error, StorageError, RuntimeError):
             return False
-        return True
+        return self.health.ok
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ in the outbox and the send happen here. Messages left unfinished by a crash are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -17,6 +18,7 @@ from agent.assistant import Assistant
 from agent.errors import ModelErrorKind
 from agent.messages import IncomingMessage, Reply, message_to_json
 from agent.observe import current_message_id
+from agent.storage.health import StorageError
 from api.delivery.courier import Courier, Delivery
 from api.delivery.inbox import Inbox
 from api.delivery.outbox import Outbox
@@ -84,6 +86,8 @@ class Dispatcher:
                     "message %s: redelivered while its reply is unsent; sending it again", message.message_id
                 )
                 await self._courier.send_due()
+        except StorageError:
+            pass  # the database's health logs it; the periodic check sends the reply once it works
         except Exception:
             log.exception("message %s: could not retry the stored reply", message.message_id)
 
@@ -92,11 +96,13 @@ class Dispatcher:
         if self._tasks.get(msg_id) is task:
             del self._tasks[msg_id]
 
-    async def resume(self, *, at_startup: bool, retry_after_seconds: float) -> int:
-        """Schedule unfinished messages from the inbox; at startup every `processing` one is orphaned."""
+    async def resume(self, *, all_processing: bool, retry_after_seconds: float) -> int:
+        """Schedule unfinished messages from the inbox. `all_processing`: every `processing` row not running
+        here is orphaned — at startup, and when the database works again after a fault (the tasks it failed
+        could not even mark their messages failed)."""
         resumed = 0
         for item in await self._inbox.unfinished(
-            all_processing=at_startup, retry_after_seconds=retry_after_seconds
+            all_processing=all_processing, retry_after_seconds=retry_after_seconds
         ):
             if item.message.message_id in self._tasks or not await self._inbox.take(item):
                 continue
@@ -119,11 +125,19 @@ class Dispatcher:
                 await self._process(message)
         except asyncio.CancelledError:
             # Stopped mid-answer (shutdown): resumed at the next start, or answered when redelivered.
-            await asyncio.shield(self._inbox.mark_failed(message.message_id))
+            with contextlib.suppress(StorageError):
+                await asyncio.shield(self._inbox.mark_failed(message.message_id))
             raise
+        except StorageError:
+            # Logged once a minute by the database's health. The message stays `processing` if even this
+            # fails: resumed as soon as the database works again (api/delivery/recovery.py).
+            log.warning("message %s: the database failed; answered again once it works", message.message_id)
+            with contextlib.suppress(StorageError):
+                await self._inbox.mark_failed(message.message_id)
         except Exception:
             log.exception("message %s: unexpected failure; retried later", message.message_id)
-            await self._inbox.mark_failed(message.message_id)
+            with contextlib.suppress(StorageError):
+                await self._inbox.mark_failed(message.message_id)
         finally:
             self._lane_users[lane_key] -= 1
             if self._lane_users[lane_key] == 0:

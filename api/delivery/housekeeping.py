@@ -11,6 +11,7 @@ import time
 from agent.limits import RateLimiter
 from agent.memory.history import HistoryStore
 from agent.model.health import ModelHealth, ModelState
+from agent.storage.health import StorageError
 from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.inbox import MAX_ATTEMPTS, Inbox
@@ -51,7 +52,7 @@ class PeriodicCheck:
 
     async def run_once(self) -> None:
         await self._courier.send_due()
-        await self._dispatcher.resume(at_startup=False, retry_after_seconds=self._retry_after)
+        await self._dispatcher.resume(all_processing=False, retry_after_seconds=self._retry_after)
         cutoff = time.time() - self._retention_seconds
         inbox_rows = await self._inbox.purge_older_than(cutoff)
         outbox_rows = await self._outbox.purge_older_than(cutoff)
@@ -85,6 +86,8 @@ class PeriodicCheck:
         while True:
             try:
                 await self.run_once()
+            except StorageError:
+                pass  # the database's health logs it once a minute; recovery.py resumes the work
             except Exception:
                 log.exception("periodic check failed; retrying in %g s", self._interval)
             await asyncio.sleep(self._interval)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from agent.messages import IncomingMessage
 from agent.observe import current_message_id
 from agent.settings.config import Settings
+from agent.storage.health import StorageError
 from api.dingtalk.parse import PayloadError, parse_callback
 from api.dingtalk.reply import webhook_allowed
 from api.services import Services
@@ -28,6 +29,7 @@ class Outcome(enum.StrEnum):
     STALE = "stale"
     REFUSED_400 = "refused_400"
     REFUSED_403 = "refused_403"
+    PARKED = "parked"  # a Stream message while the database fails: taken in when it works again
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,16 @@ async def take_in_stream(services: Services, data: str) -> Intake:
     except PayloadError as exc:
         intake = Intake(Outcome.REFUSED_400, str(exc))
     else:
-        intake = await take_in(services, message)
+        # Acked already: while the database fails, kept in memory and taken in when it works again
+        # (api/delivery/recovery.py).
+        intake = Intake(Outcome.PARKED)
+        try:
+            if services.database.health.ok:
+                intake = await take_in(services, message)
+        except StorageError:
+            pass
+        if intake.outcome is Outcome.PARKED:
+            services.parked.park(data)
     if intake.refused:
         log.warning("stream message refused: %s", intake.reason)
     services.metrics.callback(intake.outcome.value)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from agent.storage.database import Database, store_learning
+from agent.storage.database import Database, store_learning, transaction
 from api.dingtalk.reply import Route
 
 
@@ -83,8 +83,7 @@ class Outbox:
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> list[Outgoing]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 for part, body in enumerate(bodies):
                     conn.execute(
                         "INSERT INTO outbox (msg_id, part, channel, person_id, body, route, state, attempts, "
@@ -114,10 +113,6 @@ class Outbox:
                     "WHERE msg_id = ? AND state = ? ORDER BY part",
                     (msg_id, OutboxState.PENDING.value),
                 ).fetchall()
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return [_row(r) for r in rows]
 
         return await self._db.run(write)
@@ -255,8 +250,7 @@ class Outbox:
         now = time.time()
 
         def update(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
                 conn.execute(
                     "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = ?, updated_at = ? "
@@ -271,10 +265,6 @@ class Outbox:
                         row_id,
                     ),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
         await self._db.run(update)
 

@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from agent.storage.health import StorageError
 from api.delivery.intake import Outcome, take_in
 from api.deps import LocalPeer, ServicesDep
 from api.dingtalk.parse import PayloadError, parse_callback
@@ -18,6 +19,7 @@ router = APIRouter(tags=["dingtalk"])
 
 EMPTY_ACK = {"msgtype": "empty"}
 MAX_BODY_BYTES = 64 * 1024  # real callbacks are a few KiB
+RETRY_AFTER_SECONDS = 5  # while the database is failing (a storage probe runs every second)
 
 
 class BodyTooLarge(Exception):
@@ -42,6 +44,16 @@ async def _read_body(request: Request) -> bytes:
 def _refuse(status: int, reason: str) -> JSONResponse:
     log.warning("callback refused (%d): %s", status, reason)
     return JSONResponse({"error": reason}, status_code=status)
+
+
+def _unavailable() -> JSONResponse:
+    """The database cannot take the message: DingTalk delivers it again later. Not logged per request:
+    the database's health logs the fault, the file and the fix once a minute."""
+    return JSONResponse(
+        {"error": "storage unavailable, deliver again later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 @router.post("/dingtalk/callback")
@@ -73,7 +85,12 @@ async def _handle(request: Request, services: ServicesDep, local: bool) -> tuple
         message = parse_callback(raw)
     except PayloadError as exc:
         return "refused_400", _refuse(400, str(exc))
-    intake = await take_in(services, message, from_this_machine=local)
+    if not services.database.health.ok:
+        return "unavailable_503", _unavailable()
+    try:
+        intake = await take_in(services, message, from_this_machine=local)
+    except StorageError:
+        return "unavailable_503", _unavailable()
     if intake.refused:
         status = 400 if intake.outcome is Outcome.REFUSED_400 else 403
         return intake.outcome.value, _refuse(status, intake.reason)

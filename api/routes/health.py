@@ -28,6 +28,7 @@ async def healthz(services: ServicesDep, local: LocalPeer) -> JSONResponse:
     body = {
         "status": "ok" if working else "degraded",  # 503 only without the database: the process still serves
         "database": "ok" if database_ok else "unavailable",
+        **services.database.health.public(details=local),  # damaged, full, unwritable, failing; the fix here
         "provider": services.settings.provider.value,
         "model": services.settings.openai_model if not services.settings.mock_mode else "mock",
         "in_flight": services.dispatcher.in_flight,
@@ -60,7 +61,10 @@ async def readyz(request: Request, local: LocalPeer) -> JSONResponse:
     if services is None:
         return JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
     if not await services.database.ping():
-        return JSONResponse({"ready": False, "reason": "database unavailable"}, status_code=503)
+        storage = services.database.health
+        reason = f"database {storage.fault.value}" if storage.fault else "database unavailable"
+        body = {"ready": False, "reason": reason, **storage.public(details=local)}
+        return JSONResponse(body, status_code=503)
     stream = services.stream.status if services.stream is not None else None
     if stream is not None and stream_blocks_readiness(services.settings.dingtalk_mode, stream):
         reason = f"stream {stream.state.value}: {stream.detail}"

@@ -28,6 +28,8 @@ from agent.storage.health import (
 
 T = TypeVar("T")
 
+PROBE_BYTES = 64 * 1024  # what the storage probe writes: enough that a full disk refuses it
+
 OUTBOX_TABLE = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
@@ -103,7 +105,8 @@ CREATE TABLE IF NOT EXISTS forgotten (
 -- One row, rewritten by the probe that says whether the database can be written again after a fault.
 CREATE TABLE IF NOT EXISTS storage_probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    room BLOB
 );
 """
 )
@@ -269,11 +272,11 @@ class Database:
         def check(conn: sqlite3.Connection) -> bool:
             if damaged:
                 return quick_check(conn, QUICK_CHECK_SECONDS) is None
-            with transaction(conn):
+            with transaction(conn):  # room for real work: 64 KiB, not a row that fits in a page already there
                 conn.execute(
-                    "INSERT INTO storage_probe (id, at) VALUES (1, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                    (time.time(),),
+                    "INSERT INTO storage_probe (id, at, room) VALUES (1, ?, zeroblob(?)) "
+                    "ON CONFLICT (id) DO UPDATE SET at = excluded.at, room = excluded.room",
+                    (time.time(), PROBE_BYTES),
                 )
             return True
 

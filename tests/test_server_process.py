@@ -95,13 +95,18 @@ def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_pa
     (qdrant / "meta.json").write_text(
         json.dumps({"collections": {"dingbot_memories": {"vectors": {"size": 1536, "distance": "Cosine"}}}})
     )
-    env = subprocess_env(
-        FORCE_MOCK_OPENAI="1", PORT=str(free_port()), DATABASE_PATH=str(tmp_path / "data" / "bot.db")
-    )
+    line = refused_start(tmp_path, tmp_path / "data" / "bot.db")
+    assert "have 1536-dim vectors but the embedder gives 512" in line
+    assert "EMBEDDING_PROVIDER" in line
+
+
+def refused_start(cwd: Path, database: Path) -> str:
+    """Start the server in mock mode on `database`: it must refuse, exit code 2, one line (returned)."""
+    env = subprocess_env(FORCE_MOCK_OPENAI="1", PORT=str(free_port()), DATABASE_PATH=str(database))
     result = subprocess.run(
         [sys.executable, "-m", "dingbot.server"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=STARTUP_PATIENCE,
@@ -109,8 +114,7 @@ def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_pa
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "have 1536-dim vectors but the embedder gives 512" in lines[0]
-    assert "EMBEDDING_PROVIDER" in lines[0]
+    return lines[0]
 
 
 def post_callback(url: str, body: dict[str, Any]) -> int:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +19,7 @@ import pytest
 from tests.conftest import SECRET, subprocess_env
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
-from tests.test_server_process import STARTUP_PATIENCE, _start, free_port
+from tests.test_server_process import STARTUP_PATIENCE, _start, free_port, refused_start
 from tests.waiting import PATIENCE, wait_until
 
 
@@ -43,20 +42,9 @@ def test_a_damaged_database_stops_startup_with_one_line(tmp_path: Path, how: str
     _damaged(database)
     if how == "truncated":
         os.truncate(database, database.stat().st_size // 3)
-    env = subprocess_env(FORCE_MOCK_OPENAI="1", PORT=str(free_port()), DATABASE_PATH=str(database))
-    result = subprocess.run(
-        [sys.executable, "-m", "dingbot.server"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_PATIENCE,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"dingbot: cannot start: database {database} (")
-    assert "restore a backup" in lines[0]
+    line = refused_start(tmp_path, database)
+    assert line.startswith(f"dingbot: cannot start: database {database} (")
+    assert "restore a backup" in line
 
 
 def _namespaces() -> bool:

@@ -6,7 +6,8 @@ callback ack for seconds. `LimitedProtocol` refuses, before the bytes are parsed
 - a request line + headers over MAX_HEAD_BYTES (431), more than MAX_HEADERS header lines (431), a target
   over MAX_TARGET_BYTES (414);
 - a head not complete HEAD_TIMEOUT_SECONDS after its first byte, or after the connection opened (408).
-Refusals are counted and logged at most once per LOG_EVERY_SECONDS (a flood cannot flood the log); the
+Refusals, and requests the parser rejects (uvicorn's own 400, which it would log with a traceback each
+time), are counted and logged at most once per LOG_EVERY_SECONDS (a flood cannot flood the log); the
 client's address is logged, never what it sent.
 """
 
@@ -112,6 +113,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if refusal is not None:
             self._refuse(refusal.status, refusal.reason)
         else:
+            REFUSALS.refused("malformed HTTP request (400)", self.client)
             super().send_400_response(msg)
 
     # Parser callbacks: a refusal raised here stops httptools (see send_400_response).
@@ -172,8 +174,20 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class _CountedElsewhere(logging.Filter):
+    """Drops uvicorn's per-request "Invalid HTTP request" warning: REFUSALS counts and logs those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _UVICORN_INVALID and record.levelno == logging.WARNING)
+
+
+_UVICORN_INVALID = "Invalid HTTP request received."
+_FILTER = _CountedElsewhere()
+
+
 def server_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
     """The uvicorn configuration every server of ours runs with (the service, the tests, the benchmarks)."""
+    logging.getLogger("uvicorn.error").addFilter(_FILTER)  # once: a logger keeps a filter only once
     options: dict[str, Any] = {
         "http": LimitedProtocol,
         "log_config": None,  # keep our logging configuration

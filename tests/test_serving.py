@@ -188,3 +188,23 @@ def test_refusals_are_logged_once_per_interval(port: int, caplog: pytest.LogCapt
     assert len(lines) == 1
     assert "from 127.0.0.1" in lines[0]
     assert "sss" not in lines[0]
+
+
+def test_malformed_requests_are_counted_not_logged_each(port: int, caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn warns once per malformed request; ours says it once per interval, with the count."""
+    from api import serving
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(serving, "REFUSALS", serving.RefusalLog(every_seconds=3600))
+    try:
+        caplog.set_level("WARNING")
+        for _ in range(5):
+            with _connect(port) as conn:
+                conn.sendall(b"NOT HTTP AT ALL\x00\x01\r\n\r\n")
+                assert _status(_answer(conn)) == 400
+        assert serving.REFUSALS.total == 5
+    finally:
+        monkey.undo()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [warnings[0]]
+    assert "malformed HTTP request" in warnings[0]

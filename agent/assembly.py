@@ -55,7 +55,7 @@ async def open_agent(
     if prompts is None:
         prompts = PromptLibrary(settings.prompts_dir)
     library = prompts
-    database = Database(settings.database_path)
+    database = Database.for_settings(settings)
     await database.open()
     service: MemoryService | None = None
     try:

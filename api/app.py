@@ -134,7 +134,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         if memory is None:  # open_agent builds it unless told not to
             raise RuntimeError("the service needs the memory service")
-        inbox = Inbox(database, stale_after_seconds=settings.longest_answer_seconds)
+        inbox = Inbox(database, lease_seconds=settings.claim_lease_seconds)
         outbox = Outbox(database)
         courier, cards = _build_courier(settings, http, outbox, observer)
         alerts = OperatorAlerts(settings=settings, courier=courier, prompts=agent.prompts)
@@ -183,8 +183,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             parked=services.parked,
             retake=functools.partial(take_in_stream, services),
         )
-        # Before the first callback is accepted: every `processing` row belongs to a process that is gone.
-        await dispatcher.resume(all_processing=True, retry_after_seconds=0.0)
+        # Before the first callback is accepted: on SQLite every `processing` row belongs to a process that
+        # is gone; on a shared database only those whose claim expired (another replica may be answering).
+        await dispatcher.resume(all_processing=database.single_owner, retry_after_seconds=0.0)
         await memory.resume_learning()  # answered before a crash, not learned from yet
         if not settings.mock_mode:  # in the background: startup does not wait on the endpoint, the log
             # says what it found. Started before the periodic check, which then finds it under way.
@@ -192,6 +193,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stack.push_async_callback(_cancel, model_check)
             probe = asyncio.create_task(asyncio.to_thread(assistant.context.probe), name="context-probe")
             stack.push_async_callback(_cancel, probe)
+        renewal = asyncio.create_task(dispatcher.keep_claims(settings.claim_lease_seconds / 3), name="claims")
+        stack.push_async_callback(_cancel, renewal)
         check.start()  # its first run, at once, sends replies a previous run left unsent
         recovery.start()
         stack.push_async_callback(recovery.stop)
@@ -218,7 +221,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             "DingHook ready: provider=%s model=%s database=%s",
             settings.provider.value,
             "mock" if settings.mock_mode else settings.openai_model,
-            settings.database_path,
+            database.engine.where,
         )
         yield
         if services.stream is not None:

@@ -105,6 +105,7 @@ COMMAND_MODULES = (
     "dingbot.simulate",
     "dingbot.prompt_tests",
     "dingbot.settings_reference",
+    "dingbot.migrate",
 )
 
 

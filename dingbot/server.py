@@ -7,7 +7,6 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import uvicorn
 
@@ -17,7 +16,10 @@ from agent.memory.store import check_stored_dims
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
 from agent.settings.loading import load_settings
-from agent.storage.health import StorageError, check_file
+from agent.storage.database import engine_for
+from agent.storage.health import StorageError
+from agent.storage.migrate import SchemaTooNew
+from agent.storage.sqlite import SqliteEngine
 from api.app import create_app
 from api.serving import server_config
 from dingbot.logs import configure_logging
@@ -27,27 +29,31 @@ def preflight() -> Settings:
     """Everything that can be checked before the server binds; raises with one clear line."""
     settings = load_settings()
     PromptLibrary(settings.prompts_dir)  # the defaults and every group override must load
-    _check_database(settings.database_path)
+    _check_database(settings)
     check_stored_dims(settings, build_embeddings(settings))
     _check_port(settings.host, settings.port)
     return settings
 
 
-def _check_database(path: Path) -> None:
-    """The file opens, and passes SQLite's quick_check within its budget (agent/storage/health.py)."""
-    try:
-        path.resolve().parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"DATABASE_PATH={str(path)!r} cannot be opened ({exc.strerror or exc}): point it at a writable "
-            "file path, e.g. DATABASE_PATH=data/dingbot_memory.db"
-        ) from None
-    if path.is_dir():
-        example = path / "bot.db"
-        raise ConfigError(f"DATABASE_PATH={str(path)!r} is a folder: name a file in it, e.g. {example}")
-    found = check_file(path)
-    if found != "sound":
-        print(f"dingbot: database {path}: {found}", file=sys.stderr)
+def _check_database(settings: Settings) -> None:
+    """SQLite: the file opens and passes quick_check within its budget. PostgreSQL: the server answers.
+    Either: the schema is not newer than this code (agent/storage/)."""
+    engine = engine_for(settings)
+    if isinstance(engine, SqliteEngine):
+        path = engine.path
+        try:
+            path.resolve().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"DATABASE_PATH={str(path)!r} cannot be opened ({exc.strerror or exc}): point it at a "
+                "writable file path, e.g. DATABASE_PATH=data/dingbot_memory.db"
+            ) from None
+        if path.is_dir():
+            example = path / "bot.db"
+            raise ConfigError(f"DATABASE_PATH={str(path)!r} is a folder: name a file in it, e.g. {example}")
+    found = engine.check()
+    if "quick_check not finished" in found:
+        print(f"dingbot: database {engine.where}: {found}", file=sys.stderr)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -80,7 +86,7 @@ class _Server(uvicorn.Server):
 def main() -> int:
     try:
         settings = preflight()
-    except (ConfigError, PromptError, StorageError) as exc:
+    except (ConfigError, PromptError, StorageError, SchemaTooNew) as exc:
         print(f"dingbot: cannot start: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)

@@ -17,10 +17,13 @@ import pytest
 import uvicorn
 
 from agent.settings.config import Settings
+from agent.storage.engine import Engine
+from agent.storage.postgres import PostgresEngine
 from api.app import create_app
 from api.serving import server_config
 from tests import network_guard
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.postgres import RunDatabase, require_server
 from tests.waiting import PATIENCE
 
 LIVE = os.environ.get("DINGBOT_LIVE_TESTS") == "1"
@@ -83,13 +86,63 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[RunDatabase]:
+    """This run's PostgreSQL database, dropped at the end (skips or fails when none answers)."""
+    require_server()
+    database = RunDatabase()
+    database.create()
+    yield database
+    database.drop()
+
+
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres_only: about PostgreSQL's own behaviour (errors, a server)")
+    config.addinivalue_line("markers", "sqlite_only: about SQLite's own files (what is left on disk)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker
+        engines = ENGINES
+        if marked("postgres_only") or marked("sqlite_only"):
+            engines = ENGINES[1:] if marked("postgres_only") else ENGINES[:1]
+        metafunc.parametrize("database_url", engines, indirect=True)
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> Callable[..., Settings]:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Every test that stores anything runs on both engines: None (SQLite at DATABASE_PATH), or the URL
+    of a fresh PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield None
+        return
+    database: RunDatabase = request.getfixturevalue("postgres_database")
+    with database.schema() as url:
+        yield url
+
+
+@pytest.fixture
+def database_target(tmp_path: Path, database_url: str | None) -> Path | Engine:
+    """What `Database(...)` opens in this test: a SQLite file, or a PostgreSQL schema."""
+    if database_url is None:
+        return tmp_path / "data" / "dingbot.db"
+    return PostgresEngine(database_url)
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, fake_dingtalk: FakeDingTalk, database_url: str | None
+) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "force_mock_openai": True,
             "secret": SECRET,
             "database_path": tmp_path / "data" / "dingbot.db",
+            "database_url": database_url,
             "dingtalk_oapi_base": fake_dingtalk.url,
         }
         values.update(overrides)

@@ -4,11 +4,9 @@ OpenAI-compatible server, the card calls and the fallbacks against a local DingT
 from __future__ import annotations
 
 import itertools
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +16,7 @@ from agent.settings.config import Settings
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.store import sql
 from tests.waiting import PATIENCE, wait_until
 
 KEY = "sk-live-looking-key-abcdefghijklmnopqrstu"
@@ -59,9 +58,10 @@ def calls_named(fake: FakeDingTalk, name: str) -> list[dict[str, Any]]:
     return [body for call, body in fake.card_calls() if call == name]
 
 
-def outbox_states(path: Path) -> list[tuple[int, str]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT part, state FROM outbox ORDER BY part").fetchall()
+def outbox_states(where: Settings) -> list[tuple[int, str]]:
+    return [
+        (int(part), str(state)) for part, state in sql(where, "SELECT part, state FROM outbox ORDER BY part")
+    ]
 
 
 def test_the_answer_streams_into_a_card_with_throttled_full_updates_and_is_finished(
@@ -106,7 +106,7 @@ def test_the_answer_streams_into_a_card_with_throttled_full_updates_and_is_finis
     finish = calls_named(fake_dingtalk, "finish")[0]["cardData"]["cardParamMap"]
     assert finish == {"flowStatus": "3", "content": ANSWER}
     assert fake_dingtalk.posts(WEBHOOK) == []  # the card carried the answer: no plain message too
-    assert outbox_states(settings.database_path) == [(0, "sent"), (1, "skipped")]
+    assert outbox_states(settings) == [(0, "sent"), (1, "skipped")]
 
 
 def test_a_group_card_notifies_the_sender(
@@ -215,7 +215,7 @@ def test_a_card_that_cannot_be_finished_falls_back_to_the_session_webhook_then_t
     # the card is not left spinning beside the plain reply: marked failed (best effort)
     [status] = [c["cardData"]["cardParamMap"]["flowStatus"] for c in calls_named(fake_dingtalk, "finish")]
     assert status == "5"
-    wait_until(lambda: outbox_states(settings.database_path) == [(0, "skipped"), (1, "sent")])
+    wait_until(lambda: outbox_states(settings) == [(0, "skipped"), (1, "sent")])
 
 
 def test_a_card_whose_status_update_fails_is_retried_without_a_second_finalize_or_a_plain_reply(
@@ -227,7 +227,7 @@ def test_a_card_whose_status_update_fails_is_retried_without_a_second_finalize_o
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "你好"))
         wait_until(lambda: len(calls_named(fake_dingtalk, "finish")) == 2)
-        wait_until(lambda: outbox_states(settings.database_path) == [(0, "sent"), (1, "skipped")])
+        wait_until(lambda: outbox_states(settings) == [(0, "sent"), (1, "skipped")])
     finalizes = [u for u in calls_named(fake_dingtalk, "update") if u["isFinalize"]]
     assert len(finalizes) == 1  # the retry only set the status
     assert fake_dingtalk.posts(WEBHOOK) == []

@@ -116,6 +116,17 @@ def test_bad_value_is_one_line_naming_the_variable_and_the_fix(
     assert "\n" not in message
 
 
+def test_a_rejected_database_url_is_not_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It holds a password: the line names the variable and the fix, never the value."""
+    monkeypatch.setenv("DATABASE_URL", "mysql://bot:hunter2@db.internal/dingbot")
+    with pytest.raises(ConfigError) as info:
+        load_settings(runnable=False)
+    assert str(info.value).startswith(
+        "DATABASE_URL is invalid (not a postgresql:// URL): use a postgresql://"
+    )
+    assert "hunter2" not in str(info.value)
+
+
 def test_secrets_are_secretstr_and_never_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORCE_MOCK_OPENAI", "1")
     s = load_settings(secret="SECsupersecret", openai_api_key="sk-verysecret")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +13,9 @@ import pytest
 import api.app
 from agent.memory.history import HistoryStore, Turn
 from agent.settings.config import Settings
+from agent.storage.connection import Connection
 from agent.storage.database import Database
+from agent.storage.engine import Engine
 from api.delivery.inbox import Inbox
 from api.delivery.outbox import Outbox
 from api.dingtalk.reply import Route
@@ -22,12 +23,12 @@ from tests.assistants import person_message
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.store import sql
 from tests.waiting import wait_until
 
 
-def states(path: Path) -> dict[str, str]:
-    with sqlite3.connect(path) as conn:
-        return dict(conn.execute("SELECT msg_id, state FROM inbox").fetchall())
+def states(where: Settings) -> dict[str, str]:
+    return dict(sql(where, "SELECT msg_id, state FROM inbox"))
 
 
 def test_oversized_body_gets_413_before_parsing(
@@ -83,22 +84,22 @@ def test_stopping_mid_answer_lets_the_redelivery_be_answered(
     with serve(settings) as app:
         app.post_callback(encode(body), signed_headers(SECRET))
         fake_openai.wait_for(1, path="/chat/completions")  # the model is working on it; now stop
-    assert states(settings.database_path) == {body["msgId"]: "failed"}
+    assert states(settings) == {body["msgId"]: "failed"}
     assert fake_dingtalk.requests == []
     with serve(settings) as app:
         assert app.post_callback(encode(body), signed_headers(SECRET)).json() == {"msgtype": "empty"}
         [request] = fake_dingtalk.wait_for(1)
     assert request.json()["text"]["content"] == "重启后的回答"
-    assert states(settings.database_path) == {body["msgId"]: "done"}
+    assert states(settings) == {body["msgId"]: "done"}
 
 
-def test_claims(tmp_path: Path) -> None:
+def test_claims(database_target: Path | Engine) -> None:
     async def scenario() -> list[bool]:
-        db = Database(tmp_path / "x.db")
+        db = Database(database_target)
         await db.open()
         try:
-            fresh = Inbox(db, stale_after_seconds=3600)
-            impatient = Inbox(db, stale_after_seconds=0)
+            fresh = Inbox(db, lease_seconds=3600)
+            impatient = Inbox(db, lease_seconds=0)
             message = person_message(message_id="m1")
             results = [await fresh.claim(message), await fresh.claim(message)]  # new, then in progress
             await asyncio.sleep(0.01)
@@ -114,16 +115,16 @@ def test_claims(tmp_path: Path) -> None:
 
 
 def test_periodic_check_expires_old_rows_and_keeps_recent_ones(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings],
 ) -> None:
-    path = tmp_path / "x.db"
+    settings = make_settings(check_interval_seconds=0.05)
     route = Route("http://127.0.0.1:9/x", None, "cid1", False, "u1", "robot")
 
     async def prepare() -> None:
-        db = Database(path)
+        db = Database.for_settings(settings)
         await db.open()
         try:
-            inbox, outbox, history = Inbox(db, stale_after_seconds=3600), Outbox(db), HistoryStore(db, 10)
+            inbox, outbox, history = Inbox(db, lease_seconds=3600), Outbox(db), HistoryStore(db, 10)
             for msg_id in ("old-done", "new-done"):
                 await inbox.claim(person_message(message_id=msg_id))
                 parts = await outbox.store_reply(msg_id, "corp:u1", route, [{"msgtype": "text"}])
@@ -132,7 +133,7 @@ def test_periodic_check_expires_old_rows_and_keeps_recent_ones(
             await history.append("scope", Turn("新问题", "新回答"), "p1", said_at=time.time())
             old = time.time() - 31 * 86400
 
-            def age(conn: sqlite3.Connection) -> None:
+            def age(conn: Connection) -> None:
                 # a row from a version that stored no message: kept, however old, until it is answered
                 conn.execute(
                     "INSERT INTO inbox (msg_id, state, received_at, updated_at) VALUES (?, ?, ?, ?)",
@@ -147,13 +148,12 @@ def test_periodic_check_expires_old_rows_and_keeps_recent_ones(
             await db.close()
 
     asyncio.run(prepare())
-    with serve(make_settings(database_path=path, check_interval_seconds=0.05)) as app:
+    with serve(settings) as app:
         check = app.server.config.app.state.services.check
         wait_until(lambda: check.runs >= 2, what="two periodic checks")
-    assert states(path) == {"new-done": "done", "old-processing": "processing"}
-    with sqlite3.connect(path) as conn:
-        assert [r[0] for r in conn.execute("SELECT msg_id FROM outbox")] == ["new-done"]
-        assert [r[0] for r in conn.execute("SELECT content FROM history WHERE role = 'human'")] == ["新问题"]
+    assert states(settings) == {"new-done": "done", "old-processing": "processing"}
+    assert sql(settings, "SELECT msg_id FROM outbox") == [("new-done",)]
+    assert sql(settings, "SELECT content FROM history WHERE role = 'human'") == [("新问题",)]
 
 
 def test_periodic_check_runs_on_its_interval(make_settings: Callable[..., Settings]) -> None:

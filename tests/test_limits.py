@@ -83,6 +83,7 @@ def test_allowlists(
     overrides: dict[str, Any],
     answered: bool,
 ) -> None:
+    overrides = dict(overrides)  # the parameter is shared by every engine's run of this test
     group = overrides.pop("group", False)
     with serve(make_settings(**settings)) as app:
         assert (

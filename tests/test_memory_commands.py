@@ -185,21 +185,27 @@ def test_a_message_answered_before_a_crash_is_learned_from_at_the_next_start(
 ) -> None:
     """The learning job stored with the reply outlives the process: the next start learns from it; and
     "/forget all" takes such a job with it."""
-    import sqlite3
-
     from agent.messages import message_to_json
-    from agent.storage.database import SCHEMA, store_learning
+    from agent.storage.database import Database
+    from agent.storage.records import store_learning
     from tests.conftest import SECRET, serve
     from tests.fakes.payloads import callback, encode, signed_headers
+    from tests.store import sql
     from tests.waiting import wait_until
 
     settings = make_settings()
-    settings.database_path.parent.mkdir(parents=True)
-    with sqlite3.connect(settings.database_path) as conn:  # what a crash after the reply leaves
-        conn.executescript(SCHEMA)
-        store_learning(conn, WXM.message_id, WXM.person_id, message_to_json(WXM))
-        other = replace(WXM, message_id="other==", person_id="corp:someone-else")
-        store_learning(conn, other.message_id, other.person_id, message_to_json(other))
+    other = replace(WXM, message_id="other==", person_id="corp:someone-else")
+
+    async def crash_after_the_reply() -> None:  # what it leaves: the learning jobs, not learned yet
+        database = Database.for_settings(settings)
+        await database.open()
+        for message in (WXM, other):
+            await database.run(
+                lambda c, m=message: store_learning(c, m.message_id, m.person_id, message_to_json(m))
+            )
+        await database.close()
+
+    asyncio.run(crash_after_the_reply())
     corp, staff_id = WXM.person_id.split(":")
     body = callback(fake_dingtalk.webhook(), "/memory", senderStaffId=staff_id, senderCorpId=corp)
     with serve(settings) as app:
@@ -207,8 +213,7 @@ def test_a_message_answered_before_a_crash_is_learned_from_at_the_next_start(
         app.post_callback(encode(body), signed_headers(SECRET))
         [reply] = fake_dingtalk.wait_for(1, path="/robot/sendBySession")
     assert "用户对花生过敏" in reply.json()["text"]["content"]
-    with sqlite3.connect(settings.database_path) as conn:
-        assert conn.execute("SELECT msg_id FROM learning").fetchall() == []
+    assert sql(settings, "SELECT msg_id FROM learning") == []
 
 
 def test_forget_all_takes_the_persons_pending_learning_with_it_and_refuses_older_turns(
@@ -216,7 +221,8 @@ def test_forget_all_takes_the_persons_pending_learning_with_it_and_refuses_older
 ) -> None:
     from agent.memory.history import HistoryStore
     from agent.messages import message_to_json
-    from agent.storage.database import Database, store_learning
+    from agent.storage.database import Database
+    from agent.storage.records import store_learning
 
     async def go() -> tuple[list[Any], bool, bool]:
         database = Database(tmp_path / "db.sqlite")

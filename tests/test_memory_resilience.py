@@ -69,6 +69,7 @@ def test_forget_all_wins_over_a_write_still_being_extracted(make_settings: Calla
     assert asyncio.run(go()).startswith("我还没有记住关于你的事")
 
 
+@pytest.mark.sqlite_only  # what is left in the files on disk
 def test_forget_all_erases_our_copies_even_when_memory_is_down(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:

@@ -7,15 +7,18 @@ import sqlite3
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from agent.storage.database import Database
+from agent.storage.engine import Engine
 from api.delivery.courier import Courier, Delivery
 from api.delivery.outbox import Outbox
 from api.dingtalk.reply import Route
 from api.dingtalk.sender import SessionWebhookSender
 from tests.fakes.servers import FakeDingTalk
+from tests.store import sql
 from tests.waiting import PATIENCE
 
 WEBHOOK = "/robot/sendBySession"
@@ -29,14 +32,15 @@ def parts(n: int) -> list[dict[str, object]]:
     return [{"msgtype": "text", "text": {"content": f"第 {i + 1} 部分"}} for i in range(n)]
 
 
-def states(path: Path) -> list[tuple[int, str, str | None]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT part, state, last_error FROM outbox ORDER BY part").fetchall()
+def states(path: Path | Engine) -> list[tuple[Any, ...]]:
+    return sql(path, "SELECT part, state, last_error FROM outbox ORDER BY part")
 
 
-def test_a_given_up_part_takes_the_later_parts_with_it(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> None:
+def test_a_given_up_part_takes_the_later_parts_with_it(
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
+) -> None:
     fake_dingtalk.errcodes.append(400013)  # the first part: the robot was removed, not retryable
-    path = tmp_path / "x.db"
+    path = database_target
 
     async def scenario() -> tuple[Delivery, int]:
         db = Database(path)
@@ -60,11 +64,11 @@ def test_a_given_up_part_takes_the_later_parts_with_it(tmp_path: Path, fake_ding
 
 
 def test_two_processes_checking_one_outbox_send_a_due_reply_once(
-    tmp_path: Path, fake_dingtalk: FakeDingTalk
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
 ) -> None:
     in_flight = threading.Event()
     fake_dingtalk.holds.append(in_flight)  # the first send stays unanswered until the other check is done
-    path = tmp_path / "x.db"
+    path = database_target
 
     async def scenario() -> list[int]:
         first, second = Database(path), Database(path)  # two connections, as two processes have
@@ -131,9 +135,11 @@ def test_an_outbox_from_before_the_skipped_state_is_migrated_with_its_rows(tmp_p
     assert {"outbox_due", "outbox_updated"} <= indexes
 
 
-def test_a_redelivery_keeps_the_stored_reply_s_card(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> None:
+def test_a_redelivery_keeps_the_stored_reply_s_card(
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
+) -> None:
     async def scenario() -> list[str]:
-        db = Database(tmp_path / "x.db")
+        db = Database(database_target)
         await db.open()
         try:
             outbox = Outbox(db)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from pydantic import SecretStr
 
 from agent.storage.database import Database
+from agent.storage.engine import Engine
 from api.delivery.courier import Courier
 from api.delivery.outbox import Outbox
 from api.dingtalk.robot_webhook import (
@@ -25,13 +26,14 @@ from api.dingtalk.robot_webhook import (
 from api.dingtalk.sender import SessionWebhookSender
 from api.dingtalk.signature import compute_sign
 from tests.fakes.servers import FakeDingTalk
+from tests.store import sql
 
 ROBOT_SECRET = "SEC-robot-secret"
 
 
 @asynccontextmanager
 async def courier_for(
-    path: Path, fake: FakeDingTalk, secret: str | None = ROBOT_SECRET
+    path: Path | Engine, fake: FakeDingTalk, secret: str | None = ROBOT_SECRET
 ) -> AsyncIterator[Courier]:
     db = Database(path)
     await db.open()
@@ -48,16 +50,17 @@ async def courier_for(
             await db.close()
 
 
-def notices(path: Path) -> list[tuple[str, int, float]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(
-            "SELECT state, attempts, next_attempt_at FROM outbox WHERE channel = 'robot' ORDER BY id"
-        ).fetchall()
+def notices(path: Path | Engine) -> list[tuple[Any, ...]]:
+    return sql(
+        path, "SELECT state, attempts, next_attempt_at FROM outbox WHERE channel = 'robot' ORDER BY id"
+    )
 
 
-def test_each_notice_is_signed_with_a_fresh_timestamp(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> None:
+def test_each_notice_is_signed_with_a_fresh_timestamp(
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
+) -> None:
     async def scenario() -> None:
-        async with courier_for(tmp_path / "x.db", fake_dingtalk) as courier:
+        async with courier_for(database_target, fake_dingtalk) as courier:
             await courier.notify(notice_body("第一条通知"))
             await asyncio.sleep(0.005)
             await courier.notify(notice_body("## 第二条\n\n- 列表", title="周报", markdown=True))
@@ -77,12 +80,14 @@ def test_each_notice_is_signed_with_a_fresh_timestamp(tmp_path: Path, fake_dingt
     assert timestamps[0] != timestamps[1]
     assert requests[0].json() == {"msgtype": "text", "text": {"content": "第一条通知"}}
     assert requests[1].json()["markdown"] == {"title": "周报", "text": "## 第二条\n\n- 列表"}
-    assert [state for state, _, _ in notices(tmp_path / "x.db")] == ["sent", "sent"]
+    assert [state for state, _, _ in notices(database_target)] == ["sent", "sent"]
 
 
-def test_a_robot_without_a_secret_sends_unsigned(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> None:
+def test_a_robot_without_a_secret_sends_unsigned(
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
+) -> None:
     async def scenario() -> None:
-        async with courier_for(tmp_path / "x.db", fake_dingtalk, secret=None) as courier:
+        async with courier_for(database_target, fake_dingtalk, secret=None) as courier:
             await courier.notify(notice_body("关键词 通知"))
 
     asyncio.run(scenario())
@@ -91,9 +96,9 @@ def test_a_robot_without_a_secret_sends_unsigned(tmp_path: Path, fake_dingtalk: 
 
 
 def test_more_than_twenty_a_minute_are_queued_not_sent_and_not_dropped(
-    tmp_path: Path, fake_dingtalk: FakeDingTalk
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
 ) -> None:
-    path = tmp_path / "x.db"
+    path = database_target
 
     async def burst() -> None:
         async with courier_for(path, fake_dingtalk) as courier:
@@ -109,9 +114,8 @@ def test_more_than_twenty_a_minute_are_queued_not_sent_and_not_dropped(
     assert all(started + 55 < at < time.time() + 61 for _, _, at in waiting)  # when the minute is over
 
     # A minute later (the clock moved by rewriting the rows), the periodic check sends the rest, in order.
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE outbox SET updated_at = updated_at - 61 WHERE state = 'sent'")
-        conn.execute("UPDATE outbox SET next_attempt_at = 0 WHERE state = 'pending'")
+    sql(path, "UPDATE outbox SET updated_at = updated_at - 61 WHERE state = 'sent'")
+    sql(path, "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'pending'")
 
     async def later() -> None:
         async with courier_for(path, fake_dingtalk) as courier:
@@ -124,10 +128,10 @@ def test_more_than_twenty_a_minute_are_queued_not_sent_and_not_dropped(
 
 
 def test_throttled_by_dingtalk_the_notice_waits_ten_minutes_without_losing_an_attempt(
-    tmp_path: Path, fake_dingtalk: FakeDingTalk
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
 ) -> None:
     fake_dingtalk.robot_errcodes.append(130101)
-    path = tmp_path / "x.db"
+    path = database_target
 
     async def scenario() -> None:
         async with courier_for(path, fake_dingtalk) as courier:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from agent.settings.config import Settings
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
+from tests.store import sql
 from tests.waiting import wait_until
 
 WEBHOOK = "/robot/sendBySession"
@@ -30,13 +29,12 @@ def post(app: RunningApp, body: dict[str, Any]) -> None:
     assert response.status_code == 200, response.text
 
 
-def outbox_rows(path: Path) -> list[tuple[str, str, int, str | None, str | None]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT msg_id, state, attempts, body, route FROM outbox ORDER BY id").fetchall()
+def outbox_rows(where: Settings) -> list[tuple[Any, ...]]:
+    return sql(where, "SELECT msg_id, state, attempts, body, route FROM outbox ORDER BY id")
 
 
-def first_state(path: Path) -> str:
-    rows = outbox_rows(path)
+def first_state(where: Settings) -> str:
+    rows = outbox_rows(where)
     return rows[0][1] if rows else ""
 
 
@@ -83,7 +81,7 @@ def test_expired_session_webhook_falls_back_to_the_one_to_one_send(
     assert request["userIds"] == [body["senderStaffId"]]
     assert request["msgKey"] == "sampleText"
     assert "「会话过期了」" in json.loads(request["msgParam"])["content"]  # msgParam is a JSON string
-    [(msg_id, state, _, stored_body, stored_route)] = outbox_rows(settings.database_path)
+    [(msg_id, state, _, stored_body, stored_route)] = outbox_rows(settings)
     assert (msg_id, state, stored_body, stored_route) == (body["msgId"], "sent", None, None)
 
 
@@ -122,7 +120,7 @@ def test_without_app_credentials_an_expired_webhook_is_logged_with_the_fix(
     settings = make_settings()
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "过期"))
-        wait_until(lambda: first_state(settings.database_path) == "failed")
+        wait_until(lambda: first_state(settings) == "failed")
     assert "set DINGTALK_CLIENT_ID and DINGTALK_CLIENT_SECRET" in caplog.text
     assert fake_dingtalk.posts(TOKEN) == []
 
@@ -135,7 +133,7 @@ def test_server_errors_are_retried_at_once(
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "服务器错误"))
         fake_dingtalk.wait_for(3, path=WEBHOOK)
-        wait_until(lambda: first_state(settings.database_path) == "sent")
+        wait_until(lambda: first_state(settings) == "sent")
         metrics = app.client.get("/metrics").text
     assert 'dingbot_sends_total{errcode="http_503",via="session_webhook"} 1.0' in metrics
     assert 'dingbot_sends_total{errcode="0",via="session_webhook"} 1.0' in metrics
@@ -156,11 +154,11 @@ def test_a_timed_out_send_is_retried_later_not_at_once(
     settings = make_settings(check_interval_seconds=0.2)
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "超时"))
-        wait_until(lambda: first_state(settings.database_path) == "sent")
+        wait_until(lambda: first_state(settings) == "sent")
         metrics = app.client.get("/metrics").text
     assert 'dingbot_sends_total{errcode="transport",via="session_webhook"} 1.0' in metrics
     assert len(fake_dingtalk.posts(WEBHOOK)) == 2
-    [(_, state, attempts, _, _)] = outbox_rows(settings.database_path)
+    [(_, state, attempts, _, _)] = outbox_rows(settings)
     assert (state, attempts) == ("sent", 2)  # two rounds: the timed-out one, then the check's
     assert "not sent (timed out waiting for the answer (ReadTimeout)); next try in" in caplog.text
 
@@ -172,12 +170,12 @@ def test_a_reply_that_keeps_failing_waits_in_the_outbox_and_the_periodic_check_s
     settings = make_settings(check_interval_seconds=0.2)
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "稍后送达"))
-        wait_until(lambda: first_state(settings.database_path) == "sent")
+        wait_until(lambda: first_state(settings) == "sent")
         more_checks(app)  # later checks must not send it again
     bodies = fake_dingtalk.replies()
     assert len(bodies) == 5  # three tries at once; from the check, one more failure and the success
     assert all(b == bodies[0] for b in bodies)
-    [(_, state, attempts, _, _)] = outbox_rows(settings.database_path)
+    [(_, state, attempts, _, _)] = outbox_rows(settings)
     assert (state, attempts) == ("sent", 2)  # two rounds: the immediate one, then the check's
 
 
@@ -188,7 +186,7 @@ def test_other_errcodes_are_not_retried_and_their_meaning_is_logged(
     settings = make_settings(check_interval_seconds=0.1)
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "机器人被移出群"))
-        wait_until(lambda: first_state(settings.database_path) == "failed")
+        wait_until(lambda: first_state(settings) == "failed")
         more_checks(app)  # later checks must not retry it
     assert len(fake_dingtalk.posts(WEBHOOK)) == 1
     assert "the robot is not in this conversation any more" in caplog.text
@@ -201,13 +199,12 @@ def test_forget_all_removes_the_persons_unsent_reply_text(
     settings = make_settings()
     with serve(settings) as app:
         post(app, callback(fake_dingtalk.webhook(), "我的秘密计划"))
-        wait_until(lambda: first_state(settings.database_path) == "failed")
-        assert "我的秘密计划" in (outbox_rows(settings.database_path)[0][3] or "")
+        wait_until(lambda: first_state(settings) == "failed")
+        assert "我的秘密计划" in (outbox_rows(settings)[0][3] or "")
         post(app, callback(fake_dingtalk.webhook(), "/forget all"))
         fake_dingtalk.wait_for(2)
-        wait_until(lambda: all(row[1] == "sent" for row in outbox_rows(settings.database_path)))
-    with sqlite3.connect(settings.database_path) as conn:
-        stored = " ".join(str(v) for row in conn.execute("SELECT * FROM outbox") for v in row)
-        stored += " ".join(str(v) for row in conn.execute("SELECT * FROM inbox") for v in row)
+        wait_until(lambda: all(row[1] == "sent" for row in outbox_rows(settings)))
+    stored = " ".join(str(v) for row in sql(settings, "SELECT * FROM outbox") for v in row)
+    stored += " ".join(str(v) for row in sql(settings, "SELECT * FROM inbox") for v in row)
     assert "我的秘密计划" not in stored
-    assert len(outbox_rows(settings.database_path)) == 1  # only the confirmation's (sent, textless) row
+    assert len(outbox_rows(settings)) == 1  # only the confirmation's (sent, textless) row

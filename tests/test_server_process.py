@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -16,9 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.settings.config import Settings
+from agent.storage.database import Database
 from tests.conftest import SECRET, subprocess_env
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.store import sql
 from tests.waiting import PATIENCE, wait_until
 
 STARTUP_PATIENCE = 2 * PATIENCE  # a cold start imports the embedder, mem0 and LangChain
@@ -89,6 +93,32 @@ def test_serves_answers_and_stops_cleanly(
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_a_database_migrated_by_a_newer_dingbot_stops_startup_with_one_line(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    database = tmp_path / "data" / "bot.db"
+    settings = Settings(_env_file=None, database_path=database, database_url=database_url)  # type: ignore[call-arg]
+
+    async def made_by_this_code() -> None:
+        db = Database.for_settings(settings)
+        await db.open()
+        await db.close()
+
+    asyncio.run(made_by_this_code())
+    sql(settings, "UPDATE alembic_version SET version_num = '9001'")
+    line = refused_start(tmp_path, database, **({"DATABASE_URL": database_url} if database_url else {}))
+    assert line.startswith("dingbot: cannot start: database schema version 9001 is newer than this dingbot")
+    assert "restore a backup" in line
+
+
+def test_a_database_server_that_does_not_answer_stops_startup_with_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://bot:s3cret@127.0.0.1:{free_port()}/dingbot"
+    line = refused_start(tmp_path, tmp_path / "bot.db", DATABASE_URL=url)
+    assert line.startswith(f"dingbot: cannot start: database postgresql://bot@127.0.0.1:{url.split(':')[3]}")
+    assert "the database server does not answer: start it, or check DATABASE_URL" in line
+    assert "s3cret" not in line
+
+
 def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_path: Path) -> None:
     qdrant = tmp_path / "data" / "bot_store" / "qdrant"
     qdrant.mkdir(parents=True)
@@ -100,9 +130,9 @@ def test_memory_written_with_another_embedder_stops_startup_with_one_line(tmp_pa
     assert "EMBEDDING_PROVIDER" in line
 
 
-def refused_start(cwd: Path, database: Path) -> str:
+def refused_start(cwd: Path, database: Path, **extra: str) -> str:
     """Start the server in mock mode on `database`: it must refuse, exit code 2, one line (returned)."""
-    env = subprocess_env(FORCE_MOCK_OPENAI="1", PORT=str(free_port()), DATABASE_PATH=str(database))
+    env = subprocess_env(FORCE_MOCK_OPENAI="1", PORT=str(free_port()), DATABASE_PATH=str(database), **extra)
     result = subprocess.run(
         [sys.executable, "-m", "dingbot.server"],
         env=env,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.storage.database import Database
-from agent.storage.health import StorageError, StorageFault, StorageHealth, check_file, fault_of
+from agent.storage.health import StorageError, StorageFault, StorageHealth
+from agent.storage.sqlite import SqliteEngine, check_file, fault_of
 
 _TURN = "INSERT INTO history VALUES (NULL, 's', 'p', 'human', ?, 0)"
 
@@ -104,7 +105,8 @@ def test_one_error_line_a_minute_and_one_line_when_it_works_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.storage.health")
-    health = StorageHealth(tmp_path / "bot.db")
+    engine = SqliteEngine(tmp_path / "bot.db")
+    health = StorageHealth(engine.where, engine.fix)
     for _ in range(50):
         error = health.failed(sqlite3.OperationalError("database or disk is full"), StorageFault.FULL)
     assert not health.ok

@@ -15,6 +15,7 @@ from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.fakes.weak_model import RUNAWAY, WeakModel
 from tests.prometheus import sample
+from tests.store import sql
 from tests.waiting import wait_until
 
 TRUNCATED = "（回答过长，已截断）"
@@ -220,17 +221,11 @@ def test_forget_beats_a_fact_said_a_moment_earlier_twenty_times_out_of_twenty(
             app.post_callback(encode(forget), signed_headers(SECRET))
         fake_dingtalk.wait_for(40, path="/robot/sendBySession")
         wait_until(lambda: app.client.get("/healthz").json()["memory_writes"] == 0, what="memory writes")
-        database = settings.database_path
         for staff_id in people:
             listed = ask_as(app, fake_dingtalk, staff_id)
             assert listed.startswith("我还没有记住关于你的事"), (staff_id, listed)
-    import sqlite3
-
-    with sqlite3.connect(database) as conn:
-        turns = conn.execute("SELECT COUNT(*) FROM history WHERE content LIKE '%花生%'").fetchone()[0]
-        jobs = conn.execute("SELECT COUNT(*) FROM learning").fetchone()[0]
-    assert turns == 0
-    assert jobs == 0
+    assert sql(settings, "SELECT COUNT(*) FROM history WHERE content LIKE '%花生%'") == [(0,)]
+    assert sql(settings, "SELECT COUNT(*) FROM learning") == [(0,)]
 
 
 def ask_as(app: Any, dingtalk: FakeDingTalk, staff_id: str) -> str:

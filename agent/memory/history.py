@@ -1,18 +1,13 @@
-"""Short-term memory: the last HISTORY_TURNS turns of a conversation, in the SQLite database."""
+"""Short-term memory: the last HISTORY_TURNS turns of a conversation, in the database."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
-from agent.storage.database import (
-    Database,
-    erase_person_messages,
-    forgotten_at,
-    mark_forgotten,
-    transaction,
-)
+from agent.storage.connection import Connection, lock_person, transaction
+from agent.storage.database import Database
+from agent.storage.records import erase_person_messages, forgotten_at, mark_forgotten
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +27,7 @@ class HistoryStore:
         if self.turns == 0:
             return []
 
-        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        def read(conn: Connection) -> list[tuple[str, str]]:
             rows = conn.execute(
                 "SELECT role, content FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?",
                 (scope, self.turns * 2),
@@ -56,8 +51,9 @@ class HistoryStore:
         keep = self.turns * 2
         now = time.time()
 
-        def write(conn: sqlite3.Connection) -> bool:
+        def write(conn: Connection) -> bool:
             with transaction(conn):
+                lock_person(conn, person_id)
                 if forgotten_at(conn, person_id) >= said_at:
                     return False
                 conn.executemany(
@@ -77,7 +73,7 @@ class HistoryStore:
     async def clear(self, scope: str) -> None:
         """/reset: forget the recent turns of one scope."""
 
-        def delete(conn: sqlite3.Connection) -> None:
+        def delete(conn: Connection) -> None:
             conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
 
         await self._db.run(delete)
@@ -86,8 +82,9 @@ class HistoryStore:
         """/forget all, sent at `asked_at`: every turn of this person, in every scope, their stored messages,
         and a mark that refuses anything they said before it (still on its way) — one transaction."""
 
-        def delete(conn: sqlite3.Connection) -> None:
+        def delete(conn: Connection) -> None:
             with transaction(conn):
+                lock_person(conn, person_id)
                 mark_forgotten(conn, person_id, asked_at)
                 conn.execute("DELETE FROM history WHERE person_id = ?", (person_id,))
                 erase_person_messages(conn, person_id)
@@ -101,7 +98,7 @@ class HistoryStore:
     async def purge_older_than(self, cutoff: float) -> int:
         """Delete turns written before `cutoff` (epoch seconds); return how many rows went."""
 
-        def delete(conn: sqlite3.Connection) -> int:
+        def delete(conn: Connection) -> int:
             return conn.execute("DELETE FROM history WHERE created_at < ?", (cutoff,)).rowcount
 
         return await self._db.run(delete)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +33,10 @@ from agent.messages import ContentKind, IncomingMessage
 from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
-from agent.storage.database import Database, finish_learning, forgotten_at, pending_learning
+from agent.storage.connection import Connection
+from agent.storage.database import Database
 from agent.storage.health import StorageError
+from agent.storage.records import finish_learning, forgotten_at, pending_learning
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,7 +134,7 @@ class MemoryService:
     # --- sharing -----------------------------------------------------------------------------
 
     async def is_shared(self, person_id: str) -> bool:
-        def read(conn: sqlite3.Connection) -> bool:
+        def read(conn: Connection) -> bool:
             row = conn.execute(
                 "SELECT shared FROM memory_sharing WHERE person_id = ?", (person_id,)
             ).fetchone()
@@ -142,7 +143,7 @@ class MemoryService:
         return await self._database.run(read)
 
     async def set_shared(self, person_id: str, shared: bool) -> None:
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: Connection) -> None:
             conn.execute(
                 "INSERT INTO memory_sharing (person_id, shared) VALUES (?, ?) "
                 "ON CONFLICT (person_id) DO UPDATE SET shared = excluded.shared",

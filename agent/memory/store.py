@@ -1,6 +1,12 @@
 """The mem0 adapter: opening the store, searching, adding, listing and erasing. Synchronous: every call
 runs on the memory service's single thread (the embedded Qdrant folder allows one client).
 
+Three places for the vectors: the embedded Qdrant folder beside DATABASE_PATH (one process; searched
+through the in-process per-person index), or a server shared by replicas — Chroma (CHROMA_URL) or Qdrant
+(QDRANT_URL) — searched on the server, so no replica can serve another's stale copy. With a server,
+mem0's own history (a log of every add and delete, with the text) is kept in memory only: we never read
+it, and a file per replica would keep erased text where `/forget all` does not reach.
+
 mem0 is imported here, lazily, after MEM0_TELEMETRY and MEM0_DIR are set (docs/architecture.md invariant 7).
 """
 
@@ -13,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
@@ -101,27 +108,42 @@ class Mem0Store:
 
         embeddings = LockedEmbeddings(embeddings)
         probed = probe_dims(settings, embeddings)
-        vector_store: dict[str, Any] = {
-            "collection_name": COLLECTION,
-            "embedding_model_dims": probed,
-            "on_disk": True,
-        }
-        if settings.qdrant_url:
-            vector_store["url"] = settings.qdrant_url
+        if settings.chroma_url:
+            vector_store: dict[str, Any] = {
+                "provider": "chroma",
+                "config": {  # the client is ours (no telemetry); host and port only satisfy mem0's checks
+                    "collection_name": COLLECTION,
+                    "client": chroma_client(settings.chroma_url),
+                    "host": urlsplit(settings.chroma_url).hostname,
+                    "port": urlsplit(settings.chroma_url).port or 8000,
+                },
+            }
+            stored = chroma_dims(vector_store["config"]["client"], probed)
         else:
-            vector_store["path"] = str(folder / "qdrant")
+            qdrant: dict[str, Any] = {
+                "collection_name": COLLECTION,
+                "embedding_model_dims": probed,
+                "on_disk": True,
+            }
+            if settings.qdrant_url:
+                qdrant["url"] = settings.qdrant_url
+            else:
+                qdrant["path"] = str(folder / "qdrant")
+            vector_store = {"provider": "qdrant", "config": qdrant}
+            stored = None
         config = {
             # mem0 makes no LLM call (we add with infer=False) but its config needs a model
             "llm": {"provider": "langchain", "config": {"model": extraction_model}},
             "embedder": {"provider": "langchain", "config": {"model": embeddings, "embedding_dims": probed}},
-            "vector_store": {"provider": "qdrant", "config": vector_store},
-            "history_db_path": str(folder / "mem0_history.db"),
+            "vector_store": vector_store,
+            "history_db_path": ":memory:" if settings.vector_server else str(folder / "mem0_history.db"),
         }
-        store = cls(_open_memory(config), embedded=not settings.qdrant_url, dims=probed)
-        stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
+        store = cls(_open_memory(config), embedded=not settings.vector_server, dims=probed)
+        if stored is None:
+            stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
         if stored != probed:
             store.close()
-            raise _mismatch(folder, stored, probed)
+            raise _mismatch(settings.vector_server or str(folder), stored, probed)
         if store._embedded:
             store.preload()
         return store
@@ -132,7 +154,9 @@ class Mem0Store:
         return self._dims
 
     def close(self) -> None:
-        self._memory.vector_store.client.close()  # Memory.close() only closes mem0's SQLite
+        close = getattr(self._memory.vector_store.client, "close", None)  # a Chroma HttpClient has none
+        if close is not None:
+            close()  # Memory.close() only closes mem0's SQLite
         self._memory.close()
 
     def search(self, query: str, scopes: list[dict[str, Any]], top_k: int) -> list[tuple[float, str]]:
@@ -180,7 +204,12 @@ class Mem0Store:
         return texts[-limit:]
 
     def knows(self, person_id: str, fact: str, where: dict[str, str]) -> bool:
-        return self._embedded and self._index.knows(person_id, fact, where)
+        """Whether the person already has exactly this memory there (so it is not stored twice)."""
+        if self._embedded:
+            return self._index.knows(person_id, fact, where)
+        with self._lock:
+            found = self._memory.get_all(filters={"user_id": person_id, **where}, top_k=10_000)
+        return any(item.get("memory") == fact for item in found.get("results", []))
 
     def add(self, fact: str, person_id: str, where: dict[str, str]) -> None:
         with self._lock:
@@ -191,6 +220,8 @@ class Mem0Store:
             [{"role": "user", "content": fact}], user_id=person_id, metadata=where, infer=False
         )
         ids = [str(item["id"]) for item in result.get("results", []) if item.get("id")]
+        if not self._embedded:
+            return  # the server is searched directly: no index to keep
         for point in self._memory.vector_store.client.retrieve(COLLECTION, ids=ids, with_vectors=True):
             self._index.added(person_id, str(point.id), fact, point.payload or {}, _dense(point.vector))
 
@@ -229,11 +260,36 @@ def probe_dims(settings: Settings, embeddings: Embeddings) -> int:
     return probed
 
 
-def _mismatch(folder: Path, stored: int, probed: int) -> ConfigError:
+def _mismatch(where: Path | str, stored: int, probed: int) -> ConfigError:
+    away = "move that folder away" if isinstance(where, Path) else f"use another collection than {COLLECTION}"
     return ConfigError(
-        f"the stored memories in {folder} have {stored}-dim vectors but the embedder gives {probed}: "
-        "set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or move that folder away"
+        f"the stored memories in {where} have {stored}-dim vectors but the embedder gives {probed}: "
+        f"set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or {away}"
     )
+
+
+def chroma_client(url: str) -> Any:
+    """A client of the Chroma server at `url` (no telemetry)."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    parts = urlsplit(url)
+    ssl = parts.scheme == "https"
+    return chromadb.HttpClient(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (443 if ssl else 8000),
+        ssl=ssl,
+        settings=ChromaSettings(anonymized_telemetry=False),
+    )
+
+
+def chroma_dims(client: Any, probed: int) -> int:
+    """Our collection on the Chroma server (made with cosine distance and the vector size it holds, before
+    mem0 opens it as it is); returns the size its vectors have."""
+    collection = client.get_or_create_collection(
+        COLLECTION, metadata={"hnsw:space": "cosine", "dingbot_dims": probed}
+    )
+    return int((collection.metadata or {}).get("dingbot_dims", probed))
 
 
 def check_stored_dims(settings: Settings, embeddings: Embeddings) -> None:

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         "a Qdrant server instead of the embedded folder beside `DATABASE_PATH`",
         fix="use a full http(s) URL of a Qdrant server, e.g. QDRANT_URL=http://localhost:6333",
     )
+    chroma_url: str | None = setting(
+        None,
+        "使用 Chroma 服务器（`chroma run`）存长期记忆；多个副本共用时必须设置它或 `QDRANT_URL`",
+        "a Chroma server (`chroma run`) for long-term memory; replicas need it or `QDRANT_URL`",
+        fix="use a full http(s) URL of a Chroma server, e.g. CHROMA_URL=http://127.0.0.1:8000",
+    )
     memory_top_k: int = setting(5, "每次回复最多召回几条记忆", "memories recalled per reply", ge=0, le=50)
     memory_max_chars: int = setting(
         1500, "提示词中记忆文本的总长度上限", "cap on recalled memory text in a prompt", ge=0, le=20000
@@ -208,11 +214,27 @@ class Settings(BaseSettings):
         "SQLite 数据库（对话历史、收件箱、发件箱）；长期记忆在它旁边的 `<名字>_store/`",
         "the SQLite database (history, inbox, outbox); long-term memory sits beside it in `<name>_store/`",
     )
+    database_url: SecretStr | None = setting(
+        None,
+        "PostgreSQL 数据库（`postgresql://用户:密码@主机:5432/库名`）；设置后所有表都在这里，多个副本可以共用，"
+        "不再使用 `DATABASE_PATH`",
+        "a PostgreSQL database (`postgresql://user:password@host:5432/name`) for every table, shared by "
+        "replicas; when set, `DATABASE_PATH` holds no tables",
+        fix="use a postgresql:// URL, e.g. DATABASE_URL=postgresql://dingbot:secret@127.0.0.1:5432/dingbot",
+    )
     check_interval_seconds: float = setting(
         60.0,
         "后台检查周期：重发到期的回复、继续卡住的消息、复查模型、清理过期记录",
         "period of the background check: due replies, stuck messages, the model's state, expiry",
         gt=0,
+    )
+    claim_lease_seconds: float = setting(
+        30.0,
+        "正在回答的消息由接手的进程每隔三分之一这么久续约一次；进程死掉后，过了这么久别的副本（或它重启后）接着回答",
+        "a message being answered is renewed by its process every third of this; when the process dies, "
+        "another replica (or its restart) takes the work over after this long",
+        ge=3,
+        le=3600,
     )
     workers: int = setting(4, "同时处理的消息数", "messages answered at once", ge=1, le=64)
     retention_days: float = setting(
@@ -296,13 +318,23 @@ class Settings(BaseSettings):
         fix="point it at a folder that holds chat.yaml (the project's prompts/ folder)",
     )
 
-    @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base", "qdrant_url")
+    @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base", "qdrant_url", "chroma_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
         parts = urlsplit(value.strip()) if value is not None else None
         if parts is not None and (parts.scheme not in ("http", "https") or not parts.hostname):
             raise ValueError("not an http(s) URL")
         return value.strip() if value is not None else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value().strip())
+        if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or parts.query):
+            raise ValueError("not a postgresql:// URL")
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("bot_timezone")
     @classmethod
@@ -378,6 +410,11 @@ class Settings(BaseSettings):
         if self.mock_mode:  # mock mode never touches the network
             return EmbeddingProvider.LOCAL
         return self.embedding_provider
+
+    @property
+    def vector_server(self) -> str | None:
+        """The vector server long-term memory lives on (CHROMA_URL or QDRANT_URL); None: embedded."""
+        return self.chroma_url or self.qdrant_url
 
     @property
     def memory_folder(self) -> Path:

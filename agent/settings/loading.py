@@ -23,6 +23,10 @@ def check_runnable(settings: Settings) -> None:
         )
     if not (settings.prompts_dir / "chat.yaml").is_file():
         raise ConfigError(f"PROMPTS_DIR has no chat.yaml: {fix_hint('prompts_dir')}")
+    if settings.chroma_url and settings.qdrant_url:
+        raise ConfigError(
+            "CHROMA_URL and QDRANT_URL are both set: long-term memory lives on one, unset the other"
+        )
     if settings.uses_stream and not settings.app_credentials:
         raise ConfigError(
             f"DINGTALK_MODE={settings.dingtalk_mode.value} needs the app's credentials: set "
@@ -32,8 +36,10 @@ def check_runnable(settings: Settings) -> None:
 
 def _describe(error: dict[str, Any]) -> str:
     name = str(error["loc"][0]).upper() if error.get("loc") else "SETTINGS"
-    raw = error.get("input")  # secrets are SecretStr and accept any text: they never fail here
-    shown = "" if isinstance(raw, dict) else f"={raw!r}"
+    raw = error.get("input")
+    field = Settings.model_fields.get(name.lower())
+    secret = field is not None and "SecretStr" in str(field.annotation)  # DATABASE_URL holds a password
+    shown = "" if isinstance(raw, dict) or secret else f"={raw!r}"
     reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     hint = fix_hint(name.lower())
     return f"{name}{shown} is invalid ({reason}): {hint}"

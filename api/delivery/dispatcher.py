@@ -116,6 +116,18 @@ class Dispatcher:
             log.warning("resumed %d unfinished message(s) from the inbox", resumed)
         return resumed
 
+    async def keep_claims(self, every_seconds: float) -> None:
+        """Renew the inbox claims of the messages being answered here, every `every_seconds`, so another
+        replica takes them over only when this process is gone (Inbox.lease_seconds)."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            try:
+                await self._inbox.renew(list(self._tasks))
+            except StorageError:
+                pass  # logged by the database health; a lapsed claim costs a second model call, not a reply
+            except Exception:
+                log.exception("could not renew the claims on messages being answered")
+
     async def _run(self, message: IncomingMessage) -> None:
         lane_key = self._assistant.history_scope(message)
         lane = self._lanes.setdefault(lane_key, asyncio.Lock())

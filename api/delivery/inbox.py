@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 import time
 from enum import StrEnum
 
 from agent.messages import IncomingMessage, message_from_json, message_to_json
+from agent.storage.connection import Connection
 from agent.storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -34,21 +34,21 @@ class Unfinished:
 
 
 class Inbox:
-    def __init__(self, db: Database, *, stale_after_seconds: float) -> None:
+    def __init__(self, db: Database, *, lease_seconds: float) -> None:
         self._db = db
-        self.stale_after_seconds = stale_after_seconds
+        self.lease_seconds = lease_seconds  # a `processing` row not renewed for this long is orphaned
 
     async def claim(self, message: IncomingMessage) -> bool:
         """Store a message under its msgId; False while it is being handled or once it was answered.
 
-        One upsert, no read first, so concurrent duplicates cannot both win. A row is claimed again when
-        its processing failed, or when it has been `processing` for longer than any answer can take (the
-        process died mid-answer), so DingTalk's redelivery of it is answered.
+        One upsert, no read first, so concurrent duplicates (on any replica) cannot both win. A row is
+        claimed again when its processing failed, or when its claim was not renewed for `lease_seconds`
+        (the process answering it died), so DingTalk's redelivery of it is answered.
         """
         now = time.time()
         payload = message_to_json(message)
 
-        def upsert(conn: sqlite3.Connection) -> bool:
+        def upsert(conn: Connection) -> bool:
             cursor = conn.execute(
                 "INSERT INTO inbox (msg_id, state, received_at, updated_at, person_id, payload, attempts) "
                 "VALUES (?, ?, ?, ?, ?, ?, 0) "
@@ -64,7 +64,7 @@ class Inbox:
                     payload,
                     InboxState.FAILED.value,
                     InboxState.PROCESSING.value,
-                    now - self.stale_after_seconds,
+                    now - self.lease_seconds,
                 ),
             )
             return cursor.rowcount == 1
@@ -79,7 +79,7 @@ class Inbox:
         """
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute(
                 "UPDATE inbox SET state = ?, updated_at = ?, attempts = attempts + 1 "
                 "WHERE msg_id = ? AND state = ?",
@@ -92,7 +92,7 @@ class Inbox:
         """Answered without a reply to send (nothing to store in the outbox); the text is dropped."""
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute(
                 "UPDATE inbox SET state = ?, updated_at = ?, payload = NULL WHERE msg_id = ?",
                 (InboxState.DONE.value, now, msg_id),
@@ -103,14 +103,15 @@ class Inbox:
     async def unfinished(self, *, all_processing: bool, retry_after_seconds: float) -> list[Unfinished]:
         """Messages to resume, oldest first.
 
-        `all_processing`: at startup every `processing` row belongs to a process that is gone. Later only
-        rows `processing` for longer than any answer can take count. Failed rows are retried after
-        `retry_after_seconds`, up to MAX_ATTEMPTS; a row the claim is about to take again is not touched.
+        `all_processing` (one process owns the database): at startup every `processing` row belongs to a
+        process that is gone. Otherwise only rows whose claim was not renewed for `lease_seconds` count.
+        Failed rows are retried after `retry_after_seconds`, up to MAX_ATTEMPTS; a row the claim is about
+        to take again is not touched.
         """
         now = time.time()
-        processing_before = now if all_processing else now - self.stale_after_seconds
+        processing_before = now if all_processing else now - self.lease_seconds
 
-        def read(conn: sqlite3.Connection) -> list[tuple[str, str | None, str, float]]:
+        def read(conn: Connection) -> list[tuple[str, str | None, str, float]]:
             rows = conn.execute(
                 "SELECT msg_id, payload, state, updated_at FROM inbox WHERE "
                 "(state = ? AND updated_at <= ?) OR (state = ? AND attempts < ? AND updated_at <= ?) "
@@ -142,7 +143,7 @@ class Inbox:
         """
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> bool:
+        def update(conn: Connection) -> bool:
             cursor = conn.execute(
                 "UPDATE inbox SET state = ?, updated_at = ? "
                 "WHERE msg_id = ? AND state = ? AND updated_at = ?",
@@ -152,11 +153,25 @@ class Inbox:
 
         return await self._db.run_for_request(update)
 
+    async def renew(self, msg_ids: list[str]) -> None:
+        """Keep the claims on messages still being answered here (see `lease_seconds`)."""
+        if not msg_ids:
+            return
+        marks = ", ".join("?" * len(msg_ids))
+
+        def update(conn: Connection) -> None:
+            conn.execute(
+                f"UPDATE inbox SET updated_at = ? WHERE state = ? AND msg_id IN ({marks})",  # noqa: S608
+                (time.time(), InboxState.PROCESSING.value, *msg_ids),
+            )
+
+        await self._db.run(update)
+
     async def purge_older_than(self, cutoff: float) -> int:
         """Forget answered or failed msgIds last touched before `cutoff` (epoch seconds), and learning
         jobs that old (memory was off all that time: nobody will learn from them)."""
 
-        def delete(conn: sqlite3.Connection) -> int:
+        def delete(conn: Connection) -> int:
             conn.execute("DELETE FROM learning WHERE created_at < ?", (cutoff,))
             return conn.execute(
                 "DELETE FROM inbox WHERE updated_at < ? AND state <> ?", (cutoff, InboxState.PROCESSING.value)
@@ -167,7 +182,7 @@ class Inbox:
     async def count_given_up(self) -> int:
         """Messages whose processing failed MAX_ATTEMPTS times."""
 
-        def count(conn: sqlite3.Connection) -> int:
+        def count(conn: Connection) -> int:
             row = conn.execute(
                 "SELECT COUNT(*) FROM inbox WHERE state = ? AND attempts >= ?",
                 (InboxState.FAILED.value, MAX_ATTEMPTS),

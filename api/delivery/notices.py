@@ -30,7 +30,7 @@ async def send_notice(
 ) -> NoticeOutcome:
     if settings.access_token is None:
         raise ValueError("ACCESS_TOKEN is not set: it is the custom robot's webhook token (access_token=…)")
-    database = Database(settings.database_path)
+    database = Database.for_settings(settings)
     await database.open()
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as http:

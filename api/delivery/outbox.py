@@ -8,13 +8,14 @@ no text: body and route (which holds the session webhook) are cleared.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from agent.storage.database import Database, store_learning, transaction
+from agent.storage.connection import Connection, transaction
+from agent.storage.database import Database
+from agent.storage.records import store_learning
 from api.dingtalk.reply import Route
 
 
@@ -82,7 +83,7 @@ class Outbox:
         with `learning` (the message as JSON), a job to learn from it that survives a crash."""
         now = time.time()
 
-        def write(conn: sqlite3.Connection) -> list[Outgoing]:
+        def write(conn: Connection) -> list[Outgoing]:
             with transaction(conn):
                 for part, body in enumerate(bodies):
                     conn.execute(
@@ -120,21 +121,18 @@ class Outbox:
     async def store_notice(self, body: dict[str, Any]) -> Outgoing:
         now = time.time()
 
-        def write(conn: sqlite3.Connection) -> Outgoing:
+        def write(conn: Connection) -> Outgoing:
             # Behind any notice still waiting (for the rate window or DingTalk's throttling): in order.
             waiting = conn.execute(
                 "SELECT MAX(next_attempt_at) FROM outbox WHERE channel = ? AND state = ?",
                 (Channel.ROBOT.value, OutboxState.PENDING.value),
             ).fetchone()[0]
             due = max(now, float(waiting)) if waiting is not None else now
-            cursor = conn.execute(
-                "INSERT INTO outbox (msg_id, part, channel, body, state, attempts, next_attempt_at, "
-                "created_at, updated_at) VALUES (NULL, 0, ?, ?, ?, 0, ?, ?, ?)",
-                (Channel.ROBOT.value, _dumps(body), OutboxState.PENDING.value, due, now, now),
-            )
             row = conn.execute(
-                "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox WHERE id = ?",
-                (cursor.lastrowid,),
+                "INSERT INTO outbox (msg_id, part, channel, body, state, attempts, next_attempt_at, "
+                "created_at, updated_at) VALUES (NULL, 0, ?, ?, ?, 0, ?, ?, ?) "
+                "RETURNING id, msg_id, part, channel, body, route, attempts",
+                (Channel.ROBOT.value, _dumps(body), OutboxState.PENDING.value, due, now, now),
             ).fetchone()
             return _row(row)
 
@@ -144,7 +142,7 @@ class Outbox:
         """Pending notices whose next attempt is due, oldest first."""
         now = time.time()
 
-        def read(conn: sqlite3.Connection) -> list[Outgoing]:
+        def read(conn: Connection) -> list[Outgoing]:
             rows = conn.execute(
                 "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox "
                 "WHERE state = ? AND channel = ? AND next_attempt_at <= ? "
@@ -162,7 +160,7 @@ class Outbox:
         """
         now = time.time()
 
-        def read(conn: sqlite3.Connection) -> list[list[Outgoing]]:
+        def read(conn: Connection) -> list[list[Outgoing]]:
             pending = OutboxState.PENDING.value
             firsts = conn.execute(
                 "SELECT msg_id FROM outbox AS o "
@@ -188,7 +186,7 @@ class Outbox:
     async def status(self, row_id: int) -> tuple[OutboxState, str, float] | None:
         """(state, last error, next attempt time) of one row."""
 
-        def read(conn: sqlite3.Connection) -> tuple[OutboxState, str, float] | None:
+        def read(conn: Connection) -> tuple[OutboxState, str, float] | None:
             row = conn.execute(
                 "SELECT state, last_error, next_attempt_at FROM outbox WHERE id = ?", (row_id,)
             ).fetchone()
@@ -197,7 +195,7 @@ class Outbox:
         return await self._db.run(read)
 
     async def state_of(self, row_id: int) -> OutboxState | None:
-        def read(conn: sqlite3.Connection) -> OutboxState | None:
+        def read(conn: Connection) -> OutboxState | None:
             row = conn.execute("SELECT state FROM outbox WHERE id = ?", (row_id,)).fetchone()
             return None if row is None else OutboxState(row[0])
 
@@ -208,7 +206,7 @@ class Outbox:
         so two processes or two tasks never send it both). The row as it is now, or None."""
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> Outgoing | None:
+        def update(conn: Connection) -> Outgoing | None:
             taken = conn.execute(
                 "UPDATE outbox SET next_attempt_at = ?, updated_at = ? "
                 "WHERE id = ? AND state = ? AND next_attempt_at <= ?",
@@ -226,7 +224,7 @@ class Outbox:
     async def mark_sent(self, row_id: int) -> None:
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
 
         await self._db.run(update)
@@ -235,7 +233,7 @@ class Outbox:
         """Leave the row pending until `at`. A throttled row waits without using up its attempts."""
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + ?, "
                 "updated_at = ? WHERE id = ?",
@@ -249,7 +247,7 @@ class Outbox:
         never the card and the plain reply both."""
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             with transaction(conn):
                 conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
                 conn.execute(
@@ -269,7 +267,7 @@ class Outbox:
         await self._db.run(update)
 
     async def update_body(self, row_id: int, body: dict[str, Any]) -> None:
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (_dumps(body), row_id))
 
         await self._db.run(update)
@@ -278,7 +276,7 @@ class Outbox:
         """Mark a row not needed, its text dropped (a card that gave way to plain messages)."""
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = ?, updated_at = ? "
                 "WHERE id = ?",
@@ -292,7 +290,7 @@ class Outbox:
         now = time.time()
         failed, pending = OutboxState.FAILED.value, OutboxState.PENDING.value
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ? "
                 "WHERE id = ?",
@@ -314,7 +312,7 @@ class Outbox:
         now = time.time()
         pending, failed = OutboxState.PENDING.value, OutboxState.FAILED.value
 
-        def update(conn: sqlite3.Connection) -> int:
+        def update(conn: Connection) -> int:
             rows = conn.execute(
                 "SELECT id, route FROM outbox WHERE msg_id = ? AND channel = ? AND state IN (?, ?)",
                 (msg_id, Channel.REPLY.value, pending, failed),
@@ -331,7 +329,7 @@ class Outbox:
         return await self._db.run(update)
 
     async def update_route(self, row_id: int, route: Route) -> None:
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute("UPDATE outbox SET route = ? WHERE id = ?", (route.to_json(), row_id))
 
         await self._db.run(update)
@@ -339,7 +337,7 @@ class Outbox:
     async def pause_channel(self, channel: Channel, until: float) -> None:
         """Hold every pending row of `channel` until `until` (DingTalk throttled the robot)."""
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET next_attempt_at = ? "
                 "WHERE state = ? AND channel = ? AND next_attempt_at < ?",
@@ -351,7 +349,7 @@ class Outbox:
     async def sent_since(self, channel: Channel, since: float) -> list[float]:
         """When rows of `channel` were sent after `since` (oldest first): the rate window."""
 
-        def read(conn: sqlite3.Connection) -> list[float]:
+        def read(conn: Connection) -> list[float]:
             rows = conn.execute(
                 "SELECT updated_at FROM outbox WHERE state = ? AND channel = ? AND updated_at > ? "
                 "ORDER BY updated_at",
@@ -362,7 +360,7 @@ class Outbox:
         return await self._db.run(read)
 
     async def count(self, state: OutboxState) -> int:
-        def read(conn: sqlite3.Connection) -> int:
+        def read(conn: Connection) -> int:
             return int(
                 conn.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (state.value,)).fetchone()[0]
             )
@@ -372,7 +370,7 @@ class Outbox:
     async def purge_older_than(self, cutoff: float) -> int:
         """Drop sent and failed rows last touched before `cutoff`; pending rows stay until sent or failed."""
 
-        def delete(conn: sqlite3.Connection) -> int:
+        def delete(conn: Connection) -> int:
             return conn.execute(
                 "DELETE FROM outbox WHERE updated_at < ? AND state <> ?", (cutoff, OutboxState.PENDING.value)
             ).rowcount

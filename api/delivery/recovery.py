@@ -82,7 +82,9 @@ class StorageRecovery:
                 log.exception("storage recovery failed; probing again in %g s", self._probe_seconds)
 
     async def _resume(self) -> None:
-        resumed = await self._dispatcher.resume(all_processing=True, retry_after_seconds=0.0)
+        resumed = await self._dispatcher.resume(
+            all_processing=self._database.single_owner, retry_after_seconds=0.0
+        )
         await self._courier.send_due()
         parked = self._parked.take_all()
         for data in parked:

@@ -1,0 +1,56 @@
+"""What a statement sees of a database connection, whichever engine is behind it.
+
+The SQL in this project is written once, with `?` placeholders and standard upserts; SQLite's own
+connection runs it as it is, and `postgres.PgConnection` turns the placeholders into psycopg's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """The part of a DB-API connection the stores use (sqlite3.Connection is one as it is)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+@contextlib.contextmanager
+def transaction(conn: Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back on any error. On SQLite BEGIN IMMEDIATE: writers take turns from the
+    first statement. The engine may already have rolled back (a full disk does that, a lost connection
+    too): the original error is what is raised, never "no transaction is active"."""
+    conn.execute("BEGIN IMMEDIATE" if isinstance(conn, sqlite3.Connection) else "BEGIN")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def lock_person(conn: Connection, person_id: str) -> None:
+    """Inside a transaction: one writer at a time for this person's history and forget mark. SQLite's
+    BEGIN IMMEDIATE already lets one writer in; PostgreSQL takes a lock held until the transaction ends,
+    so "/forget all" on one replica and a history write on another cannot interleave."""
+    if not isinstance(conn, sqlite3.Connection):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"person:{person_id}",))

@@ -1,0 +1,1 @@
+"""One file per schema version; the newest is what this code expects."""

@@ -165,6 +165,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             retry_after_seconds=_retry_base(settings),
             limiter=assistant.limiter,
             model=health,
+            memory=memory,
         )
         services = Services(settings, database, assistant, dispatcher, memory, check, metrics, courier)
         if settings.uses_stream:

@@ -176,6 +176,20 @@ def explain_open_failure(exc: BaseException, settings: Settings) -> Problem:
     storage = _storage_problem(exc, settings)
     if storage is not None:
         return storage
+    if settings.chroma_url and (
+        type(exc).__module__.startswith(("chromadb", "httpx", "httpcore")) or "chroma" in str(exc).lower()
+    ):
+        return Problem(
+            "memory",
+            TITLE,
+            TITLE_ZH,
+            f"the vector server cannot be reached: Chroma at {settings.chroma_url} ({type(exc).__name__})",
+            f"无法访问向量服务器：Chroma {settings.chroma_url}（{type(exc).__name__}）",
+            "start the Chroma server (`chroma run --path <folder> --port <port>`) or correct CHROMA_URL; "
+            "memory comes back by itself once it answers",
+            "启动 Chroma 服务器（`chroma run --path <目录> --port <端口>`）或改正 CHROMA_URL；"
+            "它能访问后记忆会自动恢复",
+        )
     from_vector_server = bool(settings.qdrant_url) and type(exc).__module__.startswith("qdrant_client")
     remote_embeddings = settings.embeddings is not EmbeddingProvider.LOCAL
     if _is_transport(exc) and (from_vector_server or remote_embeddings):

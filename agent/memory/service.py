@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import httpx
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
@@ -43,6 +44,7 @@ T = TypeVar("T")
 
 COLLECTION = "dingbot_memories"
 NEVER = float("-inf")  # no "/forget all" yet
+SERVER_CHECK_SECONDS = 2.0  # a vector server's heartbeat: /readyz waits at most this long
 RECALL_PAUSE_SECONDS = 30  # after a failed or slow recall, replies skip memory for this long
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _TAGS = re.compile(r"</?\s*memories\s*>", re.IGNORECASE)
@@ -112,6 +114,33 @@ class MemoryService:
             self.off_reason = problem.cause
             log.warning("long-term memory is OFF: %s. Fix: %s", problem.cause, problem.fix)
             self.observer.report(problem)
+
+    async def server_answers(self) -> bool:
+        """With memory on a vector server (CHROMA_URL, QDRANT_URL): does it answer now? (a heartbeat of at
+        most SERVER_CHECK_SECONDS). Always True for the embedded store."""
+        url = self.settings.vector_server
+        if url is None:
+            return True
+        path = "/api/v2/heartbeat" if self.settings.chroma_url else "/readyz"
+        try:
+            async with httpx.AsyncClient(timeout=SERVER_CHECK_SECONDS) as client:
+                return (await client.get(url.rstrip("/") + path)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def reopen(self) -> bool:
+        """Memory is off and lives on a vector server that may be back: open it again (the periodic check
+        calls this). True when memory is on."""
+        if self._store is not None or self.settings.vector_server is None:
+            return self._store is not None
+        if not await self.server_answers():
+            return False
+        await self.close()
+        await self.open()
+        if self._store is not None:
+            self.off_reason = ""
+            log.warning("long-term memory is ON again: the vector server answers")
+        return self._store is not None
 
     async def close(self) -> None:
         if self._executor is None:

@@ -1,5 +1,5 @@
 """The periodic check, every CHECK_INTERVAL_SECONDS: send due replies, resume stuck work, expire old rows,
-and check a failing model endpoint again."""
+check a failing model endpoint again, and open long-term memory again when its vector server is back."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 from agent.limits import RateLimiter
 from agent.memory.history import HistoryStore
+from agent.memory.service import MemoryService
 from agent.model.health import ModelHealth, ModelState
 from agent.storage.health import StorageError
 from api.delivery.courier import Courier
@@ -35,7 +36,9 @@ class PeriodicCheck:
         retry_after_seconds: float,
         limiter: RateLimiter | None = None,
         model: ModelHealth | None = None,
+        memory: MemoryService | None = None,
     ) -> None:
+        self._memory = memory
         self._limiter = limiter
         self._model = model
         self._inbox = inbox
@@ -71,6 +74,9 @@ class PeriodicCheck:
             # endpoint (or name server) never holds up the sweep.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._model.check("periodic check"), MODEL_CHECK_BUDGET_SECONDS)
+        if self._memory is not None and not self._memory.available and self._memory.settings.vector_server:
+            with contextlib.suppress(TimeoutError):  # the vector server may be back: memory on again
+                await asyncio.wait_for(self._memory.reopen(), MODEL_CHECK_BUDGET_SECONDS)
         given_up = await self._inbox.count_given_up()
         if given_up != self._reported_given_up:
             self._reported_given_up = given_up

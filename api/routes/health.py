@@ -55,8 +55,9 @@ def stream_blocks_readiness(mode: DingTalkMode, status: StreamStatus) -> bool:
 
 @router.get("/readyz")
 async def readyz(request: Request, local: LocalPeer) -> JSONResponse:
-    """Ready when the lifespan finished building everything and the database answers. Long-term memory
-    that is off (e.g. an endpoint without embeddings) is reported but does not make the service unready."""
+    """Ready when the lifespan finished building everything, the database answers and so does the vector
+    server, when memory lives on one. Long-term memory that is off for another reason (e.g. an endpoint
+    without embeddings) is reported but does not make the service unready."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         return JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
@@ -64,6 +65,14 @@ async def readyz(request: Request, local: LocalPeer) -> JSONResponse:
         storage = services.database.health
         reason = f"database {storage.fault.value}" if storage.fault else "database unavailable"
         body = {"ready": False, "reason": reason, **storage.public(details=local)}
+        return JSONResponse(body, status_code=503)
+    if not await services.memory.server_answers():  # replicas share it: without it, memory splits
+        server = services.settings.vector_server or ""
+        body = {
+            "ready": False,
+            "reason": "vector server unreachable",
+            **({"vector_server": server} if local else {}),
+        }
         return JSONResponse(body, status_code=503)
     stream = services.stream.status if services.stream is not None else None
     if stream is not None and stream_blocks_readiness(services.settings.dingtalk_mode, stream):

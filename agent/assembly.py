@@ -15,6 +15,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
 from agent.assistant import Assistant
+from agent.limits import SharedRateLimiter
 from agent.memory.embeddings import build_embeddings
 from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService
@@ -85,6 +86,10 @@ async def open_agent(
             memory=service,
             clock=clock,
             observer=observer,
+            # Replicas share one database: a person's limit holds across them (agent/limits.py).
+            limiter=None
+            if database.single_owner
+            else SharedRateLimiter(database, settings.rate_limit_per_minute),
         )
         yield AgentParts(database, prompts, history, service, assistant)
     finally:

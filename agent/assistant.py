@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from agent.commands import CommandRunner, parse_command
 from agent.errors import ModelError, ModelErrorKind
 from agent.formatting import has_structure, title_of
-from agent.limits import RateLimiter
+from agent.limits import Limiter, RateLimiter
 from agent.memory.history import HistoryStore, Turn
 from agent.memory.service import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
@@ -46,6 +46,7 @@ class Assistant:
         memory: MemoryService | None = None,
         clock: Callable[[], datetime] | None = None,
         observer: Observer | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
         self.prompts = prompts
@@ -56,7 +57,7 @@ class Assistant:
         self.observer: Observer = observer or NoObserver()
         self.health = ModelHealth(settings, self.observer)  # the model endpoint's state, for /readyz
         self.context = ContextWindow(settings)  # how much of the conversation fits the model
-        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.limiter: Limiter = limiter or RateLimiter(settings.rate_limit_per_minute)
         self._clock = clock or (lambda: datetime.now(settings.timezone))
 
     def history_scope(self, message: IncomingMessage) -> str:
@@ -117,7 +118,7 @@ class Assistant:
         regression cases script them). With `stream` the model's answer is streamed (`astream`) and
         `stream` sees it grow; commands and canned replies never reach it."""
         prompts = self.prompts_for(message)
-        if not self.limiter.allow(message.person_id):
+        if not await self.limiter.allow(message.person_id):
             return Reply(
                 prompts.reply("rate_limited", limit=str(self.settings.rate_limit_per_minute)),
                 canned=True,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.limits import RateLimiter
+from agent.limits import RateLimiter, SharedRateLimiter
 from agent.settings.config import Settings
+from agent.storage.database import Database
+from agent.storage.engine import Engine
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
@@ -18,20 +22,25 @@ from tests.fakes.servers import FakeDingTalk
 def test_rate_limiter_window() -> None:
     now = [0.0]
     limiter = RateLimiter(2, clock=lambda: now[0])
-    assert [limiter.allow("a"), limiter.allow("a"), limiter.allow("a"), limiter.allow("b")] == [
+    assert [
+        limiter.allow_now("a"),
+        limiter.allow_now("a"),
+        limiter.allow_now("a"),
+        limiter.allow_now("b"),
+    ] == [
         True,
         True,
         False,
         True,
     ]
     now[0] = 59.9
-    assert not limiter.allow("a")
+    assert not limiter.allow_now("a")
     now[0] = 60.0
-    assert limiter.allow("a")
+    assert limiter.allow_now("a")
     now[0] = 200.0
-    limiter.forget_idle()
+    asyncio.run(limiter.forget_idle())
     assert limiter._seen == {}
-    assert all(RateLimiter(0).allow("a") for _ in range(100))
+    assert all(RateLimiter(0).allow_now("a") for _ in range(100))
 
 
 def post(app: Any, body: dict[str, Any]) -> Any:
@@ -114,3 +123,20 @@ def test_callbacks_for_another_robot_or_organisation_are_refused(
     ) as app:
         assert post(app, callback(fake_dingtalk.webhook())).status_code == 200
         fake_dingtalk.wait_for(1)
+
+
+def test_a_shared_limit_holds_across_replicas(database_target: Path | Engine) -> None:
+    """Two processes (each its own connections) counting one person at once: the limit is the limit."""
+
+    async def scenario() -> list[bool]:
+        first, second = Database(database_target), Database(database_target)
+        await first.open()
+        await second.open()
+        try:
+            limiters = [SharedRateLimiter(first, 3), SharedRateLimiter(second, 3)]
+            return list(await asyncio.gather(*(limiters[i % 2].allow("p") for i in range(10))))
+        finally:
+            await first.close()
+            await second.close()
+
+    assert sorted(asyncio.run(scenario())) == [False] * 7 + [True] * 3

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from agent.messages import message_to_json
 from agent.settings.config import Settings
@@ -226,3 +227,25 @@ def test_a_replica_that_loses_the_database_stops_acking_until_it_returns(
     assert "你说的是：「第二条」" in answer.json()["text"]["content"]
     assert "s3cret" not in caplog.text
     assert [r for r in caplog.records if r.levelname == "ERROR"], "the fault is logged"
+
+
+def test_a_database_at_an_older_version_is_migrated_forward_with_its_rows(
+    database_target: Path | Engine,
+) -> None:
+    engine = database_target if isinstance(database_target, Engine) else SqliteEngine(database_target)
+    sa_engine = engine.sqlalchemy_engine()
+    with sa_engine.connect() as connection:  # what the release with only the baseline made
+        command.upgrade(migrate._config(connection), "0001")
+        connection.commit()
+    sa_engine.dispose()
+    sql(engine, "INSERT INTO forgotten (person_id, at) VALUES ('p', 1.5)")
+
+    async def scenario() -> None:
+        db = Database(engine)
+        await db.open()
+        await db.close()
+
+    asyncio.run(scenario())
+    assert sql(engine, "SELECT version_num FROM alembic_version") == [(head(),)]
+    assert sql(engine, "SELECT * FROM forgotten") == [("p", 1.5)]
+    assert sql(engine, "SELECT COUNT(*) FROM rate_events") == [(0,)]  # made by 0002

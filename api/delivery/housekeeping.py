@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 
-from agent.limits import RateLimiter
+from agent.limits import Limiter
 from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService
 from agent.model.health import ModelHealth, ModelState
@@ -34,7 +34,7 @@ class PeriodicCheck:
         interval_seconds: float,
         retention_days: float,
         retry_after_seconds: float,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         model: ModelHealth | None = None,
         memory: MemoryService | None = None,
     ) -> None:
@@ -68,7 +68,7 @@ class PeriodicCheck:
                 history_rows,
             )
         if self._limiter is not None:
-            self._limiter.forget_idle()
+            await self._limiter.forget_idle()
         if self._model is not None and self._model.status.state in (ModelState.FAILING, ModelState.UNCHECKED):
             # Notices the fix without waiting for a person; after the deliveries, and bounded, so a hung
             # endpoint (or name server) never holds up the sweep.

@@ -118,9 +118,11 @@ async def _post(client: httpx.AsyncClient, url: str, body: bytes, send: Send) ->
 
 
 async def send_all(
-    url: str, order: list[int], bodies: list[bytes], rate: float, connections: int
+    url: str | list[str], order: list[int], bodies: list[bytes], rate: float, connections: int
 ) -> list[Send]:
-    """Open loop: send i goes out at start + i/rate whatever happened to the earlier ones."""
+    """Open loop: send i goes out at start + i/rate whatever happened to the earlier ones. Several URLs
+    (replicas behind a balancer) take the sends in turn."""
+    urls = [url] if isinstance(url, str) else url
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     sends: list[Send] = []
     tasks: list[asyncio.Task[None]] = []
@@ -134,12 +136,14 @@ async def send_all(
             send = Send(n=n, redelivery=n in seen, scheduled=scheduled)
             seen.add(n)
             sends.append(send)
-            tasks.append(asyncio.create_task(_post(client, url, bodies[n], send)))
+            tasks.append(asyncio.create_task(_post(client, urls[i % len(urls)], bodies[n], send)))
         await asyncio.gather(*tasks)
     return sends
 
 
-def run_load(url: str, order: list[int], bodies: list[bytes], rate: float, connections: int) -> list[Send]:
+def run_load(
+    url: str | list[str], order: list[int], bodies: list[bytes], rate: float, connections: int
+) -> list[Send]:
     try:
         import uvloop
     except ImportError:  # not on Windows; the default loop does the same, a little slower

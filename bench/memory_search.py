@@ -4,6 +4,7 @@ Run from the repository root:
 
     python bench/memory_search.py                 # 1k and 10k memories, 100 people
     python bench/memory_search.py --sizes 1000 --people 50 --queries 200
+    python bench/memory_search.py --chroma        # on a Chroma server (started here), as replicas use
 
 Uses the real store (mem0 + embedded Qdrant in a temporary folder) and the embedder mock mode uses
 (the bundled offline USE model), as the service does. Prints figures; asserts nothing about timing.
@@ -75,11 +76,15 @@ def message(person: int, text: str) -> IncomingMessage:
     )  # fmt: skip
 
 
-async def run(sizes: list[int], people: int, queries: int) -> None:
+async def run(sizes: list[int], people: int, queries: int, chroma_url: str | None = None) -> None:
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="dingbot-bench-") as folder:
         settings = Settings(  # type: ignore[call-arg]
-            _env_file=None, force_mock_openai=True, database_path=Path(folder) / "bench.db", memory_top_k=5
+            _env_file=None,
+            force_mock_openai=True,
+            database_path=Path(folder) / "bench.db",
+            memory_top_k=5,
+            chroma_url=chroma_url,
         )
         database = Database(settings.database_path)
         await database.open()
@@ -94,8 +99,9 @@ async def run(sizes: list[int], people: int, queries: int) -> None:
         store = service._store
         assert store is not None
         stored = 0
+        where = f"a Chroma server ({chroma_url}), searched there" if chroma_url else "embedded Qdrant"
         print(
-            f"DingHook memory bench: embedded Qdrant + USE embedder, {people} people, "
+            f"DingHook memory bench: {where} + USE embedder, {people} people, "
             f"Python {sys.version.split()[0]}, 2 cores shared with nothing else"
         )
         for size in sorted(sizes):
@@ -144,13 +150,29 @@ async def run(sizes: list[int], people: int, queries: int) -> None:
         await database.close()
 
 
+def run_on_chroma(memories: int, people: int = 100, queries: int = 200) -> None:
+    """The bench on a Chroma server started for it (bench/replicas.py calls this)."""
+    from bench.processes import chroma_server
+
+    with (
+        tempfile.TemporaryDirectory(prefix="dingbot-bench-chroma-") as folder,
+        chroma_server(Path(folder)) as url,
+    ):
+        asyncio.run(run([memories], people, queries, url))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--people", type=int, default=100)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--chroma", action="store_true", help="on a Chroma server instead of embedded Qdrant")
     args = parser.parse_args()
-    asyncio.run(run(args.sizes, args.people, args.queries))
+    if args.chroma:
+        for size in args.sizes:
+            run_on_chroma(size, args.people, args.queries)
+    else:
+        asyncio.run(run(args.sizes, args.people, args.queries))
 
 
 if __name__ == "__main__":

@@ -169,3 +169,35 @@ def start_service(stack: contextlib.ExitStack, room: Scratch, settings: dict[str
     )
     room.service_pid = service.pid
     return base
+
+
+@contextlib.contextmanager
+def postgres_database(server: str = "postgresql://postgres@127.0.0.1:5432") -> Iterator[str]:
+    """A PostgreSQL database made for this run (dropped at the end); its URL."""
+    import psycopg
+
+    name = f"dinghook_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def chroma_server(folder: Path) -> Iterator[str]:
+    """`chroma run` from this virtualenv on a free port, its data in `folder`; its URL."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"http://{HOST}:{port}"
+    chroma = str(Path(sys.executable).parent / "chroma")
+    with started(
+        [chroma, "run", "--path", str(folder), "--host", HOST, "--port", str(port)],
+        env=child_env({"ANONYMIZED_TELEMETRY": "False"}),
+        cwd=folder,
+        log_path=folder / "chroma.log",
+        health_url=f"{base}/api/v2/heartbeat",
+    ):
+        yield base

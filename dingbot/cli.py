@@ -106,6 +106,7 @@ COMMAND_MODULES = (
     "dingbot.prompt_tests",
     "dingbot.settings_reference",
     "dingbot.migrate",
+    "dingbot.transfer",
 )
 
 

@@ -120,6 +120,16 @@ def _server_dims(qdrant_url: str) -> int | None:
     return int(vectors["size"] if "size" in vectors else next(iter(vectors.values()))["size"])
 
 
+def _chroma_dims(url: str) -> int | None:
+    from agent.memory.store import chroma_client
+
+    client = chroma_client(url)
+    if COLLECTION not in {c.name for c in client.list_collections()}:
+        return None
+    dims = (client.get_collection(COLLECTION).metadata or {}).get("dingbot_dims")
+    return int(dims) if dims is not None else None
+
+
 def stored_dims_check(
     settings: Settings, probed: int | None, *, service_dims: Callable[[], int | None] | None = None
 ) -> Check:
@@ -128,7 +138,18 @@ def stored_dims_check(
     check = new_check("memory.dims", "dimension matches the stored memories", "向量维度与已存记忆一致")
     folder = settings.memory_folder.resolve()
     stored: int | None
-    if settings.qdrant_url:
+    if settings.chroma_url:
+        source = public_endpoint(settings.chroma_url)
+        try:
+            stored = _chroma_dims(settings.chroma_url)
+        except Exception as exc:  # the client raises its own errors, and ValueError when nothing answers
+            return check.failed(
+                f"the Chroma server at {source} did not answer ({type(exc).__name__})",
+                f"{source} 上的 Chroma 服务没有应答（{type(exc).__name__}）",
+                "check CHROMA_URL and that the Chroma server runs (`chroma run --path <dir> --port <port>`)",
+                "检查 CHROMA_URL，以及 Chroma 服务是否在运行（`chroma run --path <目录> --port <端口>`）",
+            )
+    elif settings.qdrant_url:
         source = public_endpoint(settings.qdrant_url)
         try:
             stored = _server_dims(settings.qdrant_url)
@@ -206,7 +227,34 @@ def _writable(path: Path, *, is_dir: bool) -> tuple[bool, str]:
     return True, f"will be created in {ancestor}"
 
 
+def database_server_check(settings: Settings) -> Check:
+    """DATABASE_URL: the server answers, and its schema is not newer than this code (nothing is changed)."""
+    from agent.storage.database import engine_for
+    from agent.storage.health import StorageError
+    from agent.storage.migrate import SchemaTooNew
+
+    engine = engine_for(settings)
+    check = new_check("storage.database", "database server answers", "数据库服务器可以访问", engine.where)
+    try:
+        check.detail = f"{engine.where}: {engine.check()}"
+    except StorageError as exc:
+        fix = str(exc).rsplit("): ", 1)[-1]
+        return check.failed(str(exc), f"数据库 {engine.where} 不可用：{exc.said}", fix, fix)
+    except SchemaTooNew as exc:
+        return check.failed(
+            str(exc), str(exc), "run the dingbot that upgraded it", "使用升级过它的 dingbot 版本"
+        )
+    return check
+
+
 def storage_checks(settings: Settings) -> list[Check]:
+    if settings.database_url is not None:  # the tables are on a server; the memory folder is still local
+        checks = [database_server_check(settings)]
+        return checks + [c for c in _local_storage_checks(settings) if c.name != "storage.database"]
+    return _local_storage_checks(settings)
+
+
+def _local_storage_checks(settings: Settings) -> list[Check]:
     places = (
         ("storage.database", "database writable, not temporary", "数据库可写且不在临时目录",
          settings.database_path.resolve(), False, "DATABASE_PATH", "/var/lib/dinghook/dingbot_memory.db"),

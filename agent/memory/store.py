@@ -182,6 +182,44 @@ class Mem0Store:
                     found[memory_id] = (score, text)
         return sorted(found.values(), reverse=True)
 
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every stored memory with its vector and payload (where it was learned), for `dingbot export`.
+        From the embedded store only: a server is shared already, nothing to move."""
+        if not self._embedded:
+            raise ConfigError("export reads the embedded memory folder: unset CHROMA_URL and QDRANT_URL")
+        with self._lock:
+            for person, memory_id, text, payload, vector in self._points(None):
+                yield {
+                    "id": memory_id,
+                    "person_id": person,
+                    "text": text,
+                    "payload": payload,
+                    "vector": vector,
+                }
+
+    def import_memories(self, memories: list[dict[str, Any]]) -> int:
+        """Put exported memories here with their ids, vectors and payloads (no re-embedding); a memory
+        already here (same id) is skipped. Returns how many were added."""
+        with self._lock:
+            fresh = [m for m in memories if not self._memory.vector_store.get(str(m["id"]))]
+            for start in range(0, len(fresh), 500):
+                batch = fresh[start : start + 500]
+                if any(len(m["vector"]) != self._dims for m in batch):
+                    raise ConfigError(
+                        f"the exported memories' vectors do not have {self._dims} dims as this embedder's "
+                        "do: import with the embedder that made them (EMBEDDING_PROVIDER, EMBEDDING_MODEL)"
+                    )
+                self._memory.vector_store.insert(
+                    vectors=[m["vector"] for m in batch],
+                    payloads=[m["payload"] for m in batch],
+                    ids=[str(m["id"]) for m in batch],
+                )
+                for m in batch if self._embedded else []:
+                    self._index.added(
+                        str(m["person_id"]), str(m["id"]), str(m["text"]), m["payload"], m["vector"]
+                    )
+            return len(fresh)
+
     def all_of(self, person_id: str) -> list[dict[str, Any]]:
         """Every memory of a person (id, memory, metadata...), oldest first."""
         with self._lock:

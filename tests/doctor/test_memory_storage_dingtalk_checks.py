@@ -231,3 +231,28 @@ def test_stream_mode_checks_that_the_gateway_opens_a_connection_for_the_credenti
     assert "gateway refused the credentials" in stream["cause"]
     assert "Stream" in stream["fix"]
     assert GATEWAY_CLIENT_SECRET not in out
+
+
+@pytest.mark.postgres_only
+def test_the_doctor_checks_the_database_server_and_the_chroma_server(
+    env: Callable[..., None], capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path
+) -> None:
+    from tests.chroma import chroma_server, free_port
+
+    env(FORCE_MOCK_OPENAI="1", DATABASE_URL=database_url, CHROMA_URL=f"http://127.0.0.1:{free_port()}")
+    code, _, checks = doctor(capsys, "--json")
+    assert code == 1
+    assert checks["storage.database"]["status"] == "ok"
+    assert checks["storage.database"]["detail"].endswith(": schema new, 2 to apply")
+    assert checks["memory.dims"]["status"] == "fail"
+    assert checks["memory.dims"]["cause"].startswith("the Chroma server at http://127.0.0.1:")
+    with chroma_server(tmp_path / "chroma") as url:
+        env(CHROMA_URL=url, DATABASE_URL=database_url.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}"))
+        code, _, checks = doctor(capsys, "--json")
+    assert checks["memory.dims"]["status"] == "ok"  # nothing stored there yet
+    assert checks["storage.database"]["status"] == "fail"
+    assert (
+        "the database server does not answer: start it, or check DATABASE_URL"
+        in checks["storage.database"]["fix"]
+    )
+    assert code == 1

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # openai 3.x logs through its vendored copies, httpx2 and httpcore2.
 QUIET_LOGGERS = (
     *("httpx", "httpcore", "httpx2", "httpcore2", "openai", "langchain_openai"),
-    *("mem0", "websockets"),
+    *("mem0", "websockets", "alembic"),  # alembic: agent/storage/migrate.py says what ran
 )
 
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -107,6 +107,9 @@ def _build_courier(
         metrics=observer.metrics,
         retry_base_seconds=_retry_base(settings),
         observer=observer,
+        # Longer than any one send (webhook, token, OpenAPI fallback: SEND_TIMEOUT_SECONDS each), and
+        # at least the lease another replica waits out before it takes over a message.
+        claim_seconds=max(settings.claim_lease_seconds, 4 * SEND_TIMEOUT_SECONDS),
     )
     return courier, cards
 

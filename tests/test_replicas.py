@@ -52,12 +52,19 @@ def test_a_fact_told_to_one_replica_is_recalled_by_the_other_and_forgotten_by_bo
         )
         assert "用户对花生过敏" in say(replica_b, fake_dingtalk, "/memory")
         assert "和 1 条记忆" in say(replica_b, fake_dingtalk, "我能吃什么零食？")  # recalled through B
+        assert "和 1 条记忆" in say(replica_a, fake_dingtalk, "我能吃什么零食？")  # A's cache holds it now
         assert say(replica_b, fake_dingtalk, "/forget all").startswith(
             "好的，我已经忘掉关于你的一切：1 条记忆"
         )
         assert stored_on_the_server(chroma_url) == []
-        assert say(replica_a, fake_dingtalk, "/memory").startswith("我还没有记住关于你的事")  # no stale copy
-        assert "和 0 条记忆" in say(replica_a, fake_dingtalk, "我能吃什么零食？")
+        assert say(replica_a, fake_dingtalk, "/memory").startswith("我还没有记住关于你的事")
+        # A's cached copy went with B's notice: the recall through A finds nothing (no stale copy)
+        wait_until(
+            lambda: "和 0 条记忆" in say(replica_a, fake_dingtalk, "我能吃什么零食？"), what="A forgot"
+        )
+        say(replica_b, fake_dingtalk, "我住在杭州")  # a new fact through B, while A has the person cached
+        wait_until(lambda: stored_on_the_server(chroma_url) == ["用户住在杭州"], what="the new fact stored")
+        wait_until(lambda: "和 1 条记忆" in say(replica_a, fake_dingtalk, "我住哪里？"), what="A hears of it")
     # mem0's own history (every add and delete, with the text) is kept by no replica's files
     assert not list(tmp_path.glob("*/bot_store/mem0_history.db"))
 

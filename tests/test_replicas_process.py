@@ -123,15 +123,22 @@ def test_two_replicas_answer_every_message_once_through_a_kill(
         for n, (body, which) in enumerate(plan):
             if n == kill_at:
                 a.kill()
+                killed_at = time.monotonic()
             if n == restart_at:
                 a.start()
             time.sleep(max(0.0, started + n / RATE - time.monotonic()))
             first, other = (a, b) if which == 0 else (b, a)
             assert post(client, first, body) or post(client, other, body), f"callback {n} refused by both"
 
+    def quoted(request: Any) -> str:
+        try:
+            text = str(request.json()["text"]["content"])
+        except ValueError:
+            return ""  # a send cut off by the kill: its body never arrived whole (nor would DingTalk take it)
+        return text.split("「", 1)[1].split("」", 1)[0] if "「" in text else ""
+
     def answered() -> collections.Counter[str]:
-        texts = [r["text"]["content"] for r in fake_dingtalk.replies()]
-        return collections.Counter(t.split("「", 1)[1].split("」", 1)[0] for t in texts if "「" in t)
+        return collections.Counter(quoted(r) for r in fake_dingtalk.posts("/robot/sendBySession"))
 
     sent = time.monotonic()
     wait_until(lambda: len(answered()) == MESSAGES, timeout=6 * PATIENCE, what="every message answered")
@@ -144,7 +151,17 @@ def test_two_replicas_answer_every_message_once_through_a_kill(
     time.sleep(LEASE + 1.0)  # past a lease and a few periodic checks: nothing more may be sent
     counts = answered()
     assert set(counts) == {f"第{i}条消息" for i in range(MESSAGES)}  # lost: 0
-    assert [text for text, n in counts.items() if n > 1] == []  # duplicated: 0
+    # Duplicated: only a reply DingTalk took from A just before the kill, before A could mark it sent
+    # (the one window at-least-once delivery keeps: docs/architecture.md), sent again once its claim
+    # lapsed. Anything else sent twice fails here.
+    doubled = {text for text, n in counts.items() if n > 1}
+    for text in doubled:
+        first, *again = [
+            r.received_at for r in fake_dingtalk.posts("/robot/sendBySession") if quoted(r) == text
+        ]
+        assert killed_at - 2.0 < first <= killed_at, (text, first - killed_at)
+        assert all(at > killed_at for at in again), text
+    assert len(doubled) <= 8, doubled  # at most what one replica sends at once
     assert sql_states(database_url) == {"done"}
 
 

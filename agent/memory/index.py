@@ -61,11 +61,15 @@ class PersonIndex:
         self._max_people = max_people
         self._complete = False  # True: every person with memories is in the index
         self._lock = threading.Lock()
+        self._changes: dict[str, int] = {}  # person -> invalidations so far (a load that saw one is not kept)
+        self._resets = 0
+        self._stale: set[str] = set()  # changed elsewhere since the preload: loaded again, not taken as empty
 
     def preload(self, rows: Iterable[tuple[str, str, str, dict[str, Any], list[float]]]) -> int:
         """Fill the index from (person, id, text, payload, vector) rows — the whole store, at startup — so
         no reply pays a load, and a person not in the index has no memories. Returns how many people."""
         with self._lock:
+            seen = self._resets
             complete = True
             for person_id, memory_id, text, payload, vector in rows:
                 memories = self._people.get(person_id)
@@ -75,22 +79,29 @@ class PersonIndex:
                         continue
                     memories = self._people[person_id] = PersonMemories()
                 memories.append(memory_id, text, payload, vector)
+            if self._resets != seen:  # everything was dropped while this ran: it is not kept
+                self._people.clear()
+                return 0
             self._complete = complete
             return len(self._people)
 
     def _person(self, person_id: str) -> PersonMemories:
         with self._lock:
             memories = self._people.get(person_id)
-            if memories is None and self._complete:
+            if memories is None and self._complete and person_id not in self._stale:
                 memories = self._people[person_id] = PersonMemories()
             if memories is not None:
                 self._people.move_to_end(person_id)
                 return memories
+            seen = (self._changes.get(person_id, 0), self._resets)
         loaded = PersonMemories()  # load outside the lock: the loader takes the store's own lock
         for memory_id, text, payload, vector in self._load(person_id):
             loaded.append(memory_id, text, payload, vector)
         with self._lock:
+            if (self._changes.get(person_id, 0), self._resets) != seen:
+                return loaded  # changed elsewhere while loading: good for this call, not kept
             memories = self._people.setdefault(person_id, loaded)
+            self._stale.discard(person_id)
             while len(self._people) > self._max_people:
                 self._people.popitem(last=False)
                 self._complete = False
@@ -129,6 +140,22 @@ class PersonIndex:
                 memories = self._people[person_id] = PersonMemories()
             if memories is not None:  # otherwise it is loaded with everything else on first use
                 memories.append(memory_id, text, payload, vector)
+
+    def invalidate(self, person_id: str | None) -> None:
+        """Another process changed this person's memories (None: anyone's, e.g. notices were missed): the
+        next use loads them again; a load already under way is not kept."""
+        with self._lock:
+            if person_id is None:
+                self._people.clear()
+                self._complete = False
+                self._resets += 1
+                self._changes.clear()
+                self._stale.clear()
+            else:
+                self._people.pop(person_id, None)
+                self._changes[person_id] = self._changes.get(person_id, 0) + 1
+                if self._complete:
+                    self._stale.add(person_id)
 
     def removed(self, person_id: str, memory_ids: Iterable[str]) -> None:
         with self._lock:

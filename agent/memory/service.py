@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -35,7 +36,7 @@ from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
 from agent.storage.connection import Connection
-from agent.storage.database import Database
+from agent.storage.database import Database, Listener
 from agent.storage.health import StorageError
 from agent.storage.records import finish_learning, forgotten_at, pending_learning
 
@@ -44,6 +45,7 @@ T = TypeVar("T")
 
 COLLECTION = "dingbot_memories"
 NEVER = float("-inf")  # no "/forget all" yet
+CHANGES_CHANNEL = "dingbot_memory"  # replicas tell each other whose memories changed (PostgreSQL NOTIFY)
 SERVER_CHECK_SECONDS = 2.0  # a vector server's heartbeat: /readyz waits at most this long
 RECALL_PAUSE_SECONDS = 30  # after a failed or slow recall, replies skip memory for this long
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -79,6 +81,7 @@ class MemoryService:
         self.observer: Observer = observer or NoObserver()
         self._extractor = Extractor(extraction_model, self.observer)
         self.off_reason = ""  # why the store did not open, for /healthz
+        self._listener: Listener | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -114,6 +117,31 @@ class MemoryService:
             self.off_reason = problem.cause
             log.warning("long-term memory is OFF: %s. Fix: %s", problem.cause, problem.fix)
             self.observer.report(problem)
+            return
+        store = self._store
+        await self._on_thread(lambda: self._hear_other_replicas(store))
+
+    def _hear_other_replicas(self, store: Mem0Store) -> None:
+        """Replicas on one database and one Chroma server: each keeps a per-person cache, trusted only
+        while it hears of every other replica's writes (a LISTEN connection); while not connected, recalls
+        search the server."""
+        if not self.settings.chroma_url:
+            return
+        if self._database.single_owner:  # nobody else writes: the cache is filled once, like the embedded one
+            store.preload()
+            return
+        store.cache_trusted = False
+
+        def connected() -> None:
+            store.invalidate(None)  # whatever happened while nobody listened
+            store.preload()  # meanwhile recalls search the server; notices wait on this thread
+            store.cache_trusted = True
+
+        def lost() -> None:
+            store.cache_trusted = False
+            store.invalidate(None)
+
+        self._listener = self._database.listen(CHANGES_CHANNEL, store.invalidate, connected, lost)
 
     async def server_answers(self) -> bool:
         """With memory on a vector server (CHROMA_URL, QDRANT_URL): does it answer now? (a heartbeat of at
@@ -143,6 +171,9 @@ class MemoryService:
         return self._store is not None
 
     async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await asyncio.to_thread(listener.stop)
         if self._executor is None:
             return
         await self.settle()
@@ -278,6 +309,7 @@ class MemoryService:
             return None
         memory_id, text = visible[number - 1]
         await self._on_thread(lambda: store.erase([memory_id], message.person_id))
+        await self._changed(message.person_id)
         return text
 
     async def forget_person(self, person_id: str, asked_at: float) -> int:
@@ -294,7 +326,9 @@ class MemoryService:
                 erased += len(ids)
             return erased
 
-        return await self._on_thread(erase_all)
+        erased = await self._on_thread(erase_all)
+        await self._changed(person_id)
+        return erased
 
     def learn_later(self, message: IncomingMessage) -> None:
         """Learn from `message` in the background: the caller (a reply just sent) never waits. Its job
@@ -358,16 +392,28 @@ class MemoryService:
             "conversation_id": message.conversation_id,
         }
 
-        def add_all() -> int:
+        def add_all() -> list[str]:
             if self._forgotten_at.get(message.person_id, NEVER) >= said_at:
-                return 0  # "/forget all", sent after this, came while it was being extracted
-            added = 0
+                return []  # "/forget all", sent after this, came while it was being extracted
+            added: list[str] = []
             for fact in facts:
                 if not store.knows(message.person_id, fact, where):  # a concurrent write may have added it
-                    store.add(fact, message.person_id, where)
-                    added += 1
+                    added += store.add(fact, message.person_id, where)
             return added
 
         added = await self._on_thread(add_all)
-        log.info("memory: stored %d fact(s)", added)
-        return added
+        if added:
+            await self._changed(message.person_id)
+            # A "/forget all" handled by another replica while these were written: undo them (that replica's
+            # erase may have run before they landed). Checked after the write, so none can slip between.
+            if await self._database.run(lambda conn: forgotten_at(conn, message.person_id)) >= said_at:
+                await self._on_thread(lambda: store.erase(added, message.person_id))
+                await self._changed(message.person_id)
+                return 0
+        log.info("memory: stored %d fact(s)", len(added))
+        return len(added)
+
+    async def _changed(self, person_id: str) -> None:
+        """Tell the other replicas (their per-person caches) that this person's memories changed."""
+        with contextlib.suppress(StorageError):  # the database's health logs it (a window: docs/replicas.md)
+            await self._database.notify(CHANGES_CHANNEL, person_id)

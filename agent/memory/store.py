@@ -2,8 +2,9 @@
 runs on the memory service's single thread (the embedded Qdrant folder allows one client).
 
 Three places for the vectors: the embedded Qdrant folder beside DATABASE_PATH (one process; searched
-through the in-process per-person index), or a server shared by replicas — Chroma (CHROMA_URL) or Qdrant
-(QDRANT_URL) — searched on the server, so no replica can serve another's stale copy. With a server,
+through the in-process per-person index, preloaded), a Chroma server shared by replicas (CHROMA_URL; the
+same index, loaded per person on first use and dropped for a person when any replica changes them:
+agent/memory/service.py), or a Qdrant server (QDRANT_URL; searched on the server). With a server,
 mem0's own history (a log of every add and delete, with the text) is kept in memory only: we never read
 it, and a file per replica would keep erased text where `/forget all` does not reach.
 
@@ -52,12 +53,25 @@ class Mem0Store:
     """Thread-safe for its users: `search` and `knows` may run on a recall thread while the memory
     thread adds and erases (the store's calls take `_lock`; the index has its own)."""
 
-    def __init__(self, memory: Any, *, embedded: bool, dims: int = 0) -> None:
+    def __init__(self, memory: Any, *, embedded: bool, dims: int = 0, chroma: bool = False) -> None:
         self._memory = memory
-        self._embedded = embedded  # False with QDRANT_URL: the server searches, no in-process index
+        self._embedded = embedded  # the embedded Qdrant folder: one owner, the whole index preloaded
+        self._chroma = chroma  # a Chroma server: each person's vectors loaded on first use
         self._dims = dims
         self._lock = threading.RLock()
         self._index = PersonIndex(self._load_person)
+        # Whether the index may answer: always for the embedded store; on Chroma only while every write by
+        # another replica is heard of (MemoryService: a notice through the shared database). QDRANT_URL:
+        # never (the server is searched).
+        self.cache_trusted = embedded or chroma
+
+    @property
+    def _cached(self) -> bool:
+        return (self._embedded or self._chroma) and self.cache_trusted
+
+    def invalidate(self, person_id: str | None) -> None:
+        """Another replica changed this person's memories (None: anybody's): loaded again on next use."""
+        self._index.invalidate(person_id)
 
     def _points(self, person_id: str | None) -> Iterator[tuple[str, str, str, dict[str, Any], list[float]]]:
         """(person, id, text, payload, vector) of every stored memory, or of one person's."""
@@ -86,13 +100,45 @@ class Mem0Store:
                 return
 
     def _load_person(self, person_id: str) -> list[tuple[str, str, dict[str, Any], list[float]]]:
+        if self._chroma:  # one request, no store lock: recalls must not queue behind a slow write
+            found = self._memory.vector_store.collection.get(
+                where={"user_id": person_id}, include=["embeddings", "metadatas"]
+            )
+            return [
+                (str(memory_id), str((payload or {}).get("data", "")), dict(payload or {}), _dense(vector))
+                for memory_id, payload, vector in zip(
+                    found["ids"], found["metadatas"] or [], found["embeddings"], strict=True
+                )
+            ]
         with self._lock:
             return [row[1:] for row in self._points(person_id)]
 
     def preload(self) -> int:
-        """Load every person's vectors into the index (once, at startup); returns how many people."""
+        """Load every person's vectors into the index (at startup; on Chroma also each time a replica
+        starts hearing the others again); returns how many people."""
+        if self._chroma:  # read first, outside every lock: recalls meanwhile search the server
+            return self._index.preload(list(self._chroma_points()))
         with self._lock:
             return self._index.preload(self._points(None))
+
+    def _chroma_points(self) -> Iterator[tuple[str, str, str, dict[str, Any], list[float]]]:
+        collection, offset = self._memory.vector_store.collection, 0
+        while True:
+            found = collection.get(include=["embeddings", "metadatas"], limit=1000, offset=offset)
+            for memory_id, payload, vector in zip(
+                found["ids"], found["metadatas"] or [], found["embeddings"], strict=True
+            ):
+                data = dict(payload or {})
+                yield (
+                    str(data.get("user_id", "")),
+                    str(memory_id),
+                    str(data.get("data", "")),
+                    data,
+                    _dense(vector),
+                )
+            if len(found["ids"]) < 1000:
+                return
+            offset += 1000
 
     @classmethod
     def open(
@@ -138,7 +184,12 @@ class Mem0Store:
             "vector_store": vector_store,
             "history_db_path": ":memory:" if settings.vector_server else str(folder / "mem0_history.db"),
         }
-        store = cls(_open_memory(config), embedded=not settings.vector_server, dims=probed)
+        store = cls(
+            _open_memory(config),
+            embedded=not settings.vector_server,
+            dims=probed,
+            chroma=bool(settings.chroma_url),
+        )
         if stored is None:
             stored = store._memory.vector_store.client.get_collection(COLLECTION).config.params.vectors.size
         if stored != probed:
@@ -168,9 +219,9 @@ class Mem0Store:
     ) -> list[tuple[float, str]]:
         found: dict[str, tuple[float, str]] = {}
         for scope in scopes:
-            if self._embedded:
+            if self._cached:
                 hits = self._index.search(vector, scope, top_k)
-            else:  # a shared server: other workers write too, so no local cache can be trusted
+            else:  # a server whose changes this replica would not hear of: searched there
                 hits = [
                     (float(h.score or 0.0), str(h.id), str((h.payload or {}).get("data", "")))
                     for h in self._memory.vector_store.search(
@@ -232,7 +283,7 @@ class Mem0Store:
         from the index, so learning costs no extra embedding; with a server, a scoped listing."""
         texts: list[str] = []
         for scope in scopes:
-            if self._embedded:
+            if self._cached:
                 found = self._index.texts(str(scope["user_id"]), scope, limit)
             else:
                 with self._lock:
@@ -243,25 +294,28 @@ class Mem0Store:
 
     def knows(self, person_id: str, fact: str, where: dict[str, str]) -> bool:
         """Whether the person already has exactly this memory there (so it is not stored twice)."""
-        if self._embedded:
+        if self._cached:
             return self._index.knows(person_id, fact, where)
         with self._lock:
             found = self._memory.get_all(filters={"user_id": person_id, **where}, top_k=10_000)
         return any(item.get("memory") == fact for item in found.get("results", []))
 
-    def add(self, fact: str, person_id: str, where: dict[str, str]) -> None:
+    def add(self, fact: str, person_id: str, where: dict[str, str]) -> list[str]:
+        """Store a fact; the ids it got."""
         with self._lock:
-            self._add(fact, person_id, where)
+            return self._add(fact, person_id, where)
 
-    def _add(self, fact: str, person_id: str, where: dict[str, str]) -> None:
+    def _add(self, fact: str, person_id: str, where: dict[str, str]) -> list[str]:
         result = self._memory.add(
             [{"role": "user", "content": fact}], user_id=person_id, metadata=where, infer=False
         )
         ids = [str(item["id"]) for item in result.get("results", []) if item.get("id")]
         if not self._embedded:
-            return  # the server is searched directly: no index to keep
+            self._index.invalidate(person_id)  # loaded again, with this one, from the server
+            return ids
         for point in self._memory.vector_store.client.retrieve(COLLECTION, ids=ids, with_vectors=True):
             self._index.added(person_id, str(point.id), fact, point.payload or {}, _dense(point.vector))
+        return ids
 
     def erase(self, memory_ids: list[str], person_id: str) -> None:
         with self._lock:

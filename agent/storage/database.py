@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from agent.storage.connection import Connection
 from agent.storage.engine import Engine
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from agent.settings.config import Settings
 
 T = TypeVar("T")
+
+
+class Listener(Protocol):
+    def stop(self) -> None: ...
 
 
 def engine_for(settings: Settings) -> Engine:
@@ -138,6 +142,28 @@ class Database:
     async def run_for_request(self, work: Callable[[Connection], T]) -> T:
         """Run `work(connection)` on the request lane: only for short statements a caller waits on."""
         return await self._run_on("request", work)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell every process listening on `channel` (PostgreSQL NOTIFY; nobody else listens to SQLite)."""
+        if not self.single_owner:
+            await self.run(lambda conn: conn.execute("SELECT pg_notify(?, ?)", (channel, payload)))
+
+    def listen(
+        self,
+        channel: str,
+        on_notice: Callable[[str], None],
+        on_connected: Callable[[], None],
+        on_lost: Callable[[], None],
+    ) -> Listener:
+        """Hear `channel` on a connection and thread of its own (PostgreSQL only), reconnecting when the
+        connection drops. The callbacks run on that thread."""
+        from agent.storage.postgres import PgListener, PostgresEngine
+
+        if not isinstance(self.engine, PostgresEngine):
+            raise RuntimeError("only PostgreSQL carries notices between processes")
+        listener = PgListener(self.engine.url, channel, on_notice, on_connected, on_lost)
+        listener.start()
+        return listener
 
     async def shrink(self) -> None:
         """After deleting personal data: leave no readable copy behind (SQLite rebuilds its file)."""

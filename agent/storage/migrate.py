@@ -94,7 +94,10 @@ def _repair_legacy_sqlite(connection: sa.Connection) -> None:
 
 def _copy_back_outbox(connection: sa.Connection) -> None:
     if "outbox_before_skipped" in sa.inspect(connection).get_table_names():
-        connection.exec_driver_sql("INSERT INTO outbox SELECT * FROM outbox_before_skipped")
+        columns = ", ".join(c["name"] for c in sa.inspect(connection).get_columns("outbox_before_skipped"))
+        connection.exec_driver_sql(  # its columns by name: later versions add columns to the new table
+            f"INSERT INTO outbox ({columns}) SELECT {columns} FROM outbox_before_skipped"  # noqa: S608
+        )
         connection.exec_driver_sql("DROP TABLE outbox_before_skipped")
         connection.commit()
 

@@ -9,8 +9,10 @@ answered message. SQLAlchemy and Alembic run the migrations at startup only.
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +25,7 @@ from agent.storage.engine import PROBE_BYTES, PROBE_WRITE, Engine
 from agent.storage.health import StorageFault
 
 CONNECT_TIMEOUT_SECONDS = 5
+log = logging.getLogger(__name__)
 
 _FIXES = {
     StorageFault.UNREACHABLE: "the database server does not answer: start it, or check DATABASE_URL "
@@ -131,3 +134,52 @@ class PostgresEngine(Engine):
         (Not VACUUM FULL: it would lock the tables every replica writes. The server's WAL archive and
         backups are the operator's to expire: docs/replicas.md.)"""
         conn.execute("VACUUM history, inbox, outbox, learning")
+
+
+class PgListener:
+    """LISTEN on `channel` over a connection of its own, on a thread of its own; reconnects after a loss.
+    `on_connected` runs once listening (again after each reconnect: notices in between were missed),
+    `on_lost` when the connection broke, `on_notice(payload)` for each notice."""
+
+    POLL_SECONDS = 0.5  # how often the thread checks the connection and whether it should stop
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        on_notice: Callable[[str], None],
+        on_connected: Callable[[], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._url = url
+        self._channel = channel
+        self._on_notice, self._on_connected, self._on_lost = on_notice, on_connected, on_lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dingbot-listen-{channel}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=CONNECT_TIMEOUT_SECONDS + 2 * self.POLL_SECONDS)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+                ) as conn:
+                    conn.execute(f"LISTEN {self._channel}")
+                    self._on_connected()
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=self.POLL_SECONDS):
+                            self._on_notice(notice.payload)
+                        conn.execute("SELECT 1")  # a connection that broke quietly shows here
+            except psycopg.Error:
+                pass  # the server went away or the connection broke: listened to again below
+            except Exception as exc:  # a callback failed (e.g. a cache that could not be filled)
+                log.warning("listening on %s: %s: %s; starting again", self._channel, type(exc).__name__, exc)
+            if not self._stop.is_set():
+                self._on_lost()
+                self._stop.wait(1.0)

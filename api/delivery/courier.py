@@ -32,7 +32,7 @@ QUICK_RETRY_DELAYS = (0.3, 1.0)  # seconds before the 2nd and 3rd immediate try 
 MAX_SEND_ATTEMPTS = 10  # attempts before a row is given up (backoff 5 s … 900 s: about 35 minutes in all)
 BACKOFF_CAP_SECONDS = 900.0
 THROTTLED_WAIT_SECONDS = 60.0
-CLAIM_SECONDS = 180.0  # a row being sent is not due elsewhere for this long (longer than any one send)
+CLAIM_SECONDS = 180.0  # default: a row being sent is not due elsewhere for this long (> any one send)
 DUE_CONCURRENCY = 8  # replies the periodic check sends at once
 
 
@@ -77,7 +77,9 @@ class Courier:
         metrics: Metrics | None = None,
         retry_base_seconds: float = 5.0,
         observer: Observer | None = None,
+        claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
+        self._claim_seconds = claim_seconds  # a replica killed mid-send holds its row this long at most
         self._outbox = outbox
         self._webhook = webhook
         self._openapi = openapi
@@ -163,7 +165,7 @@ class Courier:
             try:
                 # Claimed in the database (another process, or a copy read earlier, cannot send it too),
                 # and re-read: attempts and route as they are now.
-                row = await self._outbox.claim(stale.id, CLAIM_SECONDS)
+                row = await self._outbox.claim(stale.id, self._claim_seconds)
                 if row is None:
                     state = await self._outbox.state_of(stale.id)
                     if state in (OutboxState.SENT, OutboxState.SKIPPED):
@@ -237,7 +239,7 @@ class Courier:
                 # Queued, not dropped: the next slot opens when the oldest send leaves the minute.
                 await self._outbox.pause_channel(Channel.ROBOT, window[0] + 60.0)
                 return
-            row = await self._outbox.claim(queued.id, CLAIM_SECONDS)
+            row = await self._outbox.claim(queued.id, self._claim_seconds)
             if row is None:
                 continue  # not due yet, sent, or being sent by another process
             result = await self._attempt("robot_webhook", _bound(robot.send, row.body))

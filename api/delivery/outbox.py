@@ -45,7 +45,7 @@ class Outgoing:
 EARLIER_PART_FAILED = "an earlier part of this reply was not sent"
 # Sent rows keep no text: the body and the route (which holds the session webhook) are cleared.
 _MARK_SENT = (
-    "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = NULL, "
+    "UPDATE outbox SET state = ?, body = NULL, route = NULL, last_error = NULL, claimed_until = NULL, "
     "attempts = attempts + 1, updated_at = ? WHERE id = ?"
 )
 
@@ -208,9 +208,9 @@ class Outbox:
 
         def update(conn: Connection) -> Outgoing | None:
             taken = conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, updated_at = ? "
+                "UPDATE outbox SET next_attempt_at = ?, claimed_until = ?, updated_at = ? "
                 "WHERE id = ? AND state = ? AND next_attempt_at <= ?",
-                (now + seconds, now, row_id, OutboxState.PENDING.value, now),
+                (now + seconds, now + seconds, now, row_id, OutboxState.PENDING.value, now),
             ).rowcount
             if taken != 1:
                 return None
@@ -235,9 +235,9 @@ class Outbox:
 
         def update(conn: Connection) -> None:
             conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + ?, "
-                "updated_at = ? WHERE id = ?",
-                (at, error, 1 if count_attempt else 0, now, row_id),
+                "UPDATE outbox SET next_attempt_at = ?, claimed_until = NULL, last_error = ?, "
+                "attempts = attempts + ?, updated_at = ? WHERE id = ? AND state = ?",
+                (at, error, 1 if count_attempt else 0, now, row_id, OutboxState.PENDING.value),
             )
 
         await self._db.run(update)
@@ -268,7 +268,10 @@ class Outbox:
 
     async def update_body(self, row_id: int, body: dict[str, Any]) -> None:
         def update(conn: Connection) -> None:
-            conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (_dumps(body), row_id))
+            conn.execute(
+                "UPDATE outbox SET body = ? WHERE id = ? AND state = ?",
+                (_dumps(body), row_id, OutboxState.PENDING.value),
+            )
 
         await self._db.run(update)
 
@@ -291,10 +294,10 @@ class Outbox:
         failed, pending = OutboxState.FAILED.value, OutboxState.PENDING.value
 
         def update(conn: Connection) -> None:
-            conn.execute(
-                "UPDATE outbox SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ? "
-                "WHERE id = ?",
-                (failed, error, now, row_id),
+            conn.execute(  # not a row another replica sent meanwhile (its lease had lapsed)
+                "UPDATE outbox SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ?, "
+                "claimed_until = NULL WHERE id = ? AND state = ?",
+                (failed, error, now, row_id, pending),
             )
             conn.execute(
                 "UPDATE outbox SET state = ?, last_error = ?, updated_at = ? "
@@ -317,20 +320,39 @@ class Outbox:
                 "SELECT id, route FROM outbox WHERE msg_id = ? AND channel = ? AND state IN (?, ?)",
                 (msg_id, Channel.REPLY.value, pending, failed),
             ).fetchall()
+            revived = 0
             for row_id, stored in rows:
                 card_id = Route.from_json(stored).card_id if stored else ""
-                conn.execute(
-                    "UPDATE outbox SET route = ?, next_attempt_at = ?, updated_at = ?, "
-                    "attempts = CASE WHEN state = ? THEN 0 ELSE attempts END, state = ? WHERE id = ?",
-                    (replace(route, card_id=card_id).to_json(), now, now, failed, pending, row_id),
-                )
-            return len(rows)
+                # Only while still unsent (another replica may have sent it since the read above), and
+                # never brought forward while a send of it is under way (its claim): that one goes on.
+                revived += conn.execute(
+                    "UPDATE outbox SET route = ?, updated_at = ?, next_attempt_at = "
+                    "CASE WHEN state = ? AND claimed_until > ? THEN next_attempt_at ELSE ? END, "
+                    "attempts = CASE WHEN state = ? THEN 0 ELSE attempts END, state = ? "
+                    "WHERE id = ? AND state IN (?, ?)",
+                    (
+                        replace(route, card_id=card_id).to_json(),
+                        now,
+                        pending,
+                        now,
+                        now,
+                        failed,
+                        pending,
+                        row_id,
+                        pending,
+                        failed,
+                    ),
+                ).rowcount
+            return revived
 
         return await self._db.run(update)
 
     async def update_route(self, row_id: int, route: Route) -> None:
         def update(conn: Connection) -> None:
-            conn.execute("UPDATE outbox SET route = ? WHERE id = ?", (route.to_json(), row_id))
+            conn.execute(  # never back onto a sent row: its route (a credential) was cleared
+                "UPDATE outbox SET route = ? WHERE id = ? AND state = ?",
+                (route.to_json(), row_id, OutboxState.PENDING.value),
+            )
 
         await self._db.run(update)
 

@@ -237,13 +237,15 @@ def test_stream_mode_checks_that_the_gateway_opens_a_connection_for_the_credenti
 def test_the_doctor_checks_the_database_server_and_the_chroma_server(
     env: Callable[..., None], capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path
 ) -> None:
+    from agent.storage.migrate import MIGRATIONS
     from tests.chroma import chroma_server, free_port
 
     env(FORCE_MOCK_OPENAI="1", DATABASE_URL=database_url, CHROMA_URL=f"http://127.0.0.1:{free_port()}")
     code, _, checks = doctor(capsys, "--json")
     assert code == 1
     assert checks["storage.database"]["status"] == "ok"
-    assert checks["storage.database"]["detail"].endswith(": schema new, 2 to apply")
+    versions = len(list((MIGRATIONS / "versions").glob("0*.py")))
+    assert checks["storage.database"]["detail"].endswith(f": schema new, {versions} to apply")
     assert checks["memory.dims"]["status"] == "fail"
     assert checks["memory.dims"]["cause"].startswith("the Chroma server at http://127.0.0.1:")
     with chroma_server(tmp_path / "chroma") as url:

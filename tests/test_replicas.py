@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.memory.store import COLLECTION, chroma_client
+from agent.memory.chroma import COLLECTION, chroma_client
 from agent.settings.config import Settings
 from tests.chroma import chroma_server, free_port
 from tests.conftest import SECRET, serve

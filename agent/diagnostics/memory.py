@@ -19,7 +19,7 @@ import httpx
 from agent.diagnostics.checks import Check, ms, new_check
 from agent.diagnostics.model import PROBE_TIMEOUT_SECONDS, ModelFindings, explain, is_azure
 from agent.errors import ModelError, ModelErrorKind
-from agent.memory.store import COLLECTION
+from agent.memory.chroma import COLLECTION
 from agent.model.errors import classify_model_error, public_endpoint
 from agent.settings.choices import EmbeddingProvider
 from agent.settings.config import Settings
@@ -121,7 +121,7 @@ def _server_dims(qdrant_url: str) -> int | None:
 
 
 def _chroma_dims(url: str) -> int | None:
-    from agent.memory.store import chroma_client
+    from agent.memory.chroma import chroma_client
 
     client = chroma_client(url)
     if COLLECTION not in {c.name for c in client.list_collections()}:

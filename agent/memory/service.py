@@ -43,7 +43,6 @@ from agent.storage.records import finish_learning, forgotten_at, pending_learnin
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-COLLECTION = "dingbot_memories"
 NEVER = float("-inf")  # no "/forget all" yet
 CHANGES_CHANNEL = "dingbot_memory"  # replicas tell each other whose memories changed (PostgreSQL NOTIFY)
 SERVER_CHECK_SECONDS = 2.0  # a vector server's heartbeat: /readyz waits at most this long

@@ -26,11 +26,10 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
 from agent.errors import ConfigError
+from agent.memory.chroma import COLLECTION, chroma_client, chroma_dims, chroma_points
 from agent.memory.failures import lock_file
 from agent.memory.index import PersonIndex
 from agent.settings.config import Settings
-
-COLLECTION = "dingbot_memories"
 
 
 class LockedEmbeddings(Embeddings):
@@ -100,16 +99,8 @@ class Mem0Store:
                 return
 
     def _load_person(self, person_id: str) -> list[tuple[str, str, dict[str, Any], list[float]]]:
-        if self._chroma:  # one request, no store lock: recalls must not queue behind a slow write
-            found = self._memory.vector_store.collection.get(
-                where={"user_id": person_id}, include=["embeddings", "metadatas"]
-            )
-            return [
-                (str(memory_id), str((payload or {}).get("data", "")), dict(payload or {}), _dense(vector))
-                for memory_id, payload, vector in zip(
-                    found["ids"], found["metadatas"] or [], found["embeddings"], strict=True
-                )
-            ]
+        if self._chroma:  # no store lock: recalls must not queue behind a slow write
+            return [row[1:] for row in chroma_points(self._memory.vector_store.collection, person_id)]
         with self._lock:
             return [row[1:] for row in self._points(person_id)]
 
@@ -117,28 +108,9 @@ class Mem0Store:
         """Load every person's vectors into the index (at startup; on Chroma also each time a replica
         starts hearing the others again); returns how many people."""
         if self._chroma:  # read first, outside every lock: recalls meanwhile search the server
-            return self._index.preload(list(self._chroma_points()))
+            return self._index.preload(list(chroma_points(self._memory.vector_store.collection)))
         with self._lock:
             return self._index.preload(self._points(None))
-
-    def _chroma_points(self) -> Iterator[tuple[str, str, str, dict[str, Any], list[float]]]:
-        collection, offset = self._memory.vector_store.collection, 0
-        while True:
-            found = collection.get(include=["embeddings", "metadatas"], limit=1000, offset=offset)
-            for memory_id, payload, vector in zip(
-                found["ids"], found["metadatas"] or [], found["embeddings"], strict=True
-            ):
-                data = dict(payload or {})
-                yield (
-                    str(data.get("user_id", "")),
-                    str(memory_id),
-                    str(data.get("data", "")),
-                    data,
-                    _dense(vector),
-                )
-            if len(found["ids"]) < 1000:
-                return
-            offset += 1000
 
     @classmethod
     def open(
@@ -358,30 +330,6 @@ def _mismatch(where: Path | str, stored: int, probed: int) -> ConfigError:
         f"the stored memories in {where} have {stored}-dim vectors but the embedder gives {probed}: "
         f"set EMBEDDING_PROVIDER/EMBEDDING_MODEL back to what wrote them, or {away}"
     )
-
-
-def chroma_client(url: str) -> Any:
-    """A client of the Chroma server at `url` (no telemetry)."""
-    import chromadb
-    from chromadb.config import Settings as ChromaSettings
-
-    parts = urlsplit(url)
-    ssl = parts.scheme == "https"
-    return chromadb.HttpClient(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or (443 if ssl else 8000),
-        ssl=ssl,
-        settings=ChromaSettings(anonymized_telemetry=False),
-    )
-
-
-def chroma_dims(client: Any, probed: int) -> int:
-    """Our collection on the Chroma server (made with cosine distance and the vector size it holds, before
-    mem0 opens it as it is); returns the size its vectors have."""
-    collection = client.get_or_create_collection(
-        COLLECTION, metadata={"hnsw:space": "cosine", "dingbot_dims": probed}
-    )
-    return int((collection.metadata or {}).get("dingbot_dims", probed))
 
 
 def check_stored_dims(settings: Settings, embeddings: Embeddings) -> None:

@@ -249,3 +249,32 @@ def test_a_database_at_an_older_version_is_migrated_forward_with_its_rows(
     assert sql(engine, "SELECT version_num FROM alembic_version") == [(head(),)]
     assert sql(engine, "SELECT * FROM forgotten") == [("p", 1.5)]
     assert sql(engine, "SELECT COUNT(*) FROM rate_events") == [(0,)]  # made by 0002
+
+
+def test_dingbot_migrate_shows_and_applies_the_schema(
+    database_url: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dingbot.cli import main
+
+    monkeypatch.setenv("DATABASE_PATH", str(tmp_path / "bot.db"))
+    if database_url is not None:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+    versions = ", ".join(sorted(p.name[:4] for p in (migrate.MIGRATIONS / "versions").glob("0*.py")))
+    assert main(["migrate", "--show"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"schema:   none (a new database); this dingbot's newest: {head()}",
+        f"pending:  {versions}",
+    ]
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == f"applied:  {versions}"
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "applied:  nothing (already up to date)"
+    engine = PostgresEngine(database_url) if database_url else SqliteEngine(tmp_path / "bot.db")
+    sql(engine, "UPDATE alembic_version SET version_num = '9001'")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dingbot: database schema version 9001 is newer than this dingbot")
+    assert "\n" not in err

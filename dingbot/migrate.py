@@ -7,24 +7,6 @@ import sys
 from typing import Any
 
 
-def _status(engine: Any) -> Any:
-    from agent.storage import migrate
-
-    sa_engine = engine.sqlalchemy_engine()
-    try:
-        with sa_engine.connect() as connection:
-            return migrate.status(connection)
-    except migrate.SchemaTooNew:
-        raise
-    except Exception as exc:
-        error = engine.error_for(exc)
-        if error is exc:
-            raise
-        raise error from None
-    finally:
-        sa_engine.dispose()
-
-
 def _run(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError
     from agent.settings.loading import load_settings
@@ -34,7 +16,7 @@ def _run(args: argparse.Namespace) -> int:
 
     engine = engine_for(load_settings(runnable=False))
     try:
-        before = _status(engine)  # one line for a database that cannot be reached, or one too new
+        before = engine.status()  # one line for a database that cannot be reached, or one too new
         after = before if args.show else engine.migrate()
     except (ConfigError, StorageError, migrate.SchemaTooNew) as exc:
         print(f"dingbot: {exc}", file=sys.stderr)

@@ -40,13 +40,19 @@ def head() -> str:
         return migrate.status(connection).head
 
 
-def test_a_new_database_is_made_at_the_newest_schema(database_target: Path | Engine) -> None:
+def open_once(target: Path | Engine) -> None:
+    """Open the database (migrating it, as a start does) and close it."""
+
     async def scenario() -> None:
-        db = Database(database_target)
+        db = Database(target)
         await db.open()
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_a_new_database_is_made_at_the_newest_schema(database_target: Path | Engine) -> None:
+    open_once(database_target)
     assert sql(database_target, "SELECT version_num FROM alembic_version") == [(head(),)]
     tables = {"history", "inbox", "outbox", "memory_sharing", "learning", "forgotten", "storage_probe"}
     engine = database_target if isinstance(database_target, Engine) else SqliteEngine(database_target)
@@ -71,12 +77,7 @@ def test_a_database_from_before_versions_keeps_every_row(tmp_path: Path) -> None
         conn.execute("INSERT INTO learning VALUES ('m-old', 'p', ?, 4.0)", (message,))
         conn.execute("INSERT INTO forgotten VALUES ('q', 5.0)")
 
-    async def scenario() -> None:
-        db = Database(path)
-        await db.open()
-        await db.close()
-
-    asyncio.run(scenario())
+    open_once(path)
     assert sql(path, "SELECT version_num FROM alembic_version") == [(head(),)]
     assert sql(path, "SELECT content FROM history") == [("旧话",)]
     assert sql(path, "SELECT msg_id, payload FROM inbox") == [("m-old", message)]
@@ -87,15 +88,10 @@ def test_a_database_from_before_versions_keeps_every_row(tmp_path: Path) -> None
 
 
 def test_a_database_newer_than_the_code_is_refused_in_one_line(database_target: Path | Engine) -> None:
-    async def open_and_close() -> None:
-        db = Database(database_target)
-        await db.open()
-        await db.close()
-
-    asyncio.run(open_and_close())
+    open_once(database_target)
     sql(database_target, "UPDATE alembic_version SET version_num = '9001'")
     with pytest.raises(SchemaTooNew) as refused:
-        asyncio.run(open_and_close())
+        open_once(database_target)
     assert str(refused.value) == (
         f"database schema version 9001 is newer than this dingbot knows (up to {head()}): run the dingbot "
         "that upgraded it, or restore a backup made before that upgrade"
@@ -240,12 +236,7 @@ def test_a_database_at_an_older_version_is_migrated_forward_with_its_rows(
     sa_engine.dispose()
     sql(engine, "INSERT INTO forgotten (person_id, at) VALUES ('p', 1.5)")
 
-    async def scenario() -> None:
-        db = Database(engine)
-        await db.open()
-        await db.close()
-
-    asyncio.run(scenario())
+    open_once(engine)
     assert sql(engine, "SELECT version_num FROM alembic_version") == [(head(),)]
     assert sql(engine, "SELECT * FROM forgotten") == [("p", 1.5)]
     assert sql(engine, "SELECT COUNT(*) FROM rate_events") == [(0,)]  # made by 0002

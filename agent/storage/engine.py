@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from agent.storage import migrate
 from agent.storage.connection import Connection
 from agent.storage.health import StorageError, StorageFault
+from agent.storage.migrate import SchemaStatus
 
 PROBE_BYTES = 64 * 1024  # what the storage probe writes: enough that a full disk refuses it
 
@@ -37,7 +38,7 @@ class Engine(abc.ABC):
     def sqlalchemy_engine(self) -> sa.Engine:
         """For migrations only (statements go through `connect`): disposed of after use."""
 
-    def migrate(self) -> migrate.SchemaStatus:
+    def migrate(self) -> SchemaStatus:
         """Bring the schema to this code's version (raises SchemaTooNew for a newer database)."""
         engine = self.sqlalchemy_engine()
         try:
@@ -45,19 +46,23 @@ class Engine(abc.ABC):
         finally:
             engine.dispose()
 
-    def check(self) -> str:
-        """Before the service starts: the database answers and its schema is not newer than this code.
-        Raises StorageError or SchemaTooNew, each one line; returns what was found, for the log."""
+    def status(self) -> SchemaStatus:
+        """The schema's version and what an upgrade would apply, changing nothing. Raises StorageError
+        for a database that cannot be used, SchemaTooNew for one ahead of this code (each one line)."""
         engine = self.sqlalchemy_engine()
         try:
             with engine.connect() as connection:
-                found = migrate.status(connection)
+                return migrate.status(connection)
         except migrate.SchemaTooNew:
             raise
         except Exception as exc:
             raise self.error_for(exc) from None
         finally:
             engine.dispose()
+
+    def check(self) -> str:
+        """Before the service starts: `status`, as a few words for the log."""
+        found = self.status()
         return f"schema {found.current or 'new'}" + (
             f", {len(found.pending)} to apply" if found.pending else ""
         )

@@ -6,6 +6,7 @@ assistant. The caller owns the context: everything opened here is closed when it
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from agent.observe import Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
 from agent.storage.database import Database
+from agent.tools.reminders import ReminderBook
+from agent.tools.toolbox import McpTools, Reachability, Toolbox
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class AgentParts:
     history: HistoryStore
     memory: MemoryService | None
     assistant: Assistant
+    reminders: ReminderBook
 
 
 @asynccontextmanager
@@ -46,12 +50,16 @@ async def open_agent(
     embeddings: Embeddings | None = None,
     observer: Observer | None = None,
     clock: Callable[[], datetime] | None = None,
+    reachability: Reachability | None = None,
+    mcp: McpTools | None = None,
 ) -> AsyncIterator[AgentParts]:
     """Open the database and the memory store and build the assistant.
 
     `memory=False` leaves long-term memory out; `prompts`, `model`, `extraction_model` and `embeddings`
     replace the ones the settings describe (tests, `dingbot chat`). Raises PromptError for prompts that
     do not load and ConfigError for a memory store whose vectors do not match the embedder.
+    `reachability` tells the reminder tool whether a reminder can be delivered at its due time (the
+    channel's knowledge); `mcp` adds the operator's MCP tools.
     """
     if prompts is None:
         prompts = PromptLibrary(settings.prompts_dir)
@@ -78,6 +86,15 @@ async def open_agent(
                 observer=observer,
             )
             await service.open()
+        reminders = ReminderBook(
+            database,
+            timezone=settings.timezone,
+            max_per_person=settings.max_reminders_per_person,
+            clock=(lambda: clock().timestamp()) if clock is not None else time.time,
+        )
+        toolbox = Toolbox(
+            settings, reminders=reminders, reachability=reachability, mcp=mcp, observer=observer
+        )
         assistant = Assistant(
             settings=settings,
             prompts=prompts,
@@ -90,8 +107,9 @@ async def open_agent(
             limiter=None
             if database.single_owner
             else SharedRateLimiter(database, settings.rate_limit_per_minute),
+            toolbox=toolbox,
         )
-        yield AgentParts(database, prompts, history, service, assistant)
+        yield AgentParts(database, prompts, history, service, assistant, reminders)
     finally:
         if service is not None:
             await service.close()

@@ -31,6 +31,8 @@ from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import PromptSet
 from agent.settings.config import Settings
+from agent.tools.loop import run_agent
+from agent.tools.toolbox import Toolbox, ToolWatcher
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Assistant:
         clock: Callable[[], datetime] | None = None,
         observer: Observer | None = None,
         limiter: Limiter | None = None,
+        toolbox: Toolbox | None = None,
     ) -> None:
         self.settings = settings
         self.prompts = prompts
@@ -59,6 +62,9 @@ class Assistant:
         self.context = ContextWindow(settings)  # how much of the conversation fits the model
         self.limiter: Limiter = limiter or RateLimiter(settings.rate_limit_per_minute)
         self._clock = clock or (lambda: datetime.now(settings.timezone))
+        self.toolbox = toolbox  # tools the model may call (reminders, MCP); None: it only talks
+        # A model class without tool calling (a scripted fake) only talks.
+        self._binds_tools = type(model).bind_tools is not BaseChatModel.bind_tools
 
     def history_scope(self, message: IncomingMessage) -> str:
         if message.is_group and self.settings.group_shared_context:
@@ -111,12 +117,13 @@ class Assistant:
         *,
         recalled: list[str] | None = None,
         stream: AnswerStream | None = None,
+        watcher: ToolWatcher | None = None,
     ) -> Reply:
         """Answer one message. Never raises for model failures: the person gets a clear notice.
 
         `recalled` gives the long-term memories to use instead of asking the memory service (prompt
         regression cases script them). With `stream` the model's answer is streamed (`astream`) and
-        `stream` sees it grow; commands and canned replies never reach it."""
+        `stream` sees it grow; commands and canned replies never reach it. `watcher` sees tool calls."""
         prompts = self.prompts_for(message)
         if not await self.limiter.allow(message.person_id):
             return Reply(
@@ -130,7 +137,11 @@ class Assistant:
         command = parse_command(message.text)
         if command is not None:
             runner = CommandRunner(
-                prompts=prompts, history=self.history, memory=self.memory, bot_name=self.settings.bot_name
+                prompts=prompts,
+                history=self.history,
+                memory=self.memory,
+                bot_name=self.settings.bot_name,
+                reminders=self.toolbox.reminders if self.toolbox else None,
             )
             return await runner.run(command, message, self.history_scope(message))
 
@@ -148,7 +159,7 @@ class Assistant:
         inputs = self._fitted(prompts, await self.build_inputs(message, memories, prompts))
         started = time.perf_counter()
         try:
-            answered = await self._ask(prompts, inputs, stream)
+            answered = await self._ask(prompts, inputs, stream, message, watcher)
             if not answered.text:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
         except Exception as exc:
@@ -192,21 +203,51 @@ class Assistant:
         return {**inputs, "history": history}
 
     async def _ask(
-        self, prompts: PromptSet, inputs: dict[str, Any], stream: AnswerStream | None
+        self,
+        prompts: PromptSet,
+        inputs: dict[str, Any],
+        stream: AnswerStream | None,
+        message: IncomingMessage,
+        watcher: ToolWatcher | None,
     ) -> ModelAnswer:
         """One answer; when the endpoint says the prompt is longer than its context (its tokenizer counts
         more than the estimate), once more with what fits its stated limit, else with no history."""
-        chain = self._chain(prompts)
-        retries = self.settings.openai_max_retries
         try:
-            return await ask(chain, inputs, stream, classify=self._classify, retries=retries)
+            return await self._answer(prompts, inputs, stream, message, watcher)
         except ModelError as error:
             if not error.context_exceeded:
                 raise
             self.context.learn_from(error.said)
             shorter = self._fitted(prompts, inputs) if self.context.learned else {**inputs, "history": []}
             log.warning("the model refused the prompt as too long for its context: retrying once, shorter")
-            return await ask(chain, shorter, stream, classify=self._classify, retries=retries)
+            return await self._answer(prompts, shorter, stream, message, watcher)
+
+    async def _answer(
+        self,
+        prompts: PromptSet,
+        inputs: dict[str, Any],
+        stream: AnswerStream | None,
+        message: IncomingMessage,
+        watcher: ToolWatcher | None,
+    ) -> ModelAnswer:
+        """The model's answer: with tools, through the agent loop; without, prompt | model."""
+        retries = self.settings.openai_max_retries
+        tools = self.toolbox.for_message(message, prompts) if self.toolbox and self._binds_tools else []
+        if not tools:
+            return await ask(self._chain(prompts), inputs, stream, classify=self._classify, retries=retries)
+        assert self.toolbox is not None
+        return await run_agent(
+            self.model,
+            prompts.chat.format_messages(**inputs),
+            tools,
+            toolbox=self.toolbox,
+            prompts=prompts,
+            max_steps=self.settings.agent_max_steps,
+            classify=self._classify,
+            retries=retries,
+            stream=stream,
+            watcher=watcher,
+        )
 
     def _classify(self, exc: BaseException) -> ModelError:
         return classify_model_error(exc, self.settings)

@@ -1,7 +1,7 @@
 """Commands the person types, answered without the model (names in Chinese and English).
 
 /help /帮助 · /reset /重置 · /memory /记忆 · /memory share on|off (/记忆 共享 开|关)
-/forget N (/忘记 N) · /forget all (/忘记 全部)
+/forget N (/忘记 N) · /forget all (/忘记 全部) · /reminders (/提醒) · /reminders cancel N (/提醒 取消 N)
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService, MemoryUnavailable
 from agent.messages import IncomingMessage, Reply
 from agent.prompts.loader import PromptSet
+from agent.tools.reminders import ReminderBook
+from agent.tools.toolbox import reminder_line, when_text
 
 _NAMES = {
     "help": "help", "帮助": "help", "?": "help", "？": "help",
     "reset": "reset", "重置": "reset", "清空": "reset",
     "memory": "memory", "记忆": "memory", "memories": "memory",
     "forget": "forget", "忘记": "forget", "忘掉": "forget",
+    "reminders": "reminders", "reminder": "reminders", "提醒": "reminders", "提醒列表": "reminders",
 }  # fmt: skip
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ _ON = {"on", "开", "打开", "开启", "是"}
 _OFF = {"off", "关", "关闭", "否"}
 _SHARE = {"share", "共享", "分享"}
 _ALL = {"all", "全部", "所有", "一切"}
+_CANCEL = {"cancel", "取消", "删除", "delete"}
 _COMMAND = re.compile(r"^[/／]\s*(\S+)\s*(.*)$", re.DOTALL)
 
 
@@ -54,8 +58,15 @@ def parse_command(text: str) -> Command | None:
 
 class CommandRunner:
     def __init__(
-        self, *, prompts: PromptSet, history: HistoryStore, memory: MemoryService | None, bot_name: str
+        self,
+        *,
+        prompts: PromptSet,
+        history: HistoryStore,
+        memory: MemoryService | None,
+        bot_name: str,
+        reminders: ReminderBook | None = None,
     ):
+        self.reminders = reminders
         self.prompts = prompts
         self.history = history
         self.memory = memory
@@ -72,6 +83,8 @@ class CommandRunner:
             return self._say("reset")
         if command.name == "unknown":
             return self._say("unknown")
+        if command.name == "reminders":
+            return await self._reminders(command.args, message)
         if command.name == "forget" and command.args and command.args[0] in _ALL:
             return await self._forget_all(message)
         if self.memory is None:
@@ -126,3 +139,28 @@ class CommandRunner:
             count = len(await self.memory.list_memories(message))
             return self._say("bad_number", number=number, count=count)
         return self._say("forgot_one", text=text)
+
+    async def _reminders(self, args: tuple[str, ...], message: IncomingMessage) -> Reply:
+        """/reminders lists the speaker's pending reminders, numbered; /reminders cancel N cancels one."""
+        say = self.prompts.reminder_reply
+        if self.reminders is None:
+            return Reply(say("unavailable"), canned=True)
+        pending = await self.reminders.active(message.person_id)
+        if args and args[0] in _CANCEL:
+            if len(args) < 2 or not args[1].isdigit():
+                return self._say("unknown")
+            number = int(args[1])
+            if not 1 <= number <= len(pending):
+                return Reply(say("bad_number", number=number, count=len(pending)), canned=True)
+            cancelled = await self.reminders.cancel(message.person_id, pending[number - 1].id)
+            if cancelled is None:  # fired or cancelled meanwhile
+                return Reply(say("not_found"), canned=True)
+            return Reply(
+                say("cancelled", when=when_text(self.prompts, cancelled), text=cancelled.text), canned=True
+            )
+        if args:
+            return self._say("unknown")
+        if not pending:
+            return Reply(say("empty"), canned=True)
+        lines = [reminder_line(self.prompts, r, number=n) for n, r in enumerate(pending, 1)]
+        return Reply(say("list", count=len(pending), items="\n".join(lines)), canned=True)

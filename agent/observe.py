@@ -36,6 +36,14 @@ class Observer(Protocol):
 
     def extraction_failed(self, reason: str) -> None: ...
 
+    def tool_call(self, tool: str, outcome: str, seconds: float) -> None:
+        """A tool the model called: its name and outcome (ok, error, timeout, unknown), never its input."""
+        ...
+
+    def reminder_fired(self, delay_seconds: float, outcome: str) -> None:
+        """A reminder fired `delay_seconds` after it was due; outcome: sent (stored to send) or dropped."""
+        ...
+
     async def problem(self, problem: Problem) -> bool:
         """Report a problem. True when operators were told of it (now, or already within the alert
         window, and the alert went out): only then may a person hear "the administrator was told"."""
@@ -59,6 +67,12 @@ class NoObserver:
         return
 
     def extraction_failed(self, reason: str) -> None:
+        return
+
+    def tool_call(self, tool: str, outcome: str, seconds: float) -> None:
+        return
+
+    def reminder_fired(self, delay_seconds: float, outcome: str) -> None:
         return
 
     async def problem(self, problem: Problem) -> bool:

@@ -176,6 +176,15 @@ class ServiceObserver:
     def extraction_failed(self, reason: str) -> None:
         self.metrics.extraction_failures.labels(reason).inc()
 
+    def tool_call(self, tool: str, outcome: str, seconds: float) -> None:
+        self.metrics.tool_calls.labels(tool, outcome).inc()
+        self.metrics.tool_seconds.labels(tool).observe(seconds)
+
+    def reminder_fired(self, delay_seconds: float, outcome: str) -> None:
+        self.metrics.reminders.labels(outcome).inc()
+        if outcome == "sent":
+            self.metrics.reminder_delay.observe(delay_seconds)
+
     async def problem(self, problem: Problem) -> bool:
         self.metrics.problem(problem.key)
         if self.alerts is None:

@@ -25,6 +25,7 @@ from api.delivery.inbox import Inbox
 from api.delivery.intake import take_in_stream
 from api.delivery.outbox import Outbox
 from api.delivery.recovery import StorageRecovery
+from api.delivery.reminders import ReminderClock, ReminderReach
 from api.dingtalk.cards import CardSender
 from api.dingtalk.openapi import AccessTokens, OpenApiSender
 from api.dingtalk.robot_webhook import RobotWebhookSender
@@ -128,7 +129,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(http.aclose)
         metrics = Metrics(settings.longest_answer_seconds)
         observer = ServiceObserver(metrics)
-        agent = await stack.enter_async_context(open_agent(settings, observer=observer))
+        agent = await stack.enter_async_context(
+            open_agent(settings, observer=observer, reachability=ReminderReach(settings))
+        )
         database, assistant, memory, history = (
             agent.database,
             agent.assistant,
@@ -153,6 +156,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             cards=cards,
             answer_deadline_seconds=settings.longest_answer_seconds,
         )
+        reminders = ReminderClock(
+            book=agent.reminders,
+            database=database,
+            courier=courier,
+            prompts_for=assistant.prompts_for,
+            settings=settings,
+            observer=observer,
+        )
         metrics.track_in_flight(lambda: dispatcher.in_flight)
         metrics.track_outbox(lambda: courier.pending)
         health = assistant.health
@@ -169,8 +180,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             limiter=assistant.limiter,
             model=health,
             memory=memory,
+            reminders=reminders,
         )
         services = Services(settings, database, assistant, dispatcher, memory, check, metrics, courier)
+        services.reminders = reminders
         if settings.uses_stream:
             services.stream = StreamConnection(
                 settings=settings,
@@ -200,6 +213,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         renewal = asyncio.create_task(dispatcher.keep_claims(settings.claim_lease_seconds / 3), name="claims")
         stack.push_async_callback(_cancel, renewal)
         check.start()  # its first run, at once, sends replies a previous run left unsent
+        reminders.start()  # fires at once what fell due while the service was down
+        stack.push_async_callback(reminders.stop)
         recovery.start()
         stack.push_async_callback(recovery.stop)
         if services.stream is not None:

@@ -49,6 +49,31 @@ class Metrics:
             ["via", "errcode"],
             registry=r,
         )
+        self.tool_calls = Counter(
+            "dingbot_tool_calls",
+            "Tool calls the model made, by tool and outcome (ok, error, timeout, unknown, refused)",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.tool_seconds = Histogram(
+            "dingbot_tool_seconds",
+            "Tool call latency, by tool",
+            ["tool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reminders = Counter(
+            "dingbot_reminders_fired",
+            "Reminders fired: sent (stored to send), dropped (missed by more than REMINDER_GRACE_SECONDS)",
+            ["outcome"],
+            registry=r,
+        )
+        self.reminder_delay = Histogram(
+            "dingbot_reminder_delay_seconds",
+            "How long after its due time a reminder's message was stored to send",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 21600),
+            registry=r,
+        )
         self.outbox_pending = Gauge(
             "dingbot_outbox_pending",
             "Stored replies and notices not sent yet (at the last check)",

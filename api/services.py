@@ -12,6 +12,7 @@ from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.housekeeping import PeriodicCheck
 from api.delivery.recovery import ParkedMessages
+from api.delivery.reminders import ReminderClock
 from api.dingtalk.stream import StreamConnection
 from api.metrics import Metrics
 
@@ -27,4 +28,5 @@ class Services:
     metrics: Metrics
     courier: Courier
     stream: StreamConnection | None = None  # DINGTALK_MODE=stream|both
+    reminders: ReminderClock | None = None
     parked: ParkedMessages = field(default_factory=ParkedMessages)  # Stream messages while the database fails

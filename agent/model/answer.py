@@ -17,7 +17,7 @@ from agent.errors import ModelError, ModelErrorKind
 
 log = logging.getLogger(__name__)
 
-Chain = Runnable[dict[str, Any], BaseMessage]
+Chain = Runnable[Any, BaseMessage]  # a prompt | model chain (inputs), or a model (messages)
 RETRIED = frozenset({ModelErrorKind.CONNECTION, ModelErrorKind.RATE_LIMITED, ModelErrorKind.SERVER_ERROR})
 RETRY_BASE_SECONDS = 1.0
 
@@ -35,6 +35,7 @@ class AnswerStream(Protocol):
 class ModelAnswer:
     text: str
     truncated: bool  # the model stopped at its token cap, not because it was done
+    message: BaseMessage | None = None  # the whole answer (its tool calls, when it made any)
 
 
 def _text(message: BaseMessage) -> str:
@@ -51,7 +52,7 @@ def _cut_off(message: BaseMessage) -> bool:
 
 async def ask(
     chain: Chain,
-    inputs: dict[str, Any],
+    inputs: Any,
     stream: AnswerStream | None = None,
     *,
     classify: Callable[[BaseException], ModelError],
@@ -75,12 +76,10 @@ async def ask(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _once(
-    chain: Chain, inputs: dict[str, Any], stream: AnswerStream | None, shown: list[bool]
-) -> ModelAnswer:
+async def _once(chain: Chain, inputs: Any, stream: AnswerStream | None, shown: list[bool]) -> ModelAnswer:
     if stream is None:
         message = await chain.ainvoke(inputs)
-        return ModelAnswer(_text(message).strip(), _cut_off(message))
+        return ModelAnswer(_text(message).strip(), _cut_off(message), message)
     await stream.started()
     whole: BaseMessage | None = None
     async for piece in chain.astream(inputs):
@@ -89,7 +88,7 @@ async def _once(
         await stream.text(_text(whole))
     if whole is None:
         return ModelAnswer("", False)
-    return ModelAnswer(_text(whole).strip(), _cut_off(whole))
+    return ModelAnswer(_text(whole).strip(), _cut_off(whole), whole)
 
 
 def _joined(whole: BaseMessage, piece: BaseMessage) -> BaseMessage:

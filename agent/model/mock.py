@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from agent.model.mock_tools import tool_calls_for
 
 _MEMORY_BLOCK = re.compile(r"<memories>(.*?)</memories>", re.DOTALL)
 
@@ -46,7 +58,7 @@ class _OfflineModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # Pure computation: answer on the event loop instead of LangChain's default thread hop.
-        return self._generate(messages, stop)
+        return self._generate(messages, stop, **kwargs)
 
 
 class MockChatModel(_OfflineModel):
@@ -81,6 +93,40 @@ class MockChatModel(_OfflineModel):
     def answer(self, messages: list[BaseMessage]) -> str:
         return self.describe(messages)
 
+    def bind_tools(
+        self, tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool], **kwargs: Any
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        return self.bind(tools=[convert_to_openai_tool(tool) for tool in tools], **kwargs)
+
+    def acting(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None) -> AIMessage | None:
+        """With tools bound: the tool calls a real model would make, or the answer after tool results
+        (the results themselves: a reminder tool's result is the sentence to say). None: just talk."""
+        if not tools:
+            return None
+        results: list[str] = []
+        for message in reversed(messages):
+            if not isinstance(message, ToolMessage):
+                break
+            results.insert(0, _content_text(message))
+        if results:
+            return AIMessage(content="\n".join(results))
+        names = {str(tool.get("function", {}).get("name", "")) for tool in tools}
+        humans = [m for m in messages if isinstance(m, HumanMessage)]
+        system = "".join(_content_text(m) for m in messages if isinstance(m, SystemMessage))
+        calls = tool_calls_for(_content_text(humans[-1]), system, names) if humans else []
+        return AIMessage(content="", tool_calls=calls) if calls else None
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        acted = self.acting(messages, kwargs.get("tools"))
+        message = acted or AIMessage(content=self.describe(messages))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
     async def _astream(
         self,
         messages: list[BaseMessage],
@@ -88,7 +134,7 @@ class MockChatModel(_OfflineModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        for chunk in self._stream(messages, stop):
+        for chunk in self._stream(messages, stop, **kwargs):
             if run_manager:
                 await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             yield chunk
@@ -100,7 +146,20 @@ class MockChatModel(_OfflineModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        text = self.describe(messages)
+        acted = self.acting(messages, kwargs.get("tools"))
+        if acted is not None and acted.tool_calls:
+            pieces = [
+                {
+                    "name": c["name"],
+                    "args": json.dumps(c["args"], ensure_ascii=False),
+                    "id": c["id"],
+                    "index": i,
+                }
+                for i, c in enumerate(acted.tool_calls)
+            ]
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=pieces))
+            return
+        text = _content_text(acted) if acted is not None else self.describe(messages)
         for start in range(0, len(text), self.chunk_size):
             piece = text[start : start + self.chunk_size]
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))

@@ -37,6 +37,15 @@ class PromptSet:
     memory_empty: str
     weekdays: tuple[str, ...]
     replies: Mapping[str, Any]
+    tools: Mapping[str, Any]  # prompts/tools.yaml: what the model is told of each tool
+
+    def reminder_reply(self, key: str, **values: object) -> str:
+        """A sentence of replies.yaml's `reminders` section, e.g. reminder_reply("past", when="…")."""
+        return str(self.replies["reminders"][key]).format(**values)
+
+    def tool_result(self, key: str, **values: object) -> str:
+        """What the model is given back when a tool did not work (tools.yaml `results`)."""
+        return str(self.tools["results"][key]).format(**values)
 
     def render_now(self, now: datetime) -> str:
         return f"{now:%Y-%m-%d %H:%M} {self.weekdays[now.weekday()]}"
@@ -160,6 +169,65 @@ def _check_replies(path: Path, replies: dict[str, Any]) -> None:
         raise PromptError(f"{path}: model_errors lacks {missing}")
     for key, value in errors.items():
         _check(value, frozenset(), f"{path}: model_errors.{key}")
+    reminders = replies.get("reminders")
+    if not isinstance(reminders, dict):
+        raise PromptError(f"{path}: reminders must be a mapping")
+    for key, allowed in _REMINDER_REPLIES.items():
+        _check(reminders.get(key), allowed, f"{path}: reminders.{key}")
+    for group in ("repeat_names", "unreachable_why"):
+        if not isinstance(reminders.get(group), dict):
+            raise PromptError(f"{path}: reminders.{group} must be a mapping")
+
+
+_REMINDER_REPLIES: dict[str, frozenset[str]] = {
+    "set": frozenset({"when", "text"}),
+    "set_repeat": frozenset({"when", "text", "repeat"}),
+    "fired": frozenset({"text"}),
+    "late": frozenset({"due", "late"}),
+    "minutes": frozenset({"n"}),
+    "list": frozenset({"count", "items"}),
+    "item": frozenset({"number", "when", "repeat", "text"}),
+    "empty": frozenset(),
+    "cancelled": frozenset({"when", "text"}),
+    "bad_number": frozenset({"number", "count"}),
+    "not_found": frozenset(),
+    "past": frozenset({"when"}),
+    "too_far": frozenset(),
+    "too_many": frozenset({"limit"}),
+    "bad_time": frozenset({"when"}),
+    "bad_repeat": frozenset({"repeat"}),
+    "no_text": frozenset(),
+    "unavailable": frozenset(),
+    "unreachable": frozenset({"why", "settings"}),
+    "unreachable_before": frozenset({"why", "before"}),
+}
+_TOOLS = ("set_reminder", "list_reminders", "cancel_reminder")
+_TOOL_RESULTS: dict[str, frozenset[str]] = {
+    "failed": frozenset({"tool", "reason"}),
+    "timeout": frozenset({"tool", "seconds"}),
+    "unknown": frozenset({"tool"}),
+    "too_many": frozenset({"limit"}),
+    "cut": frozenset({"limit"}),
+    "untrusted_start": frozenset({"tool"}),
+    "untrusted_end": frozenset(),
+}
+
+
+def _check_tools(path: Path, tools: dict[str, Any]) -> None:
+    for name in _TOOLS:
+        tool = tools.get(name)
+        if not isinstance(tool, dict):
+            raise PromptError(f"{path}: {name} must be a mapping with a description")
+        _check(tool.get("description"), frozenset(), f"{path}: {name}.description")
+        _check(tool.get("status"), frozenset(), f"{path}: {name}.status")
+        for arg, text in (tool.get("args") or {}).items():
+            _check(text, frozenset(), f"{path}: {name}.args.{arg}")
+    _check(tools.get("mcp_status"), frozenset({"tool"}), f"{path}: mcp_status")
+    results = tools.get("results")
+    if not isinstance(results, dict):
+        raise PromptError(f"{path}: results must be a mapping")
+    for key, allowed in _TOOL_RESULTS.items():
+        _check(results.get(key), allowed, f"{path}: results.{key}")
 
 
 # Replies added after a prompts folder may have been copied: taken from the bundled prompts when missing.
@@ -169,6 +237,7 @@ _LATER_REPLIES = (
     "operator_resolved",
     "answer_truncated",
     "context_too_long",
+    "reminders",
 )
 _LATER_COMMAND_REPLIES = ("memory_empty_group",)
 _CLAIM = "已通知"
@@ -179,6 +248,13 @@ def _bundled_replies() -> dict[str, Any]:
     from agent.settings.config import DEFAULT_PROMPTS_DIR
 
     return read_yaml(DEFAULT_PROMPTS_DIR / "replies.yaml")
+
+
+@functools.cache
+def _bundled_tools() -> dict[str, Any]:
+    from agent.settings.config import DEFAULT_PROMPTS_DIR
+
+    return read_yaml(DEFAULT_PROMPTS_DIR / "tools.yaml")
 
 
 @functools.cache
@@ -228,6 +304,8 @@ class PromptSources:
     replies_path: Path
     memory: dict[str, Any]
     memory_path: Path
+    tools: dict[str, Any]
+    tools_path: Path
 
 
 def read_text(path: Path, named_by: str = "") -> str:
@@ -250,6 +328,7 @@ def read_sources(folder: Path) -> PromptSources:
     system_path = folder / system_name
     replies_path = folder / "replies.yaml"
     memory_path = folder / "memory.yaml"
+    tools_path = folder / "tools.yaml"  # a folder copied before tools existed uses the bundled one
     return PromptSources(
         chat=chat,
         chat_path=chat_path,
@@ -259,6 +338,8 @@ def read_sources(folder: Path) -> PromptSources:
         replies_path=replies_path,
         memory=read_yaml(memory_path),
         memory_path=memory_path,
+        tools=read_yaml(tools_path) if tools_path.exists() else _bundled_tools(),
+        tools_path=tools_path,
     )
 
 
@@ -286,6 +367,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
 
     replies = _upgraded(sources.replies, sources.replies_path)
     _check_replies(sources.replies_path, replies)
+    _check_tools(sources.tools_path, sources.tools)
 
     memory_path = sources.memory_path
     memory = sources.memory
@@ -324,6 +406,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
         memory_empty=empty,
         weekdays=tuple(weekdays),
         replies=replies,
+        tools=sources.tools,
     )
 
 

@@ -318,6 +318,49 @@ class Settings(BaseSettings):
         fix="point it at a folder that holds chat.yaml (the project's prompts/ folder)",
     )
 
+    agent_max_steps: int = setting(
+        5,
+        "一次回答中模型最多调用几轮工具（提醒、MCP）；`0` 关闭工具，只聊天",
+        "the most tool rounds in one answer (reminders, MCP); `0` turns tools off: chat only",
+        section="工具与提醒 / Tools and reminders",
+        ge=0,
+        le=20,
+    )
+    tool_timeout_seconds: float = setting(
+        30.0,
+        "一次工具调用最多等待的秒数（MCP 服务器可以在 `MCP_CONFIG` 里单独设置）",
+        "seconds one tool call may take (an MCP server may set its own in `MCP_CONFIG`)",
+        gt=0,
+        le=600,
+    )
+    tool_result_max_chars: int = setting(
+        4000,
+        "工具结果交给模型前最多保留的字数（更长的截断并注明）",
+        "the most characters of a tool result the model sees (longer ones are cut, with a note)",
+        ge=100,
+        le=100_000,
+    )
+    max_reminders_per_person: int = setting(
+        20,
+        "每人同时最多有几条未到期的提醒",
+        "the most pending reminders one person may have",
+        ge=1,
+        le=1000,
+    )
+    reminder_grace_seconds: float = setting(
+        21600.0,
+        "服务停机错过的提醒，晚了不超过这么多秒就补发并注明晚了多久；更晚的丢弃并记一行日志",
+        "a reminder missed while the service was down is sent late, with a note saying how late, up to "
+        "this many seconds after it was due; later ones are dropped with a log line",
+        ge=0,
+    )
+    mcp_config: Path | None = setting(
+        None,
+        "MCP 服务器配置文件（JSON，与桌面 MCP 客户端相同的 `mcpServers` 格式）；为空表示不用 MCP",
+        "the MCP servers file (JSON, the `mcpServers` format desktop MCP clients use); unset: no MCP",
+        fix="point it at a JSON file such as mcp.json (see docs/tools.md)",
+    )
+
     @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base", "qdrant_url", "chroma_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:

@@ -13,8 +13,12 @@ from typing import Any
 from agent.storage.connection import Connection, transaction
 from agent.storage.engine import Engine
 
-TABLES = ("history", "inbox", "outbox", "memory_sharing", "learning", "forgotten")
-_KEYED = {"history": "id", "outbox": "id"}  # tables whose ids a sequence hands out on PostgreSQL
+TABLES = ("history", "inbox", "outbox", "memory_sharing", "learning", "forgotten", "reminders")
+_KEYED = {
+    "history": "id",
+    "outbox": "id",
+    "reminders": "id",
+}  # tables whose ids a sequence hands out on PostgreSQL
 
 
 def export_rows(engine: Engine) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -1,5 +1,6 @@
-"""The periodic check, every CHECK_INTERVAL_SECONDS: send due replies, resume stuck work, expire old rows,
-check a failing model endpoint again, and open long-term memory again when its vector server is back."""
+"""The periodic check, every CHECK_INTERVAL_SECONDS: send due replies, fire due reminders (the safety net
+behind their timer), resume stuck work, expire old rows, check a failing model endpoint again, and open
+long-term memory again when its vector server is back."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.inbox import MAX_ATTEMPTS, Inbox
 from api.delivery.outbox import Outbox
+from api.delivery.reminders import ReminderClock
 
 log = logging.getLogger(__name__)
 MODEL_CHECK_BUDGET_SECONDS = 20.0  # a check is a few requests of at most CHECK_TIMEOUT_SECONDS each
@@ -37,7 +39,9 @@ class PeriodicCheck:
         limiter: Limiter | None = None,
         model: ModelHealth | None = None,
         memory: MemoryService | None = None,
+        reminders: ReminderClock | None = None,
     ) -> None:
+        self._reminders = reminders
         self._memory = memory
         self._limiter = limiter
         self._model = model
@@ -55,11 +59,15 @@ class PeriodicCheck:
 
     async def run_once(self) -> None:
         await self._courier.send_due()
+        if self._reminders is not None:
+            await self._reminders.fire_due()
         await self._dispatcher.resume(all_processing=False, retry_after_seconds=self._retry_after)
         cutoff = time.time() - self._retention_seconds
         inbox_rows = await self._inbox.purge_older_than(cutoff)
         outbox_rows = await self._outbox.purge_older_than(cutoff)
         history_rows = await self._history.purge_older_than(cutoff)
+        if self._reminders is not None:
+            await self._reminders.purge_older_than(cutoff)
         if inbox_rows or outbox_rows or history_rows:
             log.info(
                 "periodic check: expired %d inbox, %d outbox and %d history rows",

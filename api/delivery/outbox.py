@@ -66,6 +66,44 @@ def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, ensure_ascii=False)
 
 
+def insert_reply(
+    conn: Connection,
+    msg_id: str,
+    person_id: str,
+    route: Route,
+    bodies: list[dict[str, Any]],
+    now: float,
+) -> None:
+    """Inside the caller's transaction: a reply's parts, pending (a part already stored stays as it is)."""
+    for part, body in enumerate(bodies):
+        conn.execute(
+            "INSERT INTO outbox (msg_id, part, channel, person_id, body, route, state, attempts, "
+            "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
+            "ON CONFLICT (msg_id, part) DO NOTHING",
+            (
+                msg_id,
+                part,
+                Channel.REPLY.value,
+                person_id,
+                _dumps(body),
+                route.to_json(),
+                OutboxState.PENDING.value,
+                now,
+                now,
+                now,
+            ),
+        )
+
+
+def pending_parts(conn: Connection, msg_id: str) -> list[Outgoing]:
+    rows = conn.execute(
+        "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox "
+        "WHERE msg_id = ? AND state = ? ORDER BY part",
+        (msg_id, OutboxState.PENDING.value),
+    ).fetchall()
+    return [_row(r) for r in rows]
+
+
 class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -85,36 +123,14 @@ class Outbox:
 
         def write(conn: Connection) -> list[Outgoing]:
             with transaction(conn):
-                for part, body in enumerate(bodies):
-                    conn.execute(
-                        "INSERT INTO outbox (msg_id, part, channel, person_id, body, route, state, attempts, "
-                        "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
-                        "ON CONFLICT (msg_id, part) DO NOTHING",
-                        (
-                            msg_id,
-                            part,
-                            Channel.REPLY.value,
-                            person_id,
-                            _dumps(body),
-                            route.to_json(),
-                            OutboxState.PENDING.value,
-                            now,
-                            now,
-                            now,
-                        ),
-                    )
+                insert_reply(conn, msg_id, person_id, route, bodies, now)
                 conn.execute(
                     "UPDATE inbox SET state = 'done', updated_at = ?, payload = NULL WHERE msg_id = ?",
                     (now, msg_id),
                 )
                 if learning is not None:
                     store_learning(conn, msg_id, person_id, learning)
-                rows = conn.execute(
-                    "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox "
-                    "WHERE msg_id = ? AND state = ? ORDER BY part",
-                    (msg_id, OutboxState.PENDING.value),
-                ).fetchall()
-            return [_row(r) for r in rows]
+                return pending_parts(conn, msg_id)
 
         return await self._db.run(write)
 

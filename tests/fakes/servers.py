@@ -43,6 +43,9 @@ class Scripted:
     body: dict[str, Any] | None = None  # a raw JSON answer instead of a completion
     hold: threading.Event | None = None  # no answer until the test sets it (a model still thinking)
     error_code: str | None = None
+    # function calling: [(name, arguments as JSON text)], answered as `tool_calls` (whole, or streamed
+    # as deltas: the name first, then the arguments a few characters at a time); `text` is then ignored
+    tool_calls: list[tuple[str, str]] | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -344,10 +347,47 @@ class FakeOpenAI(LocalServer):
             )
             return
         model = request.json().get("model") or "deployment"
-        if request.json().get("stream"):
+        if step.tool_calls is not None:
+            if request.json().get("stream"):
+                self._stream_calls(handler, step.tool_calls, model)
+            else:
+                self.send_json(handler, 200, _calls_completion(step.tool_calls, model))
+        elif request.json().get("stream"):
             self._stream(handler, step.text, model, self.stream_piece_delay, self.after_piece)
         else:
             self.send_json(handler, 200, _completion(step.text, model))
+
+    @staticmethod
+    def _stream_calls(handler: BaseHTTPRequestHandler, calls: list[tuple[str, str]], model: str) -> None:
+        """Tool calls as OpenAI streams them: per call a delta with its id and name, then its arguments
+        in pieces of 5 characters (index-keyed), then finish_reason tool_calls."""
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+
+        def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            handler.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
+            handler.wfile.flush()
+
+        send({"role": "assistant", "content": None})
+        for index, (name, arguments) in enumerate(calls):
+            first = {"index": index, "id": f"call_{index}", "type": "function"}
+            send({"tool_calls": [{**first, "function": {"name": name, "arguments": ""}}]})
+            for start in range(0, len(arguments), 5):
+                piece = arguments[start : start + 5]
+                send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+        send({}, "tool_calls")
+        handler.wfile.write(b"data: [DONE]\n\n")
+        handler.wfile.flush()
+        handler.close_connection = True
 
     @staticmethod
     def _stream(
@@ -402,6 +442,22 @@ def _vector(text: str, dims: int = 64) -> list[float]:
         vector[int(hashlib.md5(gram.encode()).hexdigest(), 16) % dims] += 1.0
     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
     return [v / norm for v in vector]
+
+
+def _calls_completion(calls: list[tuple[str, str]], model: str) -> dict[str, Any]:
+    tool_calls = [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i, (name, arguments) in enumerate(calls)
+    ]
+    message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 def _completion(text: str, model: str) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""The agent loop on LangChain's own machinery: the model with the tools bound (`bind_tools`), its
+`tool_calls` read by LangChain (from whole answers and from streamed deltas alike), each call run through
+the Toolbox and answered with a ToolMessage, for at most AGENT_MAX_STEPS rounds; after the last allowed
+round the model is asked once more without tools, so it answers with what it has.
+
+Each round is one `ask` (agent/model/answer.py): the same retries, cut-off detection and streaming as a
+plain answer. An AI card sees the text of every round so far, and a status line while a tool runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.tools import BaseTool
+
+from agent.errors import ModelError
+from agent.model.answer import AnswerStream, ModelAnswer, ask
+from agent.prompts.loader import PromptSet
+from agent.tools.toolbox import MAX_CALLS_PER_ROUND, Toolbox, ToolWatcher
+
+
+class ToolsUsedError(ModelError):
+    """A model failure after a tool already acted (a reminder set): the answer must not be asked again
+    from the start, or the tool would act twice."""
+
+
+@dataclass
+class _Card:
+    """One round's view of the answer stream: earlier rounds' text before this round's."""
+
+    outer: AnswerStream
+    before: str = ""
+
+    async def started(self) -> None:
+        await self.outer.started()
+
+    async def text(self, so_far: str) -> None:
+        await self.outer.text(_joined(self.before, so_far))
+
+
+class _Watch:
+    """Status lines into the card while a tool runs; the caller's own watcher told too."""
+
+    def __init__(self, card: _Card | None, watcher: ToolWatcher | None) -> None:
+        self.card = card
+        self.watcher = watcher
+
+    async def tool_started(self, name: str, args: dict[str, Any], status: str) -> None:
+        if self.card is not None:
+            await self.card.text(status)
+        if self.watcher is not None:
+            await self.watcher.tool_started(name, args, status)
+
+    async def tool_finished(self, name: str, outcome: str) -> None:
+        if self.watcher is not None:
+            await self.watcher.tool_finished(name, outcome)
+
+
+def _joined(before: str, now: str) -> str:
+    return f"{before}\n\n{now}" if before and now else before or now
+
+
+async def run_agent(
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    tools: list[BaseTool],
+    *,
+    toolbox: Toolbox,
+    prompts: PromptSet,
+    max_steps: int,
+    classify: Callable[[BaseException], ModelError],
+    retries: int,
+    stream: AnswerStream | None = None,
+    watcher: ToolWatcher | None = None,
+) -> ModelAnswer:
+    """The answer to `messages` (the rendered prompt), calling `tools` as the model asks."""
+    by_name = {tool.name: tool for tool in tools}
+    bound = model.bind_tools(tools) if tools else model
+    card = _Card(stream) if stream is not None else None
+    watch = _Watch(card, watcher)
+    said: list[str] = []  # the text of each round, in order
+    conversation = list(messages)
+    acted = False
+    for step in range(max_steps + 1):
+        last = step == max_steps or not tools
+        try:
+            answer = await ask(
+                model if last else bound, conversation, card, classify=classify, retries=retries
+            )
+        except ModelError as error:
+            if acted:
+                raise ToolsUsedError(
+                    error.kind, error.cause, error.fix, cause_zh=error.cause_zh, fix_zh=error.fix_zh
+                ) from error
+            raise
+        if answer.text:
+            said.append(answer.text)
+        reply = answer.message
+        calls = reply.tool_calls if isinstance(reply, AIMessage) and not last else []
+        if not calls or reply is None:
+            return ModelAnswer("\n\n".join(said), answer.truncated, reply)
+        conversation.append(reply)
+        acted = True
+        for number, call in enumerate(calls):
+            if number >= MAX_CALLS_PER_ROUND:
+                conversation.append(
+                    ToolMessage(
+                        prompts.tool_result("too_many", limit=MAX_CALLS_PER_ROUND),
+                        tool_call_id=call.get("id") or "",
+                        name=call["name"],
+                        status="error",
+                    )
+                )
+                continue
+            conversation.append(await toolbox.call(call, by_name, prompts, watch))
+        if card is not None:
+            card.before = "\n\n".join(said)
+    raise AssertionError("unreachable")  # pragma: no cover

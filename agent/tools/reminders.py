@@ -1,0 +1,343 @@
+"""Reminders: when they are due (the person's time resolved by the model, checked here), recurrence
+(dateutil's rrule), and the `reminders` table. Firing — the row claimed and its message written to the
+outbox in one transaction — is the delivery side's (api/delivery/reminders.py), through `claim_due`."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from dateutil.rrule import DAILY, FR, MO, MONTHLY, TH, TU, WE, WEEKLY, rrule
+from pydantic import TypeAdapter, ValidationError
+
+from agent.messages import IncomingMessage, message_from_json, message_to_json
+from agent.storage.connection import Connection, transaction
+from agent.storage.database import Database
+
+MAX_AHEAD = timedelta(days=366)  # "within a year"
+PAST_SLACK = timedelta(seconds=30)  # a time the model resolved to this minute is not "in the past"
+MAX_TEXT_CHARS = 500
+CHANNEL = "dingbot_reminders"  # NOTIFY: another replica's reminders changed (its timer re-arms)
+_DURATION = TypeAdapter(timedelta)
+
+
+class Repeat(enum.StrEnum):
+    DAILY = "daily"
+    WEEKDAYS = "weekdays"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+_REPEAT_WORDS = {
+    "daily": Repeat.DAILY, "every day": Repeat.DAILY, "每天": Repeat.DAILY,
+    "weekdays": Repeat.WEEKDAYS, "workdays": Repeat.WEEKDAYS, "每个工作日": Repeat.WEEKDAYS,
+    "工作日": Repeat.WEEKDAYS,
+    "weekly": Repeat.WEEKLY, "every week": Repeat.WEEKLY, "每周": Repeat.WEEKLY,
+    "monthly": Repeat.MONTHLY, "every month": Repeat.MONTHLY, "每月": Repeat.MONTHLY,
+}  # fmt: skip
+_NO_REPEAT = {"", "none", "no", "once", "null", "不重复", "一次"}
+
+
+class ReminderProblem(Exception):
+    """A reminder that cannot be set: `key` names the sentence in replies.yaml (`reminders.<key>`)."""
+
+    def __init__(self, key: str, **values: object) -> None:
+        super().__init__(key)
+        self.key = key
+        self.values = values
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    id: int
+    person_id: str
+    text: str
+    due_at: float  # epoch seconds of the next firing
+    repeat: Repeat | None
+    anchor: datetime  # the first due time, local (the recurrence's start)
+    origin: IncomingMessage  # where it was asked: the conversation, the person (no message text)
+    fired: int = 0
+
+    def due_local(self) -> datetime:
+        return datetime.fromtimestamp(self.due_at, self.anchor.tzinfo)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A checked reminder, not stored yet."""
+
+    due: datetime
+    text: str
+    repeat: Repeat | None
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """A due reminder claimed for one firing: its message is to be written in the same transaction."""
+
+    reminder: Reminder
+    due_at: float  # the occurrence that fired
+    late_seconds: float
+    dropped: bool  # missed by more than REMINDER_GRACE_SECONDS: not sent, logged
+
+    @property
+    def key(self) -> str:
+        """The outbox key of this occurrence: one message per reminder and due time, whoever fires it."""
+        return f"reminder:{self.reminder.id}:{round(self.due_at)}"
+
+
+def parse_repeat(value: str | None) -> Repeat | None:
+    word = (value or "").strip().lower()
+    if word in _NO_REPEAT:
+        return None
+    if word in _REPEAT_WORDS:
+        return _REPEAT_WORDS[word]
+    raise ReminderProblem("bad_repeat", repeat=value)
+
+
+def resolve_when(when: str, now: datetime) -> datetime:
+    """The due time of `when`: an ISO 8601 duration from now ("PT20M", "P1DT2H") or a date and time
+    ("2026-12-04T09:00", local to `now`'s zone unless it carries an offset). Raises ReminderProblem."""
+    text = when.strip()
+    tz = now.tzinfo
+    if text[:1] in ("P", "p", "+"):
+        try:
+            delta = _DURATION.validate_python(text.lstrip("+").upper())
+        except ValidationError:
+            raise ReminderProblem("bad_time", when=when) from None
+        return now + delta
+    try:
+        due = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReminderProblem("bad_time", when=when) from None
+    return due.replace(tzinfo=tz) if due.tzinfo is None else due.astimezone(tz)
+
+
+def check_due(due: datetime, now: datetime) -> None:
+    if due < now - PAST_SLACK:
+        raise ReminderProblem("past", when=f"{due:%Y-%m-%d %H:%M}")
+    if due > now + MAX_AHEAD:
+        raise ReminderProblem("too_far")
+
+
+def _rule(repeat: Repeat, anchor: datetime) -> rrule:
+    start = anchor.replace(tzinfo=None)  # local wall time: 09:00 stays 09:00 across DST changes
+    if repeat is Repeat.DAILY:
+        return rrule(DAILY, dtstart=start)
+    if repeat is Repeat.WEEKDAYS:
+        return rrule(DAILY, dtstart=start, byweekday=(MO, TU, WE, TH, FR))
+    if repeat is Repeat.WEEKLY:
+        return rrule(WEEKLY, dtstart=start)
+    # Monthly on the 31st: the last day of shorter months (rrule alone would skip them).
+    return rrule(MONTHLY, dtstart=start, bymonthday=(start.day, -1), bysetpos=1)
+
+
+def next_occurrence(repeat: Repeat, anchor: datetime, after: datetime) -> datetime:
+    """The first occurrence strictly after `after`, in the anchor's zone."""
+    tz = anchor.tzinfo
+    found: datetime | None = _rule(repeat, anchor).after(after.astimezone(tz).replace(tzinfo=None))
+    assert found is not None  # these rules never end
+    return found.replace(tzinfo=tz)
+
+
+def first_occurrence(repeat: Repeat | None, due: datetime) -> datetime:
+    """A repeating reminder starts on its first real occurrence ("every weekday 18:00" asked on Saturday)."""
+    if repeat is None:
+        return due
+    return next_occurrence(repeat, due, due - timedelta(seconds=1))
+
+
+_COLUMNS = "id, person_id, text, due_at, repeat, anchor, timezone, origin, fired"
+_INSERT = (
+    "INSERT INTO reminders (person_id, text, due_at, repeat, anchor, timezone, origin, state, fired, "
+    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?) "
+    "RETURNING id, person_id, text, due_at, repeat, anchor, timezone, origin, fired"
+)
+
+
+def _reminder(row: tuple[Any, ...]) -> Reminder:
+    tz = ZoneInfo(str(row[6]))
+    return Reminder(
+        id=int(row[0]),
+        person_id=str(row[1]),
+        text=str(row[2]),
+        due_at=float(row[3]),
+        repeat=Repeat(row[4]) if row[4] else None,
+        anchor=datetime.fromisoformat(str(row[5])).replace(tzinfo=tz),
+        origin=message_from_json(str(row[7])),
+        fired=int(row[8]),
+    )
+
+
+def claim_due(conn: Connection, now: float, grace_seconds: float, limit: int = 200) -> list[Firing]:
+    """Inside the caller's transaction: take every reminder due by `now` for one firing each. A reminder
+    moves to its next occurrence (or ends) by a compare-and-set on its due time, so of two checks
+    running at once (two replicas, the timer and the periodic check) exactly one fires it."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM reminders WHERE state = 'active' AND due_at <= ? "  # noqa: S608
+        "ORDER BY due_at LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    firings: list[Firing] = []
+    for row in rows:
+        reminder = _reminder(row)
+        late = now - reminder.due_at
+        if reminder.repeat is None:
+            moved = conn.execute(
+                "UPDATE reminders SET state = 'done', fired = fired + 1, origin = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'active' AND due_at = ?",
+                (_spent_origin(reminder.origin), now, reminder.id, reminder.due_at),
+            ).rowcount
+        else:
+            local_now = datetime.fromtimestamp(now, reminder.anchor.tzinfo)
+            following = next_occurrence(reminder.repeat, reminder.anchor, local_now).timestamp()
+            moved = conn.execute(
+                "UPDATE reminders SET due_at = ?, fired = fired + 1, updated_at = ? "
+                "WHERE id = ? AND state = 'active' AND due_at = ?",
+                (following, now, reminder.id, reminder.due_at),
+            ).rowcount
+        if moved == 1:
+            firings.append(Firing(reminder, reminder.due_at, max(late, 0.0), dropped=late > grace_seconds))
+    return firings
+
+
+def _spent_origin(origin: IncomingMessage) -> str:
+    """A fired one-off reminder keeps no session webhook (a credential it no longer needs)."""
+    return message_to_json(replace(origin, reply_url=""))
+
+
+class ReminderBook:
+    """A person's reminders: add (validated), list, cancel — always one person's own — and the next due
+    time for the timer. `on_change` hears every change made here (the timer re-arms)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        timezone: ZoneInfo,
+        max_per_person: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self.timezone = timezone
+        self._max = max_per_person
+        self.clock = clock
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    async def changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+        await self._db.notify(CHANNEL, "")
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), self.timezone)
+
+    def plan(self, when: str, text: str, repeat: str | None) -> Plan:
+        """Check a reminder before it is stored. Raises ReminderProblem (a sentence to say)."""
+        text = " ".join(text.split())[:MAX_TEXT_CHARS]
+        if not text:
+            raise ReminderProblem("no_text")
+        every = parse_repeat(repeat)
+        now = self.now()
+        due = first_occurrence(every, resolve_when(when, now))
+        check_due(due, now)
+        return Plan(due, text, every)
+
+    async def add(self, message: IncomingMessage, plan: Plan) -> Reminder:
+        """Store a planned reminder for the speaker of `message` (at most MAX_REMINDERS_PER_PERSON)."""
+        due, text, every = plan.due, plan.text, plan.repeat
+        origin = message_to_json(replace(message, text=""))
+        stamp = self.clock()
+
+        def write(conn: Connection) -> Reminder | None:
+            with transaction(conn):
+                count = conn.execute(
+                    "SELECT COUNT(*) FROM reminders WHERE person_id = ? AND state = 'active'",
+                    (message.person_id,),
+                ).fetchone()[0]
+                if int(count) >= self._max:
+                    return None
+                row = conn.execute(
+                    _INSERT,
+                    (
+                        message.person_id,
+                        text,
+                        due.timestamp(),
+                        every.value if every else None,
+                        due.replace(tzinfo=None).isoformat(),
+                        str(self.timezone.key),
+                        origin,
+                        stamp,
+                        stamp,
+                    ),
+                ).fetchone()
+                return _reminder(row)
+
+        reminder = await self._db.run(write)
+        if reminder is None:
+            raise ReminderProblem("too_many", limit=self._max)
+        await self.changed()
+        return reminder
+
+    async def active(self, person_id: str) -> list[Reminder]:
+        """The person's pending reminders, soonest first."""
+
+        def read(conn: Connection) -> list[Reminder]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM reminders WHERE person_id = ? AND state = 'active' "  # noqa: S608
+                "ORDER BY due_at, id",
+                (person_id,),
+            ).fetchall()
+            return [_reminder(r) for r in rows]
+
+        return await self._db.run(read)
+
+    async def cancel(self, person_id: str, reminder_id: int) -> Reminder | None:
+        """Cancel one of the person's own reminders; None when they have no such pending reminder."""
+
+        def write(conn: Connection) -> Reminder | None:
+            with transaction(conn):
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM reminders WHERE id = ? AND person_id = ? "  # noqa: S608
+                    "AND state = 'active'",
+                    (reminder_id, person_id),
+                ).fetchone()
+                if row is None:
+                    return None
+                conn.execute(
+                    "UPDATE reminders SET state = 'cancelled', origin = ?, updated_at = ? WHERE id = ?",
+                    (_spent_origin(_reminder(row).origin), self.clock(), reminder_id),
+                )
+                return _reminder(row)
+
+        cancelled = await self._db.run(write)
+        if cancelled is not None:
+            await self.changed()
+        return cancelled
+
+    async def next_due(self) -> float | None:
+        """When the soonest pending reminder of anyone is due (epoch seconds)."""
+
+        def read(conn: Connection) -> float | None:
+            row = conn.execute("SELECT MIN(due_at) FROM reminders WHERE state = 'active'").fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._db.run(read)
+
+    async def purge_older_than(self, cutoff: float) -> int:
+        """Fired and cancelled reminders, once RETENTION_DAYS old."""
+
+        def delete(conn: Connection) -> int:
+            return conn.execute(
+                "DELETE FROM reminders WHERE state <> 'active' AND updated_at < ?", (cutoff,)
+            ).rowcount
+
+        return await self._db.run(delete)

@@ -29,6 +29,7 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     received_at: float = 0.0  # time.monotonic() when it arrived
+    received_epoch: float = 0.0  # time.time() when it arrived (to compare with stored due times)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -80,6 +81,7 @@ class LocalServer:
                     {k.lower(): v for k, v in self.headers.items()},
                     body,
                     time.monotonic(),
+                    time.time(),
                 )
                 with owner._arrived:
                     owner.requests.append(item)

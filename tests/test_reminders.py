@@ -1,0 +1,337 @@
+"""Reminders: when they are due, recurrence, and firing — on time through the running service, once,
+after a restart, late with a note, dropped past the grace, where they were asked (webhook, OpenAPI, the
+group with an @) — and told at once when they could never arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from agent.messages import IncomingMessage
+from agent.model.mock_tools import tool_calls_for
+from agent.settings.config import Settings
+from agent.storage.database import Database
+from agent.tools.reminders import (
+    ReminderBook,
+    ReminderProblem,
+    Repeat,
+    next_occurrence,
+    parse_repeat,
+    resolve_when,
+)
+from api.delivery.courier import Courier
+from api.delivery.outbox import Outbox
+from api.delivery.reminders import ReminderClock, ReminderReach
+from api.dingtalk.sender import SessionWebhookSender
+from tests.assistants import person_message
+from tests.conftest import SECRET, RunningApp, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk, Recorded
+from tests.store import sql
+from tests.waiting import wait_until
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def set_in(app: RunningApp, fake_dingtalk: FakeDingTalk, seconds: int, text: str, **fields: Any) -> None:
+    """Ask the running (mock) service for a reminder `seconds` from now, as the model would call it."""
+    args = json.dumps({"when": f"PT{seconds}S", "text": text}, ensure_ascii=False)
+    body = callback(fake_dingtalk.webhook(), f"用工具 set_reminder {args}", **fields)
+    assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 200
+
+
+def reminder_posts(fake_dingtalk: FakeDingTalk) -> list[Recorded]:
+    return [r for r in fake_dingtalk.requests if r.method == "POST" and "⏰" in r.body.decode()]
+
+
+# --- when, and how often ---------------------------------------------------------------------------
+
+
+def test_times_in_the_models_forms_resolve_against_now() -> None:
+    now = datetime(2026, 12, 3, 21, 17, 30, tzinfo=SHANGHAI)
+    assert resolve_when("PT3M", now) == now + timedelta(minutes=3)
+    assert resolve_when("P1DT2H", now) == now + timedelta(days=1, hours=2)
+    assert resolve_when("2026-12-04T09:00", now) == datetime(2026, 12, 4, 9, 0, tzinfo=SHANGHAI)
+    assert resolve_when("2026-12-04T01:00Z", now) == datetime(2026, 12, 4, 9, 0, tzinfo=SHANGHAI)
+    for bad in ("明天", "PT", "2026-13-40T99:00", ""):
+        with pytest.raises(ReminderProblem) as caught:
+            resolve_when(bad, now)
+        assert caught.value.key == "bad_time"
+
+
+def test_repeat_words() -> None:
+    assert parse_repeat(None) is None
+    assert parse_repeat("") is None
+    assert parse_repeat("每个工作日") is Repeat.WEEKDAYS
+    assert parse_repeat("Monthly") is Repeat.MONTHLY
+    with pytest.raises(ReminderProblem):
+        parse_repeat("every full moon")
+
+
+def test_monthly_on_the_31st_falls_on_the_last_day_of_shorter_months() -> None:
+    anchor = datetime(2027, 1, 31, 9, 0, tzinfo=SHANGHAI)
+    seen, at = [], anchor
+    for _ in range(4):
+        at = next_occurrence(Repeat.MONTHLY, anchor, at)
+        seen.append(at.date().isoformat())
+    assert seen == ["2027-02-28", "2027-03-31", "2027-04-30", "2027-05-31"]
+
+
+def test_weekdays_skip_the_weekend_and_daily_keeps_the_wall_time_across_dst() -> None:
+    friday = datetime(2026, 12, 4, 18, 0, tzinfo=SHANGHAI)
+    assert next_occurrence(Repeat.WEEKDAYS, friday, friday).date().isoformat() == "2026-12-07"
+    new_york = ZoneInfo("America/New_York")
+    anchor = datetime(2027, 3, 13, 9, 0, tzinfo=new_york)  # the clocks go forward on March 14
+    after = next_occurrence(Repeat.DAILY, anchor, anchor)
+    assert (after.hour, after.utcoffset()) == (9, timedelta(hours=-4))
+    assert after.timestamp() - anchor.timestamp() == 23 * 3600  # a day of 23 hours
+
+
+@pytest.mark.parametrize(
+    ("text", "call"),
+    [
+        ("3分钟后提醒我喝水", {"when": "PT3M", "text": "喝水"}),
+        ("半小时后提醒我开会", {"when": "PT30M", "text": "开会"}),
+        ("两小时后提醒我收快递。", {"when": "PT2H", "text": "收快递"}),
+        ("明天上午9点提醒我交周报", {"when": "2026-12-04T09:00", "text": "交周报"}),
+        ("明天下午3点半提醒我打电话", {"when": "2026-12-04T15:30", "text": "打电话"}),
+        ("下周一早上提醒我周会", {"when": "2026-12-07T09:00", "text": "周会"}),
+        (
+            "每个工作日 18:00 提醒我写日报",
+            {"when": "2026-12-03T18:00", "text": "写日报", "repeat": "weekdays"},
+        ),
+        ("remind me in 20 minutes to call Li", {"when": "PT20M", "text": "call Li"}),
+        (
+            "remind me tomorrow at 9am to send the report",
+            {"when": "2026-12-04T09:00", "text": "send the report"},
+        ),
+    ],
+)
+def test_the_mock_model_reads_common_reminder_phrasings(text: str, call: dict[str, Any]) -> None:
+    system = "当前时间：2026-12-03 10:05 星期四（时区 Asia/Shanghai）"
+    [made] = tool_calls_for(text, system, {"set_reminder", "list_reminders", "cancel_reminder"})
+    assert made["name"] == "set_reminder"
+    assert made["args"] == call
+
+
+# --- firing -------------------------------------------------------------------------------------
+
+
+def test_a_reminder_fires_at_its_due_time_by_the_timer_once(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    """The periodic check runs once an hour here: only the timer armed for the due time can fire it."""
+    settings = make_settings(check_interval_seconds=3600)
+    with serve(settings) as app:
+        set_in(app, fake_dingtalk, 2, "喝水")
+        [confirmation] = fake_dingtalk.wait_for(1)
+        assert "提醒你：喝水" in confirmation.json()["text"]["content"]
+        [reminder] = wait_until(lambda: reminder_posts(fake_dingtalk), what="the reminder")
+        [(due_at, state, fired)] = sql(settings, "SELECT due_at, state, fired FROM reminders")
+    assert reminder.json()["text"]["content"] == "⏰ 提醒：喝水"
+    assert reminder.received_epoch >= due_at  # never early
+    assert (state, fired) == ("done", 1)
+    assert len(reminder_posts(fake_dingtalk)) == 1
+    [(msg_id, sent)] = sql(settings, "SELECT msg_id, state FROM outbox WHERE msg_id LIKE 'reminder:%'")
+    assert sent == "sent"
+    assert msg_id == f"reminder:1:{round(due_at)}"
+    assert (
+        sql(settings, "SELECT origin FROM reminders")[0][0].count("sendBySession") == 0
+    )  # spent: no webhook
+
+
+def test_a_reminder_set_before_a_restart_arrives_once_after_it(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    settings = make_settings(check_interval_seconds=3600)
+    with serve(settings) as app:
+        set_in(app, fake_dingtalk, 2, "吃药")
+        fake_dingtalk.wait_for(1)
+    [(due_at,)] = sql(settings, "SELECT due_at FROM reminders")
+    assert reminder_posts(fake_dingtalk) == []
+    while time.time() < due_at:  # down over its due time
+        time.sleep(0.1)
+    with serve(settings) as app:
+        [reminder] = wait_until(lambda: reminder_posts(fake_dingtalk), what="the reminder after the restart")
+        assert reminder.json()["text"]["content"] == "⏰ 提醒：吃药"  # a few seconds late: no note
+    with serve(settings):  # a third start finds nothing more to fire
+        pass
+    assert len(reminder_posts(fake_dingtalk)) == 1
+
+
+def test_missed_while_down_it_says_how_late_and_past_the_grace_it_is_dropped(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(check_interval_seconds=3600, reminder_grace_seconds=3600)
+    with serve(settings) as app:
+        set_in(app, fake_dingtalk, 600, "交周报")
+        fake_dingtalk.wait_for(1)
+        set_in(app, fake_dingtalk, 600, "过期的事")
+        fake_dingtalk.wait_for(2)
+    now = time.time()
+    sql(settings, "UPDATE reminders SET due_at = ? WHERE id = 1", now - 12 * 60)
+    sql(settings, "UPDATE reminders SET due_at = ? WHERE id = 2", now - 3700)
+    caplog.set_level(logging.INFO)
+    with serve(settings):
+        [late] = wait_until(lambda: reminder_posts(fake_dingtalk), what="the late reminder")
+    text = late.json()["text"]["content"]
+    assert text.startswith("⏰ 提醒：交周报\n（本应在 ")
+    assert "晚了 12 分钟：当时服务不在线" in text or "晚了 13 分钟：当时服务不在线" in text
+    assert len(reminder_posts(fake_dingtalk)) == 1
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped == [
+        f"reminder 2 dropped: due {dropped[0].split('due ')[1].split(' s')[0]} s ago, past "
+        "REMINDER_GRACE_SECONDS=3600 (the service was down)"
+    ]
+    assert "过期的事" not in caplog.text
+    assert sql(settings, "SELECT id, state FROM reminders ORDER BY id") == [(1, "done"), (2, "done")]
+
+
+def test_two_checks_at_once_fire_each_reminder_exactly_once(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    """Two processes' periodic checks (two databases objects: two connections, on PostgreSQL two
+    sessions) fire 40 due reminders at the same moment: 40 messages, none twice."""
+    settings = make_settings()
+    now = [time.time()]
+
+    async def go() -> tuple[int, int]:
+        first, second = Database.for_settings(settings), Database.for_settings(settings)
+        await first.open()
+        await second.open()
+        async with httpx.AsyncClient() as http:
+            clocks = []
+            for database in (first, second):
+                book = ReminderBook(database, timezone=SHANGHAI, max_per_person=100, clock=lambda: now[0])
+                courier = Courier(
+                    outbox=Outbox(database), webhook=SessionWebhookSender(http), openapi=None, robot=None
+                )
+                clocks.append(
+                    (
+                        book,
+                        ReminderClock(
+                            book=book,
+                            database=database,
+                            courier=courier,
+                            prompts_for=prompts,
+                            settings=settings,
+                        ),
+                    )
+                )
+            book = clocks[0][0]
+            for n in range(40):
+                message = person_message(reply_url=fake_dingtalk.webhook(), person_id=f"corp:p{n % 4}")
+                await book.add(message, book.plan("PT1M", f"事情{n}", None))
+            now[0] += 61
+            counts = await asyncio.gather(*(clock.fire_due() for _, clock in clocks))
+            for _, clock in clocks:
+                await clock.stop()
+        await first.close()
+        await second.close()
+        return counts[0], counts[1]
+
+    from agent.prompts.library import PromptLibrary
+
+    library = PromptLibrary(settings.prompts_dir)
+
+    def prompts(message: IncomingMessage) -> Any:
+        return library.for_conversation(message.conversation_id)
+
+    one, other = asyncio.run(go())
+    assert one + other == 40
+    texts = sorted(r.json()["text"]["content"] for r in reminder_posts(fake_dingtalk))
+    assert texts == sorted(f"⏰ 提醒：事情{n}" for n in range(40))
+    assert sql(settings, "SELECT COUNT(*) FROM outbox WHERE msg_id LIKE 'reminder:%'") == [(40,)]
+
+
+# --- where it goes ------------------------------------------------------------------------------
+
+
+def test_no_route_at_the_due_time_is_said_when_the_reminder_is_set(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    settings = make_settings()
+    soon = int(time.time() * 1000) + 5 * 60 * 1000  # the session webhook expires in 5 minutes
+    with serve(settings) as app:
+        body = callback(fake_dingtalk.webhook(), "明天上午9点提醒我交周报", sessionWebhookExpiredTime=soon)
+        app.post_callback(encode(body), signed_headers(SECRET))
+        [answer] = fake_dingtalk.wait_for(1)
+    text = answer.json()["text"]["content"]
+    assert "到时候我发不出去" in text
+    assert "DINGTALK_CLIENT_ID 和 DINGTALK_CLIENT_SECRET" in text
+    assert sql(settings, "SELECT COUNT(*) FROM reminders") == [(0,)]
+
+
+def test_reachability_rules() -> None:
+    message = person_message(reply_url="https://oapi.dingtalk.com/robot/sendBySession?session=x")
+    expires = int(time.time() * 1000) + 90 * 60 * 1000
+    message = replace(message, reply_url_expires_ms=expires)
+    bare = Settings(_env_file=None, force_mock_openai=True)  # type: ignore[call-arg]
+    app = Settings(  # type: ignore[call-arg]
+        _env_file=None, force_mock_openai=True, dingtalk_client_id="k", dingtalk_client_secret="s"
+    )
+    soon, tomorrow = time.time() + 600, time.time() + 86400
+    assert ReminderReach(bare).problem(message, soon, repeats=False) is None  # the webhook lasts
+    assert ReminderReach(bare).problem(message, tomorrow, repeats=False).why == "no_app_credentials"  # type: ignore[union-attr]
+    assert ReminderReach(bare).problem(message, soon, repeats=True).why == "no_app_credentials"  # type: ignore[union-attr]
+    assert ReminderReach(app).problem(message, tomorrow, repeats=True) is None
+    external = replace(message, sender_staff_id="")
+    problem = ReminderReach(app).problem(external, tomorrow, repeats=False)
+    assert problem is not None
+    assert (problem.why, problem.settings) == ("external_user", "")
+    assert problem.before == pytest.approx(expires / 1000 - 30)
+    group_guest = replace(external, is_group=True)
+    assert ReminderReach(app).problem(group_guest, tomorrow, repeats=False) is None  # the group send
+
+
+@pytest.fixture
+def app_settings(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "dingtalk_client_id": "dingappkey",
+            "dingtalk_client_secret": "app-secret-value",
+            "dingtalk_api_base": fake_dingtalk.url,
+            "check_interval_seconds": 3600,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build
+
+
+def test_in_a_group_after_the_webhook_expired_it_goes_by_the_group_send_with_an_at(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    expired_soon = int(time.time() * 1000) + 5_000  # inside the courier's margin: not used
+    with serve(app_settings()) as app:
+        set_in(app, fake_dingtalk, 1, "开会", group=True, sessionWebhookExpiredTime=expired_soon)
+        wait_until(lambda: len(fake_dingtalk.posts("/v1.0/robot/groupMessages/send")) >= 2, what="2 sends")
+    confirmation, reminder = (r.json() for r in fake_dingtalk.posts("/v1.0/robot/groupMessages/send"))
+    assert "提醒你：开会" in json.loads(confirmation["msgParam"])["content"]
+    assert reminder["openConversationId"] == "cidGroupAbc/x+1=="
+    assert json.loads(reminder["msgParam"])["content"] == "@042217062297 ⏰ 提醒：开会"
+    assert fake_dingtalk.replies() == []  # nothing through the expired webhook
+
+
+def test_one_to_one_after_the_webhook_expired_it_goes_by_the_one_to_one_send(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    expired_soon = int(time.time() * 1000) + 5_000
+    with serve(app_settings()) as app:
+        set_in(app, fake_dingtalk, 1, "喝水", sessionWebhookExpiredTime=expired_soon)
+        wait_until(lambda: len(fake_dingtalk.posts("/v1.0/robot/oToMessages/batchSend")) >= 2, what="2 sends")
+    reminder = fake_dingtalk.posts("/v1.0/robot/oToMessages/batchSend")[1].json()
+    assert reminder["userIds"] == ["042217062297"]
+    assert json.loads(reminder["msgParam"])["content"] == "⏰ 提醒：喝水"

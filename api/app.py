@@ -17,6 +17,7 @@ from agent.assembly import open_agent
 from agent.model.health import ModelState
 from agent.settings.choices import DingTalkMode
 from agent.settings.config import Settings
+from agent.tools.mcp import McpServers
 from api.alerts import OperatorAlerts, ServiceObserver
 from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
@@ -129,8 +130,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(http.aclose)
         metrics = Metrics(settings.longest_answer_seconds)
         observer = ServiceObserver(metrics)
+        mcp = None
+        if settings.mcp_config is not None:  # a file that is not an MCP config stops startup in one line
+            mcp = McpServers.from_file(
+                settings.mcp_config,
+                settings.tool_timeout_seconds,
+                retry_base_seconds=settings.check_interval_seconds,  # a failed one is tried again from then
+            )
+            stack.push_async_callback(mcp.stop)
+            await mcp.start()  # each ready or failed (one warning): the service starts either way
         agent = await stack.enter_async_context(
-            open_agent(settings, observer=observer, reachability=ReminderReach(settings))
+            open_agent(settings, observer=observer, reachability=ReminderReach(settings), mcp=mcp)
         )
         database, assistant, memory, history = (
             agent.database,
@@ -181,9 +191,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             model=health,
             memory=memory,
             reminders=reminders,
+            mcp=mcp,
         )
         services = Services(settings, database, assistant, dispatcher, memory, check, metrics, courier)
-        services.reminders = reminders
+        services.reminders, services.mcp = reminders, mcp
         if settings.uses_stream:
             services.stream = StreamConnection(
                 settings=settings,

@@ -8,6 +8,7 @@ from agent.assistant import Assistant
 from agent.memory.service import MemoryService
 from agent.settings.config import Settings
 from agent.storage.database import Database
+from agent.tools.mcp import McpServers
 from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.housekeeping import PeriodicCheck
@@ -29,4 +30,5 @@ class Services:
     courier: Courier
     stream: StreamConnection | None = None  # DINGTALK_MODE=stream|both
     reminders: ReminderClock | None = None
+    mcp: McpServers | None = None  # MCP_CONFIG
     parked: ParkedMessages = field(default_factory=ParkedMessages)  # Stream messages while the database fails

@@ -75,6 +75,9 @@ class FakeMcp:
     def timeout_for(self, tool: str) -> float | None:
         return self.timeout if any(t.name == tool for t in self.tools) else None
 
+    def call_failed(self, tool: str, error: BaseException) -> None:
+        return
+
 
 @asynccontextmanager
 async def agent(settings: Settings, **extra: Any) -> AsyncIterator[AgentParts]:

@@ -51,6 +51,8 @@ class McpTools(Protocol):
 
     def timeout_for(self, tool: str) -> float | None: ...
 
+    def call_failed(self, tool: str, error: BaseException) -> None: ...
+
 
 class ToolWatcher(Protocol):
     """Who shows tool calls as they happen (`dingbot chat`, an AI card's status line)."""
@@ -132,6 +134,8 @@ class Toolbox:
             return "timeout", prompts.tool_result("timeout", tool=name, seconds=f"{seconds:g}")
         except Exception as exc:
             log.debug("tool %s failure detail", name, exc_info=True)
+            if mcp_timeout is not None and self.mcp is not None:
+                self.mcp.call_failed(name, exc)
             return "error", prompts.tool_result("failed", tool=name, reason=_reason(exc))
         text = _as_text(result)
         limit = self.settings.tool_result_max_chars

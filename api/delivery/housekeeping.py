@@ -1,6 +1,6 @@
 """The periodic check, every CHECK_INTERVAL_SECONDS: send due replies, fire due reminders (the safety net
-behind their timer), resume stuck work, expire old rows, check a failing model endpoint again, and open
-long-term memory again when its vector server is back."""
+behind their timer), resume stuck work, expire old rows, check a failing model endpoint again, open
+long-term memory again when its vector server is back, and start again MCP servers that failed."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService
 from agent.model.health import ModelHealth, ModelState
 from agent.storage.health import StorageError
+from agent.tools.mcp import McpServers
 from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.inbox import MAX_ATTEMPTS, Inbox
@@ -40,7 +41,9 @@ class PeriodicCheck:
         model: ModelHealth | None = None,
         memory: MemoryService | None = None,
         reminders: ReminderClock | None = None,
+        mcp: McpServers | None = None,
     ) -> None:
+        self._mcp = mcp
         self._reminders = reminders
         self._memory = memory
         self._limiter = limiter
@@ -85,6 +88,8 @@ class PeriodicCheck:
         if self._memory is not None and not self._memory.available and self._memory.settings.vector_server:
             with contextlib.suppress(TimeoutError):  # the vector server may be back: memory on again
                 await asyncio.wait_for(self._memory.reopen(), MODEL_CHECK_BUDGET_SECONDS)
+        if self._mcp is not None:
+            await self._mcp.revive()  # MCP servers that failed start again, in the background
         given_up = await self._inbox.count_given_up()
         if given_up != self._reported_given_up:
             self._reported_given_up = given_up

@@ -41,8 +41,19 @@ async def healthz(services: ServicesDep, local: LocalPeer) -> JSONResponse:
             "problems": prompts.problems if local else len(prompts.problems),
             **({"groups": prompts.group_files()} if local else {}),  # override file -> conversation ids
         },
+        **({"mcp": _mcp(services, local)} if services.mcp is not None else {}),
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)
+
+
+def _mcp(services: Services, local: bool) -> dict[str, dict[str, object]]:
+    """Each MCP server's state and tools; why one failed (its command or host) only to this machine."""
+    assert services.mcp is not None
+    status = services.mcp.status()
+    if not local:
+        for server in status.values():
+            server.pop("detail", None)
+    return status
 
 
 def stream_blocks_readiness(mode: DingTalkMode, status: StreamStatus) -> bool:

@@ -54,6 +54,41 @@ class PromptRecorder:
         self.handler = Handler()
 
 
+class ToolCalls:
+    """Shows the model's tool calls as they happen (agent.tools.toolbox.ToolWatcher)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+
+    async def tool_started(self, name: str, args: dict[str, Any], status: str) -> None:
+        shown = ", ".join(f"{key}={value!r}" for key, value in args.items())
+        self.say(f"  🔧 {name}({shown}) · {status}")
+
+    async def tool_finished(self, name: str, outcome: str) -> None:
+        self.say(f"  🔧 {name} → {outcome}")
+
+
+async def fire_reminders(agent: Any, say: Callable[[str], None], every_seconds: float = 1.0) -> None:
+    """Reminders set in the chat fire in the terminal while it is open (a later chat fires the missed
+    ones, late). The service fires its own, through DingTalk."""
+    from agent.storage.connection import transaction
+    from agent.tools.reminders import claim_due
+    from agent.tools.toolbox import fired_text
+
+    settings = agent.assistant.settings
+    prompts = agent.prompts.defaults
+
+    def claim(conn: Any) -> list[Any]:
+        with transaction(conn):
+            return claim_due(conn, agent.reminders.clock(), settings.reminder_grace_seconds)
+
+    while True:
+        for firing in await agent.database.run(claim):
+            if not firing.dropped:
+                say(f"\n{settings.bot_name}> {fired_text(prompts, firing)}")
+        await asyncio.sleep(every_seconds)
+
+
 def _echoing_input(prompt: str) -> str:
     """`input`, and when the lines come from a pipe or file, the line shown after the prompt as if typed."""
     line = input(prompt)
@@ -112,12 +147,19 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
     user = args.user
     is_group = args.group is not None
     conversation_id = args.conversation_id or (f"chat-group:{args.group}" if is_group else f"chat:{user}")
+    mcp = None
+    if settings.mcp_config is not None:  # the operator's MCP servers, started for this chat
+        from agent.tools.mcp import McpServers
+
+        mcp = McpServers.from_file(settings.mcp_config, settings.tool_timeout_seconds)
+        await mcp.start()
     async with open_agent(
         settings,
         memory=not args.no_memory,
         prompts=library,
         model=answering,
         extraction_model=build_extraction_model(settings),
+        mcp=mcp,
     ) as agent:
         bot = settings.bot_name
         model_name = "mock" if settings.mock_mode else settings.openai_model
@@ -127,7 +169,11 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
         place = f"group 「{args.group}」" if is_group else "one-to-one"
         say(f"you are {args.nick or user} (id {user}), {place}, conversation {conversation_id}")
         say("prompt files are reloaded when they change · /prompt shows the last prompt · /quit leaves")
+        if agent.assistant.settings.agent_max_steps:
+            say("tools: reminders (they fire here while the chat is open)" + (" and MCP" if mcp else ""))
         say()
+        watcher = ToolCalls(say)
+        firing = asyncio.create_task(fire_reminders(agent, say), name="chat-reminders")
         version = library.version
         number = 0
         while True:
@@ -166,7 +212,11 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
                         say(f"  ✗ {problem}")
                 else:
                     say(f"(prompts reloaded: version {version})")
-            reply = await agent.assistant.reply(message)
+            reply = await agent.assistant.reply(message, watcher=watcher)
             say(f"{bot}> {reply.text}")
             await agent.assistant.remember(message, reply)
+        firing.cancel()
+        await asyncio.gather(firing, return_exceptions=True)
+    if mcp is not None:
+        await mcp.stop()
     return 0

@@ -28,6 +28,7 @@ GROUPS = {
     "memory": "Long-term memory · 长期记忆",
     "storage": "Storage · 存储",
     "dingtalk": "DingTalk · 钉钉",
+    "tools": "Tools · 工具",
 }
 QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "openai", "mem0")  # they log URLs (tokens) at INFO
 
@@ -96,6 +97,7 @@ def gather(args: argparse.Namespace) -> tuple[list[Check], dict[str, Any], list[
     from agent.diagnostics.checks import new_check, secret_values
     from agent.diagnostics.memory import embedding_check, storage_checks, stored_dims_check
     from agent.diagnostics.model import model_checks
+    from agent.diagnostics.tools import mcp_checks, reminder_check
     from agent.errors import ConfigError, PromptError
     from agent.model.errors import public_endpoint
     from agent.prompts.library import PromptLibrary
@@ -139,6 +141,7 @@ def gather(args: argparse.Namespace) -> tuple[list[Check], dict[str, Any], list[
     checks += [embeddings, stored_dims_check(settings, dims, service_dims=_ask_service(url))]
     checks += storage_checks(settings)
     checks += asyncio.run(dingtalk_checks(settings, send_test_message=args.send_test_message))
+    checks += [reminder_check(settings), *mcp_checks(settings)]
     return checks, header, secret_values(settings)
 
 

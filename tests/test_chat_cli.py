@@ -135,3 +135,43 @@ def test_chat_with_a_real_model_client_shows_the_prompt_it_sent(
     assert "--- human ---\n你好" in out  # what ChatOpenAI sent, recorded by the callback
     [chat] = fake_openai.chats()
     assert chat.json()["messages"][-1] == {"role": "user", "content": "你好"}
+
+
+def test_chat_shows_tool_calls_as_they_happen_and_fires_reminders_in_the_terminal(
+    prompts: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    def after_the_reminder() -> str:
+        """The next line is typed once the reminder was shown (or never: the test fails)."""
+        deadline = time.monotonic() + 30
+        while not shown():
+            assert time.monotonic() < deadline, "the reminder never fired in the chat"
+            time.sleep(0.05)
+        return "/quit"
+
+    seen: list[str] = []
+
+    def shown() -> bool:
+        seen.append(capsys.readouterr().out)
+        return any("⏰ 提醒：站起来活动一下" in chunk for chunk in seen)
+
+    scripted_input(
+        monkeypatch,
+        [
+            '用工具 set_reminder {"when": "PT1S", "text": "站起来活动一下"}',
+            "3分钟后提醒我喝水",
+            after_the_reminder,
+        ],
+    )
+    assert main(["chat", "--no-memory"]) == 0
+    out = "".join(seen) + capsys.readouterr().out
+    assert "tools: reminders" in out
+    assert (
+        "  🔧 set_reminder(when='PT1S', text='站起来活动一下') · ⏰ 正在设置提醒…\n  🔧 set_reminder → ok"
+        in out
+    )
+    assert "小钉> 好的，我会在" in out
+    assert "\n小钉> ⏰ 提醒：站起来活动一下\n" in out
+    assert "喝水" in out  # set, not due while the chat ran
+    assert "⏰ 提醒：喝水" not in out

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import io
 import json
 import logging
+import os
+import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from langchain_core.tools import BaseTool
 
@@ -163,14 +167,12 @@ class McpServers:
         self._drop_collisions()
 
     async def _run(self, server: _Server) -> None:
-        from langchain_mcp_adapters.sessions import create_session
         from langchain_mcp_adapters.tools import load_mcp_tools
 
         name = server.config.name
         server.told = False
         try:
-            async with create_session(server.config.connection) as session:  # type: ignore[arg-type]
-                await session.initialize()
+            async with _session(server.config.connection) as session:
                 tools = await load_mcp_tools(session, server_name=name)
                 allowed = server.config.allowed_tools
                 server.tools = [t for t in tools if allowed is None or t.name in allowed]
@@ -287,6 +289,43 @@ class McpServers:
             }
             for name, server in self._servers.items()
         }
+
+
+@contextlib.asynccontextmanager
+async def _session(connection: dict[str, Any]) -> AsyncIterator[Any]:
+    """An initialized MCP session. Stdio servers are started here rather than by the adapters, so that
+    their stderr goes to a real file (ours, or the original when ours was replaced by something without
+    a file descriptor): the SDK hands it to the child process as it is."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    if connection["transport"] != "stdio":
+        from langchain_mcp_adapters.sessions import create_session
+
+        async with create_session(connection) as session:  # type: ignore[arg-type]
+            await session.initialize()
+            yield session
+        return
+    params = StdioServerParameters(
+        command=connection["command"],
+        args=connection["args"],
+        env=connection.get("env") or None,
+        cwd=connection.get("cwd"),
+    )
+    async with stdio_client(params, errlog=_stderr()) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+def _stderr() -> TextIO:
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            continue
+    return open(os.devnull, "w")  # lives as long as the child
 
 
 def _connection_gone(exc: BaseException) -> bool:

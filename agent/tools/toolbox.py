@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from agent.observe import NoObserver, Observer
 from agent.prompts.loader import PromptSet
 from agent.settings.config import Settings
 from agent.storage.health import StorageError
-from agent.tools.reminders import Plan, Reminder, ReminderBook, ReminderProblem
+from agent.tools.reminders import Firing, Plan, Reminder, ReminderBook, ReminderProblem
 
 log = logging.getLogger(__name__)
 MAX_CALLS_PER_ROUND = 8
@@ -227,6 +228,19 @@ def confirmation(prompts: PromptSet, reminder: Reminder) -> str:
         return prompts.reminder_reply("set", when=when, text=reminder.text)
     repeat = prompts.replies["reminders"]["repeat_names"].get(reminder.repeat.value, reminder.repeat.value)
     return prompts.reminder_reply("set_repeat", when=when, text=reminder.text, repeat=repeat)
+
+
+LATE_NOTE_SECONDS = 60.0  # later than this after its due time, a reminder says how late it is
+
+
+def fired_text(prompts: PromptSet, firing: Firing) -> str:
+    """The reminder itself, with a note saying how late when the service was down at its due time."""
+    text = prompts.reminder_reply("fired", text=firing.reminder.text)
+    if firing.late_seconds > LATE_NOTE_SECONDS:
+        due = prompts.render_now(firing.reminder.due_local())
+        late = prompts.reminder_reply("minutes", n=math.ceil(firing.late_seconds / 60))
+        text += "\n" + prompts.reminder_reply("late", due=due, late=late)
+    return text
 
 
 def reminder_line(prompts: PromptSet, reminder: Reminder, *, number: int) -> str:

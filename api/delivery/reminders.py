@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,13 +25,12 @@ from agent.storage.connection import Connection, transaction
 from agent.storage.database import Database, Listener
 from agent.storage.health import StorageError
 from agent.tools.reminders import CHANNEL, Firing, ReminderBook, claim_due
-from agent.tools.toolbox import RouteProblem
+from agent.tools.toolbox import RouteProblem, fired_text
 from api.delivery.courier import Courier
 from api.delivery.outbox import Outgoing, insert_reply, pending_parts
 from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
 
 log = logging.getLogger(__name__)
-LATE_NOTE_SECONDS = 60.0  # later than this after its due time, a reminder says how late it is
 WEBHOOK_MARGIN_MS = 30_000  # as the courier: a webhook this close to its expiry is not used
 SENDS_AT_ONCE = 16
 
@@ -148,7 +146,7 @@ class ReminderClock:
                         continue
                     origin = firing.reminder.origin
                     route = Route.for_message(origin, self._robot_code)
-                    reply = Reply(self._text(firing))
+                    reply = Reply(fired_text(self._prompts_for(origin), firing))
                     bodies = build_reply_bodies(origin, reply, REPLY_MAX_BYTES)
                     # the outbox runs on this machine's clock (the book's may be a test's)
                     insert_reply(conn, firing.key, origin.person_id, route, bodies, time.time())
@@ -167,15 +165,6 @@ class ReminderClock:
 
     async def purge_older_than(self, cutoff: float) -> int:
         return await self._book.purge_older_than(cutoff)
-
-    def _text(self, firing: Firing) -> str:
-        prompts = self._prompts_for(firing.reminder.origin)
-        text = prompts.reminder_reply("fired", text=firing.reminder.text)
-        if firing.late_seconds > LATE_NOTE_SECONDS:
-            due = prompts.render_now(firing.reminder.due_local())
-            late = prompts.reminder_reply("minutes", n=math.ceil(firing.late_seconds / 60))
-            text += "\n" + prompts.reminder_reply("late", due=due, late=late)
-        return text
 
     def _report(self, firing: Firing) -> None:
         reminder = firing.reminder

@@ -145,7 +145,7 @@ class CommandRunner:
         say = self.prompts.reminder_reply
         if self.reminders is None:
             return Reply(say("unavailable"), canned=True)
-        pending = await self.reminders.active(message.person_id)
+        pending = await self.reminders.visible(message)
         if args and args[0] in _CANCEL:
             if len(args) < 2 or not args[1].isdigit():
                 return self._say("unknown")

@@ -6,7 +6,8 @@ of distinct `session` query values), so every accepted callback's background rep
 `GET /tokens` tells which message each reply answers: in mock mode the reply quotes the person's text,
 so a bench that puts a token like `bench-000123` (TOKEN_PATTERN) in each message's text can count the
 replies per token (duplicates show as a count above 1). It reports the number of POSTs, those without a
-token, the wall-clock time of the last POST, and per token the count and the time of its first reply.
+token, the wall-clock time of the last POST, and per token the count and the time of its first reply —
+and of those, the fired reminders ("⏰" in the body): their count and the time of the first.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.settings import HOST, STARTUP_TIMEOUT_S
 
 WEBHOOK_OK = {"errcode": 0, "errmsg": "ok"}
 TOKEN_PATTERN = re.compile(r"bench-\d{6}")  # the marker bench/delivery.py puts in each message's text
+REMINDER_MARK = "\u23f0"  # "⏰": a fired reminder (bench/reminders.py), counted apart from other replies
 
 
 class _WebhookServer(ThreadingHTTPServer):
@@ -51,9 +53,13 @@ class _WebhookServer(ThreadingHTTPServer):
             self._last_post_at = now
             if not tokens:
                 self._untagged += 1
+            reminder = REMINDER_MARK in body.decode("utf-8", errors="replace")
             for token in tokens:
-                seen = self._tokens.setdefault(token, {"count": 0, "first_at": now})
+                seen = self._tokens.setdefault(token, {"count": 0, "first_at": now, "reminders": 0})
                 seen["count"] += 1
+                if reminder:
+                    seen["reminders"] += 1
+                    seen.setdefault("reminder_at", now)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -14,6 +14,7 @@ import base64
 import errno
 import hashlib
 import json
+import queue
 import sys
 import time
 import uuid
@@ -85,6 +86,13 @@ def add_parser(sub: Any) -> None:
         type=float,
         metavar="SECONDS",
         help="how long to wait for the reply (default: 120, or OPENAI_TIMEOUT + 30 when that is longer)",
+    )
+    simulate.add_argument(
+        "--stay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the reply, keep the session webhook up this long and show later messages (reminders)",
     )
     simulate.set_defaults(handler=run)
 
@@ -337,25 +345,43 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
         if parts:
             _wait_for_memory(client, callback_url.removesuffix(CALLBACK_PATH))
 
-    if not parts:
-        raise SimulateError(
-            f"no reply within {timeout:g} s (the service acknowledged in {ack_ms:.0f} ms): it may "
-            f"still be answering (OPENAI_TIMEOUT={settings.openai_timeout:g} s a model call, "
-            f"OPENAI_MAX_RETRIES={settings.openai_max_retries}) or have ignored the message; "
-            "see the service's log, or wait longer with --timeout"
-        )
-    nicks = {args.user: nick}
-    for i, part in enumerate(parts, 1):
-        label = f" · part {i}/{len(parts)}" if len(parts) > 1 else ""
-        print(f"\n{describe(part, bot, nicks, label)}", file=out, flush=True)
-    last = parts[-1].seconds
-    summary = f"reply in {parts[0].seconds:.2f} s"
-    if len(parts) > 1:
-        summary += f", {len(parts)} messages, the last at {last:.2f} s"
-    print(f"\n{summary} (callback acknowledged in {ack_ms:.0f} ms)", file=out, flush=True)
+        if not parts:
+            raise SimulateError(
+                f"no reply within {timeout:g} s (the service acknowledged in {ack_ms:.0f} ms): it may "
+                f"still be answering (OPENAI_TIMEOUT={settings.openai_timeout:g} s a model call, "
+                f"OPENAI_MAX_RETRIES={settings.openai_max_retries}) or have ignored the message; "
+                "see the service's log, or wait longer with --timeout"
+            )
+        nicks = {args.user: nick}
+        for i, part in enumerate(parts, 1):
+            label = f" · part {i}/{len(parts)}" if len(parts) > 1 else ""
+            print(f"\n{describe(part, bot, nicks, label)}", file=out, flush=True)
+        last = parts[-1].seconds
+        summary = f"reply in {parts[0].seconds:.2f} s"
+        if len(parts) > 1:
+            summary += f", {len(parts)} messages, the last at {last:.2f} s"
+        print(f"\n{summary} (callback acknowledged in {ack_ms:.0f} ms)", file=out, flush=True)
+        if args.stay:
+            _stay(webhook, args.stay, bot, nicks, out)
     if webhook.strays:
         print(f"({webhook.strays} late post(s) to an earlier run's webhook answered and not shown)", file=out)
     return EXIT_REPLY
+
+
+def _stay(webhook: OneShotWebhook, seconds: float, bot: str, nicks: dict[str, str], out: TextIO) -> None:
+    """--stay: keep the session webhook up and show what else comes to it (a reminder falling due)."""
+    print(f"\n(the session webhook stays up for {seconds:g} s: later messages, such as reminders, show here)",
+          file=out, flush=True)  # fmt: skip
+    deadline = time.perf_counter() + seconds
+    shown = 0
+    while (left := deadline - time.perf_counter()) > 0:
+        try:
+            part = webhook.parts.get(timeout=min(left, 0.25))
+        except queue.Empty:
+            continue
+        shown += 1
+        print(f"\n{describe(part, bot, nicks, ' · later')}", file=out, flush=True)
+    print(f"\n({shown} later message(s) in {seconds:g} s)", file=out, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ SAMPLE_PORT = "8080"
 COMMAND_TIMEOUT_SECONDS = 120
 _LOOSE = (
     (re.compile(r"\b\d+(?:\.\d+)? ?(?:ms|s)\b"), "<time>"),  # durations
+    (re.compile(r"\b\d{4}-\d{2}-\d{2} \d{2}:\d{2}(?: 星期.)?"), "<date and time>"),  # reminders
     (re.compile(r"\b\d{2}:\d{2}:\d{2}\b"), "<clock>"),
     (re.compile(r"\b1\d{9}(?:\.\d+)?\b"), "<epoch>"),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),

@@ -311,3 +311,29 @@ def test_the_mock_model_only_calls_tools_it_was_given() -> None:
     plain = model.invoke([SystemMessage("当前时间：2026-12-03 10:00"), HumanMessage("3分钟后提醒我喝水")])
     assert not plain.tool_calls  # type: ignore[attr-defined]
     assert plain.content == "3分钟后提醒我喝水"
+
+
+def test_a_group_sees_only_the_reminders_set_in_it(make_settings: Callable[..., Settings]) -> None:
+    """Like memories: what someone set privately (or in another group) is never listed in a group."""
+    group = {"is_group": True, "conversation_id": "cidGroup1", "conversation_title": "研发群"}
+
+    async def go() -> tuple[str, str, str, str]:
+        async with agent(make_settings()) as parts:
+            reply = parts.assistant.reply
+            await reply(person_message("明天上午9点提醒我看体检报告"))  # private
+            await reply(person_message("明天下午3点提醒我开周会", message_id="m2", **group))
+            in_group = (await reply(person_message("/reminders", message_id="m3", **group))).text
+            by_tool = (await reply(person_message("我的提醒", message_id="m4", **group))).text
+            cancelled = (await reply(person_message("/reminders cancel 1", message_id="m5", **group))).text
+            private = (await reply(person_message("/reminders", message_id="m6"))).text
+            return in_group, by_tool, cancelled, private
+
+    in_group, by_tool, cancelled, private = asyncio.run(go())
+    assert "开周会" in in_group
+    assert "体检报告" not in in_group
+    assert "开周会" in by_tool
+    assert "体检报告" not in by_tool
+    assert "已取消提醒" in cancelled
+    assert "开周会" in cancelled
+    assert private.startswith("你有 1 条提醒")
+    assert "体检报告" in private

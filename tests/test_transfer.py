@@ -57,6 +57,15 @@ def one_machine(settings: Settings, fake_dingtalk: FakeDingTalk) -> None:
         await database.close()
 
     asyncio.run(upgrade())
+    with sqlite3.connect(settings.database_path) as conn:  # a reminder, in the schema it came with
+        origin = message_to_json(person_message(text="", reply_url=fake_dingtalk.webhook()))
+        conn.execute(
+            "INSERT INTO reminders (id, person_id, conversation_id, text, due_at, repeat, anchor, timezone, "
+            "origin, state, fired, created_at, updated_at) VALUES (4, ?, 'cid1', '交周报', ?, 'weekly', "
+            "'2026-12-04T09:00:00', "
+            "'Asia/Shanghai', ?, 'active', 0, ?, ?)",
+            (PERSON, time.time() + 86400, origin, time.time(), time.time()),
+        )
     store = Mem0Store.open(
         settings, extraction_model=MockExtractionModel(), embeddings=build_embeddings(settings)
     )
@@ -84,7 +93,7 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
     assert main(["export", str(exported)]) == 0
     assert capsys.readouterr().out.strip() == (
         f"exported to {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, 1 forgotten, "
-        "2 memories"
+        "1 reminders, 2 memories"
     )
     with chroma_server(tmp_path / "chroma") as chroma:
         monkeypatch.setenv("DATABASE_URL", database_url)
@@ -92,7 +101,7 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
         assert main(["import", str(exported)]) == 0
         assert capsys.readouterr().out.strip() == (
             f"imported from {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, "
-            "1 forgotten, 2 memories"
+            "1 forgotten, 1 reminders, 2 memories"
         )
         assert main(["import", str(exported)]) == 0  # again: nothing doubled
         assert "0 history, 0 inbox, 0 outbox" in capsys.readouterr().out
@@ -111,3 +120,6 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
             say(app, fake_dingtalk, "你好")  # its turn gets fresh ids, past the imported ones
         assert [row[0] for row in sql(after, "SELECT id FROM history ORDER BY id")][:2] == [7, 8]
         assert len(sql(after, "SELECT id FROM history WHERE id > 8")) == 2
+        assert sql(after, "SELECT id, text, repeat, state FROM reminders") == [
+            (4, "交周报", "weekly", "active")
+        ]

@@ -172,6 +172,7 @@ _CLAUSES = re.compile(r"[，。！？；,.!?;\n]+")
 _QUESTION = re.compile(
     r"[?？]|吗|什么|怎么|为什么|哪|谁|几|多少|是否|\b(what|how|why|where|who|which|can i|do i)\b", re.I
 )
+_REQUEST = re.compile(r"提醒我|帮我|给我|remind me|help me", re.I)
 _FIRST_PERSON = (  # rewritten to the third person; English only on word boundaries ("API" stays "API")
     (re.compile("我的"), "用户的"),
     (re.compile("我"), "用户"),
@@ -198,6 +199,8 @@ class MockExtractionModel(_OfflineModel):
         for clause in _CLAUSES.split(text):
             clause = clause.strip()
             if not clause or _QUESTION.search(clause) or not re.search(r"我|\b(I|I'm|my)\b", clause):
+                continue
+            if _REQUEST.search(clause):  # "3分钟后提醒我喝水" asks for something: not a fact about them
                 continue
             for first, third in _FIRST_PERSON:
                 clause = first.sub(third, clause)

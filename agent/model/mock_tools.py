@@ -23,7 +23,7 @@ _RELATIVE_EN = re.compile(
 )
 _REPEATS_ZH = (("每个工作日", "weekdays"), ("工作日", "weekdays"), ("每天", "daily"), ("每周", "weekly"))
 _CLOCK_ZH = re.compile(
-    r"(今天|明天|后天|下周[一二三四五六日天])?\s*(上午|早上|中午|下午|晚上)?\s*"
+    r"(今天|明天|后天|昨天|下周[一二三四五六日天])?\s*(上午|早上|中午|下午|晚上)?\s*"
     rf"(?:({_NUMBER})\s*[点:：时]\s*(\d{{1,2}}|半)?分?)?\s*提醒我\s*(.+)"
 )
 _CLOCK_EN = re.compile(
@@ -90,6 +90,8 @@ def _clock_zh(text: str, now: datetime) -> dict[str, Any] | None:
         date += timedelta(days=1)
     elif day == "后天":
         date += timedelta(days=2)
+    elif day == "昨天":  # a real model resolves it too; the tool says it is past
+        date -= timedelta(days=1)
     elif day and day.startswith("下周"):
         weekday = _WEEKDAYS.index(day[-1]) if day[-1] in _WEEKDAYS else 6
         date += timedelta(days=7 - now.weekday() + weekday)

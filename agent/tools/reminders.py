@@ -154,8 +154,8 @@ def first_occurrence(repeat: Repeat | None, due: datetime) -> datetime:
 
 _COLUMNS = "id, person_id, text, due_at, repeat, anchor, timezone, origin, fired"
 _INSERT = (
-    "INSERT INTO reminders (person_id, text, due_at, repeat, anchor, timezone, origin, state, fired, "
-    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?) "
+    "INSERT INTO reminders (person_id, conversation_id, text, due_at, repeat, anchor, timezone, origin, "
+    "state, fired, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?) "
     "RETURNING id, person_id, text, due_at, repeat, anchor, timezone, origin, fired"
 )
 
@@ -269,6 +269,7 @@ class ReminderBook:
                     _INSERT,
                     (
                         message.person_id,
+                        message.conversation_id,
                         text,
                         due.timestamp(),
                         every.value if every else None,
@@ -287,18 +288,27 @@ class ReminderBook:
         await self.changed()
         return reminder
 
-    async def active(self, person_id: str) -> list[Reminder]:
-        """The person's pending reminders, soonest first."""
+    async def active(self, person_id: str, *, in_group: str | None = None) -> list[Reminder]:
+        """The person's pending reminders, soonest first; `in_group` (a group's conversation id): only
+        those set in that group — a group never hears what someone set privately or elsewhere."""
+        where, params = "person_id = ? AND state = 'active'", [person_id]
+        if in_group is not None:
+            where, params = where + " AND conversation_id = ?", [person_id, in_group]
 
         def read(conn: Connection) -> list[Reminder]:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM reminders WHERE person_id = ? AND state = 'active' "  # noqa: S608
-                "ORDER BY due_at, id",
-                (person_id,),
+                f"SELECT {_COLUMNS} FROM reminders WHERE {where} ORDER BY due_at, id",  # noqa: S608
+                tuple(params),
             ).fetchall()
             return [_reminder(r) for r in rows]
 
         return await self._db.run(read)
+
+    async def visible(self, message: IncomingMessage) -> list[Reminder]:
+        """What the speaker of `message` sees listed there: all of theirs one-to-one, a group's own in it."""
+        return await self.active(
+            message.person_id, in_group=message.conversation_id if message.is_group else None
+        )
 
     async def cancel(self, person_id: str, reminder_id: int) -> Reminder | None:
         """Cancel one of the person's own reminders; None when they have no such pending reminder."""

@@ -159,7 +159,7 @@ class Toolbox:
             return await self._list(book, message, prompts)
 
         async def cancel_reminder(id: int) -> str:
-            pending = await book.active(message.person_id)  # numbered as list_reminders shows them
+            pending = await book.visible(message)  # numbered as list_reminders shows them
             if not 1 <= id <= len(pending):
                 return _REFUSED + prompts.reminder_reply("not_found")
             cancelled = await book.cancel(message.person_id, pending[id - 1].id)
@@ -212,7 +212,7 @@ class Toolbox:
         )
 
     async def _list(self, book: ReminderBook, message: IncomingMessage, prompts: PromptSet) -> str:
-        pending = await book.active(message.person_id)
+        pending = await book.visible(message)
         if not pending:
             return prompts.reminder_reply("empty")
         lines = [reminder_line(prompts, r, number=n) for n, r in enumerate(pending, 1)]

@@ -34,6 +34,7 @@ def test_healthy_setup_passes_every_check_and_exits_zero(
     assert code == 0, out
     states = statuses(checks)
     assert states.pop("dingtalk.stream") == "skip"  # DINGTALK_MODE=http: no gateway to check
+    assert states.pop("tools.mcp") == "skip"  # no MCP_CONFIG
     assert set(states.values()) == {"ok"}
     assert json.loads(out)["ok"] is True
     assert checks["model.key"]["detail"].startswith("sk-…7f2a")
@@ -51,7 +52,8 @@ def test_healthy_setup_passes_every_check_and_exits_zero(
     assert code == 0
     assert "✓ one-token chat completion · 单 token 对话补全: answered in" in text
     assert "✗" not in text
-    assert "OK: 12 passed, 0 warning(s), 2 skipped" in text  # the robot webhook (not asked), Stream (http)
+    # skipped: the robot webhook (not asked), Stream (http), MCP (none)
+    assert "OK: 13 passed, 0 warning(s), 3 skipped" in text
 
 
 def test_wrong_key_is_named_with_its_fix(

@@ -23,6 +23,9 @@ def upgrade() -> None:
         "reminders",
         sa.Column("id", ID, primary_key=True),
         sa.Column("person_id", sa.Text(), nullable=False),  # whose it is: only they list or cancel it
+        sa.Column(
+            "conversation_id", sa.Text(), nullable=False
+        ),  # where it was set: a group sees only its own
         sa.Column("text", sa.Text(), nullable=False),  # what to remind of, in the person's words
         sa.Column("due_at", TIME, nullable=False),  # the next firing, epoch seconds
         sa.Column("repeat", sa.Text()),  # NULL once; daily, weekdays, weekly, monthly

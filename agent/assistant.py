@@ -31,7 +31,7 @@ from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import PromptSet
 from agent.settings.config import Settings
-from agent.tools.loop import run_agent
+from agent.tools.loop import ToolsUsedError, run_agent
 from agent.tools.toolbox import Toolbox, ToolWatcher
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,15 @@ class Assistant:
             answered = await self._ask(prompts, inputs, stream, message, watcher)
             if not answered.text:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
+        except ToolsUsedError as acted:
+            # The tools did act (a reminder set): say what they did rather than only that it failed.
+            log.warning(
+                "model call failed after tool calls (%s): answering with the tools' results", acted.kind
+            )
+            self.observer.model_call(time.perf_counter() - started, acted.kind.value)
+            if acted.results:
+                return Reply("\n".join(acted.results))
+            return Reply(prompts.model_error_reply(acted.kind), failed=True)
         except Exception as exc:
             error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
             log.debug("model call failure detail", exc_info=True)

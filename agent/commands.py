@@ -150,11 +150,12 @@ class CommandRunner:
             if len(args) < 2 or not args[1].isdigit():
                 return self._say("unknown")
             number = int(args[1])
-            if not 1 <= number <= len(pending):
-                return Reply(say("bad_number", number=number, count=len(pending)), canned=True)
-            cancelled = await self.reminders.cancel(message.person_id, pending[number - 1].id)
-            if cancelled is None:  # fired or cancelled meanwhile
-                return Reply(say("not_found"), canned=True)
+            # named by the message: answered again after a crash, it cancels nothing more
+            cancelled = await self.reminders.cancel(message, number, source=f"{message.message_id}:cancel")
+            if cancelled is None:
+                if not 1 <= number <= len(pending):
+                    return Reply(say("bad_number", number=number, count=len(pending)), canned=True)
+                return Reply(say("not_found"), canned=True)  # fired or cancelled meanwhile
             return Reply(
                 say("cancelled", when=when_text(self.prompts, cancelled), text=cancelled.text), canned=True
             )

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 QUIET_LOGGERS = (
     *("httpx", "httpcore", "httpx2", "httpcore2", "openai", "langchain_openai"),
     *("mem0", "websockets", "alembic"),  # alembic: agent/storage/migrate.py says what ran
+    "mcp",  # the MCP SDK logs session ids and, on a failed post, the server's URL
 )
 
 SHUTDOWN_GRACE_SECONDS = 10.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,7 +69,9 @@ class ToolCalls:
         self.say(f"  🔧 {name} → {outcome}")
 
 
-async def fire_reminders(agent: Any, say: Callable[[str], None], every_seconds: float = 1.0) -> None:
+async def fire_reminders(
+    agent: Any, person: str, say: Callable[[str], None], every_seconds: float = 1.0
+) -> None:
     """Reminders set in the chat fire in the terminal while it is open (a later chat fires the missed
     ones, late). The service fires its own, through DingTalk."""
     from agent.storage.connection import transaction
@@ -79,13 +82,16 @@ async def fire_reminders(agent: Any, say: Callable[[str], None], every_seconds: 
     prompts = agent.prompts.defaults
 
     def claim(conn: Any) -> list[Any]:
-        with transaction(conn):
-            return claim_due(conn, agent.reminders.clock(), settings.reminder_grace_seconds)
+        with transaction(conn):  # only this chat's person: never anyone else's in a shared database
+            return claim_due(conn, agent.reminders.clock(), settings.reminder_grace_seconds, person_id=person)
 
     while True:
-        for firing in await agent.database.run(claim):
-            if not firing.dropped:
-                say(f"\n{settings.bot_name}> {fired_text(prompts, firing)}")
+        try:
+            for firing in await agent.database.run(claim):
+                if not firing.dropped:
+                    say(f"\n{settings.bot_name}> {fired_text(prompts, firing)}")
+        except Exception as exc:  # the database away for a moment: tried again
+            say(f"(reminders could not be checked: {type(exc).__name__})")
         await asyncio.sleep(every_seconds)
 
 
@@ -110,12 +116,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: TextIO) -> int:
-    from agent.assembly import open_agent
     from agent.memory.failures import describe_holders
     from agent.memory.store import held_by_another_process
-    from agent.messages import ContentKind, IncomingMessage
-    from agent.model.factory import build_chat_model, build_extraction_model
-    from agent.model.scripted import render
+    from agent.model.factory import build_chat_model
     from agent.prompts.library import PromptLibrary
     from agent.settings.loading import load_settings
 
@@ -144,15 +147,38 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
     )
     # A copy answers (and is recorded for /prompt); the original, unrecorded, extracts memories.
     answering = model.model_copy(update={"callbacks": [recorder.handler]})
-    user = args.user
-    is_group = args.group is not None
-    conversation_id = args.conversation_id or (f"chat-group:{args.group}" if is_group else f"chat:{user}")
     mcp = None
     if settings.mcp_config is not None:  # the operator's MCP servers, started for this chat
         from agent.tools.mcp import McpServers
 
         mcp = McpServers.from_file(settings.mcp_config, settings.tool_timeout_seconds)
         await mcp.start()
+    try:
+        return await _talk(args, read_line, say, settings, library, recorder, answering, mcp, database)
+    finally:
+        if mcp is not None:
+            await mcp.stop()
+
+
+async def _talk(
+    args: argparse.Namespace,
+    read_line: Callable[[str], str],
+    say: Callable[..., None],
+    settings: Any,
+    library: Any,
+    recorder: PromptRecorder,
+    answering: Any,
+    mcp: Any,
+    database: Path,
+) -> int:
+    from agent.assembly import open_agent
+    from agent.messages import ContentKind, IncomingMessage
+    from agent.model.factory import build_extraction_model
+    from agent.model.scripted import render
+
+    user = args.user
+    is_group = args.group is not None
+    conversation_id = args.conversation_id or (f"chat-group:{args.group}" if is_group else f"chat:{user}")
     async with open_agent(
         settings,
         memory=not args.no_memory,
@@ -173,9 +199,9 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
             say("tools: reminders (they fire here while the chat is open)" + (" and MCP" if mcp else ""))
         say()
         watcher = ToolCalls(say)
-        firing = asyncio.create_task(fire_reminders(agent, say), name="chat-reminders")
+        firing = asyncio.create_task(fire_reminders(agent, f"chat:{user}", say), name="chat-reminders")
         version = library.version
-        number = 0
+        number, session = 0, uuid.uuid4().hex[:12]
         while True:
             try:
                 text = await asyncio.to_thread(read_line, "你> ")
@@ -192,7 +218,7 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
                 await agent.memory.settle()  # what the last message taught is stored (it learns meanwhile)
             number += 1
             message = IncomingMessage(
-                message_id=f"chat-{number}",
+                message_id=f"chat-{session}-{number}",  # unique: what a message did is keyed by its id
                 conversation_id=conversation_id,
                 is_group=is_group,
                 person_id=f"chat:{user}",
@@ -217,6 +243,4 @@ async def chat(args: argparse.Namespace, read_line: Callable[[str], str], out: T
             await agent.assistant.remember(message, reply)
         firing.cancel()
         await asyncio.gather(firing, return_exceptions=True)
-    if mcp is not None:
-        await mcp.stop()
     return 0

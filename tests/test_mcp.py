@@ -201,3 +201,33 @@ def test_a_real_models_tool_call_reaches_the_published_time_server(
     assert result["role"] == "tool"
     assert '"timezone": "Asia/Tokyo"' in result["content"]
     assert result["content"].startswith('<tool_result source="get_current_time">')
+
+
+def test_a_server_slower_than_the_start_wait_is_failed_then_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agent.tools.mcp as mcp_module
+    from agent.tools.mcp import ServerConfig
+
+    monkeypatch.setattr(mcp_module, "START_SECONDS", 0.5)
+    spec = stdio("--slow", "2")
+    config = ServerConfig("slow", {"transport": "stdio", **spec}, None, False, 5.0)
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        servers = McpServers([config], retry_base_seconds=0.0)
+        await servers.start()
+        try:
+            failed = servers.status()["slow"]
+            await servers.revive()
+            deadline = time.monotonic() + PATIENCE
+            while servers.status()["slow"]["state"] != "ready":
+                assert time.monotonic() < deadline, servers.status()
+                await asyncio.sleep(0.05)
+            return failed, servers.status()["slow"]
+        finally:
+            await servers.stop()
+
+    failed, ready = asyncio.run(go())
+    assert failed["state"] == "failed"
+    assert failed["detail"] == "no answer within 0.5 s"
+    assert "add" in ready["tools"]

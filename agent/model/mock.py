@@ -98,7 +98,9 @@ class MockChatModel(_OfflineModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         return self.bind(tools=[convert_to_openai_tool(tool) for tool in tools], **kwargs)
 
-    def acting(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None) -> AIMessage | None:
+    def acting(
+        self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None, tool_choice: Any = None
+    ) -> AIMessage | None:
         """With tools bound: the tool calls a real model would make, or the answer after tool results
         (the results themselves: a reminder tool's result is the sentence to say). None: just talk."""
         if not tools:
@@ -110,6 +112,8 @@ class MockChatModel(_OfflineModel):
             results.insert(0, _content_text(message))
         if results:
             return AIMessage(content="\n".join(results))
+        if tool_choice == "none":
+            return None
         names = {str(tool.get("function", {}).get("name", "")) for tool in tools}
         humans = [m for m in messages if isinstance(m, HumanMessage)]
         system = "".join(_content_text(m) for m in messages if isinstance(m, SystemMessage))
@@ -123,7 +127,7 @@ class MockChatModel(_OfflineModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        acted = self.acting(messages, kwargs.get("tools"))
+        acted = self.acting(messages, kwargs.get("tools"), kwargs.get("tool_choice"))
         message = acted or AIMessage(content=self.describe(messages))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -146,7 +150,7 @@ class MockChatModel(_OfflineModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        acted = self.acting(messages, kwargs.get("tools"))
+        acted = self.acting(messages, kwargs.get("tools"), kwargs.get("tool_choice"))
         if acted is not None and acted.tool_calls:
             pieces = [
                 {

@@ -467,8 +467,10 @@ class Settings(BaseSettings):
 
     @property
     def longest_answer_seconds(self) -> float:
-        """How long one answer can take at most: every model attempt timing out, plus room for the send."""
-        return self.openai_timeout * (self.openai_max_retries + 1) + 60
+        """How long one answer can take at most: every model attempt timing out, plus room for the send, plus
+        each tool round (a tool call, then the model again)."""
+        tool_rounds = self.agent_max_steps * (self.tool_timeout_seconds + self.openai_timeout)
+        return self.openai_timeout * (self.openai_max_retries + 1) + 60 + tool_rounds
 
     @property
     def timezone(self) -> ZoneInfo:

@@ -24,7 +24,11 @@ from agent.tools.toolbox import MAX_CALLS_PER_ROUND, Toolbox, ToolWatcher
 
 class ToolsUsedError(ModelError):
     """A model failure after a tool already acted (a reminder set): the answer must not be asked again
-    from the start, or the tool would act twice."""
+    from the start, and the person is told what the tools did (`results`: their successful results)."""
+
+    def __init__(self, error: ModelError, results: list[str]) -> None:
+        super().__init__(error.kind, error.cause, error.fix, cause_zh=error.cause_zh, fix_zh=error.fix_zh)
+        self.results = results
 
 
 @dataclass
@@ -33,12 +37,18 @@ class _Card:
 
     outer: AnswerStream
     before: str = ""
+    current: str = ""  # this round's text so far
 
     async def started(self) -> None:
         await self.outer.started()
 
     async def text(self, so_far: str) -> None:
+        self.current = so_far
         await self.outer.text(_joined(self.before, so_far))
+
+    async def status(self, line: str) -> None:
+        """A tool runs: its status line under what was said so far."""
+        await self.outer.text(_joined(_joined(self.before, self.current), line))
 
 
 class _Watch:
@@ -50,7 +60,7 @@ class _Watch:
 
     async def tool_started(self, name: str, args: dict[str, Any], status: str) -> None:
         if self.card is not None:
-            await self.card.text(status)
+            await self.card.status(status)
         if self.watcher is not None:
             await self.watcher.tool_started(name, args, status)
 
@@ -79,31 +89,44 @@ async def run_agent(
     """The answer to `messages` (the rendered prompt), calling `tools` as the model asks."""
     by_name = {tool.name: tool for tool in tools}
     bound = model.bind_tools(tools) if tools else model
+    # The last round may not call tools, but still sees them: some servers refuse a conversation with
+    # tool calls in it and no tools declared.
+    closing = model.bind_tools(tools, tool_choice="none") if tools else model
     card = _Card(stream) if stream is not None else None
     watch = _Watch(card, watcher)
     said: list[str] = []  # the text of each round, in order
+    results: list[str] = []  # what the tools that worked answered
     conversation = list(messages)
-    acted = False
     for step in range(max_steps + 1):
         last = step == max_steps or not tools
+        if card is not None:
+            card.current = ""
         try:
             answer = await ask(
-                model if last else bound, conversation, card, classify=classify, retries=retries
+                closing if last else bound, conversation, card, classify=classify, retries=retries
             )
         except ModelError as error:
-            if acted:
-                raise ToolsUsedError(
-                    error.kind, error.cause, error.fix, cause_zh=error.cause_zh, fix_zh=error.fix_zh
-                ) from error
+            if results or len(conversation) > len(messages):
+                raise ToolsUsedError(error, results) from error
             raise
         if answer.text:
             said.append(answer.text)
         reply = answer.message
         calls = reply.tool_calls if isinstance(reply, AIMessage) and not last else []
-        if not calls or reply is None:
+        broken = reply.invalid_tool_calls if isinstance(reply, AIMessage) and not last else []
+        if (not calls and not broken) or reply is None:
             return ModelAnswer("\n\n".join(said), answer.truncated, reply)
         conversation.append(reply)
-        acted = True
+        for invalid in broken:  # arguments that are not JSON: said so, the model tries again or explains
+            reason = f"arguments are not valid JSON: {str(invalid.get('error') or '')[:120]}"
+            conversation.append(
+                ToolMessage(
+                    prompts.tool_result("failed", tool=invalid.get("name") or "?", reason=reason),
+                    tool_call_id=invalid.get("id") or "",
+                    name=invalid.get("name") or "",
+                    status="error",
+                )
+            )
         for number, call in enumerate(calls):
             if number >= MAX_CALLS_PER_ROUND:
                 conversation.append(
@@ -115,7 +138,10 @@ async def run_agent(
                     )
                 )
                 continue
-            conversation.append(await toolbox.call(call, by_name, prompts, watch))
+            result = await toolbox.call(call, by_name, prompts, watch)
+            conversation.append(result)
+            if result.status == "success":
+                results.append(str(result.content))
         if card is not None:
             card.before = "\n\n".join(said)
     raise AssertionError("unreachable")  # pragma: no cover

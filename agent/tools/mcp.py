@@ -57,8 +57,9 @@ class ServerConfig:
         """For logs and /healthz: the command or the URL's host, never headers or the environment."""
         if self.connection["transport"] == "stdio":
             return str(self.connection["command"])
-        url = str(self.connection["url"])
-        return url.split("?", 1)[0]
+        url = str(self.connection["url"]).split("?", 1)[0]
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.rsplit('@', 1)[-1]}"  # never a user:password@
 
 
 def _fail(path: Path, detail: str) -> ConfigError:
@@ -161,10 +162,11 @@ class McpServers:
         waits = [asyncio.wait_for(s.ready.wait(), START_SECONDS) for s in self._servers.values()]
         results = await asyncio.gather(*waits, return_exceptions=True)
         for server, result in zip(self._servers.values(), results, strict=True):
-            if isinstance(result, TimeoutError):
+            if isinstance(result, TimeoutError):  # stopped, failed, tried again later like any failure
                 self._failed(server, f"no answer within {START_SECONDS:g} s")
-                server.stop.set()
-        self._drop_collisions()
+                if server.task is not None:
+                    server.task.cancel()
+                    await asyncio.gather(server.task, return_exceptions=True)
 
     async def _run(self, server: _Server) -> None:
         from langchain_mcp_adapters.tools import load_mcp_tools
@@ -175,7 +177,11 @@ class McpServers:
             async with _session(server.config.connection) as session:
                 tools = await load_mcp_tools(session, server_name=name)
                 allowed = server.config.allowed_tools
-                server.tools = [t for t in tools if allowed is None or t.name in allowed]
+                server.tools = self._unique(
+                    [t for t in tools if allowed is None or t.name in allowed], server
+                )
+                if server.stop.is_set():  # stopped (or given up on) while it started
+                    return
                 server.state, server.detail, server.failures = ServerState.READY, "", 0
                 log.info(
                     "MCP server %s ready (%s): %d tool(s) offered: %s",
@@ -215,19 +221,22 @@ class McpServers:
             detail,
         )
 
-    def _drop_collisions(self) -> None:
-        seen: set[str] = set(RESERVED)
-        for server in self._servers.values():
-            kept = []
-            for tool in server.tools:
-                if tool.name in seen:
-                    log.warning(
-                        "MCP server %s: tool %s skipped (the name is taken)", server.config.name, tool.name
-                    )
-                    continue
-                seen.add(tool.name)
-                kept.append(tool)
-            server.tools = kept
+    def _unique(self, tools: list[BaseTool], server: _Server) -> list[BaseTool]:
+        """The server's tools whose names no built-in tool and no other ready server has (first wins)."""
+        taken = set(RESERVED)
+        for other in self._servers.values():
+            if other is not server and other.state is ServerState.READY:
+                taken.update(t.name for t in other.tools)
+        kept = []
+        for tool in tools:
+            if tool.name in taken:
+                log.warning(
+                    "MCP server %s: tool %s skipped (the name is taken)", server.config.name, tool.name
+                )
+                continue
+            taken.add(tool.name)
+            kept.append(tool)
+        return kept
 
     async def stop(self) -> None:
         for server in self._servers.values():

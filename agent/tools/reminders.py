@@ -5,10 +5,11 @@ outbox in one transaction — is the delivery side's (api/delivery/reminders.py)
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,7 +24,9 @@ MAX_AHEAD = timedelta(days=366)  # "within a year"
 PAST_SLACK = timedelta(seconds=30)  # a time the model resolved to this minute is not "in the past"
 MAX_TEXT_CHARS = 500
 CHANNEL = "dingbot_reminders"  # NOTIFY: another replica's reminders changed (its timer re-arms)
+CHAT = "chat:"  # person ids of `dingbot chat`: their reminders fire in the chat, not through DingTalk
 _DURATION = TypeAdapter(timedelta)
+log = logging.getLogger(__name__)
 
 
 class Repeat(enum.StrEnum):
@@ -110,7 +113,7 @@ def resolve_when(when: str, now: datetime) -> datetime:
             delta = _DURATION.validate_python(text.lstrip("+").upper())
         except ValidationError:
             raise ReminderProblem("bad_time", when=when) from None
-        return now + delta
+        return (now.astimezone(UTC) + delta).astimezone(tz)  # elapsed time, whatever DST does
     try:
         due = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -153,9 +156,11 @@ def first_occurrence(repeat: Repeat | None, due: datetime) -> datetime:
 
 
 _COLUMNS = "id, person_id, text, due_at, repeat, anchor, timezone, origin, fired"
+_BY_SOURCE = f"SELECT {_COLUMNS} FROM reminders WHERE source = ?"  # noqa: S608
+_BY_CANCELLER = f"SELECT {_COLUMNS} FROM reminders WHERE cancelled_by = ?"  # noqa: S608
 _INSERT = (
     "INSERT INTO reminders (person_id, conversation_id, text, due_at, repeat, anchor, timezone, origin, "
-    "state, fired, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?) "
+    "state, fired, source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?, ?) "
     "RETURNING id, person_id, text, due_at, repeat, anchor, timezone, origin, fired"
 )
 
@@ -174,28 +179,51 @@ def _reminder(row: tuple[Any, ...]) -> Reminder:
     )
 
 
-def claim_due(conn: Connection, now: float, grace_seconds: float, limit: int = 200) -> list[Firing]:
+def _following(reminder: Reminder, now: float) -> float:
+    """The next occurrence after `now`, strictly later in real time: a wall time repeated when the clocks
+    go back (02:30 twice) must not give the same instant again."""
+    assert reminder.repeat is not None
+    at = next_occurrence(
+        reminder.repeat, reminder.anchor, datetime.fromtimestamp(now, reminder.anchor.tzinfo)
+    )
+    while at.timestamp() <= max(now, reminder.due_at):
+        at = next_occurrence(reminder.repeat, reminder.anchor, at)
+    return at.timestamp()
+
+
+def claim_due(
+    conn: Connection, now: float, grace_seconds: float, *, person_id: str | None = None, limit: int = 200
+) -> list[Firing]:
     """Inside the caller's transaction: take every reminder due by `now` for one firing each. A reminder
     moves to its next occurrence (or ends) by a compare-and-set on its due time, so of two checks
-    running at once (two replicas, the timer and the periodic check) exactly one fires it."""
+    running at once (two replicas, the timer and the periodic check) exactly one fires it.
+
+    `person_id`: only that person's (`dingbot chat` fires its own); without it, everyone's except those
+    set in `dingbot chat`, which has no way to DingTalk. A row that cannot be read is ended with a
+    warning, never left to block the others."""
+    who, params = ("person_id = ?", (person_id,)) if person_id else ("person_id NOT LIKE ?", (f"{CHAT}%",))
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM reminders WHERE state = 'active' AND due_at <= ? "  # noqa: S608
-        "ORDER BY due_at LIMIT ?",
-        (now, limit),
+        f"SELECT {_COLUMNS} FROM reminders WHERE state = 'active' AND due_at <= ? AND {who} "  # noqa: S608
+        "ORDER BY due_at, id LIMIT ?",
+        (now, *params, limit),
     ).fetchall()
     firings: list[Firing] = []
     for row in rows:
-        reminder = _reminder(row)
+        try:
+            reminder = _reminder(row)
+            following = _following(reminder, now) if reminder.repeat is not None else None
+        except Exception as exc:  # written by another version, a time zone this machine lacks
+            log.warning("reminder %s cannot be read (%s): ended without firing", row[0], type(exc).__name__)
+            conn.execute("UPDATE reminders SET state = 'done', updated_at = ? WHERE id = ?", (now, row[0]))
+            continue
         late = now - reminder.due_at
-        if reminder.repeat is None:
+        if following is None:
             moved = conn.execute(
                 "UPDATE reminders SET state = 'done', fired = fired + 1, origin = ?, updated_at = ? "
                 "WHERE id = ? AND state = 'active' AND due_at = ?",
                 (_spent_origin(reminder.origin), now, reminder.id, reminder.due_at),
             ).rowcount
         else:
-            local_now = datetime.fromtimestamp(now, reminder.anchor.tzinfo)
-            following = next_occurrence(reminder.repeat, reminder.anchor, local_now).timestamp()
             moved = conn.execute(
                 "UPDATE reminders SET due_at = ?, fired = fired + 1, updated_at = ? "
                 "WHERE id = ? AND state = 'active' AND due_at = ?",
@@ -232,10 +260,14 @@ class ReminderBook:
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    async def changed(self) -> None:
+    def _changed(self) -> None:
         for listener in self._listeners:
             listener()
-        await self._db.notify(CHANNEL, "")
+
+    def _announce(self, conn: Connection) -> None:
+        """Inside the change's transaction: other replicas' timers hear of it at commit (PostgreSQL)."""
+        if not self._db.single_owner:
+            conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, ""))
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), self.timezone)
@@ -247,18 +279,27 @@ class ReminderBook:
             raise ReminderProblem("no_text")
         every = parse_repeat(repeat)
         now = self.now()
-        due = first_occurrence(every, resolve_when(when, now))
+        due = resolve_when(when, now)
+        if every is not None and due < now:  # "每天早上9点" said at 10:05: from tomorrow 09:00
+            due = next_occurrence(every, due, now)
+        due = first_occurrence(every, due)
         check_due(due, now)
         return Plan(due, text, every)
 
-    async def add(self, message: IncomingMessage, plan: Plan) -> Reminder:
-        """Store a planned reminder for the speaker of `message` (at most MAX_REMINDERS_PER_PERSON)."""
+    async def add(self, message: IncomingMessage, plan: Plan, *, source: str | None = None) -> Reminder:
+        """Store a planned reminder for the speaker of `message` (at most MAX_REMINDERS_PER_PERSON).
+        `source` names the message and call that asked: asked again (the message answered a second time
+        after a crash), the reminder already stored is returned, not a second one."""
         due, text, every = plan.due, plan.text, plan.repeat
         origin = message_to_json(replace(message, text=""))
         stamp = self.clock()
 
         def write(conn: Connection) -> Reminder | None:
             with transaction(conn):
+                if source is not None:
+                    row = conn.execute(_BY_SOURCE, (source,)).fetchone()
+                    if row is not None:
+                        return _reminder(row)
                 count = conn.execute(
                     "SELECT COUNT(*) FROM reminders WHERE person_id = ? AND state = 'active'",
                     (message.person_id,),
@@ -276,16 +317,18 @@ class ReminderBook:
                         due.replace(tzinfo=None).isoformat(),
                         str(self.timezone.key),
                         origin,
+                        source,
                         stamp,
                         stamp,
                     ),
                 ).fetchone()
+                self._announce(conn)
                 return _reminder(row)
 
         reminder = await self._db.run(write)
         if reminder is None:
             raise ReminderProblem("too_many", limit=self._max)
-        await self.changed()
+        self._changed()
         return reminder
 
     async def active(self, person_id: str, *, in_group: str | None = None) -> list[Reminder]:
@@ -310,34 +353,50 @@ class ReminderBook:
             message.person_id, in_group=message.conversation_id if message.is_group else None
         )
 
-    async def cancel(self, person_id: str, reminder_id: int) -> Reminder | None:
-        """Cancel one of the person's own reminders; None when they have no such pending reminder."""
+    async def cancel(self, message: IncomingMessage, number: int, *, source: str) -> Reminder | None:
+        """Cancel the speaker's `number`th reminder as `visible` lists them (1 = soonest); None when
+        there is no such pending reminder. `source` names the message (and call) that asked: asked again,
+        the reminder it cancelled then is returned and no other one is touched."""
+        group = message.conversation_id if message.is_group else None
+        where = "person_id = ? AND state = 'active'" + (" AND conversation_id = ?" if group else "")
+        params = (message.person_id, group) if group else (message.person_id,)
 
         def write(conn: Connection) -> Reminder | None:
             with transaction(conn):
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM reminders WHERE id = ? AND person_id = ? "  # noqa: S608
-                    "AND state = 'active'",
-                    (reminder_id, person_id),
-                ).fetchone()
-                if row is None:
+                done = conn.execute(_BY_CANCELLER, (source,)).fetchone()
+                if done is not None:
+                    return _reminder(done)
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM reminders WHERE {where} ORDER BY due_at, id",  # noqa: S608
+                    params,
+                ).fetchall()
+                if not 1 <= number <= len(rows):
                     return None
-                conn.execute(
-                    "UPDATE reminders SET state = 'cancelled', origin = ?, updated_at = ? WHERE id = ?",
-                    (_spent_origin(_reminder(row).origin), self.clock(), reminder_id),
-                )
-                return _reminder(row)
+                chosen = _reminder(rows[number - 1])
+                taken = conn.execute(
+                    "UPDATE reminders SET state = 'cancelled', cancelled_by = ?, origin = ?, updated_at = ? "
+                    "WHERE id = ? AND state = 'active'",  # not one that fired meanwhile
+                    (source, _spent_origin(chosen.origin), self.clock(), chosen.id),
+                ).rowcount
+                if taken != 1:
+                    return None
+                self._announce(conn)
+                return chosen
 
         cancelled = await self._db.run(write)
         if cancelled is not None:
-            await self.changed()
+            self._changed()
         return cancelled
 
     async def next_due(self) -> float | None:
-        """When the soonest pending reminder of anyone is due (epoch seconds)."""
+        """When the soonest pending reminder the service fires is due (epoch seconds): anyone's but those
+        of `dingbot chat`, which fires its own."""
 
         def read(conn: Connection) -> float | None:
-            row = conn.execute("SELECT MIN(due_at) FROM reminders WHERE state = 'active'").fetchone()
+            row = conn.execute(
+                "SELECT MIN(due_at) FROM reminders WHERE state = 'active' AND person_id NOT LIKE ?",
+                (f"{CHAT}%",),
+            ).fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
         return await self._db.run(read)

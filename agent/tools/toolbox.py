@@ -5,6 +5,7 @@ line and a metric per call (the tool's name and outcome, never its arguments).""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -92,7 +93,8 @@ class Toolbox:
         if self.reminders is not None:
             tools.extend(self._reminder_tools(message, prompts))
         if self.mcp is not None:
-            tools.extend(self.mcp.tools_for(message))
+            names = {tool.name for tool in tools}
+            tools.extend(t for t in self.mcp.tools_for(message) if t.name not in names)
         return tools
 
     def status_line(self, name: str, prompts: PromptSet) -> str:
@@ -143,8 +145,12 @@ class Toolbox:
         if len(text) > limit:
             text = text[:limit] + "\n" + prompts.tool_result("cut", limit=limit)
         if mcp_timeout is not None:  # an MCP server's answer is data from outside: marked as such
-            start = prompts.tool_result("untrusted_start", tool=name)
-            text = f"{start}\n{text}\n{prompts.tool_result('untrusted_end')}"
+            start, end = (
+                prompts.tool_result("untrusted_start", tool=name),
+                prompts.tool_result("untrusted_end"),
+            )
+            text = text.replace(end, end.replace("<", "‹"))  # it cannot close the block early
+            text = f"{start}\n{text}\n{end}"
         return ("refused" if text.startswith(_REFUSED) else "ok"), text.removeprefix(_REFUSED)
 
     def _reminder_tools(self, message: IncomingMessage, prompts: PromptSet) -> list[BaseTool]:
@@ -152,17 +158,20 @@ class Toolbox:
         assert book is not None
         spec = prompts.tools
 
+        # Each call is named by the message and its place among this answer's calls of the tool: the
+        # message answered again (after a crash) sets and cancels nothing twice.
+        sets, cancels = itertools.count(1), itertools.count(1)
+
         async def set_reminder(when: str, text: str, repeat: str | None = None) -> str:
-            return await self._set(book, message, prompts, when, text, repeat)
+            source = f"{message.message_id}:set:{next(sets)}"
+            return await self._set(book, message, prompts, when, text, repeat, source)
 
         async def list_reminders() -> str:
             return await self._list(book, message, prompts)
 
         async def cancel_reminder(id: int) -> str:
-            pending = await book.visible(message)  # numbered as list_reminders shows them
-            if not 1 <= id <= len(pending):
-                return _REFUSED + prompts.reminder_reply("not_found")
-            cancelled = await book.cancel(message.person_id, pending[id - 1].id)
+            source = f"{message.message_id}:cancel:{next(cancels)}"
+            cancelled = await book.cancel(message, id, source=source)  # numbered as list_reminders shows
             if cancelled is None:
                 return _REFUSED + prompts.reminder_reply("not_found")
             return prompts.reminder_reply(
@@ -183,13 +192,14 @@ class Toolbox:
         when: str,
         text: str,
         repeat: str | None,
+        source: str,
     ) -> str:
         try:
             plan = book.plan(when, text, repeat)
             problem = self._unreachable(message, plan, prompts)
             if problem is not None:
                 return _REFUSED + problem
-            reminder = await book.add(message, plan)
+            reminder = await book.add(message, plan, source=source)
         except ReminderProblem as exc:
             return _REFUSED + prompts.reminder_reply(exc.key, **exc.values)
         except StorageError:

@@ -63,7 +63,12 @@ class PeriodicCheck:
     async def run_once(self) -> None:
         await self._courier.send_due()
         if self._reminders is not None:
-            await self._reminders.fire_due()
+            try:
+                await self._reminders.fire_due()
+            except StorageError:
+                raise
+            except Exception:  # never at the cost of the rest of the check
+                log.exception("periodic check: firing due reminders failed")
         await self._dispatcher.resume(all_processing=False, retry_after_seconds=self._retry_after)
         cutoff = time.time() - self._retention_seconds
         inbox_rows = await self._inbox.purge_older_than(cutoff)

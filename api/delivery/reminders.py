@@ -108,7 +108,7 @@ class ReminderClock:
 
     async def stop(self) -> None:
         if self._listener is not None:
-            self._listener.stop()
+            await asyncio.to_thread(self._listener.stop)  # joins its thread: not on the event loop
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

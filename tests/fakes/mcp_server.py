@@ -59,4 +59,8 @@ def http_app() -> Any:
 if __name__ == "__main__":
     if "--fail" in sys.argv:
         sys.exit("this server refuses to start")
+    if "--slow" in sys.argv:  # a server that takes a while to come up (a first `npx` download)
+        import time
+
+        time.sleep(float(sys.argv[sys.argv.index("--slow") + 1]))
     server.run("stdio")

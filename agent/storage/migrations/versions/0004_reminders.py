@@ -34,12 +34,16 @@ def upgrade() -> None:
         sa.Column("origin", sa.Text(), nullable=False),  # where it was asked (JSON; holds a session webhook)
         sa.Column("state", sa.Text(), nullable=False),
         sa.Column("fired", sa.Integer(), nullable=False, server_default="0"),
+        # the message and call that set it / cancelled it: answering a message again does not act twice
+        sa.Column("source", sa.Text(), unique=True),
+        sa.Column("cancelled_by", sa.Text()),
         sa.Column("created_at", TIME, nullable=False),
         sa.Column("updated_at", TIME, nullable=False),
         sa.CheckConstraint("state IN ('active', 'done', 'cancelled')", name="reminders_state_known"),
     )
     op.create_index("reminders_due", "reminders", ["state", "due_at"])
     op.create_index("reminders_person", "reminders", ["person_id", "state"])
+    op.create_index("reminders_cancelled_by", "reminders", ["cancelled_by"])
 
 
 def downgrade() -> None:

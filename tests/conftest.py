@@ -151,6 +151,45 @@ def make_settings(
     return build
 
 
+OPENAI_KEY = "sk-test-0123456789abcdefghijklmnop"  # what real_settings gives the local OpenAI server
+
+
+@pytest.fixture
+def real_settings(make_settings: Callable[..., Settings], fake_openai: FakeOpenAI) -> Callable[..., Settings]:
+    """Settings with a real ChatOpenAI talking to the local OpenAI-compatible server (no retries)."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "force_mock_openai": False,
+            "openai_api_key": OPENAI_KEY,
+            "openai_api_base": f"{fake_openai.url}/v1",
+            "openai_max_retries": 0,
+            "openai_timeout": 5,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def app_settings(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> Callable[..., Settings]:
+    """Settings with app credentials: the OpenAPI sends are on, served by the local DingTalk."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "dingtalk_client_id": "dingappkey",
+            "dingtalk_client_secret": "app-secret-value",
+            "dingtalk_api_base": fake_dingtalk.url,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build
+
+
 class RunningApp:
     def __init__(self, url: str, server: uvicorn.Server) -> None:
         self.url = url

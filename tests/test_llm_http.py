@@ -6,7 +6,6 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -16,26 +15,10 @@ from agent.messages import IncomingMessage
 from agent.model.factory import build_chat_model
 from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
+from tests.conftest import OPENAI_KEY as KEY
 from tests.fakes.servers import FakeOpenAI, Scripted
 
-KEY = "sk-test-0123456789abcdefghijklmnop"
 MESSAGE = person_message("你好")
-
-
-@pytest.fixture
-def real_settings(make_settings: Callable[..., Settings], fake_openai: FakeOpenAI) -> Callable[..., Settings]:
-    def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "force_mock_openai": False,
-            "openai_api_key": KEY,
-            "openai_api_base": f"{fake_openai.url}/v1",
-            "openai_max_retries": 0,
-            "openai_timeout": 5,
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return build
 
 
 def answer(settings: Settings, message: IncomingMessage = MESSAGE) -> str:

@@ -45,24 +45,6 @@ def more_checks(app: RunningApp, count: int = 2) -> None:
     wait_until(lambda: check.runs >= runs + count, what=f"{count} more periodic checks")
 
 
-@pytest.fixture
-def app_settings(
-    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
-) -> Callable[..., Settings]:
-    """Settings with app credentials: the OpenAPI fallback is on, served by the local DingTalk."""
-
-    def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "dingtalk_client_id": "dingappkey",
-            "dingtalk_client_secret": "app-secret-value",
-            "dingtalk_api_base": fake_dingtalk.url,
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return build
-
-
 def test_expired_session_webhook_falls_back_to_the_one_to_one_send(
     app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
 ) -> None:

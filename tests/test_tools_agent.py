@@ -24,29 +24,12 @@ from agent.settings.config import Settings
 from tests.assistants import person_message as one_message
 from tests.fakes.servers import FakeOpenAI, Scripted
 
-KEY = "sk-test-0123456789abcdefghijklmnop"
 _ids = itertools.count(1)
 
 
 def person_message(text: str = "你好", **fields: Any) -> IncomingMessage:
     """A one-to-one message from 张三 with an id of its own, as every message has."""
     return one_message(text, **{"message_id": f"m{next(_ids)}", **fields})
-
-
-@pytest.fixture
-def real_settings(make_settings: Callable[..., Settings], fake_openai: FakeOpenAI) -> Callable[..., Settings]:
-    def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "force_mock_openai": False,
-            "openai_api_key": KEY,
-            "openai_api_base": f"{fake_openai.url}/v1",
-            "openai_max_retries": 0,
-            "openai_timeout": 5,
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return build
 
 
 class Recorder:

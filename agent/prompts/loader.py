@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +14,7 @@ import yaml
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from agent.errors import ModelErrorKind, PromptError
+from agent.prompts.checks import check_reminder_replies, check_template, check_tools, fields
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +82,6 @@ class PromptSet:
         return self.reply("unsupported", type_name=str(names.get(original_type) or names["default"]))
 
 
-def _fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
-
-
-def _check(template: Any, allowed: frozenset[str], where: str) -> str:
-    if not isinstance(template, str) or not template.strip():
-        raise PromptError(f"{where}: must be a non-empty text")
-    try:
-        names = _fields(template)
-    except ValueError as exc:
-        raise PromptError(
-            f"{where}: invalid template ({exc}); write a literal brace as {{{{ or }}}}"
-        ) from None
-    unknown = names - allowed
-    if unknown:
-        raise PromptError(f"{where}: unknown variable(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return template
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -152,7 +133,7 @@ _COMMAND_REPLIES: dict[str, frozenset[str]] = {
 
 def _check_replies(path: Path, replies: dict[str, Any]) -> None:
     for key, allowed in _REQUIRED_REPLIES.items():
-        _check(replies.get(key), allowed, f"{path}: {key}")
+        check_template(replies.get(key), allowed, f"{path}: {key}")
     names = replies.get("type_names")
     if not isinstance(names, dict) or "default" not in names:
         raise PromptError(f"{path}: type_names must be a mapping with a `default` entry")
@@ -163,71 +144,13 @@ def _check_replies(path: Path, replies: dict[str, Any]) -> None:
     if not isinstance(commands, dict):
         raise PromptError(f"{path}: commands must be a mapping")
     for key, allowed in _COMMAND_REPLIES.items():
-        _check(commands.get(key), allowed, f"{path}: commands.{key}")
+        check_template(commands.get(key), allowed, f"{path}: commands.{key}")
     missing = [kind.value for kind in ModelErrorKind if kind.value not in errors]
     if missing:
         raise PromptError(f"{path}: model_errors lacks {missing}")
     for key, value in errors.items():
-        _check(value, frozenset(), f"{path}: model_errors.{key}")
-    reminders = replies.get("reminders")
-    if not isinstance(reminders, dict):
-        raise PromptError(f"{path}: reminders must be a mapping")
-    for key, allowed in _REMINDER_REPLIES.items():
-        _check(reminders.get(key), allowed, f"{path}: reminders.{key}")
-    for group in ("repeat_names", "unreachable_why"):
-        if not isinstance(reminders.get(group), dict):
-            raise PromptError(f"{path}: reminders.{group} must be a mapping")
-
-
-_REMINDER_REPLIES: dict[str, frozenset[str]] = {
-    "set": frozenset({"when", "text"}),
-    "set_repeat": frozenset({"when", "text", "repeat"}),
-    "fired": frozenset({"text"}),
-    "late": frozenset({"due", "late"}),
-    "minutes": frozenset({"n"}),
-    "list": frozenset({"count", "items"}),
-    "item": frozenset({"number", "when", "repeat", "text"}),
-    "empty": frozenset(),
-    "cancelled": frozenset({"when", "text"}),
-    "bad_number": frozenset({"number", "count"}),
-    "not_found": frozenset(),
-    "past": frozenset({"when"}),
-    "too_far": frozenset(),
-    "too_many": frozenset({"limit"}),
-    "bad_time": frozenset({"when"}),
-    "bad_repeat": frozenset({"repeat"}),
-    "no_text": frozenset(),
-    "unavailable": frozenset(),
-    "unreachable": frozenset({"why", "settings"}),
-    "unreachable_before": frozenset({"why", "before"}),
-}
-_TOOLS = ("set_reminder", "list_reminders", "cancel_reminder")
-_TOOL_RESULTS: dict[str, frozenset[str]] = {
-    "failed": frozenset({"tool", "reason"}),
-    "timeout": frozenset({"tool", "seconds"}),
-    "unknown": frozenset({"tool"}),
-    "too_many": frozenset({"limit"}),
-    "cut": frozenset({"limit"}),
-    "untrusted_start": frozenset({"tool"}),
-    "untrusted_end": frozenset(),
-}
-
-
-def _check_tools(path: Path, tools: dict[str, Any]) -> None:
-    for name in _TOOLS:
-        tool = tools.get(name)
-        if not isinstance(tool, dict):
-            raise PromptError(f"{path}: {name} must be a mapping with a description")
-        _check(tool.get("description"), frozenset(), f"{path}: {name}.description")
-        _check(tool.get("status"), frozenset(), f"{path}: {name}.status")
-        for arg, text in (tool.get("args") or {}).items():
-            _check(text, frozenset(), f"{path}: {name}.args.{arg}")
-    _check(tools.get("mcp_status"), frozenset({"tool"}), f"{path}: mcp_status")
-    results = tools.get("results")
-    if not isinstance(results, dict):
-        raise PromptError(f"{path}: results must be a mapping")
-    for key, allowed in _TOOL_RESULTS.items():
-        _check(results.get(key), allowed, f"{path}: results.{key}")
+        check_template(value, frozenset(), f"{path}: model_errors.{key}")
+    check_reminder_replies(path, replies)
 
 
 # Replies added after a prompts folder may have been copied: taken from the bundled prompts when missing.
@@ -347,19 +270,21 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
     """Check every template and build the LangChain prompts; raise PromptError naming the bad file."""
     chat_path = sources.chat_path
     chat = sources.chat
-    system_text = _check(sources.system_text, SYSTEM_VARIABLES, str(sources.system_path))
-    human = _check(chat.get("human"), HUMAN_VARIABLES, f"{chat_path}: human")
-    if "text" not in _fields(human):
+    system_text = check_template(sources.system_text, SYSTEM_VARIABLES, str(sources.system_path))
+    human = check_template(chat.get("human"), HUMAN_VARIABLES, f"{chat_path}: human")
+    if "text" not in fields(human):
         raise PromptError(f"{chat_path}: human must contain {{text}}")
 
     place = chat.get("chat_place") or {}
     memories = chat.get("memories") or {}
     if not isinstance(place, dict) or not isinstance(memories, dict):
         raise PromptError(f"{chat_path}: chat_place and memories must be mappings")
-    direct = _check(place.get("direct"), frozenset(), f"{chat_path}: chat_place.direct")
-    group = _check(place.get("group"), frozenset({"conversation_title"}), f"{chat_path}: chat_place.group")
-    item = _check(memories.get("item"), frozenset({"memory"}), f"{chat_path}: memories.item")
-    empty = _check(memories.get("empty"), frozenset(), f"{chat_path}: memories.empty")
+    direct = check_template(place.get("direct"), frozenset(), f"{chat_path}: chat_place.direct")
+    group = check_template(
+        place.get("group"), frozenset({"conversation_title"}), f"{chat_path}: chat_place.group"
+    )
+    item = check_template(memories.get("item"), frozenset({"memory"}), f"{chat_path}: memories.item")
+    empty = check_template(memories.get("empty"), frozenset(), f"{chat_path}: memories.empty")
 
     weekdays = chat.get("weekdays")
     if not isinstance(weekdays, list) or len(weekdays) != 7 or not all(isinstance(w, str) for w in weekdays):
@@ -367,7 +292,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
 
     replies = _upgraded(sources.replies, sources.replies_path)
     _check_replies(sources.replies_path, replies)
-    _check_tools(sources.tools_path, sources.tools)
+    check_tools(sources.tools_path, sources.tools)
 
     memory_path = sources.memory_path
     memory = sources.memory
@@ -375,13 +300,13 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
         [
             (
                 "system",
-                _check(
+                check_template(
                     memory.get("extraction_system"), EXTRACTION_VARIABLES, f"{memory_path}: extraction_system"
                 ),
             ),
             (
                 "human",
-                _check(
+                check_template(
                     memory.get("extraction_human"), EXTRACTION_VARIABLES, f"{memory_path}: extraction_human"
                 ),
             ),
@@ -399,7 +324,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
     return PromptSet(
         chat=template,
         extraction=extraction,
-        extraction_repair=_check(repair, frozenset(), f"{memory_path}: extraction_repair"),
+        extraction_repair=check_template(repair, frozenset(), f"{memory_path}: extraction_repair"),
         chat_place_direct=direct,
         chat_place_group=group,
         memory_item=item,

@@ -23,7 +23,8 @@ from agent.observe import NoObserver, Observer
 from agent.prompts.loader import PromptSet
 from agent.settings.config import Settings
 from agent.storage.health import StorageError
-from agent.tools.reminders import Firing, Plan, Reminder, ReminderBook, ReminderProblem
+from agent.tools.reminders import Firing, Plan, Reminder, ReminderBook
+from agent.tools.when import ReminderProblem
 
 log = logging.getLogger(__name__)
 MAX_CALLS_PER_ROUND = 8
@@ -135,6 +136,8 @@ class Toolbox:
                 result = await tool.ainvoke(dict(call.get("args") or {}))
         except TimeoutError:
             return "timeout", prompts.tool_result("timeout", tool=name, seconds=f"{seconds:g}")
+        except Refused as refusal:
+            return "refused", str(refusal)
         except Exception as exc:
             log.debug("tool %s failure detail", name, exc_info=True)
             if mcp_timeout is not None and self.mcp is not None:
@@ -151,7 +154,7 @@ class Toolbox:
             )
             text = text.replace(end, end.replace("<", "‹"))  # it cannot close the block early
             text = f"{start}\n{text}\n{end}"
-        return ("refused" if text.startswith(_REFUSED) else "ok"), text.removeprefix(_REFUSED)
+        return "ok", text
 
     def _reminder_tools(self, message: IncomingMessage, prompts: PromptSet) -> list[BaseTool]:
         book = self.reminders
@@ -173,7 +176,7 @@ class Toolbox:
             source = f"{message.message_id}:cancel:{next(cancels)}"
             cancelled = await book.cancel(message, id, source=source)  # numbered as list_reminders shows
             if cancelled is None:
-                return _REFUSED + prompts.reminder_reply("not_found")
+                raise Refused(prompts.reminder_reply("not_found"))
             return prompts.reminder_reply(
                 "cancelled", when=when_text(prompts, cancelled), text=cancelled.text
             )
@@ -198,12 +201,12 @@ class Toolbox:
             plan = book.plan(when, text, repeat)
             problem = self._unreachable(message, plan, prompts)
             if problem is not None:
-                return _REFUSED + problem
+                raise Refused(problem)
             reminder = await book.add(message, plan, source=source)
         except ReminderProblem as exc:
-            return _REFUSED + prompts.reminder_reply(exc.key, **exc.values)
+            raise Refused(prompts.reminder_reply(exc.key, **exc.values)) from None
         except StorageError:
-            return _REFUSED + prompts.reminder_reply("unavailable")
+            raise Refused(prompts.reminder_reply("unavailable")) from None
         return confirmation(prompts, reminder)
 
     def _unreachable(self, message: IncomingMessage, plan: Plan, prompts: PromptSet) -> str | None:
@@ -229,7 +232,9 @@ class Toolbox:
         return prompts.reminder_reply("list", count=len(pending), items="\n".join(lines))
 
 
-_REFUSED = "\x00refused\x00"  # a tool's own "no" (past time, not yours): outcome `refused`, not an error
+class Refused(Exception):
+    """A tool's own "no" (a past time, not yours, no route): its sentence is the result, the outcome
+    `refused`, not an error."""
 
 
 def confirmation(prompts: PromptSet, reminder: Reminder) -> str:

@@ -22,7 +22,8 @@ from agent.storage.postgres import PostgresEngine
 from api.app import create_app
 from api.serving import server_config
 from tests import network_guard
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.servers import FakeDingTalk
 from tests.postgres import RunDatabase, require_server
 from tests.waiting import PATIENCE
 

@@ -22,8 +22,9 @@ from api.delivery.outbox import Outbox
 from api.dingtalk.robot_webhook import RobotWebhookSender
 from api.dingtalk.sender import SessionWebhookSender
 from tests.conftest import SECRET, serve
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.fakes.servers import FakeDingTalk
 
 KEY = "sk-test-key-0123456789abcdef"
 TOLD = "已通知管理员处理。"

@@ -14,8 +14,9 @@ import pytest
 import api.app
 from agent.settings.config import Settings
 from tests.conftest import SECRET, RunningApp, serve
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
 from tests.waiting import PATIENCE, wait_until
 

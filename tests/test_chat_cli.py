@@ -11,7 +11,7 @@ import pytest
 from agent.settings.config import DEFAULT_PROMPTS_DIR, Settings
 from dingbot.cli import main
 from tests.conftest import serve
-from tests.fakes.servers import FakeOpenAI, Scripted
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 
 
 def scripted_input(monkeypatch: pytest.MonkeyPatch, lines: list[str | Callable[[], str]]) -> None:

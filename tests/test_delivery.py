@@ -21,8 +21,9 @@ from api.delivery.outbox import Outbox
 from api.dingtalk.reply import Route
 from tests.assistants import person_message
 from tests.conftest import SECRET, serve
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
 from tests.waiting import wait_until
 

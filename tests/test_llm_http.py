@@ -16,7 +16,7 @@ from agent.model.factory import build_chat_model
 from agent.settings.config import Settings
 from tests.assistants import open_assistant, person_message
 from tests.conftest import OPENAI_KEY as KEY
-from tests.fakes.servers import FakeOpenAI, Scripted
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 
 MESSAGE = person_message("你好")
 

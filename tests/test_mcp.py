@@ -23,8 +23,9 @@ from agent.tools.mcp import McpServers, read_config
 from tests.assistants import person_message
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.mcp_server import http_app
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.fakes.servers import FakeDingTalk
 from tests.waiting import PATIENCE, wait_until
 
 KEY = "sk-test-0123456789abcdefghijklmnop"

@@ -14,7 +14,7 @@ import pytest
 
 from agent.settings.config import Settings
 from tests.conftest import serve, subprocess_env
-from tests.fakes.servers import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI
 
 HOLD = """
 import sys

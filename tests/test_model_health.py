@@ -13,8 +13,9 @@ import pytest
 
 from agent.settings.config import Settings
 from tests.conftest import SECRET, RunningApp, serve
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.fakes.servers import FakeDingTalk
 
 
 def closed_port() -> int:

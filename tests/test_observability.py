@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.fakes.servers import FakeDingTalk
 from tests.prometheus import sample
 from tests.waiting import wait_until
 

@@ -20,8 +20,9 @@ import pytest
 from agent.settings.config import Settings
 from agent.storage.database import Database
 from tests.conftest import SECRET, subprocess_env
+from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
 from tests.waiting import PATIENCE, wait_until
 

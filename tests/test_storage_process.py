@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from tests.conftest import SECRET, subprocess_env
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI, Scripted
+from tests.fakes.servers import FakeDingTalk
 from tests.test_server_process import STARTUP_PATIENCE, _start, free_port, refused_start
 from tests.waiting import PATIENCE, wait_until
 

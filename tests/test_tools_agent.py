@@ -22,7 +22,7 @@ from agent.messages import IncomingMessage
 from agent.model.mock import MockChatModel
 from agent.settings.config import Settings
 from tests.assistants import person_message as one_message
-from tests.fakes.servers import FakeOpenAI, Scripted
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 
 _ids = itertools.count(1)
 

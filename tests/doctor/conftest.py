@@ -10,7 +10,8 @@ import pytest
 
 from agent.diagnostics import memory as diagnostics_memory
 from tests.doctor.helpers import EMBEDDING, KEY, SECRETS
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.servers import FakeDingTalk
 
 
 @pytest.fixture(autouse=True)

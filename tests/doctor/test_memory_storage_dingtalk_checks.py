@@ -16,7 +16,8 @@ from tests.doctor.helpers import DEFAULT_TEMPORARY_ROOTS, KEY, SECRETS, doctor
 from tests.fakes.gateway import CLIENT_ID as GATEWAY_CLIENT_ID
 from tests.fakes.gateway import CLIENT_SECRET as GATEWAY_CLIENT_SECRET
 from tests.fakes.gateway import FakeGateway
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.servers import FakeDingTalk
 
 
 def test_mock_mode_skips_the_model_and_still_checks_memory_storage_and_dingtalk(

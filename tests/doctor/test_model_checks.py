@@ -14,7 +14,8 @@ from agent.diagnostics.checks import Status, mask
 from agent.diagnostics.model import check_key
 from agent.settings.config import Settings
 from tests.doctor.helpers import AZURE_KEY, EMBEDDING, KEY, SECRETS, doctor, statuses
-from tests.fakes.servers import FakeDingTalk, FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.servers import FakeDingTalk
 
 
 def test_healthy_setup_passes_every_check_and_exits_zero(

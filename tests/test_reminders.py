@@ -32,6 +32,7 @@ from tests.assistants import person_message
 from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk, Recorded
+from tests.prometheus import sample
 from tests.store import sql
 from tests.waiting import wait_until
 
@@ -178,6 +179,10 @@ def test_a_reminder_fires_at_its_due_time_by_the_timer_once(
         assert "提醒你：喝水" in confirmation.json()["text"]["content"]
         [reminder] = wait_until(lambda: reminder_posts(fake_dingtalk), what="the reminder")
         [(due_at, state, fired)] = sql(settings, "SELECT due_at, state, fired FROM reminders")
+        metrics = app.client.get("/metrics").text
+    assert sample(metrics, "dingbot_tool_calls_total", outcome="ok", tool="set_reminder") == 1
+    assert sample(metrics, "dingbot_reminders_fired_total", outcome="sent") == 1
+    assert sample(metrics, "dingbot_reminder_delay_seconds_count") == 1
     assert reminder.json()["text"]["content"] == "⏰ 提醒：喝水"
     assert reminder.received_epoch >= due_at  # never early
     assert (state, fired) == ("done", 1)

@@ -103,7 +103,10 @@ class FakeOpenAI(LocalServer):
         if path.endswith("/embeddings") and self.embeddings:
             texts = request.json()["input"]
             texts = [texts] if isinstance(texts, str) else texts
-            data = [{"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(texts)]
+            data = [
+                {"object": "embedding", "index": i, "embedding": fake_embedding(t)}
+                for i, t in enumerate(texts)
+            ]
             self.send_json(handler, 200, {"object": "list", "data": data, "model": "fake-embedding"})
             return
         if not path.endswith("/chat/completions"):
@@ -216,7 +219,7 @@ class FakeOpenAI(LocalServer):
         handler.close_connection = True
 
 
-def _vector(text: str, dims: int = 64) -> list[float]:
+def fake_embedding(text: str, dims: int = 64) -> list[float]:
     """A deterministic embedding: character bigrams hashed into `dims` buckets (shared words → close)."""
     import hashlib
     import math

@@ -15,7 +15,8 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes.servers import LocalServer, Recorded, _vector
+from tests.fakes.openai_server import fake_embedding
+from tests.fakes.servers import LocalServer, Recorded
 
 RUNAWAY = "这是一个非常长的回答，模型停不下来。"
 EXTRACTION_MARKER = "facts"  # the extraction prompt asks for {"facts": [...]}
@@ -69,7 +70,10 @@ class WeakModel(LocalServer):
         if path.endswith("/embeddings"):
             texts = request.json()["input"]
             texts = [texts] if isinstance(texts, str) else texts
-            data = [{"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(texts)]
+            data = [
+                {"object": "embedding", "index": i, "embedding": fake_embedding(t)}
+                for i, t in enumerate(texts)
+            ]
             self.send_json(handler, 200, {"object": "list", "data": data, "model": "fake-embedding"})
             return
         if not path.endswith("/chat/completions"):

@@ -165,12 +165,15 @@ class Assistant:
         except ToolsUsedError as acted:
             # The tools did act (a reminder set): say what they did rather than only that it failed.
             log.warning(
-                "model call failed after tool calls (%s): answering with the tools' results", acted.kind
+                "model call failed after tool calls: %s. Fix: %s (answering with the tools' results)",
+                acted.cause,
+                acted.fix,
             )
             self.observer.model_call(time.perf_counter() - started, acted.kind.value)
+            told = await self.health.answer_failed(acted)  # the endpoint's state, operators' alert
             if acted.results:
                 return Reply("\n".join(acted.results))
-            return Reply(prompts.model_error_reply(acted.kind), failed=True)
+            return Reply(prompts.model_error_reply(acted.kind, operators_told=told), failed=True)
         except Exception as exc:
             error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
             log.debug("model call failure detail", exc_info=True)

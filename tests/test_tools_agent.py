@@ -359,3 +359,22 @@ def test_a_message_answered_again_sets_and_cancels_nothing_twice(
     assert "开会" in said[4]
     assert said[4] == said[5]
     assert left == ["下班"]
+
+
+def test_a_model_failure_after_the_tool_acted_tells_what_the_tool_did(
+    real_settings: Callable[..., Settings], fake_openai: FakeOpenAI
+) -> None:
+    """The reminder is set, then the endpoint fails: the person hears the reminder's confirmation, not
+    only an error (they would ask again, and have two)."""
+    fake_openai.script.append(Scripted(tool_calls=[("set_reminder", '{"when": "PT3M", "text": "喝水"}')]))
+    fake_openai.script.append(Scripted(status=500))
+
+    async def go() -> tuple[str, bool, list[str]]:
+        async with agent(real_settings()) as parts:
+            reply = await parts.assistant.reply(person_message("3分钟后提醒我喝水"))
+            return reply.text, reply.failed, [r.text for r in await parts.reminders.active("corp:u1")]
+
+    text, failed, pending = asyncio.run(go())
+    assert "提醒你：喝水" in text
+    assert not failed
+    assert pending == ["喝水"]

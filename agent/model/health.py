@@ -77,6 +77,7 @@ class ModelHealth:
         self._status = ModelStatus(state, since=time.time())
         self._passing_failures = 0
         self._answers = 0  # answers seen, failed or not: a check older than the last answer is stale
+        self.checked_at = float("-inf")  # time.monotonic() when the last check finished
 
     @property
     def status(self) -> ModelStatus:
@@ -156,6 +157,7 @@ class ModelHealth:
         answers_before = self._answers
         try:
             failed, found = await asyncio.to_thread(self._run_checks)
+            self.checked_at = time.monotonic()
         except Exception as exc:  # a bug in a check must never stop the service
             log.warning(
                 "model endpoint check could not run (%s); it is tried again later", type(exc).__name__

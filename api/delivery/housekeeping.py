@@ -85,11 +85,18 @@ class PeriodicCheck:
             )
         if self._limiter is not None:
             await self._limiter.forget_idle()
-        if self._model is not None and self._model.status.state in (ModelState.FAILING, ModelState.UNCHECKED):
+        model = self._model
+        # Checked again while failing, but not one that has just been checked (the startup check, which a
+        # fast refusal finishes before this first run gets here).
+        if (
+            model is not None
+            and model.status.state in (ModelState.FAILING, ModelState.UNCHECKED)
+            and time.monotonic() - model.checked_at >= self._interval
+        ):
             # Notices the fix without waiting for a person; after the deliveries, and bounded, so a hung
             # endpoint (or name server) never holds up the sweep.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._model.check("periodic check"), MODEL_CHECK_BUDGET_SECONDS)
+                await asyncio.wait_for(model.check("periodic check"), MODEL_CHECK_BUDGET_SECONDS)
         if self._memory is not None and not self._memory.available and self._memory.settings.vector_server:
             with contextlib.suppress(TimeoutError):  # the vector server may be back: memory on again
                 await asyncio.wait_for(self._memory.reopen(), MODEL_CHECK_BUDGET_SECONDS)

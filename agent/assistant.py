@@ -72,10 +72,14 @@ class Assistant:
         return message.history_key
 
     def _human_entry(self, message: IncomingMessage) -> str:
-        """How the person's words are kept in history: with the nick when a group shares one history."""
+        """How the person's words are given to the model and kept in history: marked as spoken for a voice
+        message (chat.yaml `spoken`), with the nick when a group shares one history."""
+        text = message.text
+        if message.original_type == "audio":
+            text = self.prompts_for(message).spoken.format(text=text)
         if message.is_group and self.settings.group_shared_context:
-            return f"{message.sender_nick}: {message.text}"
-        return message.text
+            return f"{message.sender_nick}: {text}"
+        return text
 
     def prompts_for(self, message: IncomingMessage) -> PromptSet:
         """The prompts in use for this message's conversation (its group's overrides, else the defaults),
@@ -133,6 +137,8 @@ class Assistant:
         if message.kind is ContentKind.EMPTY:
             return Reply(prompts.reply("empty", bot_name=self.settings.bot_name))
         if message.kind is ContentKind.UNSUPPORTED:
+            if message.original_type == "audio":  # a voice message DingTalk heard no words in
+                return Reply(prompts.reply("unheard"), canned=True)
             return Reply(prompts.unsupported_reply(message.original_type))
         command = parse_command(message.text)
         if command is not None:

@@ -17,6 +17,7 @@ from agent.settings.config import Settings
 from tests.conftest import SECRET, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
+from tests.store import sql
 from tests.waiting import PATIENCE, wait_until
 
 
@@ -293,7 +294,7 @@ def test_group_message_addressed_to_someone_else_is_not_answered(
         ),
         (
             {"msgtype": "audio", "content": {"downloadCode": "x", "recognition": "语音转的文字"}},
-            "「语音转的文字」",
+            "「[语音] 语音转的文字」",  # answered from DingTalk's recognition, marked as spoken
         ),
         ({"msgtype": "picture", "content": {"downloadCode": "x"}}, "暂时看不懂图片"),
         ({"msgtype": "file", "content": {"fileName": "a.pdf"}}, "暂时看不懂文件"),
@@ -303,7 +304,7 @@ def test_group_message_addressed_to_someone_else_is_not_answered(
             {"msgtype": "richText", "content": {"richText": [{"downloadCode": "p", "type": "picture"}]}},
             "只有图片的消息",
         ),
-        ({"msgtype": "audio", "content": {"downloadCode": "x"}}, "这条语音"),
+        ({"msgtype": "audio", "content": {"downloadCode": "x"}}, "没听清，请再说一遍或打字。"),
         ({"msgtype": "text", "text": {"content": "   "}}, "有什么可以帮你"),
     ],
 )
@@ -320,6 +321,20 @@ def test_each_message_type_gets_the_right_answer(
         assert post(app, body).status_code == 200
         [request] = fake_dingtalk.wait_for(1)
     assert expected in request.json()["text"]["content"]
+
+
+def test_a_voice_message_is_kept_in_history_as_spoken(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    voice = callback(fake_dingtalk.webhook())
+    voice.pop("text")
+    voice.update(msgtype="audio", content={"downloadCode": "x", "recognition": "明天开会"})
+    settings = make_settings()
+    with serve(settings) as app:
+        post(app, voice)
+        fake_dingtalk.wait_for(1)
+    # written after the reply went out; the app drained its work before it stopped
+    assert sql(settings, "SELECT role, content FROM history ORDER BY id")[0] == ("human", "[语音] 明天开会")
 
 
 def test_errcode_from_dingtalk_is_read_and_the_server_stays_healthy(

@@ -242,3 +242,15 @@ def test_a_prompts_folder_from_before_the_alerts_still_loads(
     assert defaults.reply("operators_told") == "已通知管理员处理。"  # the bundled one
     [warning] = [r.getMessage() for r in caplog.records]
     assert "model_errors.authentication says 已通知" in warning
+
+
+def test_the_spoken_mark_defaults_for_older_folders_and_must_hold_the_words(prompts: Path) -> None:
+    chat = prompts / "chat.yaml"
+    edit(chat, 'spoken: "[语音] {text}"\n', "")  # a folder copied before voice was marked
+    assert PromptLibrary(prompts).defaults.spoken == "[语音] {text}"
+    chat.write_text(chat.read_text(encoding="utf-8") + 'spoken: "（语音）"\n', encoding="utf-8")
+    with pytest.raises(PromptError, match=r"chat.yaml: spoken must contain \{text\}"):
+        PromptLibrary(prompts)
+    (prompts / "tools.yaml").unlink()  # a folder from before tools: the bundled descriptions
+    edit(chat, 'spoken: "（语音）"\n', 'spoken: "（语音）{text}"\n')
+    assert "set_reminder" in PromptLibrary(prompts).defaults.tools

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 GROUPS_FOLDER = "groups"
 TESTS_FOLDER = "tests"  # prompt regression cases: not prompts, changes there do not reload
 _PROMPT_SUFFIXES = (".yaml", ".yml", ".md")
-_CHAT_KEYS = frozenset({"human", "chat_place", "memories", "weekdays"})
+_CHAT_KEYS = frozenset({"human", "chat_place", "memories", "weekdays", "spoken"})
 _GROUP_KEYS = _CHAT_KEYS | {"conversations", "name", "system_file", "system_extra", "replies"}
 
 Signature = tuple[tuple[str, int, int, int], ...]  # path, inode, mtime (ns), size

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 SYSTEM_VARIABLES = frozenset({"bot_name", "now", "timezone", "speaker_nick", "chat_place", "memories"})
 HUMAN_VARIABLES = frozenset({"text", "speaker_nick"})
 HISTORY_VARIABLE = "history"
+DEFAULT_SPOKEN = "[语音] {text}"  # chat.yaml files from before voice was marked
 EXTRACTION_VARIABLES = frozenset({"speaker_nick", "existing", "text"})
 
 
@@ -36,6 +37,7 @@ class PromptSet:
     memory_item: str
     memory_empty: str
     weekdays: tuple[str, ...]
+    spoken: str  # chat.yaml `spoken`: how a voice message's recognised words are written
     replies: Mapping[str, Any]
     tools: Mapping[str, Any]  # prompts/tools.yaml: what the model is told of each tool
 
@@ -106,6 +108,7 @@ _REQUIRED_REPLIES: dict[str, frozenset[str]] = {
     "operators_told": frozenset(),
     "answer_truncated": frozenset(),
     "context_too_long": frozenset(),
+    "unheard": frozenset(),
     "operator_alert": frozenset({"bot_name", "title", "cause", "fix"}),
     "operator_resolved": frozenset({"bot_name", "title"}),
 }
@@ -161,6 +164,7 @@ _LATER_REPLIES = (
     "answer_truncated",
     "context_too_long",
     "reminders",
+    "unheard",
 )
 _LATER_COMMAND_REPLIES = ("memory_empty_group",)
 _CLAIM = "已通知"
@@ -286,6 +290,9 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
     item = check_template(memories.get("item"), frozenset({"memory"}), f"{chat_path}: memories.item")
     empty = check_template(memories.get("empty"), frozenset(), f"{chat_path}: memories.empty")
 
+    spoken = check_template(chat.get("spoken", DEFAULT_SPOKEN), frozenset({"text"}), f"{chat_path}: spoken")
+    if "text" not in fields(spoken):
+        raise PromptError(f"{chat_path}: spoken must contain {{text}}")
     weekdays = chat.get("weekdays")
     if not isinstance(weekdays, list) or len(weekdays) != 7 or not all(isinstance(w, str) for w in weekdays):
         raise PromptError(f"{chat_path}: weekdays must list 7 names, Monday first")
@@ -330,6 +337,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
         memory_item=item,
         memory_empty=empty,
         weekdays=tuple(weekdays),
+        spoken=spoken,
         replies=replies,
         tools=sources.tools,
     )

@@ -41,6 +41,10 @@ class _OfflineModel(BaseChatModel):
     def answer(self, messages: list[BaseMessage]) -> str:
         raise NotImplementedError
 
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        """The whole answer; `kwargs` are what the model was bound with (tools, tool_choice)."""
+        return AIMessage(content=self.answer(messages))
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -48,7 +52,7 @@ class _OfflineModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=self.answer(messages)))])
+        return ChatResult(generations=[ChatGeneration(message=self.reply(messages, **kwargs))])
 
     async def _agenerate(
         self,
@@ -90,9 +94,6 @@ class MockChatModel(_OfflineModel):
         template = self.template_source() if self.template_source else self.reply_template
         return template.format(text=text, history_turns=turns, memory_count=memory_count)
 
-    def answer(self, messages: list[BaseMessage]) -> str:
-        return self.describe(messages)
-
     def bind_tools(
         self, tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool], **kwargs: Any
     ) -> Runnable[LanguageModelInput, AIMessage]:
@@ -120,16 +121,9 @@ class MockChatModel(_OfflineModel):
         calls = tool_calls_for(_content_text(humans[-1]), system, names) if humans else []
         return AIMessage(content="", tool_calls=calls) if calls else None
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
         acted = self.acting(messages, kwargs.get("tools"), kwargs.get("tool_choice"))
-        message = acted or AIMessage(content=self.describe(messages))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return acted or AIMessage(content=self.describe(messages))
 
     async def _astream(
         self,
@@ -150,8 +144,8 @@ class MockChatModel(_OfflineModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        acted = self.acting(messages, kwargs.get("tools"), kwargs.get("tool_choice"))
-        if acted is not None and acted.tool_calls:
+        whole = self.reply(messages, **kwargs)
+        if whole.tool_calls:
             pieces = [
                 {
                     "name": c["name"],
@@ -159,11 +153,11 @@ class MockChatModel(_OfflineModel):
                     "id": c["id"],
                     "index": i,
                 }
-                for i, c in enumerate(acted.tool_calls)
+                for i, c in enumerate(whole.tool_calls)
             ]
             yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=pieces))
             return
-        text = _content_text(acted) if acted is not None else self.describe(messages)
+        text = _content_text(whole)
         for start in range(0, len(text), self.chunk_size):
             piece = text[start : start + self.chunk_size]
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))

@@ -5,6 +5,7 @@ line and a metric per call (the tool's name and outcome, never its arguments).""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -270,18 +271,30 @@ def _local(epoch: float, plan: Plan) -> datetime:
     return datetime.fromtimestamp(epoch, plan.due.tzinfo)
 
 
+@functools.cache
+def _schema(name: str, fields: tuple[tuple[str, Any, Any, str], ...]) -> type[BaseModel]:
+    """The arguments' model, made once per tool and set of descriptions (not on every message)."""
+    definitions: dict[str, Any] = {
+        field: (kind, Field(default, description=text)) for field, kind, default, text in fields
+    }
+    schema: type[BaseModel] = create_model(f"{name}_args", **definitions)
+    return schema
+
+
 def _tool(function: Callable[..., Awaitable[str]], spec: Any, fields: dict[str, Any]) -> BaseTool:
     """A LangChain tool whose description and argument descriptions come from prompts/tools.yaml."""
     name = function.__name__
     described = spec[name]
     args = described.get("args") or {}
-    definitions: dict[str, Any] = {}
-    for field, kind in fields.items():
-        annotation, default = kind if isinstance(kind, tuple) else (kind, ...)
-        definitions[field] = (annotation, Field(default, description=str(args.get(field, ""))))
-    schema: type[BaseModel] = create_model(f"{name}_args", **definitions)
-    return StructuredTool.from_function(
-        coroutine=function, name=name, description=str(described["description"]), args_schema=schema
+    shape = tuple(
+        (field, *(kind if isinstance(kind, tuple) else (kind, ...)), str(args.get(field, "")))
+        for field, kind in fields.items()
+    )
+    return StructuredTool(
+        name=name,
+        description=str(described["description"]),
+        args_schema=_schema(name, shape),
+        coroutine=function,
     )
 
 

@@ -101,13 +101,7 @@ class FakeOpenAI(LocalServer):
             )
             return
         if path.endswith("/embeddings") and self.embeddings:
-            texts = request.json()["input"]
-            texts = [texts] if isinstance(texts, str) else texts
-            data = [
-                {"object": "embedding", "index": i, "embedding": fake_embedding(t)}
-                for i, t in enumerate(texts)
-            ]
-            self.send_json(handler, 200, {"object": "list", "data": data, "model": "fake-embedding"})
+            self.send_json(handler, 200, embeddings_answer(request))
             return
         if not path.endswith("/chat/completions"):
             self.send_json(handler, 404, {"error": {"message": "no such route", "code": "not_found"}})
@@ -229,6 +223,14 @@ def fake_embedding(text: str, dims: int = 64) -> list[float]:
         vector[int(hashlib.md5(gram.encode()).hexdigest(), 16) % dims] += 1.0
     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
     return [v / norm for v in vector]
+
+
+def embeddings_answer(request: Recorded) -> dict[str, Any]:
+    """An /embeddings answer: a fake vector for each input text."""
+    texts = request.json()["input"]
+    texts = [texts] if isinstance(texts, str) else texts
+    data = [{"object": "embedding", "index": i, "embedding": fake_embedding(t)} for i, t in enumerate(texts)]
+    return {"object": "list", "data": data, "model": "fake-embedding"}
 
 
 def _calls_completion(calls: list[tuple[str, str]], model: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes.openai_server import fake_embedding
+from tests.fakes.openai_server import embeddings_answer
 from tests.fakes.servers import LocalServer, Recorded
 
 RUNAWAY = "这是一个非常长的回答，模型停不下来。"
@@ -68,13 +68,7 @@ class WeakModel(LocalServer):
             self.send_json(handler, 200, {"object": "list", "data": [entry]})
             return
         if path.endswith("/embeddings"):
-            texts = request.json()["input"]
-            texts = [texts] if isinstance(texts, str) else texts
-            data = [
-                {"object": "embedding", "index": i, "embedding": fake_embedding(t)}
-                for i, t in enumerate(texts)
-            ]
-            self.send_json(handler, 200, {"object": "list", "data": data, "model": "fake-embedding"})
+            self.send_json(handler, 200, embeddings_answer(request))
             return
         if not path.endswith("/chat/completions"):
             self.send_json(handler, 404, {"error": {"message": "no such route", "code": "not_found"}})

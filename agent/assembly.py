@@ -17,6 +17,9 @@ from langchain_core.language_models import BaseChatModel
 
 from agent.assistant import Assistant
 from agent.limits import SharedRateLimiter
+from agent.media.context import FileContext
+from agent.media.reader import MediaSource
+from agent.media.service import MediaService
 from agent.memory.embeddings import build_embeddings
 from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService
@@ -52,6 +55,7 @@ async def open_agent(
     clock: Callable[[], datetime] | None = None,
     reachability: Reachability | None = None,
     mcp: McpTools | None = None,
+    media: MediaSource | None = None,
 ) -> AsyncIterator[AgentParts]:
     """Open the database and the memory store and build the assistant.
 
@@ -59,7 +63,8 @@ async def open_agent(
     replace the ones the settings describe (tests, `dingbot chat`). Raises PromptError for prompts that
     do not load and ConfigError for a memory store whose vectors do not match the embedder.
     `reachability` tells the reminder tool whether a reminder can be delivered at its due time (the
-    channel's knowledge); `mcp` adds the operator's MCP tools.
+    channel's knowledge); `mcp` adds the operator's MCP tools; `media` fetches pictures and files (the
+    channel's file API; None: people are told an admin must add the app credentials).
     """
     if prompts is None:
         prompts = PromptLibrary(settings.prompts_dir)
@@ -70,10 +75,14 @@ async def open_agent(
     try:
         if model is None or settings.mock_mode:  # mock mode: its own offline extractor, whatever answers
             extraction_model = extraction_model or build_extraction_model(settings)
+        vision_model = None
         if model is None:
             model = build_chat_model(
                 settings, mock_reply_template=lambda: library.defaults.reply_template("mock_reply")
             )
+            if settings.vision_model and not settings.mock_mode:
+                vision = settings.model_copy(update={"openai_model": settings.vision_model})
+                vision_model = build_chat_model(vision, mock_reply_template="")
         # A model given by the caller (tests, tools) in real mode does the extraction too, unless one is.
         history = HistoryStore(database, settings.history_turns)
         if memory:
@@ -108,6 +117,8 @@ async def open_agent(
             if database.single_owner
             else SharedRateLimiter(database, settings.rate_limit_per_minute),
             toolbox=toolbox,
+            media=MediaService(settings, media, FileContext(database, settings.file_context_minutes)),
+            vision_model=vision_model,
         )
         yield AgentParts(database, prompts, history, service, assistant, reminders)
     finally:

@@ -20,6 +20,8 @@ from agent.commands import CommandRunner, parse_command
 from agent.errors import ModelError, ModelErrorKind
 from agent.formatting import has_structure, title_of
 from agent.limits import Limiter, RateLimiter
+from agent.media.service import MediaService
+from agent.media.turn import MediaTurn, with_pictures
 from agent.memory.history import HistoryStore, Turn
 from agent.memory.service import MemoryService
 from agent.messages import ContentKind, IncomingMessage, Reply
@@ -50,6 +52,8 @@ class Assistant:
         observer: Observer | None = None,
         limiter: Limiter | None = None,
         toolbox: Toolbox | None = None,
+        media: MediaService | None = None,
+        vision_model: BaseChatModel | None = None,
     ) -> None:
         self.settings = settings
         self.prompts = prompts
@@ -63,6 +67,8 @@ class Assistant:
         self.limiter: Limiter = limiter or RateLimiter(settings.rate_limit_per_minute)
         self._clock = clock or (lambda: datetime.now(settings.timezone))
         self.toolbox = toolbox  # tools the model may call (reminders, MCP); None: it only talks
+        self.media = media or MediaService(settings, None, None)  # pictures and files (agent/media)
+        self.vision_model = vision_model or model  # VISION_MODEL: for turns with pictures
         # A model class without tool calling (a scripted fake) only talks.
         self._binds_tools = type(model).bind_tools is not BaseChatModel.bind_tools
 
@@ -71,10 +77,12 @@ class Assistant:
             return message.group_history_key
         return message.history_key
 
-    def _human_entry(self, message: IncomingMessage) -> str:
+    def _human_entry(self, message: IncomingMessage, text: str | None = None) -> str:
         """How the person's words are given to the model and kept in history: marked as spoken for a voice
-        message (chat.yaml `spoken`), with the nick when a group shares one history."""
-        text = message.text
+        message (chat.yaml `spoken`), with the nick when a group shares one history. `text`: the words as
+        a turn with attachments writes them (agent/media/turn.py)."""
+        if text is None:
+            text = message.text
         if message.original_type == "audio":
             text = self.prompts_for(message).spoken.format(text=text)
         if message.is_group and self.settings.group_shared_context:
@@ -94,14 +102,17 @@ class Assistant:
         return chain
 
     async def build_inputs(
-        self, message: IncomingMessage, memories: list[str] | None = None, prompts: PromptSet | None = None
+        self,
+        message: IncomingMessage,
+        memories: list[str] | None = None,
+        prompts: PromptSet | None = None,
+        turn: MediaTurn | None = None,
     ) -> dict[str, Any]:
-        """The variables the chat prompt is rendered with."""
+        """The variables the chat prompt is rendered with (`turn`: the message's attachments, read)."""
         prompts = prompts or self.prompts_for(message)
-        turns = await self.history.recent(self.history_scope(message))
         history: list[BaseMessage] = []
-        for turn in turns:
-            history.extend([HumanMessage(turn.human), AIMessage(turn.ai)])
+        for earlier in await self.history.recent(self.history_scope(message)):
+            history.extend([HumanMessage(earlier.human), AIMessage(earlier.ai)])
         return {
             "bot_name": self.settings.bot_name,
             "now": prompts.render_now(self._clock()),
@@ -112,7 +123,7 @@ class Assistant:
             ),
             "memories": prompts.render_memories(memories or []),
             "history": history,
-            "text": self._human_entry(message),
+            "text": self._human_entry(message, turn.text if turn else None),
         }
 
     async def reply(
@@ -140,7 +151,7 @@ class Assistant:
             if message.original_type == "audio":  # a voice message DingTalk heard no words in
                 return Reply(prompts.reply("unheard"), canned=True)
             return Reply(prompts.unsupported_reply(message.original_type))
-        command = parse_command(message.text)
+        command = parse_command(message.text) if message.kind is ContentKind.TEXT else None
         if command is not None:
             runner = CommandRunner(
                 prompts=prompts,
@@ -155,6 +166,11 @@ class Assistant:
         if len(message.text) > self.settings.max_message_chars:
             note = prompts.reply("truncated", limit=str(self.settings.max_message_chars)) + "\n"
             message = self._clipped(message)
+        turn, unread = await self.media.turn(message, self.history_scope(message), prompts)
+        if unread:
+            note = f"{unread}\n{note}"
+        if turn is not None and not (turn.pictures or turn.documents or message.text.strip()):
+            return Reply(unread, canned=True)  # nothing of it could be read: only why
         recall_started = time.perf_counter()
         if recalled is not None:
             memories = recalled
@@ -162,10 +178,11 @@ class Assistant:
             memories = await self.memory.recall(message) if self.memory else []
             if self.memory:
                 self.observer.memory_recall(time.perf_counter() - recall_started)
-        inputs = self._fitted(prompts, await self.build_inputs(message, memories, prompts))
+        inputs = self._fitted(prompts, await self.build_inputs(message, memories, prompts, turn))
+        heard = self._human_entry(message, turn.history) if turn is not None else ""
         started = time.perf_counter()
         try:
-            answered = await self._ask(prompts, inputs, stream, message, watcher)
+            answered = await self._ask(prompts, inputs, stream, message, watcher, turn)
             if not answered.text:
                 raise ModelError(ModelErrorKind.UNKNOWN, "the model returned an empty answer", "retry")
         except ToolsUsedError as acted:
@@ -178,7 +195,7 @@ class Assistant:
             self.observer.model_call(time.perf_counter() - started, acted.kind.value)
             told = await self.health.answer_failed(acted)  # the endpoint's state, operators' alert
             if acted.results:
-                return Reply("\n".join(acted.results))
+                return Reply("\n".join(acted.results), heard=heard)
             return Reply(prompts.model_error_reply(acted.kind, operators_told=told), failed=True)
         except Exception as exc:
             error = exc if isinstance(exc, ModelError) else classify_model_error(exc, self.settings)
@@ -190,6 +207,8 @@ class Assistant:
                 error.cause,
                 error.fix,
             )
+            if turn is not None and turn.pictures and self.media.refuses_pictures(error):
+                return Reply(note + prompts.media_reply("images_unsupported"), canned=True)
             told = await self.health.answer_failed(error)
             if error.context_exceeded:  # even the new message alone is too long, or nothing fits
                 return Reply(prompts.reply("context_too_long"), failed=True)
@@ -205,7 +224,7 @@ class Assistant:
             answer += "\n\n" + prompts.reply("answer_truncated")
         structured = has_structure(answer)
         title = (title_of(answer) or prompts.reply("markdown_title")) if structured else ""
-        return Reply(note + answer, markdown=structured, title=title)
+        return Reply(note + answer, markdown=structured, title=title, heard=heard)
 
     def _fitted(self, prompts: PromptSet, inputs: dict[str, Any]) -> dict[str, Any]:
         """The recent turns that fit the model's context beside the system prompt, the new message and
@@ -227,18 +246,19 @@ class Assistant:
         stream: AnswerStream | None,
         message: IncomingMessage,
         watcher: ToolWatcher | None,
+        turn: MediaTurn | None = None,
     ) -> ModelAnswer:
         """One answer; when the endpoint says the prompt is longer than its context (its tokenizer counts
         more than the estimate), once more with what fits its stated limit, else with no history."""
         try:
-            return await self._answer(prompts, inputs, stream, message, watcher)
+            return await self._answer(prompts, inputs, stream, message, watcher, turn)
         except ModelError as error:
             if not error.context_exceeded:
                 raise
             self.context.learn_from(error.said)
             shorter = self._fitted(prompts, inputs) if self.context.learned else {**inputs, "history": []}
             log.warning("the model refused the prompt as too long for its context: retrying once, shorter")
-            return await self._answer(prompts, shorter, stream, message, watcher)
+            return await self._answer(prompts, shorter, stream, message, watcher, turn)
 
     async def _answer(
         self,
@@ -247,16 +267,25 @@ class Assistant:
         stream: AnswerStream | None,
         message: IncomingMessage,
         watcher: ToolWatcher | None,
+        turn: MediaTurn | None = None,
     ) -> ModelAnswer:
-        """The model's answer: with tools, through the agent loop; without, prompt | model."""
+        """The model's answer: with tools, through the agent loop; without, prompt | model. Pictures go
+        to VISION_MODEL (else the model) as content parts of the person's message."""
         retries = self.settings.openai_max_retries
         tools = self.toolbox.for_message(message, prompts) if self.toolbox and self._binds_tools else []
+        pictures = turn.pictures if turn is not None else []
+        model = self.vision_model if pictures else self.model
         if not tools:
-            return await ask(self._chain(prompts), inputs, stream, classify=self._classify, retries=retries)
+            if not pictures:
+                return await ask(
+                    self._chain(prompts), inputs, stream, classify=self._classify, retries=retries
+                )
+            messages = with_pictures(prompts.chat.format_messages(**inputs), pictures)
+            return await ask(model, messages, stream, classify=self._classify, retries=retries)
         assert self.toolbox is not None
         return await run_agent(
-            self.model,
-            prompts.chat.format_messages(**inputs),
+            model,
+            with_pictures(prompts.chat.format_messages(**inputs), pictures),
             tools,
             toolbox=self.toolbox,
             prompts=prompts,
@@ -275,8 +304,10 @@ class Assistant:
         return replace(message, text=message.text[: self.settings.max_message_chars])
 
     def learns_from(self, message: IncomingMessage, reply: Reply) -> bool:
-        """Whether `remember` keeps this exchange: model answers to text, not notices or commands."""
-        return message.kind is ContentKind.TEXT and not reply.failed and not reply.canned
+        """Whether `remember` keeps this exchange: model answers to words, pictures and files, not notices
+        or commands."""
+        kinds = (ContentKind.TEXT, ContentKind.MEDIA)
+        return message.kind in kinds and not reply.failed and not reply.canned
 
     async def remember(self, message: IncomingMessage, reply: Reply) -> None:
         """After the reply went out: keep the turn in short-term history and, in the background, learn
@@ -285,7 +316,7 @@ class Assistant:
         if not self.learns_from(message, reply):
             return
         message = self._clipped(message)
-        turn = Turn(self._human_entry(message), reply.text)
+        turn = Turn(reply.heard or self._human_entry(message), reply.text)
         await self.history.append(self.history_scope(message), turn, message.person_id, message.arrived_at)
         if self.memory:
             self.memory.learn_later(message)

@@ -13,7 +13,18 @@ from typing import Any
 class ContentKind(enum.StrEnum):
     TEXT = "text"  # plain text, rich text's text parts, or recognised speech
     EMPTY = "empty"  # a mention with nothing after it
-    UNSUPPORTED = "unsupported"  # pictures, files, videos, anything the bot cannot read
+    MEDIA = "media"  # pictures or a file (rich text: words and pictures), fetched when answered
+    UNSUPPORTED = "unsupported"  # videos, voice with no recognised words, anything the bot cannot read
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """A picture or file attached to a message, fetched only when the message is answered."""
+
+    kind: str  # "picture" or "file"
+    code: str  # the channel's handle to fetch it by (DingTalk downloadCode): never logged
+    name: str = ""  # the file name as sent: shown to people, never trusted for the type
+    at: int = 0  # where it sat in the message's text (rich text: pictures between words), in characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,7 @@ class IncomingMessage:
     addressed_to_bot: bool = True  # False for a group message that explicitly @-mentions others only
     bot_id: str = ""  # which robot the channel delivered this to (DingTalk robotCode)
     org_id: str = ""  # the robot's organisation (DingTalk chatbotCorpId)
+    media: tuple[Media, ...] = ()  # pictures and files, in the order they were sent
 
     @property
     def history_key(self) -> str:
@@ -63,6 +75,7 @@ def message_from_json(payload: str) -> IncomingMessage:
     known = {field.name for field in dataclasses.fields(IncomingMessage)}
     fields = {k: v for k, v in data.items() if k in known}  # rows written by another version
     fields["kind"] = ContentKind(fields.get("kind", ContentKind.TEXT))
+    fields["media"] = tuple(Media(**item) for item in fields.get("media", ()))
     return IncomingMessage(**fields)
 
 
@@ -75,3 +88,4 @@ class Reply:
     title: str = ""
     failed: bool = False  # True when the text is an error notice, not a model answer
     canned: bool = False  # a fixed answer (a command, the rate limit), not the model's: kept out of history
+    heard: str = ""  # the person's side as the history keeps it, when not their text ("[图片] 这是什么？")

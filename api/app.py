@@ -28,6 +28,7 @@ from api.delivery.outbox import Outbox
 from api.delivery.recovery import StorageRecovery
 from api.delivery.reminders import ReminderClock, ReminderReach
 from api.dingtalk.cards import CardSender
+from api.dingtalk.files import DingTalkFiles
 from api.dingtalk.openapi import AccessTokens, OpenApiSender
 from api.dingtalk.robot_webhook import RobotWebhookSender
 from api.dingtalk.sender import SessionWebhookSender
@@ -66,17 +67,31 @@ def _warn_about_authentication(settings: Settings) -> None:
         )
 
 
+def _access_tokens(settings: Settings, http: httpx.AsyncClient) -> AccessTokens | None:
+    """The app's OpenAPI access token (one cache for sends, cards and downloads), when it has credentials."""
+    if not settings.dingtalk_client_id or settings.dingtalk_client_secret is None:
+        log.info(
+            "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set: no OpenAPI fallback for expired webhooks, "
+            "and pictures and files cannot be fetched (people are told an admin must add them)"
+        )
+        return None
+    return AccessTokens(
+        http,
+        api_base=settings.dingtalk_api_base,
+        client_id=settings.dingtalk_client_id,
+        client_secret=settings.dingtalk_client_secret,
+    )
+
+
 def _build_courier(
-    settings: Settings, http: httpx.AsyncClient, outbox: Outbox, observer: ServiceObserver
+    settings: Settings,
+    http: httpx.AsyncClient,
+    tokens: AccessTokens | None,
+    outbox: Outbox,
+    observer: ServiceObserver,
 ) -> tuple[Courier, CardSender | None]:
     openapi = cards = None
-    if settings.dingtalk_client_id and settings.dingtalk_client_secret is not None:
-        tokens = AccessTokens(
-            http,
-            api_base=settings.dingtalk_api_base,
-            client_id=settings.dingtalk_client_id,
-            client_secret=settings.dingtalk_client_secret,
-        )
+    if tokens is not None:
         openapi = OpenApiSender(http, tokens, api_base=settings.dingtalk_api_base)
         if settings.card_replies and settings.dingtalk_card_template_id:
             cards = CardSender(
@@ -85,10 +100,6 @@ def _build_courier(
                 api_base=settings.dingtalk_api_base,
                 template_id=settings.dingtalk_card_template_id,
             )
-    else:
-        log.info(
-            "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set: no OpenAPI fallback for expired webhooks"
-        )
     robot = None
     if settings.access_token is not None:
         robot = RobotWebhookSender(
@@ -140,8 +151,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             stack.push_async_callback(mcp.stop)
             await mcp.start()  # each ready or failed (one warning): the service starts either way
+        tokens = _access_tokens(settings, http)
+        files = None
+        if tokens is not None:
+            files = DingTalkFiles(
+                http,
+                tokens,
+                api_base=settings.dingtalk_api_base,
+                robot_code=settings.dingtalk_robot_code or settings.dingtalk_client_id or "",
+                timeout_seconds=settings.media_timeout_seconds,
+            )
         agent = await stack.enter_async_context(
-            open_agent(settings, observer=observer, reachability=ReminderReach(settings), mcp=mcp)
+            open_agent(
+                settings, observer=observer, reachability=ReminderReach(settings), mcp=mcp, media=files
+            )
         )
         database, assistant, memory, history = (
             agent.database,
@@ -153,7 +176,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise RuntimeError("the service needs the memory service")
         inbox = Inbox(database, lease_seconds=settings.claim_lease_seconds)
         outbox = Outbox(database)
-        courier, cards = _build_courier(settings, http, outbox, observer)
+        courier, cards = _build_courier(settings, http, tokens, outbox, observer)
         alerts = OperatorAlerts(settings=settings, courier=courier, prompts=agent.prompts)
         observer.attach(alerts)  # problems met while opening (memory) are told now
         stack.push_async_callback(alerts.close)
@@ -193,6 +216,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             memory=memory,
             reminders=reminders,
             mcp=mcp,
+            files=assistant.media.files,
         )
         services = Services(settings, database, assistant, dispatcher, memory, check, metrics, courier)
         services.reminders, services.mcp = reminders, mcp

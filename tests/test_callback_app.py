@@ -296,13 +296,17 @@ def test_group_message_addressed_to_someone_else_is_not_answered(
             {"msgtype": "audio", "content": {"downloadCode": "x", "recognition": "语音转的文字"}},
             "「[语音] 语音转的文字」",  # answered from DingTalk's recognition, marked as spoken
         ),
-        ({"msgtype": "picture", "content": {"downloadCode": "x"}}, "暂时看不懂图片"),
-        ({"msgtype": "file", "content": {"fileName": "a.pdf"}}, "暂时看不懂文件"),
+        # Without the app's credentials nothing can be fetched: the person hears who can fix it.
+        ({"msgtype": "picture", "content": {"downloadCode": "x"}}, "需要管理员配置钉钉应用的 AppKey"),
+        (
+            {"msgtype": "file", "content": {"fileName": "a.pdf"}},
+            "暂时看不懂这种类型的消息",
+        ),  # no download code
         ({"msgtype": "video", "content": {}}, "暂时看不懂视频"),
         ({"msgtype": "unknownMsgType"}, "暂时看不懂这种类型的消息"),
         (
             {"msgtype": "richText", "content": {"richText": [{"downloadCode": "p", "type": "picture"}]}},
-            "只有图片的消息",
+            "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET",
         ),
         ({"msgtype": "audio", "content": {"downloadCode": "x"}}, "没听清，请再说一遍或打字。"),
         ({"msgtype": "text", "text": {"content": "   "}}, "有什么可以帮你"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent.messages import ContentKind
+from agent.messages import ContentKind, Media, message_from_json, message_to_json
 from api.dingtalk.parse import PayloadError, parse_callback
 from tests.fakes.payloads import callback, encode
 
@@ -70,6 +70,38 @@ def test_rich_text_keeps_text_parts_and_drops_leading_mention() -> None:
     ]
     m = parse(callback(HOOK, msgtype="richText", content={"richText": parts}))
     assert m.text == "帮我看这个 @张三"
+    assert m.kind is ContentKind.MEDIA
+    assert m.media == (Media("picture", "d", at=len("帮我看")),)  # where the picture sat among the words
+
+
+def test_rich_text_pictures_keep_their_order_and_places() -> None:
+    parts = [
+        {"downloadCode": "first", "type": "picture"},
+        {"text": "  上面是报错，"},
+        {"pictureDownloadCode": "second", "type": "picture"},
+        {"text": "下面是日志"},
+        {"downloadCode": "third", "type": "picture"},
+        {"type": "picture"},  # no download code: nothing to fetch, skipped
+    ]
+    m = parse(callback(HOOK, msgtype="richText", content={"richText": parts}))
+    assert m.text == "上面是报错，下面是日志"
+    assert [(x.code, x.at) for x in m.media] == [("first", 0), ("second", 6), ("third", 11)]
+
+
+def test_picture_and_file_messages_carry_their_download_codes() -> None:
+    picture = parse(
+        callback(HOOK, msgtype="picture", content={"downloadCode": "pic", "pictureDownloadCode": "p2"})
+    )
+    assert (picture.kind, picture.text, picture.media) == (ContentKind.MEDIA, "", (Media("picture", "pic"),))
+    sent = {"fileName": "周报.pdf", "downloadCode": "doc", "spaceId": "1", "fileId": "2"}
+    file = parse(callback(HOOK, msgtype="file", content=json.dumps(sent, ensure_ascii=False)))
+    assert file.media == (Media("file", "doc", "周报.pdf"),)
+
+
+def test_media_survive_the_inbox_round_trip() -> None:
+    parts = [{"text": "看"}, {"downloadCode": "d", "type": "picture"}]
+    m = parse(callback(HOOK, msgtype="richText", content={"richText": parts}))
+    assert message_from_json(message_to_json(m)) == m
 
 
 def test_content_may_be_a_json_string() -> None:
@@ -82,7 +114,9 @@ def test_content_may_be_a_json_string() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"msgtype": "picture", "content": {"downloadCode": "x"}},
+        {"msgtype": "picture", "content": {"downloadCode": ""}},
+        {"msgtype": "file", "content": {"fileName": "a.pdf"}},
+        {"msgtype": "video", "content": {"downloadCode": "v", "duration": "3"}},
         {"msgtype": "audio", "content": {"recognition": ""}},
         {"msgtype": "richText", "content": "not json"},
         {"msgtype": "somethingNew"},

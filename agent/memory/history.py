@@ -71,10 +71,12 @@ class HistoryStore:
         return await self._db.run(write)
 
     async def clear(self, scope: str) -> None:
-        """/reset: forget the recent turns of one scope."""
+        """/reset: forget the recent turns of one scope, and the file it last sent."""
 
         def delete(conn: Connection) -> None:
-            conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
+            with transaction(conn):
+                conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
+                conn.execute("DELETE FROM file_context WHERE scope = ?", (scope,))
 
         await self._db.run(delete)
 

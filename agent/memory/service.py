@@ -228,7 +228,7 @@ class MemoryService:
 
         Never raises: a failing or slow store answers [] and logs one warning.
         """
-        if self.settings.memory_top_k == 0 or message.kind is not ContentKind.TEXT or self._store is None:
+        if self.settings.memory_top_k == 0 or not _has_words(message) or self._store is None:
             return []
         started = time.perf_counter()
         if time.monotonic() < self._recall_paused_until:
@@ -359,7 +359,7 @@ class MemoryService:
 
         Never raises: failures and timeouts (MEMORY_TIMEOUT) log one warning and store nothing.
         """
-        if message.kind is not ContentKind.TEXT or self._store is None:
+        if not _has_words(message) or self._store is None:
             return 0
         said_at = message.arrived_at
         known = await self._database.run(lambda conn: forgotten_at(conn, message.person_id))
@@ -416,3 +416,9 @@ class MemoryService:
         """Tell the other replicas (their per-person caches) that this person's memories changed."""
         with contextlib.suppress(StorageError):  # the database's health logs it (a window: docs/replicas.md)
             await self._database.notify(CHANGES_CHANNEL, person_id)
+
+
+def _has_words(message: IncomingMessage) -> bool:
+    """What the person wrote (a picture's or a file's own content is never learned from: only their words
+    about it, and never a document's text — agent/media)."""
+    return message.kind in (ContentKind.TEXT, ContentKind.MEDIA) and bool(message.text.strip())

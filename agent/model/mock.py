@@ -26,6 +26,56 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from agent.model.mock_tools import tool_calls_for
 
 _MEMORY_BLOCK = re.compile(r"<memories>(.*?)</memories>", re.DOTALL)
+_DOCUMENT = re.compile(
+    r'<attached_document name="([^"]*)" type="([^"]*)" size="([^"]*)">.*?</attached_document>', re.DOTALL
+)
+
+
+def _picture_size(part: dict[str, Any]) -> str:
+    """ "1280×720 的 PNG": read back from the data URL the model was sent."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    url = str(part.get("image_url", {}).get("url", ""))
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
+            return f"{image.width}×{image.height} 的 {image.format}"
+    except (IndexError, ValueError, OSError):
+        return "无法解码的"
+
+
+def _after_documents(text: str) -> str:
+    """The person's words: what follows the last attached document (and whatever introduced it)."""
+    found = list(_DOCUMENT.finditer(text))
+    return (text[found[-1].end() :] if found else text).strip()
+
+
+def received(message: BaseMessage) -> tuple[str, str]:
+    """What a person's message gave the model besides plain words, as a sentence
+    ("收到 1 张 1280×720 的 PNG 图片和 2 段文字", "收到文件《周报.pdf》（PDF，3 页，4,120 字）"),
+    and its words without the documents' text."""
+    content = message.content
+    parts = [content] if isinstance(content, str) else content
+    texts = [_after_documents(p if isinstance(p, str) else str(p.get("text", ""))) for p in parts
+             if isinstance(p, str) or p.get("type") == "text"]  # fmt: skip
+    texts = [t for t in texts if t]
+    pictures = [_picture_size(p) for p in parts if isinstance(p, dict) and p.get("type") == "image_url"]
+    whole = "".join(p if isinstance(p, str) else str(p.get("text", "")) for p in parts)
+    documents = [f"文件《{name}》（{kind}，{size}）" for name, kind, size in _DOCUMENT.findall(whole)]
+    said: list[str] = []
+    if len(pictures) == 1:
+        said.append(f"1 张 {pictures[0]} 图片")
+    elif pictures:
+        said.append(f"{len(pictures)} 张图片（{'、'.join(pictures)}）")
+    said.extend(documents)
+    if not said:
+        return "", "\n".join(texts)
+    if texts:
+        said.append(f"{len(texts)} 段文字")
+    spaced = [f" {piece}" if piece[0].isdigit() else piece for piece in said]  # 收到 1 张…和 2 段文字
+    return "收到" + "和".join(spaced) + "。", "\n".join(texts)
 
 
 def _content_text(message: BaseMessage) -> str:
@@ -84,7 +134,7 @@ class MockChatModel(_OfflineModel):
     def describe(self, messages: list[BaseMessage]) -> str:
         humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
         last = humans[-1] if humans else len(messages)
-        text = _content_text(messages[last]).strip() if humans else ""
+        seen, text = received(messages[last]) if humans else ("", "")
         turns = sum(1 for m in messages[:last] if isinstance(m, AIMessage))
         memory_count = 0
         for message in messages:
@@ -92,7 +142,8 @@ class MockChatModel(_OfflineModel):
                 for block in _MEMORY_BLOCK.findall(_content_text(message)):
                     memory_count += sum(1 for line in block.splitlines() if line.strip().startswith("- "))
         template = self.template_source() if self.template_source else self.reply_template
-        return template.format(text=text, history_turns=turns, memory_count=memory_count)
+        answer = template.format(text=text, history_turns=turns, memory_count=memory_count)
+        return f"{seen}\n{answer}" if seen else answer
 
     def bind_tools(
         self, tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool], **kwargs: Any

@@ -1,6 +1,6 @@
 """What the prompt files must hold: a template's variables, and for prompts/tools.yaml and the `reminders`
 section of replies.yaml every tool's description and status line, the results the model is given, and
-each reminder sentence with its variables."""
+each reminder sentence with its variables; chat.yaml's `attachments` and replies.yaml's `media`."""
 
 from __future__ import annotations
 
@@ -90,3 +90,50 @@ def check_tools(path: Path, tools: dict[str, Any]) -> None:
         raise PromptError(f"{path}: results must be a mapping")
     for key, allowed in _TOOL_RESULTS.items():
         check_template(results.get(key), allowed, f"{path}: results.{key}")
+
+
+_ATTACHMENTS: dict[str, frozenset[str]] = {
+    "picture": frozenset(),
+    "file": frozenset({"name"}),
+    "document": frozenset({"name", "type", "size", "text"}),
+    "size": frozenset({"pages", "unit", "chars"}),
+    "size_no_pages": frozenset({"chars"}),
+    "cut": frozenset({"limit"}),
+    "earlier": frozenset(),
+    "picture_alone": frozenset(),
+    "file_alone": frozenset(),
+}
+
+_MEDIA_REPLIES: dict[str, frozenset[str]] = {
+    "no_credentials": frozenset(),
+    "too_large": frozenset({"name", "limit"}),
+    "expired": frozenset({"name"}),
+    "unreachable": frozenset({"name"}),
+    "unsupported": frozenset({"name", "type"}),
+    "broken": frozenset({"name"}),
+    "too_many_pixels": frozenset({"name", "limit"}),
+    "encrypted": frozenset({"name"}),
+    "empty": frozenset({"name"}),
+    "too_hard": frozenset({"name"}),
+    "picture_name": frozenset(),
+    "images_unsupported": frozenset(),
+}
+
+
+def check_attachments(path: Path, attachments: Any) -> dict[str, str]:
+    """chat.yaml `attachments`: every mark and block, and the document block must hold the text."""
+    if not isinstance(attachments, dict):
+        raise PromptError(f"{path}: attachments must be a mapping")
+    for key, allowed in _ATTACHMENTS.items():
+        check_template(attachments.get(key), allowed, f"{path}: attachments.{key}")
+    if "text" not in fields(attachments["document"]):
+        raise PromptError(f"{path}: attachments.document must contain {{text}}")
+    return {key: str(attachments[key]) for key in _ATTACHMENTS}
+
+
+def check_media_replies(path: Path, replies: dict[str, Any]) -> None:
+    media = replies.get("media")
+    if not isinstance(media, dict):
+        raise PromptError(f"{path}: media must be a mapping")
+    for key, allowed in _MEDIA_REPLIES.items():
+        check_template(media.get(key), allowed, f"{path}: media.{key}")

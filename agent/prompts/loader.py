@@ -14,7 +14,14 @@ import yaml
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from agent.errors import ModelErrorKind, PromptError
-from agent.prompts.checks import check_reminder_replies, check_template, check_tools, fields
+from agent.prompts.checks import (
+    check_attachments,
+    check_media_replies,
+    check_reminder_replies,
+    check_template,
+    check_tools,
+    fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ class PromptSet:
     memory_empty: str
     weekdays: tuple[str, ...]
     spoken: str  # chat.yaml `spoken`: how a voice message's recognised words are written
+    attachments: Mapping[str, str]  # chat.yaml `attachments`: how pictures and files are written
     replies: Mapping[str, Any]
     tools: Mapping[str, Any]  # prompts/tools.yaml: what the model is told of each tool
 
@@ -78,6 +86,14 @@ class PromptSet:
         errors = self.replies["model_errors"]
         text = str(errors.get(kind.value) or errors["unknown"])
         return text + str(self.replies["operators_told"]) if operators_told else text
+
+    def attachment(self, key: str, **values: object) -> str:
+        """A template of chat.yaml's `attachments`, e.g. attachment("file", name="周报.pdf")."""
+        return self.attachments[key].format(**values)
+
+    def media_reply(self, key: str, **values: object) -> str:
+        """A sentence of replies.yaml's `media` section: why a picture or file was not read."""
+        return str(self.replies["media"][key]).format(**values)
 
     def unsupported_reply(self, original_type: str) -> str:
         names = self.replies["type_names"]
@@ -154,6 +170,7 @@ def _check_replies(path: Path, replies: dict[str, Any]) -> None:
     for key, value in errors.items():
         check_template(value, frozenset(), f"{path}: model_errors.{key}")
     check_reminder_replies(path, replies)
+    check_media_replies(path, replies)
 
 
 # Replies added after a prompts folder may have been copied: taken from the bundled prompts when missing.
@@ -165,6 +182,7 @@ _LATER_REPLIES = (
     "context_too_long",
     "reminders",
     "unheard",
+    "media",
 )
 _LATER_COMMAND_REPLIES = ("memory_empty_group",)
 _CLAIM = "已通知"
@@ -175,6 +193,13 @@ def _bundled_replies() -> dict[str, Any]:
     from agent.settings.config import DEFAULT_PROMPTS_DIR
 
     return read_yaml(DEFAULT_PROMPTS_DIR / "replies.yaml")
+
+
+@functools.cache
+def _bundled_chat() -> dict[str, Any]:
+    from agent.settings.config import DEFAULT_PROMPTS_DIR
+
+    return read_yaml(DEFAULT_PROMPTS_DIR / "chat.yaml")
 
 
 @functools.cache
@@ -293,6 +318,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
     spoken = check_template(chat.get("spoken", DEFAULT_SPOKEN), frozenset({"text"}), f"{chat_path}: spoken")
     if "text" not in fields(spoken):
         raise PromptError(f"{chat_path}: spoken must contain {{text}}")
+    attachments = check_attachments(chat_path, chat.get("attachments") or _bundled_chat()["attachments"])
     weekdays = chat.get("weekdays")
     if not isinstance(weekdays, list) or len(weekdays) != 7 or not all(isinstance(w, str) for w in weekdays):
         raise PromptError(f"{chat_path}: weekdays must list 7 names, Monday first")
@@ -338,6 +364,7 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
         memory_empty=empty,
         weekdays=tuple(weekdays),
         spoken=spoken,
+        attachments=attachments,
         replies=replies,
         tools=sources.tools,
     )

@@ -23,6 +23,14 @@ class ReplyStyle(enum.StrEnum):
     PLAIN = "plain"  # text / Markdown messages
 
 
+class ImageSupport(enum.StrEnum):
+    """Whether the model is sent pictures."""
+
+    AUTO = "auto"  # try; when the endpoint refuses image input, say so and stop trying until restart
+    TRUE = "true"
+    FALSE = "false"  # never: people are told the model cannot see pictures
+
+
 class Provider(enum.StrEnum):
     """Which kind of model endpoint the settings point at."""
 

@@ -14,7 +14,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent.settings.choices import DingTalkMode, EmbeddingProvider, LogLevel, Provider, ReplyStyle
+from agent.settings.choices import (
+    DingTalkMode,
+    EmbeddingProvider,
+    ImageSupport,
+    LogLevel,
+    Provider,
+    ReplyStyle,
+)
 from agent.settings.field import setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -359,6 +366,79 @@ class Settings(BaseSettings):
         "MCP 服务器配置文件（JSON，与桌面 MCP 客户端相同的 `mcpServers` 格式）；为空表示不用 MCP",
         "the MCP servers file (JSON, the `mcpServers` format desktop MCP clients use); unset: no MCP",
         fix="point it at a JSON file such as mcp.json (see docs/tools.md)",
+    )
+
+    model_supports_images: ImageSupport = setting(
+        ImageSupport.AUTO,
+        "模型能否看图片：`auto` 先试，端点拒绝图片时告诉对方并在本次运行中不再尝试；"
+        "`true`；`false` 直接说明看不了",
+        "whether the model is sent pictures: `auto` tries and, when the endpoint refuses image input, says "
+        "so and stops trying until restart; `true`; `false` tells people it cannot see pictures",
+        section="图片与文件 / Pictures and files",
+    )
+    vision_model: str | None = setting(
+        None,
+        "带图片的消息改用这个模型（同一端点、同一 Key；Azure 上是部署名称）；为空则用 `OPENAI_MODEL`",
+        "the model for messages with pictures (same endpoint and key; on Azure a deployment name); "
+        "unset: `OPENAI_MODEL`",
+    )
+    media_max_bytes: int = setting(
+        20 * 1024 * 1024,
+        "图片或文件最大字节数；更大的不下载完就拒绝",
+        "the largest picture or file, in bytes; a larger one is refused without reading it all",
+        ge=1024,
+        le=1024 * 1024 * 1024,
+    )
+    media_timeout_seconds: float = setting(
+        30.0,
+        "下载一个图片或文件最多等待的秒数",
+        "seconds one picture or file download may take",
+        gt=0,
+        le=600,
+    )
+    image_max_edge: int = setting(
+        1600,
+        "图片长边缩放到不超过这么多像素后再交给模型",
+        "pictures are scaled down to at most this many pixels on the long side before the model sees them",
+        ge=64,
+        le=8192,
+    )
+    image_max_pixels: int = setting(
+        36_000_000,
+        "图片最多像素数（宽 × 高）；更大的在解码前拒绝（防解压炸弹）",
+        "the most pixels (width × height) in a picture; larger ones are refused before decoding "
+        "(decompression bombs)",
+        ge=10_000,
+        le=500_000_000,
+    )
+    file_max_chars: int = setting(
+        20000,
+        "文件转成文字后最多交给模型的字数（更长的截断并注明）",
+        "the most characters of a file's text the model sees (longer ones are cut, with a note)",
+        ge=500,
+        le=1_000_000,
+    )
+    file_context_minutes: float = setting(
+        30.0,
+        "发过文件后，同一对话里接下来这么多分钟内的问题仍可以问这个文件；`0` 关闭",
+        "for this many minutes after a file, later messages in the conversation can still ask about it; "
+        "`0`: off",
+        ge=0,
+        le=24 * 60,
+    )
+    file_convert_seconds: float = setting(
+        20.0,
+        "把一个文件转成文字最多用的秒数（在独立进程里，超时即终止）",
+        "seconds turning one file into text may take (in a child process, killed at the limit)",
+        gt=0,
+        le=600,
+    )
+    file_convert_memory_mb: int = setting(
+        768,
+        "转换文件的子进程最多使用的内存（MB）",
+        "the most memory the file-converting child process may use, in MB (below 192 even small files fail)",
+        ge=192,
+        le=16384,
     )
 
     @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base", "qdrant_url", "chroma_url")

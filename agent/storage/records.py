@@ -9,14 +9,15 @@ from agent.storage.connection import Connection
 
 
 def erase_person_messages(conn: Connection, person_id: str) -> None:
-    """Stored message and reply text of one person, except what is still on its way, and their reminders
-    (/forget all)."""
+    """Stored message and reply text of one person, except what is still on its way, their reminders and
+    the files they sent (/forget all)."""
     conn.execute(
         "UPDATE inbox SET payload = NULL WHERE person_id = ? AND state <> 'processing'", (person_id,)
     )
     conn.execute("DELETE FROM outbox WHERE person_id = ? AND state <> 'pending'", (person_id,))
     conn.execute("DELETE FROM learning WHERE person_id = ?", (person_id,))
     conn.execute("DELETE FROM reminders WHERE person_id = ?", (person_id,))
+    conn.execute("DELETE FROM file_context WHERE person_id = ?", (person_id,))
 
 
 def mark_forgotten(conn: Connection, person_id: str, at: float) -> None:

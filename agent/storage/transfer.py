@@ -13,7 +13,16 @@ from typing import Any
 from agent.storage.connection import Connection, transaction
 from agent.storage.engine import Engine
 
-TABLES = ("history", "inbox", "outbox", "memory_sharing", "learning", "forgotten", "reminders")
+TABLES = (
+    "history",
+    "inbox",
+    "outbox",
+    "memory_sharing",
+    "learning",
+    "forgotten",
+    "reminders",
+    "file_context",
+)
 _KEYED = {
     "history": "id",
     "outbox": "id",

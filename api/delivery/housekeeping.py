@@ -10,6 +10,7 @@ import logging
 import time
 
 from agent.limits import Limiter
+from agent.media.context import FileContext
 from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService
 from agent.model.health import ModelHealth, ModelState
@@ -42,8 +43,10 @@ class PeriodicCheck:
         memory: MemoryService | None = None,
         reminders: ReminderClock | None = None,
         mcp: McpServers | None = None,
+        files: FileContext | None = None,
     ) -> None:
         self._mcp = mcp
+        self._files = files
         self._reminders = reminders
         self._memory = memory
         self._limiter = limiter
@@ -76,6 +79,8 @@ class PeriodicCheck:
         history_rows = await self._history.purge_older_than(cutoff)
         if self._reminders is not None:
             await self._reminders.purge_older_than(cutoff)
+        if self._files is not None:  # a file's text outlives its FILE_CONTEXT_MINUTES by one interval at most
+            await self._files.purge_expired()
         if inbox_rows or outbox_rows or history_rows:
             log.info(
                 "periodic check: expired %d inbox, %d outbox and %d history rows",

@@ -9,13 +9,14 @@ import json
 import re
 from typing import Any
 
-from agent.messages import ContentKind, IncomingMessage
+from agent.messages import ContentKind, IncomingMessage, Media
 
 REQUIRED_FIELDS = ("msgId", "msgtype", "conversationId", "conversationType", "senderId", "sessionWebhook")
 _MENTION_ONLY = re.compile(r"^\s*@\S+\s*$")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces: safe to log
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+_DOWNLOAD_CODE = re.compile(r"[\x21-\x7e]{1,4096}")  # an opaque printable token
 
 
 class PayloadError(Exception):
@@ -43,27 +44,54 @@ def _content(body: dict[str, Any]) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
-def _rich_text(body: dict[str, Any]) -> str:
+def _code(part: dict[str, Any]) -> str:
+    code = part.get("downloadCode") or part.get("pictureDownloadCode")
+    return code if isinstance(code, str) and _DOWNLOAD_CODE.fullmatch(code) else ""
+
+
+def _rich_text(body: dict[str, Any]) -> tuple[str, tuple[Media, ...]] | None:
+    """Rich text's words and pictures in order, the leading @bot part removed: each picture records
+    where in the text it sat."""
     parts = _content(body).get("richText")
     if not isinstance(parts, list):
-        return ""
-    texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    while texts and _MENTION_ONLY.match(texts[0]):  # the leading @bot part
-        texts.pop(0)
-    return "".join(texts)
+        return None
+    parts = [p for p in parts if isinstance(p, dict)]
+    while parts and isinstance(parts[0].get("text"), str) and _MENTION_ONLY.match(parts[0]["text"]):
+        parts.pop(0)  # the leading @bot part
+    text, media = "", []
+    for part in parts:
+        if isinstance(part.get("text"), str):
+            text += _clean(part["text"])
+        elif part.get("type", "picture") == "picture" and _code(part):
+            media.append(Media("picture", _code(part), at=len(text)))
+    stripped = text.lstrip()
+    shift = len(text) - len(stripped)
+    return stripped.rstrip(), tuple(Media(m.kind, m.code, at=max(0, m.at - shift)) for m in media)
 
 
-def _read_text(msgtype: str, body: dict[str, Any]) -> str | None:
-    """The words in the message, or None when this type carries none the bot can read."""
+def _read(msgtype: str, body: dict[str, Any]) -> tuple[str, tuple[Media, ...]] | None:
+    """The words and attachments in the message, or None when this type carries nothing the bot reads."""
     if msgtype == "text":
         text = body.get("text")
         content = text.get("content") if isinstance(text, dict) else None
-        return content if isinstance(content, str) else ""
+        return (content if isinstance(content, str) else ""), ()
     if msgtype == "richText":
-        return _rich_text(body) or None
+        return _rich_text(body)
     if msgtype == "audio":
         recognition = _content(body).get("recognition")
-        return recognition if isinstance(recognition, str) and recognition.strip() else None
+        return (recognition, ()) if isinstance(recognition, str) and recognition.strip() else None
+    if msgtype == "picture":
+        code = _code(_content(body))
+        return ("", (Media("picture", code),)) if code else None
+    if msgtype == "file":
+        content = _content(body)
+        name = content.get("fileName")
+        code = _code(content)
+        return (
+            ("", (Media("file", code, _clean(name)[:200] if isinstance(name, str) else ""),))
+            if code
+            else None
+        )
     return None
 
 
@@ -126,13 +154,15 @@ def parse_callback(raw: bytes) -> IncomingMessage:
     msgtype = str(body["msgtype"])
     is_group = conversation_type == "2"
 
-    text = _read_text(msgtype, body)
-    if text is None:
+    read = _read(msgtype, body)
+    media: tuple[Media, ...] = ()
+    if read is None:
         kind = ContentKind.UNSUPPORTED
         text = ""
     else:
-        text = _clean(text).strip()
-        kind = ContentKind.TEXT if text else ContentKind.EMPTY
+        text, media = read
+        text = _clean(text).strip() if not media else text
+        kind = ContentKind.MEDIA if media else ContentKind.TEXT if text else ContentKind.EMPTY
 
     nick = body.get("senderNick")
     staff = body.get("senderStaffId")
@@ -155,4 +185,5 @@ def parse_callback(raw: bytes) -> IncomingMessage:
         addressed_to_bot=not (is_group and _mentions_someone_else(body)),
         bot_id=_text_field(body, "robotCode"),
         org_id=_text_field(body, "chatbotCorpId"),
+        media=media,
     )

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -144,6 +145,33 @@ _CARD_CALLS = {
 }
 
 
+@dataclass
+class FakeFile:
+    """A file the fake robot file API serves: `data`, or `size` bytes made as they are sent (a huge file
+    that never sits in memory). `declare_length=False` sends it chunked, without Content-Length, so only
+    counting the bytes can stop it; `url_status` answers the download URL (403: an expired URL)."""
+
+    data: bytes = b""
+    size: int = 0
+    declare_length: bool = True
+    url_status: int = 200
+    sent: int = 0  # bytes written before the client stopped reading
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.data:
+            yield self.data
+            return
+        block = b"\x00" * 65536
+        left = self.size
+        while left > 0:
+            yield block[: min(left, len(block))]
+            left -= len(block)
+
+    @property
+    def length(self) -> int:
+        return len(self.data) if self.data else self.size
+
+
 class FakeDingTalk(LocalServer):
     """DingTalk's sending side: session webhooks, the OpenAPI (access token, group and one-to-one
     sends) and the custom-robot webhook. Each answers with its scripted results in order, then success.
@@ -163,6 +191,7 @@ class FakeDingTalk(LocalServer):
         self.openapi_statuses: deque[int] = deque()
         self.token_statuses: deque[int] = deque()
         self.tokens_issued = 0
+        self.files: dict[str, FakeFile] = {}  # the robot file API: download code -> file
         # AI cards: scripted HTTP statuses per card call ("create", "deliver", "update", "finish")
         self.card_statuses: dict[str, deque[int]] = {
             k: deque() for k in ("create", "deliver", "update", "finish")
@@ -197,6 +226,16 @@ class FakeDingTalk(LocalServer):
                 return
             self.send_json(handler, 200, {"success": True, "result": True})
             return
+        if path == "/v1.0/robot/messageFiles/download":
+            code = request.json().get("downloadCode", "")
+            if code not in self.files or request.headers.get("x-acs-dingtalk-access-token", "") == "":
+                self.send_json(handler, 400, {"code": "invalidParameter.downloadCode", "message": "scripted"})
+                return
+            self.send_json(handler, 200, {"downloadUrl": f"{self.url}/download/{code}?Expires=1&Signature=x"})
+            return
+        if path.startswith("/download/"):
+            self._serve_file(handler, self.files.get(path.removeprefix("/download/")))
+            return
         if path.startswith("/v1.0/robot/"):
             status = self.openapi_statuses.popleft() if self.openapi_statuses else 200
             if status != 200:
@@ -215,6 +254,35 @@ class FakeDingTalk(LocalServer):
             return
         errcode = self.errcodes.popleft() if self.errcodes else 0
         self.send_json(handler, 200, {"errcode": errcode, "errmsg": "ok" if errcode == 0 else "scripted"})
+
+    def add_file(self, code: str, data: bytes = b"", **options: Any) -> FakeFile:
+        self.files[code] = FakeFile(data, **options)
+        return self.files[code]
+
+    def _serve_file(self, handler: BaseHTTPRequestHandler, file: FakeFile | None) -> None:
+        if file is None or file.url_status != 200:
+            handler.send_response(file.url_status if file else 404)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        if file.declare_length:
+            handler.send_header("Content-Length", str(file.length))
+        else:
+            handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        try:
+            for chunk in file.chunks():
+                if file.declare_length:
+                    handler.wfile.write(chunk)
+                else:
+                    handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                file.sent += len(chunk)
+            if not file.declare_length:
+                handler.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client stopped reading (the byte cap)
+            handler.close_connection = True
 
     def posts(self, path: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST" and r.path.split("?", 1)[0] == path]

@@ -1,0 +1,74 @@
+"""Pictures made safe for the model: checked against a pixel cap before decoding (a decompression bomb is
+refused from its header), decoded with Pillow, turned upright, scaled to IMAGE_MAX_EDGE on the long side
+and encoded again, which drops EXIF (GPS, the camera's serial) and anything appended to the file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from agent.media.problems import MediaProblem, MediaReason
+from agent.media.sniff import sniff
+
+_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif"}
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One picture, ready for an OpenAI image content part."""
+
+    data_url: str  # data:image/jpeg;base64,... (PNG for PNG screenshots and pictures with transparency)
+    width: int  # as sent to the model
+    height: int
+    label: str  # what was sent: "PNG", "JPEG", "WebP", "GIF"
+    original_width: int
+    original_height: int
+
+    def content_part(self) -> dict[str, object]:
+        """The OpenAI (and Azure OpenAI) wire format for an image in a user message."""
+        return {"type": "image_url", "image_url": {"url": self.data_url}}
+
+
+def prepare_picture(data: bytes, *, max_edge: int, max_pixels: int) -> Picture:
+    """Check, decode, scale and re-encode one picture. CPU-bound: run it off the event loop."""
+    kind = sniff(data)
+    if not kind.is_picture:
+        raise MediaProblem(MediaReason.UNSUPPORTED, f"not a picture ({kind.kind})", type_label=kind.label)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data), formats=list(_FORMATS))
+        width, height = opened.size
+        if width * height > max_pixels:  # from the header, before a single pixel is decoded
+            raise MediaProblem(MediaReason.TOO_MANY_PIXELS, f"{width}x{height} is over {max_pixels} pixels")
+        if opened.format == "JPEG":
+            opened.draft("RGB", (max_edge, max_edge))  # decode at 1/2, 1/4 or 1/8 scale: much less work
+        opened.load()
+        image = ImageOps.exif_transpose(opened)  # upright as the sender saw it, before EXIF is dropped
+    except MediaProblem:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise MediaProblem(
+            MediaReason.BROKEN, f"{kind.label} does not decode: {type(exc).__name__}"
+        ) from None
+    image.thumbnail((max_edge, max_edge), Image.Resampling.LANCZOS)  # never enlarges
+    lossless = kind.kind == "png" or image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    out = io.BytesIO()
+    if lossless:  # screenshots stay sharp (small text), transparency stays
+        image.convert("RGBA").save(out, "PNG", optimize=False)
+        mime = "image/png"
+    else:
+        image.convert("RGB").save(out, "JPEG", quality=85)
+        mime = "image/jpeg"
+    return Picture(
+        data_url=f"data:{mime};base64,{base64.b64encode(out.getvalue()).decode('ascii')}",
+        width=image.width,
+        height=image.height,
+        label=kind.label,
+        original_width=width,
+        original_height=height,
+    )

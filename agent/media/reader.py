@@ -1,0 +1,115 @@
+"""Read what a message carries: fetch each picture and file from the channel (a MediaSource), decide its
+type from its bytes, and turn it into what the model reads. Bytes live only for the turn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent.media.documents import ConvertLimits, Document, convert_document
+from agent.media.pictures import Picture, prepare_picture
+from agent.media.problems import MediaProblem, MediaReason
+from agent.media.sniff import sniff
+from agent.messages import IncomingMessage, Media
+from agent.settings.config import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_PICTURES = 6  # per message (rich text can hold many): more would only crowd the model's context
+
+
+class MediaSource(Protocol):
+    """Where attachments come from (the channel). Raises MediaProblem; never logs a code or URL."""
+
+    async def fetch(self, message: IncomingMessage, media: Media, max_bytes: int) -> bytes: ...
+
+
+class LocalFiles:
+    """Attachments named by a local path in `Media.code`: `dingbot chat`'s /image and /file."""
+
+    async def fetch(self, message: IncomingMessage, media: Media, max_bytes: int) -> bytes:
+        return await asyncio.to_thread(self._read, Path(media.code), media.name, max_bytes)
+
+    @staticmethod
+    def _read(path: Path, name: str, max_bytes: int) -> bytes:
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise MediaProblem(MediaReason.TOO_LARGE, f"{size} bytes is over {max_bytes}", name=name)
+            return path.read_bytes()
+        except OSError as exc:
+            raise MediaProblem(MediaReason.EXPIRED, f"cannot read {path.name}: {exc.strerror}") from None
+
+
+Outcome = Picture | Document | MediaProblem
+
+
+@dataclass
+class Received:
+    """What one message carried, read: each attachment in order with what came of it."""
+
+    items: list[tuple[Media, Outcome]] = field(default_factory=list)
+
+    @property
+    def pictures(self) -> list[Picture]:
+        return [outcome for _, outcome in self.items if isinstance(outcome, Picture)]
+
+    @property
+    def documents(self) -> list[Document]:
+        return [outcome for _, outcome in self.items if isinstance(outcome, Document)]
+
+    @property
+    def problems(self) -> list[MediaProblem]:
+        return [outcome for _, outcome in self.items if isinstance(outcome, MediaProblem)]
+
+
+class MediaReader:
+    def __init__(self, settings: Settings, source: MediaSource | None) -> None:
+        self.settings = settings
+        self.source = source  # None: the channel cannot fetch (no app credentials)
+        self.limits = ConvertLimits(
+            max_chars=settings.file_max_chars,
+            seconds=settings.file_convert_seconds,
+            memory_mb=settings.file_convert_memory_mb,
+        )
+
+    async def read(self, message: IncomingMessage, *, pictures: bool = True) -> Received:
+        """Fetch and read every attachment (pictures only when `pictures`, at most MAX_PICTURES)."""
+        received = Received()
+        seen = 0
+        for media in message.media:
+            if media.kind == "picture":
+                seen += 1
+                if not pictures or seen > MAX_PICTURES:
+                    continue
+            try:
+                outcome: Outcome = await self._read_one(message, media)
+            except MediaProblem as problem:
+                log.info("attachment not read (%s): %s", media.kind, problem.detail)
+                problem.name = problem.name or media.name
+                outcome = problem
+            received.items.append((media, outcome))
+        return received
+
+    async def _read_one(self, message: IncomingMessage, media: Media) -> Picture | Document:
+        if self.source is None:
+            raise MediaProblem(
+                MediaReason.NO_CREDENTIALS, "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set"
+            )
+        data = await self.source.fetch(message, media, self.settings.media_max_bytes)
+        kind = sniff(data, media.name)
+        if kind.is_picture:
+            return await asyncio.to_thread(
+                prepare_picture,
+                data,
+                max_edge=self.settings.image_max_edge,
+                max_pixels=self.settings.image_max_pixels,
+            )
+        if not kind.readable or media.kind == "picture":
+            raise MediaProblem(
+                MediaReason.UNSUPPORTED, f"a {kind.kind} file", name=media.name, type_label=kind.label
+            )
+        return await convert_document(data, kind, media.name or kind.label, self.limits)

@@ -1,0 +1,101 @@
+"""Pictures and files people send the robot, fetched through DingTalk's robot file API.
+
+`POST /v1.0/robot/messageFiles/download {"downloadCode", "robotCode"}` with the app's access token answers
+`{"downloadUrl"}`: a short-lived URL the bytes are then streamed from (research: the open platform's
+"下载机器人接收消息的文件内容", and the SDKs built on it). The bytes are streamed with a cap
+(MEDIA_MAX_BYTES: a larger file is refused from its Content-Length, or as soon as the cap is passed, never
+read whole), a time limit (MEDIA_TIMEOUT_SECONDS) and only from an http(s) URL DingTalk's API returned.
+Nothing is written to disk; no code, URL or token is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import httpx
+
+from agent.media.problems import MediaProblem, MediaReason
+from agent.messages import IncomingMessage, Media
+from api.dingtalk.openapi import AccessTokens, call_openapi, error_detail
+from api.dingtalk.sender import SendResult
+
+CHUNK_BYTES = 64 * 1024
+
+
+class DingTalkFiles:
+    """The MediaSource of the DingTalk channel (agent/media/reader.py)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        tokens: AccessTokens,
+        *,
+        api_base: str,
+        robot_code: str,
+        timeout_seconds: float,
+    ) -> None:
+        self._client = client
+        self._tokens = tokens
+        self._url = f"{api_base.rstrip('/')}/v1.0/robot/messageFiles/download"
+        self._robot_code = robot_code
+        self._timeout = timeout_seconds
+
+    async def fetch(self, message: IncomingMessage, media: Media, max_bytes: int) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                url = await self._download_url(message, media)
+                return await self._stream(url, max_bytes, media.name)
+        except TimeoutError:
+            raise MediaProblem(
+                MediaReason.UNREACHABLE, f"download took over {self._timeout:g} s", name=media.name
+            ) from None
+
+    async def _download_url(self, message: IncomingMessage, media: Media) -> str:
+        robot_code = message.bot_id if message.bot_id and message.bot_id != "normal" else self._robot_code
+        payload = {"downloadCode": media.code, "robotCode": robot_code}
+        response = await call_openapi(self._client, self._tokens, "POST", self._url, payload)
+        if isinstance(response, SendResult):  # no token, or the request did not get through
+            reason = MediaReason.UNREACHABLE if response.retryable else MediaReason.NO_CREDENTIALS
+            raise MediaProblem(reason, f"file API: {response.detail}", name=media.name)
+        status = response.status_code
+        if status != 200:
+            reason = MediaReason.EXPIRED if status in (400, 404, 410) else MediaReason.UNREACHABLE
+            raise MediaProblem(reason, f"file API {error_detail(response)}", name=media.name)
+        try:
+            url = response.json()["downloadUrl"]
+        except (ValueError, KeyError, TypeError):
+            url = None
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise MediaProblem(
+                MediaReason.UNREACHABLE, "file API answered no http(s) downloadUrl", name=media.name
+            )
+        return str(url)
+
+    async def _stream(self, url: str, max_bytes: int, name: str) -> bytes:
+        try:
+            async with self._client.stream(
+                "GET", url, timeout=self._timeout, follow_redirects=True
+            ) as response:
+                if response.status_code in (401, 403, 404, 410):
+                    raise MediaProblem(
+                        MediaReason.EXPIRED, f"download answered HTTP {response.status_code}", name=name
+                    )
+                if response.status_code != 200:
+                    raise MediaProblem(
+                        MediaReason.UNREACHABLE, f"download answered HTTP {response.status_code}", name=name
+                    )
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise MediaProblem(MediaReason.TOO_LARGE, f"{declared} bytes declared", name=name)
+                data = bytearray()
+                async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise MediaProblem(MediaReason.TOO_LARGE, f"over {max_bytes} bytes", name=name)
+                return bytes(data)
+        except httpx.HTTPError as exc:
+            raise MediaProblem(
+                MediaReason.UNREACHABLE, f"download failed ({type(exc).__name__})", name=name
+            ) from None

@@ -1,0 +1,203 @@
+"""Pictures and files through the running app: signed callbacks, the robot file API and the download
+served by the local fake DingTalk (real bytes), the mock model describing what it received."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from agent.settings.config import Settings
+from tests import media_files
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk
+from tests.store import sql
+from tests.waiting import wait_until
+
+WEEKLY = ["第一页：本周完成了登录模块", "第二页：下周计划上线支付功能", "第三页：风险是人手不足"]
+
+
+def picture_message(fake: FakeDingTalk, code: str, *, group: bool = False) -> dict[str, Any]:
+    body = callback(fake.webhook(), group=group)
+    body.pop("text")
+    return {**body, "msgtype": "picture", "content": {"downloadCode": code, "pictureDownloadCode": "other"}}
+
+
+def file_message(fake: FakeDingTalk, code: str, name: str) -> dict[str, Any]:
+    body = callback(fake.webhook())
+    body.pop("text")
+    return {**body, "msgtype": "file", "content": {"fileName": name, "downloadCode": code, "spaceId": "1"}}
+
+
+def rich_message(fake: FakeDingTalk, parts: list[dict[str, str]], *, group: bool = False) -> dict[str, Any]:
+    body = callback(fake.webhook(), group=group)
+    body.pop("text")
+    return {**body, "msgtype": "richText", "content": {"richText": parts}}
+
+
+def text_of(body: dict[str, Any]) -> str:
+    return str(body["markdown"]["text"] if body["msgtype"] == "markdown" else body["text"]["content"])
+
+
+def exchange(app: Any, fake: FakeDingTalk, body: dict[str, Any]) -> str:
+    """Post one callback; the reply it got."""
+    before = len(fake.posts("/robot/sendBySession"))
+    assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 200
+    fake.wait_for(before + 1, path="/robot/sendBySession")
+    return text_of(fake.replies()[before])
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_a_screenshot_with_its_question_reaches_the_model(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, group: bool
+) -> None:
+    fake_dingtalk.add_file("shot", media_files.picture(1280, 720, "PNG"))
+    settings = app_settings()
+    parts = [{"text": "@小钉"}, {"text": "这个报错什么意思？"}, {"downloadCode": "shot", "type": "picture"}]
+    with serve(settings) as app:
+        said = exchange(app, fake_dingtalk, rich_message(fake_dingtalk, parts, group=group))
+    assert "收到 1 张 1280×720 的 PNG 图片和 1 段文字" in said
+    assert "「这个报错什么意思？」" in said
+    [download] = fake_dingtalk.posts("/v1.0/robot/messageFiles/download")
+    assert download.json() == {"downloadCode": "shot", "robotCode": "dingabcdefc6gk"}
+    assert download.headers["x-acs-dingtalk-access-token"] == "token-1"
+    humans = [row[0] for row in sql(settings, "SELECT content FROM history WHERE role = 'human'")]
+    assert humans == ["这个报错什么意思？[图片]"]  # the history keeps the mark, never the picture
+
+
+def test_a_picture_alone_is_looked_at(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("p", media_files.picture(4032, 3024, "JPEG"))
+    with serve(app_settings()) as app:
+        said = exchange(app, fake_dingtalk, picture_message(fake_dingtalk, "p"))
+    assert "收到 1 张 1600×1200 的 JPEG 图片" in said  # scaled to IMAGE_MAX_EDGE before the model saw it
+    assert "请看看这张图片" in said  # chat.yaml attachments.picture_alone: what the person is taken to ask
+
+
+def test_a_pdf_is_summarised_and_the_next_questions_can_ask_about_it(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("weekly", media_files.pdf(WEEKLY))
+    settings = app_settings()
+    with serve(settings) as app:
+        summary = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "weekly", "周报.pdf"))
+        follow_up = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "风险是什么？"))
+        exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "/reset"))
+        after_reset = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "风险是什么？"))
+    chars = len("\n".join(WEEKLY))
+    assert f"收到文件《周报.pdf》（PDF，3 页，{chars} 字）" in summary
+    assert "请概括这个文件" in summary  # a file alone is summarised
+    assert "收到文件《周报.pdf》" in follow_up  # the file came again with the follow-up question
+    assert "「风险是什么？」" in follow_up
+    assert "收到文件" not in after_reset  # /reset erased it with the history
+    assert sql(settings, "SELECT COUNT(*) FROM file_context") == [(0,)]
+    humans = [row[0] for row in sql(settings, "SELECT content FROM history WHERE role = 'human'")]
+    assert humans == ["风险是什么？"]
+    assert not any("登录模块" in row[0] for row in sql(settings, "SELECT content FROM history"))
+
+
+def test_forget_all_erases_the_kept_file(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("weekly", media_files.pdf(WEEKLY))
+    settings = app_settings()
+    with serve(settings) as app:
+        exchange(app, fake_dingtalk, file_message(fake_dingtalk, "weekly", "周报.pdf"))
+        assert sql(settings, "SELECT name FROM file_context") == [("周报.pdf",)]
+        exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "/forget all"))
+        assert sql(settings, "SELECT COUNT(*) FROM file_context") == [(0,)]
+        said = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "风险是什么？"))
+    assert "收到文件" not in said
+
+
+@pytest.mark.parametrize(
+    ("name", "served", "options", "expected"),
+    [
+        ("报告.pdf", media_files.plain_zip(), {}, "它是ZIP 压缩包"),  # the name lies: the bytes decide
+        ("setup.pdf", b"MZ\x90\x00" + b"\x00" * 200, {}, "它是可执行程序"),
+        ("clip.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200, {}, "它是视频或音频"),
+        ("机密.pdf", media_files.encrypted_pdf(), {}, "《机密.pdf》有密码保护"),
+        ("空.pdf", media_files.blank_pdf(), {}, "《空.pdf》里没有可以读取的文字"),
+        ("旧.pdf", media_files.pdf(WEEKLY), {"url_status": 403}, "《旧.pdf》的下载链接已失效"),
+        ("大.pdf", b"", {"size": 30 * 1024 * 1024}, "《大.pdf》太大了，我最多能读 20 MB"),
+        ("大.txt", b"", {"size": 30 * 1024 * 1024, "declare_length": False}, "《大.txt》太大了"),
+    ],
+)
+def test_files_that_cannot_be_read_get_one_clear_sentence(
+    app_settings: Callable[..., Settings],
+    fake_dingtalk: FakeDingTalk,
+    name: str,
+    served: bytes,
+    options: dict[str, Any],
+    expected: str,
+) -> None:
+    file = fake_dingtalk.add_file("f", served, **options)
+    with serve(app_settings()) as app:
+        said = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "f", name))
+        assert app.client.get("/healthz").status_code == 200
+    assert expected in said
+    assert "模拟回复" not in said  # nothing was read: the model was not asked
+    if file.size:  # refused at the cap without reading it all (the server saw the client stop)
+        assert wait_until(lambda: file.sent < file.size or None, what="the download to stop")
+
+
+def test_an_unknown_download_code_is_an_expired_link(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    with serve(app_settings()) as app:
+        said = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "gone", "周报.pdf"))
+    assert "《周报.pdf》的下载链接已失效，请重新发送一次。" in said
+
+
+def test_a_hostile_pdf_is_stopped_and_the_service_carries_on(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("endless", media_files.endless_pdf())
+    with serve(app_settings(file_convert_seconds=1.5)) as app:
+        said = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "endless", "季度报告.pdf"))
+        assert app.client.get("/healthz").status_code == 200
+        after = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "还在吗？"))
+    assert "《季度报告.pdf》太复杂了" in said
+    assert "「还在吗？」" in after
+
+
+def test_the_picture_that_could_be_read_is_answered_and_the_other_explained(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    whole = media_files.picture(800, 600, "JPEG")
+    fake_dingtalk.add_file("good", whole)
+    fake_dingtalk.add_file("cut", whole[: len(whole) // 2])
+    parts = [
+        {"text": "对比一下"},
+        {"downloadCode": "good", "type": "picture"},
+        {"downloadCode": "cut", "type": "picture"},
+    ]
+    with serve(app_settings()) as app:
+        said = exchange(app, fake_dingtalk, rich_message(fake_dingtalk, parts))
+    assert said.startswith("《图片》好像损坏了或不完整")
+    assert "收到 1 张 800×600 的 JPEG 图片和 1 段文字" in said
+
+
+def test_facts_are_learned_from_what_people_write_never_from_the_file(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("cv", media_files.docx(["我住在北京，我是财务总监。"]))
+    fake_dingtalk.add_file("pic", media_files.picture(640, 480, "PNG"))
+    settings = app_settings()
+    parts = [{"text": "我叫王小明，这是我的工位"}, {"downloadCode": "pic", "type": "picture"}]
+    with serve(settings) as app:
+        exchange(app, fake_dingtalk, file_message(fake_dingtalk, "cv", "简历.docx"))
+        exchange(app, fake_dingtalk, rich_message(fake_dingtalk, parts))
+        wait_until(lambda: app.client.get("/healthz").json()["memory_writes"] == 0, what="memory writes")
+
+        def listed() -> str | None:
+            said = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "/memory"))
+            return said if "王小明" in said else None
+
+        memories = wait_until(listed, what="the stated fact to be learned", every=0.2)
+    assert "用户叫王小明" in memories
+    assert "北京" not in memories
+    assert "财务总监" not in memories

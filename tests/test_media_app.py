@@ -177,8 +177,9 @@ def test_the_picture_that_could_be_read_is_answered_and_the_other_explained(
     ]
     with serve(app_settings()) as app:
         said = exchange(app, fake_dingtalk, rich_message(fake_dingtalk, parts))
-    assert said.startswith("《图片》好像损坏了或不完整")
-    assert "收到 1 张 800×600 的 JPEG 图片和 1 段文字" in said
+    assert said.startswith("这张图片好像损坏了或不完整")
+    assert "收到 1 张 800×600 的 JPEG 图片和 2 段文字" in said  # the words, and the broken one's mark
+    assert "「对比一下\n[图片]」" in said
 
 
 def test_facts_are_learned_from_what_people_write_never_from_the_file(

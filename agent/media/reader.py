@@ -49,9 +49,10 @@ Outcome = Picture | Document | MediaProblem
 
 @dataclass
 class Received:
-    """What one message carried, read: each attachment in order with what came of it."""
+    """What one message carried, read: each attachment in order with what came of it (None: not read,
+    a picture the model would not see, or one past MAX_PICTURES)."""
 
-    items: list[tuple[Media, Outcome]] = field(default_factory=list)
+    items: list[tuple[Media, Outcome | None]] = field(default_factory=list)
 
     @property
     def pictures(self) -> list[Picture]:
@@ -84,6 +85,7 @@ class MediaReader:
             if media.kind == "picture":
                 seen += 1
                 if not pictures or seen > MAX_PICTURES:
+                    received.items.append((media, None))
                     continue
             try:
                 outcome: Outcome = await self._read_one(message, media)

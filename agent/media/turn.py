@@ -67,6 +67,8 @@ def compose(
             if isinstance(outcome, Picture):
                 model_marks.append((media.at, PICTURE_MARK.format(len(pictures))))
                 pictures.append(outcome)
+            else:  # not seen: the model still knows a picture was there
+                model_marks.append((media.at, mark))
             continue
         mark = prompts.attachment(
             "file", name=media.name or (outcome.label if isinstance(outcome, Document) else "")
@@ -114,7 +116,7 @@ def with_pictures(messages: list[BaseMessage], pictures: list[Picture]) -> list[
 
 def problem_sentence(prompts: PromptSet, problem: MediaProblem, *, max_bytes: int, max_pixels: int) -> str:
     """The person's sentence for an attachment that was not read."""
-    name = problem.name or prompts.media_reply("picture_name")
+    name = f"《{problem.name}》" if problem.name else prompts.media_reply("picture_name")
     limits = {
         MediaReason.TOO_LARGE: f"{max_bytes / 1024 / 1024:g} MB",
         MediaReason.TOO_MANY_PIXELS: f"{max_pixels / 1_000_000:g} 百万",

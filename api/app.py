@@ -28,7 +28,7 @@ from api.delivery.outbox import Outbox
 from api.delivery.recovery import StorageRecovery
 from api.delivery.reminders import ReminderClock, ReminderReach
 from api.dingtalk.cards import CardSender
-from api.dingtalk.files import DingTalkFiles
+from api.dingtalk.files import ChannelFiles, DingTalkFiles
 from api.dingtalk.openapi import AccessTokens, OpenApiSender
 from api.dingtalk.robot_webhook import RobotWebhookSender
 from api.dingtalk.sender import SessionWebhookSender
@@ -152,15 +152,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stack.push_async_callback(mcp.stop)
             await mcp.start()  # each ready or failed (one warning): the service starts either way
         tokens = _access_tokens(settings, http)
-        files = None
+        dingtalk_files = None
         if tokens is not None:
-            files = DingTalkFiles(
+            dingtalk_files = DingTalkFiles(
                 http,
                 tokens,
                 api_base=settings.dingtalk_api_base,
                 robot_code=settings.dingtalk_robot_code or settings.dingtalk_client_id or "",
                 timeout_seconds=settings.media_timeout_seconds,
             )
+        files = ChannelFiles(
+            http, dingtalk_files, mock_mode=settings.mock_mode, timeout_seconds=settings.media_timeout_seconds
+        )
         agent = await stack.enter_async_context(
             open_agent(
                 settings, observer=observer, reachability=ReminderReach(settings), mcp=mcp, media=files

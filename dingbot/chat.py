@@ -55,6 +55,26 @@ class PromptRecorder:
         self.handler = Handler()
 
 
+def attachment(line: str, say: Callable[..., None]) -> tuple[str, tuple[Any, ...]] | None:
+    """`/image PATH [words]` and `/file PATH` as DingTalk would send them: (the words, the attachments);
+    None when the path names no file (nothing is sent)."""
+    from agent.messages import Media
+
+    command, _, rest = line.partition(" ")
+    if command not in ("/image", "/file") or not rest.strip():
+        return line, ()
+    path, _, words = rest.strip().partition(" ")
+    where = str(Path(path).expanduser())
+    if not Path(where).is_file():
+        say(f"(no file at {where}: nothing sent)")
+        return None
+    if command == "/image":
+        return words.strip(), (Media("picture", where),)
+    if words.strip():
+        say("(DingTalk sends a file without words: ask about it in your next message)")
+    return "", (Media("file", where, Path(path).name),)
+
+
 class ToolCalls:
     """Shows the model's tool calls as they happen (agent.tools.toolbox.ToolWatcher)."""
 
@@ -172,6 +192,7 @@ async def _talk(
     database: Path,
 ) -> int:
     from agent.assembly import open_agent
+    from agent.media.reader import LocalFiles
     from agent.messages import ContentKind, IncomingMessage
     from agent.model.factory import build_extraction_model
     from agent.model.scripted import render
@@ -186,6 +207,7 @@ async def _talk(
         model=answering,
         extraction_model=build_extraction_model(settings),
         mcp=mcp,
+        media=LocalFiles(),
     ) as agent:
         bot = settings.bot_name
         model_name = "mock" if settings.mock_mode else settings.openai_model
@@ -195,6 +217,7 @@ async def _talk(
         place = f"group 「{args.group}」" if is_group else "one-to-one"
         say(f"you are {args.nick or user} (id {user}), {place}, conversation {conversation_id}")
         say("prompt files are reloaded when they change · /prompt shows the last prompt · /quit leaves")
+        say("/image PATH [question] sends a picture, /file PATH a file (as DingTalk would)")
         if agent.assistant.settings.agent_max_steps:
             say("tools: reminders (they fire here while the chat is open)" + (" and MCP" if mcp else ""))
         say()
@@ -216,6 +239,10 @@ async def _talk(
                 continue
             if agent.memory is not None:
                 await agent.memory.settle()  # what the last message taught is stored (it learns meanwhile)
+            sent = attachment(text, say)
+            if sent is None:
+                continue
+            text, media = sent
             number += 1
             message = IncomingMessage(
                 message_id=f"chat-{session}-{number}",  # unique: what a message did is keyed by its id
@@ -226,8 +253,9 @@ async def _talk(
                 sender_staff_id=user,
                 sender_nick=args.nick or user,
                 text=text,
-                kind=ContentKind.TEXT if text else ContentKind.EMPTY,
+                kind=ContentKind.MEDIA if media else ContentKind.TEXT if text else ContentKind.EMPTY,
                 conversation_title=args.group or "",
+                media=media,
             )
             library.refresh()
             if library.version != version:

@@ -10,17 +10,25 @@ took. Exit code 0 when a reply arrived, 1 when none did, 2 when the settings sto
 from __future__ import annotations
 
 import argparse
-import base64
 import errno
-import hashlib
 import json
 import queue
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
+from dingbot.simulate_callback import (
+    DEFAULT_CORP_ID,
+    DEFAULT_NICK,
+    DEFAULT_ROBOT_CODE,
+    DEFAULT_USER,
+    attachments,
+    build_callback,
+    conversation_id_for,
+)
 from dingbot.simulate_view import Part, describe
 from dingbot.simulate_webhook import (
     EXIT_INTERRUPTED,
@@ -36,13 +44,7 @@ from dingbot.simulate_webhook import (
 if TYPE_CHECKING:
     from agent.settings.config import Settings
 
-DEFAULT_USER = "sim-user"  # a fixed sender: memory and history carry over between runs
-DEFAULT_NICK = "模拟用户"
-BOT_USER_ID = "$:LWCP_v1:$dingbotSimulateRobot="  # chatbotUserId: whom a group message @-mentions
-DEFAULT_ROBOT_CODE = "dingsimulaterobot"
-DEFAULT_CORP_ID = "dingsimulatecorp"
 CALLBACK_PATH = "/dingtalk/callback"
-SESSION_MINUTES = 90  # DingTalk's session webhooks live about 90 minutes
 QUIET_SECONDS = 1.5  # a long reply arrives as several posts: wait this long after the last one
 MEMORY_WAIT_SECONDS = 10.0  # at most, for the service to store what the message taught
 ACK_TIMEOUT_SECONDS = 10.0  # the service acknowledges in milliseconds; this is for a hung one
@@ -59,7 +61,19 @@ def add_parser(sub: Any) -> None:
             "loopback address such as http://127.0.0.1:9000 for both the service and this command."
         ),
     )
-    simulate.add_argument("text", help="what the person says")
+    simulate.add_argument("text", nargs="?", default="", help="what the person says")
+    simulate.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="send this picture too (repeatable; with text: a rich-text message, words first)",
+    )
+    simulate.add_argument(
+        "--file",
+        metavar="PATH",
+        help="send this file (a file message: no words; ask about it in the next run)",
+    )
     simulate.add_argument(
         "--group",
         metavar="NAME",
@@ -95,59 +109,6 @@ def add_parser(sub: Any) -> None:
         help="after the reply, keep the session webhook up this long and show later messages (reminders)",
     )
     simulate.set_defaults(handler=run)
-
-
-# --- the callback DingTalk would send ---
-
-
-def _digest(kind: str, value: str) -> str:
-    """A stable DingTalk-looking id part (base64, like cid…== and $:LWCP_v1:$…==)."""
-    return base64.b64encode(hashlib.sha256(f"{kind}:{value}".encode()).digest()).decode()[:22]
-
-
-def conversation_id_for(user: str, group: str | None) -> str:
-    """Stable per group name, or per sender for a one-to-one chat: history and overrides carry over."""
-    return f"cid{_digest('group', group)}==" if group is not None else f"cid{_digest('direct', user)}=="
-
-
-def build_callback(
-    text: str,
-    *,
-    webhook: str,
-    user: str = DEFAULT_USER,
-    nick: str = DEFAULT_NICK,
-    group: str | None = None,
-    conversation_id: str | None = None,
-    robot_code: str = DEFAULT_ROBOT_CODE,
-    corp_id: str = DEFAULT_CORP_ID,
-    now_ms: int | None = None,
-) -> dict[str, Any]:
-    """A text message as DingTalk's robot callback carries it: one-to-one, or a group @-mentioning the bot."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    body: dict[str, Any] = {
-        "conversationId": conversation_id or conversation_id_for(user, group),
-        "chatbotCorpId": corp_id,
-        "chatbotUserId": BOT_USER_ID,
-        "msgId": f"msgSim{uuid.uuid4().hex[:20]}==",
-        "senderNick": nick,
-        "isAdmin": False,
-        "senderStaffId": user,
-        "sessionWebhookExpiredTime": now + SESSION_MINUTES * 60 * 1000,
-        "createAt": now,
-        "senderCorpId": corp_id,
-        "conversationType": "2" if group is not None else "1",
-        "senderId": f"$:LWCP_v1:${_digest('sender', user)}==",
-        "sessionWebhook": webhook,
-        "robotCode": robot_code,
-        "msgtype": "text",
-        # In groups DingTalk removes the @bot part but keeps the space after it.
-        "text": {"content": f" {text}" if group is not None else text},
-        "isInAtList": group is not None,
-    }
-    if group is not None:
-        body["conversationTitle"] = group
-        body["atUsers"] = [{"dingtalkId": BOT_USER_ID}]
-    return body
 
 
 def _callback_url(url: str | None, settings: Settings) -> tuple[str, tuple[str, int]]:
@@ -282,10 +243,11 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
             "--timeout must be a number of seconds greater than 0, e.g. --timeout 120", EXIT_SETUP
         )
 
+    served, pictures, file = attachments(args)
     session = uuid.uuid4().hex
     started: list[float] = []
     try:
-        webhook = OneShotWebhook(host, port, session, started)
+        webhook = OneShotWebhook(host, port, session, started, served)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE and base is not None:
             raise SimulateError(
@@ -311,11 +273,15 @@ def simulate(args: argparse.Namespace, out: TextIO) -> int:
         conversation_id=conversation_id,
         robot_code=settings.dingtalk_robot_code or DEFAULT_ROBOT_CODE,
         corp_id=settings.dingtalk_corp_id or DEFAULT_CORP_ID,
+        pictures=pictures,
+        file=file,
     )
     raw = json.dumps(body, ensure_ascii=False).encode()
     bot = settings.bot_name
     where = f"in group “{group}”, @{bot}" if group is not None else "one-to-one"
-    print(f"{nick} ({args.user}) → {bot}, {where}: {args.text}", file=out, flush=True)
+    sent = [args.text] if args.text else []
+    sent += [f"[图片 {Path(p).name}]" for p in args.image] + ([f"[文件《{file[0]}》]"] if file else [])
+    print(f"{nick} ({args.user}) → {bot}, {where}: {' '.join(sent)}", file=out, flush=True)
 
     with webhook, httpx.Client(timeout=ACK_TIMEOUT_SECONDS, trust_env=False) as client:
         headers = {"Content-Type": "application/json; charset=utf-8"}

@@ -7,6 +7,7 @@ address on this machine. So the webhook listens at DINGTALK_OAPI_BASE when that 
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import threading
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 
 EXIT_REPLY, EXIT_NO_REPLY, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
 WEBHOOK_PATH = "/robot/sendBySession"
+FILE_API_PATH = "/v1.0/robot/messageFiles/download"
+OAUTH_PATH = "/v1.0/oauth2/accessToken"
+DOWNLOAD_PATH = "/download/"
 OK_ANSWER = b'{"errcode":0,"errmsg":"ok"}'
 
 
@@ -38,31 +42,67 @@ class SimulateError(Exception):
 
 
 class OneShotWebhook:
-    """DingTalk's side of the session webhook: records posts to this run's session, answers errcode 0."""
+    """DingTalk's side of the session webhook: records posts to this run's session, answers errcode 0.
+    It also plays the robot file API for the files this run sends (`files`: download code → bytes):
+    `POST /v1.0/robot/messageFiles/download` answers a download URL on itself, served by GET."""
 
-    def __init__(self, host: str, port: int, session: str, started: list[float]) -> None:
+    def __init__(
+        self, host: str, port: int, session: str, started: list[float], files: dict[str, bytes] | None = None
+    ) -> None:
         self.parts: queue.Queue[Part] = queue.Queue()
         self.strays = 0  # posts to another session: a late reply to an earlier run
+        self.files = files or {}
+        self.downloads = 0  # files the service fetched
         webhook = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, format: str, *values: object) -> None:
                 return
 
+            def _answer(self, status: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                data = webhook.files.get(urlsplit(self.path).path.removeprefix(DOWNLOAD_PATH))
+                if data is None:
+                    self._answer(404, b"")
+                    return
+                webhook.downloads += 1
+                self._answer(200, data, "application/octet-stream")
+
             def do_POST(self) -> None:
                 arrived = time.perf_counter()
                 length = self.headers.get("Content-Length") or "0"
                 body = self.rfile.read(int(length) if length.isdigit() else 0)
+                path = urlsplit(self.path).path
+                if path == FILE_API_PATH:
+                    self._download_url(body)
+                    return
+                if path == OAUTH_PATH:  # a service with app credentials pointed here (DINGTALK_API_BASE)
+                    self._answer(200, b'{"accessToken":"simulate","expireIn":7200}')
+                    return
                 query = parse_qs(urlsplit(self.path).query)
                 if query.get("session") == [session] and started:
                     webhook.parts.put(Part(arrived - started[0], body))
                 else:
                     webhook.strays += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(OK_ANSWER)))
-                self.end_headers()
-                self.wfile.write(OK_ANSWER)
+                self._answer(200, OK_ANSWER)
+
+            def _download_url(self, body: bytes) -> None:
+                try:
+                    code = str(json.loads(body).get("downloadCode", ""))
+                except (ValueError, AttributeError):
+                    code = ""
+                if code not in webhook.files:
+                    self._answer(400, b'{"code":"invalidParameter.downloadCode","message":"unknown code"}')
+                    return
+                host = self.headers.get("Host") or f"127.0.0.1:{webhook.port}"  # as the service reached us
+                url = f"http://{host}{DOWNLOAD_PATH}{code}"
+                self._answer(200, json.dumps({"downloadUrl": url}).encode())
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("WebhookServer", (ThreadingHTTPServer,), {"address_family": family})

@@ -175,3 +175,20 @@ def test_chat_shows_tool_calls_as_they_happen_and_fires_reminders_in_the_termina
     assert "\n小钉> ⏰ 提醒：站起来活动一下\n" in out
     assert "喝水" in out  # set, not due while the chat ran
     assert "⏰ 提醒：喝水" not in out
+
+
+def test_chat_sends_pictures_and_files_from_local_paths(
+    prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests import media_files
+
+    (tmp_path / "shot.png").write_bytes(media_files.picture(800, 600))
+    (tmp_path / "周报.docx").write_bytes(media_files.docx(["本周完成登录模块", "风险：人手不足"]))
+    lines = ["/image shot.png 这是什么？", "/file 周报.docx", "风险是什么？", "/file missing.pdf", "/quit"]
+    scripted_input(monkeypatch, lines)
+    assert main(["chat", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "小钉> 收到 1 张 800×600 的 PNG 图片和 1 段文字。" in out
+    assert "收到文件《周报.docx》（Word，" in out
+    assert out.count("收到文件《周报.docx》") == 2  # and again with the question that followed
+    assert "(no file at missing.pdf: nothing sent)" in out

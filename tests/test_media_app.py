@@ -152,6 +152,31 @@ def test_an_unknown_download_code_is_an_expired_link(
     assert "《周报.pdf》的下载链接已失效，请重新发送一次。" in said
 
 
+def test_without_app_credentials_people_are_told_an_admin_must_add_them(
+    real_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("p", media_files.picture())
+    with serve(real_settings(embedding_provider="local")) as app:
+        said = exchange(app, fake_dingtalk, picture_message(fake_dingtalk, "p"))
+    assert (
+        "需要管理员配置钉钉应用的 AppKey 和 AppSecret（DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET）" in said
+    )
+    assert fake_dingtalk.posts("/v1.0/robot/messageFiles/download") == []
+
+
+def test_mock_mode_fetches_from_a_local_stand_in_without_credentials(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    """`dingbot simulate --image` needs no set-up: in mock mode, a message whose session webhook is on this
+    machine has its files fetched from that origin's file API, with no token."""
+    fake_dingtalk.add_file("p", media_files.picture(640, 480))
+    with serve(make_settings()) as app:
+        said = exchange(app, fake_dingtalk, picture_message(fake_dingtalk, "p"))
+    assert "收到 1 张 640×480 的 PNG 图片" in said
+    [download] = fake_dingtalk.posts("/v1.0/robot/messageFiles/download")
+    assert "x-acs-dingtalk-access-token" not in download.headers
+
+
 def test_a_hostile_pdf_is_stopped_and_the_service_carries_on(
     app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
 ) -> None:

@@ -158,5 +158,5 @@ def test_a_picture_question_streams_into_an_ai_card(
     [request] = chat_requests(fake_openai)
     assert request["stream"] is True
     assert [p["type"] for p in request["messages"][-1]["content"]] == ["text", "image_url"]
-    finish = [body for name, body in fake_dingtalk.card_calls() if name == "finish"][0]
+    finish = next(body for name, body in fake_dingtalk.card_calls() if name == "finish")
     assert finish["cardData"]["cardParamMap"]["content"] == "这是一个空指针异常：第 12 行的 user 为 None。"

@@ -6,6 +6,10 @@
 (MEDIA_MAX_BYTES: a larger file is refused from its Content-Length, or as soon as the cap is passed, never
 read whole), a time limit (MEDIA_TIMEOUT_SECONDS) and only from an http(s) URL DingTalk's API returned.
 Nothing is written to disk; no code, URL or token is ever logged.
+
+In mock mode without app credentials, a message whose session webhook is on this machine (a local tool
+such as `dingbot simulate` playing DingTalk, which invariant 4 already lets the service reply to) has its
+files fetched from that same origin's file API, without a token: local tools need no set-up.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import httpx
 from agent.media.problems import MediaProblem, MediaReason
 from agent.messages import IncomingMessage, Media
 from api.dingtalk.openapi import AccessTokens, call_openapi, error_detail
+from api.dingtalk.reply import is_loopback_host
 from api.dingtalk.sender import SendResult
 
 CHUNK_BYTES = 64 * 1024
@@ -29,7 +34,7 @@ class DingTalkFiles:
     def __init__(
         self,
         client: httpx.AsyncClient,
-        tokens: AccessTokens,
+        tokens: AccessTokens | None,
         *,
         api_base: str,
         robot_code: str,
@@ -54,7 +59,13 @@ class DingTalkFiles:
     async def _download_url(self, message: IncomingMessage, media: Media) -> str:
         robot_code = message.bot_id if message.bot_id and message.bot_id != "normal" else self._robot_code
         payload = {"downloadCode": media.code, "robotCode": robot_code}
-        response = await call_openapi(self._client, self._tokens, "POST", self._url, payload)
+        if self._tokens is None:  # a local stand-in for DingTalk (mock mode)
+            try:
+                response: httpx.Response | SendResult = await self._client.post(self._url, json=payload)
+            except httpx.HTTPError as exc:
+                response = SendResult(False, detail=f"transport error ({type(exc).__name__})", retryable=True)
+        else:
+            response = await call_openapi(self._client, self._tokens, "POST", self._url, payload)
         if isinstance(response, SendResult):  # no token, or the request did not get through
             reason = MediaReason.UNREACHABLE if response.retryable else MediaReason.NO_CREDENTIALS
             raise MediaProblem(reason, f"file API: {response.detail}", name=media.name)
@@ -99,3 +110,38 @@ class DingTalkFiles:
             raise MediaProblem(
                 MediaReason.UNREACHABLE, f"download failed ({type(exc).__name__})", name=name
             ) from None
+
+
+class ChannelFiles:
+    """The service's MediaSource: DingTalk's file API with the app's credentials; in mock mode without
+    them, the file API of a session webhook's own origin when that is on this machine."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        dingtalk: DingTalkFiles | None,
+        *,
+        mock_mode: bool,
+        timeout_seconds: float,
+    ) -> None:
+        self._client = client
+        self._dingtalk = dingtalk
+        self._mock_mode = mock_mode
+        self._timeout = timeout_seconds
+
+    async def fetch(self, message: IncomingMessage, media: Media, max_bytes: int) -> bytes:
+        if self._dingtalk is not None:
+            return await self._dingtalk.fetch(message, media, max_bytes)
+        parts = urlsplit(message.reply_url)
+        if not (self._mock_mode and parts.scheme == "http" and is_loopback_host(parts.hostname or "")):
+            raise MediaProblem(
+                MediaReason.NO_CREDENTIALS, "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set"
+            )
+        local = DingTalkFiles(
+            self._client,
+            None,
+            api_base=f"http://{parts.netloc}",
+            robot_code="",
+            timeout_seconds=self._timeout,
+        )
+        return await local.fetch(message, media, max_bytes)

@@ -170,7 +170,8 @@ class Assistant:
         if unread:
             note = f"{unread}\n{note}"
         if turn is not None and not (turn.pictures or turn.documents or message.text.strip()):
-            return Reply(unread, canned=True)  # nothing of it could be read: only why
+            # nothing of it could be read: only why (never an empty message)
+            return Reply(unread or prompts.reply("empty", bot_name=self.settings.bot_name), canned=True)
         recall_started = time.perf_counter()
         if recalled is not None:
             memories = recalled

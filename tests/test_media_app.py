@@ -227,3 +227,14 @@ def test_facts_are_learned_from_what_people_write_never_from_the_file(
     assert "用户叫王小明" in memories
     assert "北京" not in memories
     assert "财务总监" not in memories
+
+
+def test_a_picture_sent_as_a_file_is_looked_at_as_a_picture(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    """DingTalk sends an original-quality image as a file: the bytes say it is a picture."""
+    fake_dingtalk.add_file("orig", media_files.picture(1280, 720, "PNG"))
+    with serve(app_settings()) as app:
+        said = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "orig", "IMG_2041.png"))
+    assert "收到 1 张 1280×720 的 PNG 图片" in said
+    assert "请看看这张图片" in said

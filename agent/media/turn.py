@@ -61,7 +61,7 @@ def compose(
     pictures: list[Picture] = []
     documents: list[Document] = []
     for media, outcome in received.items:
-        if media.kind == "picture":
+        if media.kind == "picture" or isinstance(outcome, Picture):  # a picture sent as a file is a picture
             mark = prompts.attachment("picture")
             history_marks.append((media.at, mark))
             if isinstance(outcome, Picture):

@@ -75,7 +75,8 @@ def received(message: BaseMessage) -> tuple[str, str]:
     if texts:
         said.append(f"{len(texts)} 段文字")
     spaced = [f" {piece}" if piece[0].isdigit() else piece for piece in said]  # 收到 1 张…和 2 段文字
-    return "收到" + "和".join(spaced) + "。", "\n".join(texts)
+    listed = "、".join(spaced[:-1]) + "和" + spaced[-1] if len(spaced) > 1 else spaced[0]
+    return f"收到{listed}。", "\n".join(texts)
 
 
 def _content_text(message: BaseMessage) -> str:

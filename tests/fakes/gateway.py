@@ -35,7 +35,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.fakes.servers import LocalServer, Recorded
+from tests.fakes.servers import FakeDingTalk, LocalServer, Recorded
 from tests.waiting import PATIENCE
 
 OPEN_PATH = "/v1.0/gateway/connections/open"
@@ -85,6 +85,7 @@ class FakeGateway:
         self.client_id = client_id
         self.client_secret = client_secret
         self.refuse_credentials = False
+        self.openapi: FakeDingTalk | None = None  # answers the OpenAPI paths other than connections/open
         self.open_answers: deque[OpenAnswer] = deque()
         self.ping_every: float | None = None
         self.tickets: dict[str, bool] = {}  # ticket -> used
@@ -336,4 +337,8 @@ class _OpenServer(LocalServer):
         self._owner = owner
 
     def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        rest = self._owner.openapi
+        if rest is not None and request.path.split("?", 1)[0] != OPEN_PATH:
+            rest.handle(handler, request)  # the rest of DingTalk's OpenAPI on the same base (file API)
+            return
         self._owner._answer_open(handler, request)

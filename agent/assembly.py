@@ -117,7 +117,9 @@ async def open_agent(
             if database.single_owner
             else SharedRateLimiter(database, settings.rate_limit_per_minute),
             toolbox=toolbox,
-            media=MediaService(settings, media, FileContext(database, settings.file_context_minutes)),
+            media=MediaService(
+                settings, media, FileContext(database, settings.file_context_minutes), observer=observer
+            ),
             vision_model=vision_model,
         )
         yield AgentParts(database, prompts, history, service, assistant, reminders)

@@ -40,6 +40,11 @@ class Observer(Protocol):
         """A tool the model called: its name and outcome (ok, error, timeout, unknown), never its input."""
         ...
 
+    def media_read(self, kind: str, outcome: str, seconds: float) -> None:
+        """A picture or file read for the model (kind: the type from its bytes, e.g. png, pdf; outcome: ok
+        or why not, e.g. too_large, encrypted, too_hard), and how long fetching and reading took."""
+        ...
+
     def reminder_fired(self, delay_seconds: float, outcome: str) -> None:
         """A reminder fired `delay_seconds` after it was due; outcome: sent (stored to send) or dropped."""
         ...
@@ -70,6 +75,9 @@ class NoObserver:
         return
 
     def tool_call(self, tool: str, outcome: str, seconds: float) -> None:
+        return
+
+    def media_read(self, kind: str, outcome: str, seconds: float) -> None:
         return
 
     def reminder_fired(self, delay_seconds: float, outcome: str) -> None:

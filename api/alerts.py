@@ -180,6 +180,10 @@ class ServiceObserver:
         self.metrics.tool_calls.labels(tool, outcome).inc()
         self.metrics.tool_seconds.labels(tool).observe(seconds)
 
+    def media_read(self, kind: str, outcome: str, seconds: float) -> None:
+        self.metrics.media.labels(kind, outcome).inc()
+        self.metrics.media_seconds.labels(kind).observe(seconds)
+
     def reminder_fired(self, delay_seconds: float, outcome: str) -> None:
         self.metrics.reminders.labels(outcome).inc()
         if outcome == "sent":

@@ -62,6 +62,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.media = Counter(
+            "dingbot_media",
+            "Pictures and files read for the model, by kind (png, jpeg, pdf, docx, ...; picture or file when "
+            "not fetched) and outcome (ok, too_large, expired, unreachable, unsupported, broken, "
+            "too_many_pixels, encrypted, empty, too_hard, no_credentials)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.media_seconds = Histogram(
+            "dingbot_media_seconds",
+            "Fetching and reading one picture or file (download, checks, scaling or conversion), by kind",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.reminders = Counter(
             "dingbot_reminders_fired",
             "Reminders fired: sent (stored to send), dropped (missed by more than REMINDER_GRACE_SECONDS)",

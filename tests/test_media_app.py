@@ -238,3 +238,21 @@ def test_a_picture_sent_as_a_file_is_looked_at_as_a_picture(
         said = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "orig", "IMG_2041.png"))
     assert "收到 1 张 1280×720 的 PNG 图片" in said
     assert "请看看这张图片" in said
+
+
+def test_what_was_read_and_why_not_is_counted_for_operators(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    from tests.prometheus import sample
+
+    fake_dingtalk.add_file("p", media_files.picture(640, 480, "PNG"))
+    fake_dingtalk.add_file("z", media_files.plain_zip())
+    with serve(app_settings()) as app:
+        exchange(app, fake_dingtalk, picture_message(fake_dingtalk, "p"))
+        exchange(app, fake_dingtalk, file_message(fake_dingtalk, "z", "资料.pdf"))
+        exchange(app, fake_dingtalk, file_message(fake_dingtalk, "gone", "旧.pdf"))
+        metrics = app.client.get("/metrics").text
+    assert sample(metrics, "dingbot_media_total", kind="png", outcome="ok") == 1
+    assert sample(metrics, "dingbot_media_total", kind="zip", outcome="unsupported") == 1
+    assert sample(metrics, "dingbot_media_total", kind="file", outcome="expired") == 1  # never fetched
+    assert sample(metrics, "dingbot_media_seconds_count", kind="png") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +15,7 @@ from agent.media.pictures import Picture, prepare_picture
 from agent.media.problems import MediaProblem, MediaReason
 from agent.media.sniff import sniff
 from agent.messages import IncomingMessage, Media
+from agent.observe import NoObserver, Observer
 from agent.settings.config import Settings
 
 log = logging.getLogger(__name__)
@@ -68,9 +70,12 @@ class Received:
 
 
 class MediaReader:
-    def __init__(self, settings: Settings, source: MediaSource | None) -> None:
+    def __init__(
+        self, settings: Settings, source: MediaSource | None, observer: Observer | None = None
+    ) -> None:
         self.settings = settings
         self.source = source  # None: the channel cannot fetch (no app credentials)
+        self.observer: Observer = observer or NoObserver()
         self.limits = ConvertLimits(
             max_chars=settings.file_max_chars,
             seconds=settings.file_convert_seconds,
@@ -87,22 +92,30 @@ class MediaReader:
                 if not pictures or seen > MAX_PICTURES:
                     received.items.append((media, None))
                     continue
+            started = time.perf_counter()
+            kind = [media.kind]  # the type from the bytes, once they are in
             try:
-                outcome: Outcome = await self._read_one(message, media)
+                outcome: Outcome = await self._read_one(message, media, kind)
             except MediaProblem as problem:
-                log.info("attachment not read (%s): %s", media.kind, problem.detail)
+                log.info("attachment not read (%s): %s", kind[0], problem.detail)
                 problem.name = problem.name or media.name
                 outcome = problem
+            spent = time.perf_counter() - started
+            result = outcome.reason.value if isinstance(outcome, MediaProblem) else "ok"
+            self.observer.media_read(kind[0], result, spent)
             received.items.append((media, outcome))
         return received
 
-    async def _read_one(self, message: IncomingMessage, media: Media) -> Picture | Document:
+    async def _read_one(
+        self, message: IncomingMessage, media: Media, kind_seen: list[str]
+    ) -> Picture | Document:
         if self.source is None:
             raise MediaProblem(
                 MediaReason.NO_CREDENTIALS, "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set"
             )
         data = await self.source.fetch(message, media, self.settings.media_max_bytes)
         kind = sniff(data, media.name)
+        kind_seen[0] = kind.kind
         if kind.is_picture:
             return await asyncio.to_thread(
                 prepare_picture,

@@ -12,6 +12,7 @@ from agent.media.context import FileContext
 from agent.media.reader import MediaReader, MediaSource, Received
 from agent.media.turn import MediaTurn, compose, problem_sentence
 from agent.messages import ContentKind, IncomingMessage
+from agent.observe import Observer
 from agent.prompts.loader import PromptSet
 from agent.settings.choices import ImageSupport
 from agent.settings.config import Settings
@@ -24,9 +25,15 @@ _NO_IMAGES = re.compile(r"image|vision|multi-?modal|图片|图像|多模态", re
 
 
 class MediaService:
-    def __init__(self, settings: Settings, source: MediaSource | None, files: FileContext | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: MediaSource | None,
+        files: FileContext | None,
+        observer: Observer | None = None,
+    ) -> None:
         self.settings = settings
-        self.reader = MediaReader(settings, source)
+        self.reader = MediaReader(settings, source, observer)
         self.files = files  # None: no file context (FILE_CONTEXT_MINUTES=0, or tools without a database)
         self.images_refused = False  # `auto` learned that the endpoint takes no pictures (for this process)
 

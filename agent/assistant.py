@@ -209,7 +209,7 @@ class Assistant:
                 error.fix,
             )
             if turn is not None and turn.pictures and self.media.refuses_pictures(error):
-                return Reply(note + prompts.media_reply("images_unsupported"), canned=True)
+                return await self._answer_blind(message, memories, prompts, turn, note, watcher)
             told = await self.health.answer_failed(error)
             if error.context_exceeded:  # even the new message alone is too long, or nothing fits
                 return Reply(prompts.reply("context_too_long"), failed=True)
@@ -226,6 +226,30 @@ class Assistant:
         structured = has_structure(answer)
         title = (title_of(answer) or prompts.reply("markdown_title")) if structured else ""
         return Reply(note + answer, markdown=structured, title=title, heard=heard)
+
+    async def _answer_blind(
+        self,
+        message: IncomingMessage,
+        memories: list[str],
+        prompts: PromptSet,
+        turn: MediaTurn,
+        note: str,
+        watcher: ToolWatcher | None,
+    ) -> Reply:
+        """The endpoint takes no pictures: say so, and answer the words and files without them."""
+        refusal = prompts.media_reply("images_unsupported")
+        if not message.text.strip() and not turn.documents:
+            return Reply(note + refusal, canned=True)
+        blind = self.media.without_pictures(turn, prompts)
+        inputs = self._fitted(prompts, await self.build_inputs(message, memories, prompts, blind))
+        try:
+            answered = await self._ask(prompts, inputs, None, message, watcher, blind)
+        except Exception as exc:  # the endpoint failing now too: the person still hears why
+            log.warning("model call failed after a refused picture: %s", type(exc).__name__)
+            return Reply(note + refusal, canned=True)
+        self.health.answered()
+        heard = self._human_entry(message, turn.history)
+        return Reply(f"{note}{refusal}\n\n{answered.text}", heard=heard)
 
     def _fitted(self, prompts: PromptSet, inputs: dict[str, Any]) -> dict[str, Any]:
         """The recent turns that fit the model's context beside the system prompt, the new message and

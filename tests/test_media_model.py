@@ -160,3 +160,47 @@ def test_a_picture_question_streams_into_an_ai_card(
     assert [p["type"] for p in request["messages"][-1]["content"]] == ["text", "image_url"]
     finish = next(body for name, body in fake_dingtalk.card_calls() if name == "finish")
     assert finish["cardData"]["cardParamMap"]["content"] == "这是一个空指针异常：第 12 行的 user 为 None。"
+
+
+def test_a_refused_picture_still_gets_its_words_answered(
+    vision_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("p", media_files.picture(640, 480, "PNG"))
+    fake_openai.script.append(Scripted(status=400, body=REFUSAL))
+    fake_openai.script.append(Scripted(text="日志说数据库连接超时。"))
+    parts = [{"text": "日志里写的什么？"}, {"downloadCode": "p", "type": "picture"}]
+    with serve(vision_settings()) as app:
+        said = exchange(app, fake_dingtalk, rich_message(fake_dingtalk, parts))
+    assert said.startswith("当前配置的模型看不了图片。")
+    assert said.endswith("日志说数据库连接超时。")
+    second = chat_requests(fake_openai)[1]["messages"][-1]["content"]
+    assert second == "日志里写的什么？[图片]"  # the same turn, the picture a mark
+
+
+def test_a_bad_picture_is_not_taken_for_a_model_without_eyes(
+    vision_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    """ "Invalid image" is about this picture, not about the model: pictures stay on for everyone."""
+    fake_dingtalk.add_file("p", media_files.picture(640, 480, "PNG"))
+    bad = {"error": {"message": "Invalid image: could not process image", "type": "invalid_request_error"}}
+    fake_openai.script.append(Scripted(status=400, body=bad))
+    fake_openai.script.append(Scripted(text="看到了。"))
+    with serve(vision_settings()) as app:
+        first = exchange(app, fake_dingtalk, picture_message(fake_dingtalk, "p"))
+        second = exchange(app, fake_dingtalk, picture_message(fake_dingtalk, "p"))
+    assert "看不了图片" not in first
+    assert second == "看到了。"
+    sent_again = chat_requests(fake_openai)[1]["messages"][-1]["content"]
+    assert [part["type"] for part in sent_again] == ["image_url", "text"]  # the picture, then what is asked
+
+
+def test_a_picture_sent_as_a_file_is_not_shown_when_pictures_are_off(
+    vision_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.add_file("orig", media_files.picture(640, 480, "PNG"))
+    from tests.test_media_app import file_message
+
+    with serve(vision_settings(model_supports_images="false")) as app:
+        said = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "orig", "IMG_0001.png"))
+    assert said.startswith("当前配置的模型看不了图片")
+    assert chat_requests(fake_openai) == []  # nothing else to answer: the model was not asked

@@ -189,3 +189,8 @@ def test_lone_surrogates_are_replaced_so_the_reply_can_be_encoded() -> None:
 
 def test_odd_create_at_is_ignored() -> None:
     assert parse(callback(HOOK, createAt="\u00b2")).created_at_ms is None
+
+
+def test_control_characters_are_removed_from_what_people_wrote() -> None:
+    m = parse(callback(HOOK, text="第一行\x00\x07\n第二行\t完"))
+    assert m.text == "第一行\n第二行\t完"  # NUL cannot be stored in PostgreSQL, nor mark a picture's place

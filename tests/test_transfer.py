@@ -66,6 +66,11 @@ def one_machine(settings: Settings, fake_dingtalk: FakeDingTalk) -> None:
             "'Asia/Shanghai', ?, 'active', 0, ?, ?)",
             (PERSON, time.time() + 86400, origin, time.time(), time.time()),
         )
+        conn.execute(  # the file a conversation asked about a minute ago: its next question still can
+            "INSERT INTO file_context (scope, person_id, name, label, pages, unit, complete, text, "
+            "created_at) VALUES ('cid1\x1fp', ?, '周报.pdf', 'PDF', 3, '页', 1, '本周完成登录模块', ?)",
+            (PERSON, time.time() - 60),
+        )
     store = Mem0Store.open(
         settings, extraction_model=MockExtractionModel(), embeddings=build_embeddings(settings)
     )
@@ -93,7 +98,7 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
     assert main(["export", str(exported)]) == 0
     assert capsys.readouterr().out.strip() == (
         f"exported to {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, 1 forgotten, "
-        "1 reminders, 2 memories"
+        "1 reminders, 1 file_context, 2 memories"
     )
     with chroma_server(tmp_path / "chroma") as chroma:
         monkeypatch.setenv("DATABASE_URL", database_url)
@@ -101,7 +106,7 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
         assert main(["import", str(exported)]) == 0
         assert capsys.readouterr().out.strip() == (
             f"imported from {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, "
-            "1 forgotten, 1 reminders, 2 memories"
+            "1 forgotten, 1 reminders, 1 file_context, 2 memories"
         )
         assert main(["import", str(exported)]) == 0  # again: nothing doubled
         assert "0 history, 0 inbox, 0 outbox" in capsys.readouterr().out
@@ -122,4 +127,7 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
         assert len(sql(after, "SELECT id FROM history WHERE id > 8")) == 2
         assert sql(after, "SELECT id, text, repeat, state FROM reminders") == [
             (4, "交周报", "weekly", "active")
+        ]
+        assert sql(after, "SELECT name, complete, text FROM file_context") == [
+            ("周报.pdf", 1, "本周完成登录模块")
         ]

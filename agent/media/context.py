@@ -39,7 +39,7 @@ class FileContext:
                         document.label,
                         document.pages,
                         document.unit,
-                        document.complete,
+                        int(document.complete),
                         document.text,
                         time.time(),
                     ),

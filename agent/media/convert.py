@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 _BLANK_LINES = re.compile(r"\n{3,}")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NUL and friends: parsers emit them
 _MAX_SHEET_ROWS = 5000
 
 
@@ -173,7 +174,8 @@ def convert(kind: str, data: bytes, max_chars: int) -> dict[str, Any]:
         if "memory" in said:  # lxml reports a failed allocation as a syntax error (ERR_NO_MEMORY)
             return {"problem": "too_hard", "detail": "over the memory limit"}
         return {"problem": "broken", "detail": f"{kind} does not open: {type(exc).__name__}"}
-    text = _BLANK_LINES.sub("\n\n", "\n".join(collected)).strip()
+    whole = "\n".join(collected).encode("utf-8", "replace").decode("utf-8")  # lone surrogates: "?"
+    text = _BLANK_LINES.sub("\n\n", _CONTROLS.sub("", whole)).strip()
     if not text:
         return {"problem": "empty", "detail": "no text in the document (scanned pages or empty)"}
     return {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,6 +17,13 @@ from agent.media.sniff import FileType
 log = logging.getLogger(__name__)
 
 _REASONS = {reason.value: reason for reason in MediaReason}
+
+
+def _child_environment() -> dict[str, str]:
+    """What the converter may see of the environment: how to find Python and our code, never a key or
+    secret (it parses files strangers made)."""
+    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    return {name: value for name in keep if (value := os.environ.get(name))}
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ async def convert_document(data: bytes, kind: FileType, name: str, limits: Conve
         kind.kind,
         str(limits.max_chars),
         str(limits.memory_mb),
+        env=_child_environment(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,  # a parser's complaints may quote the file: not for the log

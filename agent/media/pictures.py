@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import base64
 import io
-import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from agent.media.problems import MediaProblem, MediaReason
 from agent.media.sniff import sniff
 
 _FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif"}
+# Pillow's own bomb check (a warning past 89 MP, an error past 179 MP, both at open) is replaced by ours:
+# IMAGE_MAX_PIXELS, read from the header before any pixel is decoded, with the person told why.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,7 @@ def prepare_picture(data: bytes, *, max_edge: int, max_pixels: int) -> Picture:
     if not kind.is_picture:
         raise MediaProblem(MediaReason.UNSUPPORTED, f"not a picture ({kind.kind})", type_label=kind.label)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data), formats=list(_FORMATS))
+        opened = Image.open(io.BytesIO(data), formats=list(_FORMATS))
         width, height = opened.size
         if width * height > max_pixels:  # from the header, before a single pixel is decoded
             raise MediaProblem(MediaReason.TOO_MANY_PIXELS, f"{width}x{height} is over {max_pixels} pixels")
@@ -49,21 +49,23 @@ def prepare_picture(data: bytes, *, max_edge: int, max_pixels: int) -> Picture:
             opened.draft("RGB", (max_edge, max_edge))  # decode at 1/2, 1/4 or 1/8 scale: much less work
         opened.load()
         image = ImageOps.exif_transpose(opened)  # upright as the sender saw it, before EXIF is dropped
+        image.thumbnail((max_edge, max_edge), Image.Resampling.LANCZOS)  # never enlarges
+        transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+        lossless = kind.kind == "png" or transparent
+        image = image.convert("RGBA" if transparent else "RGB")
+        image.info = {}  # no EXIF, comment, ICC profile or text chunk is written again
+        out = io.BytesIO()
+        if lossless:  # screenshots stay sharp (small text), transparency stays
+            image.save(out, "PNG", optimize=False)
+            mime = "image/png"
+        else:
+            image.save(out, "JPEG", quality=85)
+            mime = "image/jpeg"
     except MediaProblem:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise MediaProblem(
-            MediaReason.BROKEN, f"{kind.label} does not decode: {type(exc).__name__}"
-        ) from None
-    image.thumbnail((max_edge, max_edge), Image.Resampling.LANCZOS)  # never enlarges
-    lossless = kind.kind == "png" or image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    out = io.BytesIO()
-    if lossless:  # screenshots stay sharp (small text), transparency stays
-        image.convert("RGBA").save(out, "PNG", optimize=False)
-        mime = "image/png"
-    else:
-        image.convert("RGB").save(out, "JPEG", quality=85)
-        mime = "image/jpeg"
+    except Exception as exc:  # whatever a damaged or hostile file makes a decoder raise
+        detail = f"{kind.label} does not decode: {type(exc).__name__}"
+        raise MediaProblem(MediaReason.BROKEN, detail) from None
     return Picture(
         data_url=f"data:{mime};base64,{base64.b64encode(out.getvalue()).decode('ascii')}",
         width=image.width,

@@ -87,28 +87,28 @@ class MediaReader:
         received = Received()
         seen = 0
         for media in message.media:
-            if media.kind == "picture":
-                seen += 1
-                if not pictures or seen > MAX_PICTURES:
-                    received.items.append((media, None))
-                    continue
+            if media.kind == "picture" and (not pictures or seen >= MAX_PICTURES):
+                received.items.append((media, None))
+                continue
             started = time.perf_counter()
             kind = [media.kind]  # the type from the bytes, once they are in
             try:
-                outcome: Outcome = await self._read_one(message, media, kind)
+                outcome: Outcome | None = await self._read_one(message, media, kind, pictures)
             except MediaProblem as problem:
                 log.info("attachment not read (%s): %s", kind[0], problem.detail)
                 problem.name = problem.name or media.name
                 outcome = problem
             spent = time.perf_counter() - started
             result = outcome.reason.value if isinstance(outcome, MediaProblem) else "ok"
-            self.observer.media_read(kind[0], result, spent)
+            self.observer.media_read(kind[0], result if outcome is not None else "not_shown", spent)
             received.items.append((media, outcome))
+            seen += isinstance(outcome, Picture)
         return received
 
     async def _read_one(
-        self, message: IncomingMessage, media: Media, kind_seen: list[str]
-    ) -> Picture | Document:
+        self, message: IncomingMessage, media: Media, kind_seen: list[str], pictures: bool
+    ) -> Picture | Document | None:
+        """What the attachment is, read; None for a picture (sent as a file) the model is not shown."""
         if self.source is None:
             raise MediaProblem(
                 MediaReason.NO_CREDENTIALS, "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set"
@@ -117,6 +117,8 @@ class MediaReader:
         kind = sniff(data, media.name)
         kind_seen[0] = kind.kind
         if kind.is_picture:
+            if not pictures:
+                return None
             return await asyncio.to_thread(
                 prepare_picture,
                 data,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 
 from agent.errors import ModelError, ModelErrorKind
 from agent.media.context import FileContext
 from agent.media.reader import MediaReader, MediaSource, Received
-from agent.media.turn import MediaTurn, compose, problem_sentence
+from agent.media.turn import MediaTurn, compose, problem_sentence, unmark_pictures
 from agent.messages import ContentKind, IncomingMessage
 from agent.observe import Observer
 from agent.prompts.loader import PromptSet
@@ -19,9 +20,18 @@ from agent.settings.config import Settings
 
 log = logging.getLogger(__name__)
 
-# How endpoints word "this model takes no image input": OpenAI and Azure ("image_url is only supported by
-# certain models"), vLLM ("not a multimodal model"), Ollama and others ("does not support images").
-_NO_IMAGES = re.compile(r"image|vision|multi-?modal|图片|图像|多模态", re.IGNORECASE)
+# How endpoints word "this model takes no image input" — OpenAI and Azure ("image_url is only supported by
+# certain models"), vLLM ("... is not a multimodal model"), Ollama and others ("does not support images")
+# — and not "this picture is bad" ("Invalid image", "image too large"): one bad picture must not turn
+# pictures off for everyone.
+_NO_IMAGES = re.compile(
+    r"only supported by certain models|not (?:a )?multi-?modal|"
+    r"(?:does not|doesn't|do not|cannot|can't|unable to) (?:support|accept|process|handle) "
+    r"(?:image|vision|multi-?modal)|"
+    r"(?:image|vision|multi-?modal)(?: input| content| inputs)? (?:is |are )?not supported|"
+    r"不支持(?:图片|图像|多模态|视觉)",
+    re.IGNORECASE,
+)
 
 
 class MediaService:
@@ -64,13 +74,18 @@ class MediaService:
             )
             for problem in received.problems
         ]
-        if not sees and any(media.kind == "picture" for media in message.media):
+        if not sees and any(outcome is None for _, outcome in received.items):  # pictures, or sent as files
             notes.append(prompts.media_reply("images_unsupported"))
         for document in received.documents[-1:]:  # the conversation's next questions may ask about it
             if self.files is not None:
                 await self.files.keep(scope, message.person_id, document, message.arrived_at)
         turn = compose(message.text, received, prompts, earlier=earlier, limit=self.settings.file_max_chars)
         return turn, "\n".join(dict.fromkeys(notes))
+
+    @staticmethod
+    def without_pictures(turn: MediaTurn, prompts: PromptSet) -> MediaTurn:
+        """The same turn for a model that cannot see: each picture a mark, the words and files kept."""
+        return replace(turn, text=unmark_pictures(turn.text, prompts.attachment("picture")), pictures=[])
 
     def refuses_pictures(self, error: ModelError) -> bool:
         """Whether a failed answer with pictures is the endpoint saying it takes none; `auto` remembers."""

@@ -17,6 +17,7 @@ from agent.prompts.loader import PromptSet
 PICTURE_MARK = "\x00picture:{}\x00"  # where a picture goes in the rendered prompt: never in what people type
 _MARK = re.compile(r"\x00picture:(\d+)\x00")
 _CLOSING = re.compile(r"</\s*attached_document", re.IGNORECASE)
+_UNSAFE_NAME = str.maketrans({'"': "'", "<": "‹", ">": "›", "\n": " ", "\r": " "})
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def document_block(prompts: PromptSet, document: Document, limit: int) -> str:
     text = _CLOSING.sub("<\\/attached_document", document.text)
     if not document.complete:
         text += "\n" + prompts.attachment("cut", limit=f"{limit:,}")
-    return prompts.attachment("document", name=document.name, type=document.label, size=size, text=text)
+    name = document.name.translate(_UNSAFE_NAME)  # a name cannot end the tag or the block either
+    return prompts.attachment("document", name=name, type=document.label, size=size, text=text)
 
 
 def compose(
@@ -92,6 +94,11 @@ def compose(
     )
 
 
+def unmark_pictures(text: str, mark: str) -> str:
+    """The turn's text with each picture's place written as `mark` ("[图片]")."""
+    return _MARK.sub(mark, text)
+
+
 def with_pictures(messages: list[BaseMessage], pictures: list[Picture]) -> list[BaseMessage]:
     """The rendered prompt with the last human message made of content parts: text, then each picture
     where its mark sat (the OpenAI `image_url` part, a data URL), then the text after it."""
@@ -103,10 +110,13 @@ def with_pictures(messages: list[BaseMessage], pictures: list[Picture]) -> list[
     parts: list[str | dict[str, object]] = []
     position = 0
     for match in _MARK.finditer(content):
+        number = int(match.group(1))
+        if number >= len(pictures):  # not one of ours (the words are cleaned of NUL: cannot happen)
+            continue
         before = content[position : match.start()].strip()
         if before:
             parts.append({"type": "text", "text": before})
-        parts.append(pictures[int(match.group(1))].content_part())
+        parts.append(pictures[number].content_part())
         position = match.end()
     after = content[position:].strip()
     if after:

@@ -4,7 +4,8 @@
 `{"downloadUrl"}`: a short-lived URL the bytes are then streamed from (research: the open platform's
 "下载机器人接收消息的文件内容", and the SDKs built on it). The bytes are streamed with a cap
 (MEDIA_MAX_BYTES: a larger file is refused from its Content-Length, or as soon as the cap is passed, never
-read whole), a time limit (MEDIA_TIMEOUT_SECONDS) and only from an http(s) URL DingTalk's API returned.
+read whole), a time limit (MEDIA_TIMEOUT_SECONDS) and only from an http(s) URL DingTalk's API returned
+(a redirect from it is followed only to https, at most MAX_REDIRECTS times).
 Nothing is written to disk; no code, URL or token is ever logged.
 
 In mock mode without app credentials, a message whose session webhook is on this machine (a local tool
@@ -26,6 +27,7 @@ from api.dingtalk.reply import is_loopback_host
 from api.dingtalk.sender import SendResult
 
 CHUNK_BYTES = 64 * 1024
+MAX_REDIRECTS = 3
 
 
 class DingTalkFiles:
@@ -86,30 +88,41 @@ class DingTalkFiles:
 
     async def _stream(self, url: str, max_bytes: int, name: str) -> bytes:
         try:
-            async with self._client.stream(
-                "GET", url, timeout=self._timeout, follow_redirects=True
-            ) as response:
-                if response.status_code in (401, 403, 404, 410):
-                    raise MediaProblem(
-                        MediaReason.EXPIRED, f"download answered HTTP {response.status_code}", name=name
-                    )
-                if response.status_code != 200:
-                    raise MediaProblem(
-                        MediaReason.UNREACHABLE, f"download answered HTTP {response.status_code}", name=name
-                    )
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise MediaProblem(MediaReason.TOO_LARGE, f"{declared} bytes declared", name=name)
-                data = bytearray()
-                async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                    data += chunk
-                    if len(data) > max_bytes:
-                        raise MediaProblem(MediaReason.TOO_LARGE, f"over {max_bytes} bytes", name=name)
-                return bytes(data)
+            for _ in range(MAX_REDIRECTS + 1):
+                async with self._client.stream("GET", url, timeout=self._timeout) as response:
+                    if response.is_redirect:  # followed only to https: never to a plain-http address
+                        url = str(response.url.join(response.headers.get("location", "")))
+                        if urlsplit(url).scheme != "https":
+                            raise MediaProblem(
+                                MediaReason.UNREACHABLE, "download redirected off https", name=name
+                            )
+                        continue
+                    return await self._read(response, max_bytes, name)
+            raise MediaProblem(MediaReason.UNREACHABLE, "download redirected too often", name=name)
         except httpx.HTTPError as exc:
             raise MediaProblem(
                 MediaReason.UNREACHABLE, f"download failed ({type(exc).__name__})", name=name
             ) from None
+
+    @staticmethod
+    async def _read(response: httpx.Response, max_bytes: int, name: str) -> bytes:
+        if response.status_code in (401, 403, 404, 410):
+            raise MediaProblem(
+                MediaReason.EXPIRED, f"download answered HTTP {response.status_code}", name=name
+            )
+        if response.status_code != 200:
+            raise MediaProblem(
+                MediaReason.UNREACHABLE, f"download answered HTTP {response.status_code}", name=name
+            )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise MediaProblem(MediaReason.TOO_LARGE, f"{declared} bytes declared", name=name)
+        data = bytearray()
+        async for chunk in response.aiter_bytes(CHUNK_BYTES):
+            data += chunk
+            if len(data) > max_bytes:
+                raise MediaProblem(MediaReason.TOO_LARGE, f"over {max_bytes} bytes", name=name)
+        return bytes(data)
 
 
 class ChannelFiles:

@@ -16,6 +16,8 @@ _MENTION_ONLY = re.compile(r"^\s*@\S+\s*$")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces: safe to log
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+# Control characters are never meaningful in a message, and NUL cannot be stored in PostgreSQL text.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _DOWNLOAD_CODE = re.compile(r"[\x21-\x7e]{1,4096}")  # an opaque printable token
 
 
@@ -96,8 +98,9 @@ def _read(msgtype: str, body: dict[str, Any]) -> tuple[str, tuple[Media, ...]] |
 
 
 def _clean(text: str) -> str:
-    """JSON may carry lone surrogates (\\ud800) that cannot be encoded again: replace them."""
-    return _SURROGATES.sub("\ufffd", text)
+    """JSON may carry lone surrogates (\\ud800) that cannot be encoded again: replaced; control characters
+    (NUL among them, which PostgreSQL text cannot hold) removed."""
+    return _CONTROLS.sub("", _SURROGATES.sub("\ufffd", text))
 
 
 def _text_field(body: dict[str, Any], name: str) -> str:

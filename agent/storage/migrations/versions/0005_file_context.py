@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("label", sa.Text(), nullable=False),
         sa.Column("pages", sa.Integer(), nullable=False),
         sa.Column("unit", sa.Text(), nullable=False),
-        sa.Column("complete", sa.Boolean(), nullable=False),
+        sa.Column("complete", sa.Integer(), nullable=False),  # 1: whole, 0: cut at FILE_MAX_CHARS
         sa.Column("text", sa.Text(), nullable=False),  # at most FILE_MAX_CHARS
         sa.Column("created_at", TIME, nullable=False),
     )

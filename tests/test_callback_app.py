@@ -323,7 +323,7 @@ def test_each_message_type_gets_the_right_answer(
     body.update(overrides)
     with serve(make_settings()) as app:
         assert post(app, body).status_code == 200
-        [request] = fake_dingtalk.wait_for(1)
+        [request] = fake_dingtalk.wait_for(1, path="/robot/sendBySession")
     assert expected in request.json()["text"]["content"]
 
 

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import io
 import json
+import multiprocessing
 import sys
 import threading
 import time
@@ -153,20 +154,40 @@ def _peak_rss_mb(pid: int | None) -> float:
     return 0.0
 
 
-def _acks(
-    client: httpx.Client, url: str, base: str, run: str, rate: float, stop: threading.Event
-) -> list[float]:
-    """Text callbacks at `rate` per second until `stop`: each ack's latency in ms."""
+def _acks(url: str, base: str, run: str, rate: float, stop: Any, out: Any) -> None:
+    """In its own process (the stand-in's threads must not delay the client): text callbacks at `rate`
+    per second until `stop` is set; each ack's latency in ms, put on `out` at the end."""
     latencies: list[float] = []
     n = 0
-    while not stop.is_set():
-        started = time.perf_counter()
-        response = client.post(url, content=callback_body(n, base, run), headers=signed_headers(BENCH_SECRET))
-        response.raise_for_status()
-        latencies.append((time.perf_counter() - started) * 1000)
-        n += 1
-        stop.wait(max(0.0, 1 / rate - (time.perf_counter() - started)))
-    return latencies
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            body = callback_body(n, base, run)
+            response = client.post(url, content=body, headers=signed_headers(BENCH_SECRET))
+            response.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+            n += 1
+            stop.wait(max(0.0, 1 / rate - (time.perf_counter() - started)))
+    out.put(latencies)
+
+
+class AckSampler:
+    """Acks sampled from a separate process while a block runs."""
+
+    def __init__(self, url: str, base: str, run: str, rate: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop, self.out = context.Event(), context.Queue()
+        self.process = context.Process(target=_acks, args=(url, base, run, rate, self.stop, self.out))
+        self.latencies: list[float] = []
+
+    def __enter__(self) -> AckSampler:
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.latencies = self.out.get(timeout=60)
+        self.process.join(10)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,35 +203,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "DINGTALK_API_BASE": stand_in.url,
             "DINGTALK_OAPI_BASE": stand_in.url,
             "FILE_MAX_CHARS": str(60 * PAGE_CHARS),
-            "RATE_LIMIT_PER_MINUTE": "100000",
+            "RATE_LIMIT_PER_MINUTE": "10000",
         }
         service = start_service(stack, room, settings)
         url = f"{service}/dingtalk/callback"
         client = stack.enter_context(httpx.Client(timeout=30, trust_env=False))
-        stop = threading.Event()
-        baseline = _acks_for(client, url, stand_in.url, "base", args.ack_rate, seconds=5.0)
-
+        with AckSampler(url, stand_in.url, "base", args.ack_rate) as alone_acks:
+            time.sleep(args.baseline_seconds)
         results: dict[str, list[float]] = {"photo": [], "pdf": []}
         rss: dict[str, float] = {}
-        side: list[float] = []
-        sampler = threading.Thread(
-            target=lambda: side.extend(_acks(client, url, stand_in.url, "side", args.ack_rate, stop)),
-            daemon=True,
-        )
-        sampler.start()
-        for kind, count in (("photo", args.photos), ("pdf", args.pdfs)):
-            for n in range(count):
-                started = time.perf_counter()
-                sent = client.post(
-                    url,
-                    content=_message(n, stand_in.url, kind, kind, kind),
-                    headers=signed_headers(BENCH_SECRET),
-                )
-                sent.raise_for_status()
-                results[kind].append(stand_in.wait(f"{kind}{n}") - started)
-            rss[kind] = _peak_rss_mb(room.service_pid)
-        stop.set()
-        sampler.join()
+        with AckSampler(url, stand_in.url, "side", args.ack_rate) as side_acks:
+            for kind, count in (("photo", args.photos), ("pdf", args.pdfs)):
+                for n in range(count):
+                    started = time.perf_counter()
+                    body = _message(n, stand_in.url, kind, kind, kind)
+                    client.post(url, content=body, headers=signed_headers(BENCH_SECRET)).raise_for_status()
+                    results[kind].append(stand_in.wait(f"{kind}{n}") - started)
+                rss[kind] = _peak_rss_mb(room.service_pid)
+        baseline, side = alone_acks.latencies, side_acks.latencies
 
     alone = asyncio.run(_convert_alone(document, args.pdfs))
     return {
@@ -225,15 +235,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "answered": len(results["photo"]) + len(results["pdf"]),
         "expected": args.photos + args.pdfs,
     }
-
-
-def _acks_for(
-    client: httpx.Client, url: str, base: str, run: str, rate: float, *, seconds: float
-) -> list[float]:
-    stop = threading.Event()
-    timer = threading.Timer(seconds, stop.set)
-    timer.start()
-    return _acks(client, url, base, run, rate, stop)
 
 
 async def _convert_alone(document: bytes, times: int) -> list[float]:
@@ -287,6 +288,7 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=20)
     parser.add_argument("--pdfs", type=int, default=5)
     parser.add_argument("--ack-rate", type=float, default=20.0, help="text callbacks per second alongside")
+    parser.add_argument("--baseline-seconds", type=float, default=15.0, help="acks alone before the media")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     return run_bench(lambda: run(args), render, lambda r: r["answered"] == r["expected"], as_json=args.json)

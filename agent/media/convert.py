@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -197,6 +198,7 @@ def main() -> None:
     kind, max_chars, megabytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     data = sys.stdin.buffer.read()
     _limit_memory(megabytes)
+    os.nice(10)  # the service's event loop (acks) goes first on a busy machine
     result = convert(kind, data, max_chars)
     sys.stdout.write(json.dumps(result, ensure_ascii=False))
 

@@ -180,15 +180,18 @@ def app_settings(
     """Settings with app credentials: the OpenAPI sends are on, served by the local DingTalk."""
 
     def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "dingtalk_client_id": "dingappkey",
-            "dingtalk_client_secret": "app-secret-value",
-            "dingtalk_api_base": fake_dingtalk.url,
-        }
-        values.update(overrides)
-        return make_settings(**values)
+        return make_settings(**{**app_credentials(fake_dingtalk), **overrides})
 
     return build
+
+
+def app_credentials(fake_dingtalk: FakeDingTalk) -> dict[str, Any]:
+    """The app's AppKey/AppSecret, its OpenAPI (sends, cards, the file API) on the local DingTalk."""
+    return {
+        "dingtalk_client_id": "dingappkey",
+        "dingtalk_client_secret": "app-secret-value",
+        "dingtalk_api_base": fake_dingtalk.url,
+    }
 
 
 class RunningApp:

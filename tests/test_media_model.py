@@ -14,10 +14,11 @@ from PIL import Image
 
 from agent.settings.config import Settings
 from tests import media_files
-from tests.conftest import OPENAI_KEY, serve
+from tests.conftest import SECRET, app_credentials, serve
 from tests.fakes.openai_server import FakeOpenAI, Scripted
+from tests.fakes.payloads import encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
-from tests.test_media_app import exchange, picture_message, rich_message
+from tests.test_media_app import exchange, file_message, picture_message, rich_message
 from tests.waiting import wait_until
 
 REFUSAL = {
@@ -32,22 +33,12 @@ REFUSAL = {
 
 @pytest.fixture
 def vision_settings(
-    make_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+    real_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
 ) -> Callable[..., Settings]:
+    """A real ChatOpenAI on the local OpenAI server, the app's credentials on the local DingTalk."""
+
     def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "force_mock_openai": False,
-            "openai_api_key": OPENAI_KEY,
-            "openai_api_base": f"{fake_openai.url}/v1",
-            "openai_max_retries": 0,
-            "openai_timeout": 5,
-            "embedding_provider": "local",
-            "dingtalk_client_id": "dingappkey",
-            "dingtalk_client_secret": "app-secret-value",
-            "dingtalk_api_base": fake_dingtalk.url,
-        }
-        values.update(overrides)
-        return make_settings(**values)
+        return real_settings(embedding_provider="local", **{**app_credentials(fake_dingtalk), **overrides})
 
     return build
 
@@ -149,11 +140,7 @@ def test_a_picture_question_streams_into_an_ai_card(
     settings = vision_settings(dingtalk_card_template_id="tpl.schema")
     parts = [{"text": "这个报错什么意思？"}, {"downloadCode": "p", "type": "picture"}]
     with serve(settings) as app:
-        from tests.fakes.payloads import encode, signed_headers
-
-        app.post_callback(
-            encode(rich_message(fake_dingtalk, parts)), signed_headers(settings.secret.get_secret_value())
-        )
+        app.post_callback(encode(rich_message(fake_dingtalk, parts)), signed_headers(SECRET))
         wait_until(lambda: any(name == "finish" for name, _ in fake_dingtalk.card_calls()), what="the card")
     [request] = chat_requests(fake_openai)
     assert request["stream"] is True
@@ -198,8 +185,6 @@ def test_a_picture_sent_as_a_file_is_not_shown_when_pictures_are_off(
     vision_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
 ) -> None:
     fake_dingtalk.add_file("orig", media_files.picture(640, 480, "PNG"))
-    from tests.test_media_app import file_message
-
     with serve(vision_settings(model_supports_images="false")) as app:
         said = exchange(app, fake_dingtalk, file_message(fake_dingtalk, "orig", "IMG_0001.png"))
     assert said.startswith("当前配置的模型看不了图片")

@@ -256,3 +256,19 @@ def test_what_was_read_and_why_not_is_counted_for_operators(
     assert sample(metrics, "dingbot_media_total", kind="zip", outcome="unsupported") == 1
     assert sample(metrics, "dingbot_media_total", kind="file", outcome="expired") == 1  # never fetched
     assert sample(metrics, "dingbot_media_seconds_count", kind="png") == 1
+
+
+def test_the_kept_file_outlives_a_restart_within_its_minutes(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    """A process that owns its database skips the lookup while no file can be recent; after a restart it
+    learns from the table what is."""
+    fake_dingtalk.add_file("weekly", media_files.pdf(WEEKLY))
+    settings = app_settings()
+    with serve(settings) as app:
+        before = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "第一个问题"))
+        exchange(app, fake_dingtalk, file_message(fake_dingtalk, "weekly", "周报.pdf"))
+    with serve(settings) as app:
+        after = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "风险是什么？"))
+    assert "收到文件" not in before
+    assert "收到文件《周报.pdf》" in after

@@ -16,6 +16,10 @@ class FileContext:
     def __init__(self, db: Database, minutes: float) -> None:
         self._db = db
         self.seconds = minutes * 60
+        # On a database this process owns alone, when the last file was kept (None: not read yet): every
+        # text message asks for its conversation's file, and most of the time none can be recent, so
+        # the question needs no round trip. Replicas share the database: they always ask it.
+        self._last_kept: float | None = None
 
     async def keep(self, scope: str, person_id: str, document: Document, said_at: float) -> bool:
         """Keep the document for the scope's next questions, replacing the one before; refused (False)
@@ -41,18 +45,27 @@ class FileContext:
                         document.unit,
                         int(document.complete),
                         document.text,
-                        time.time(),
+                        now,
                     ),
                 )
                 return True
 
-        return await self._db.run(write)
+        now = time.time()
+        kept = await self._db.run(write)
+        if kept:
+            self._last_kept = now
+        return kept
 
     async def recent(self, scope: str) -> Document | None:
         """The scope's file when it was sent less than FILE_CONTEXT_MINUTES ago."""
         if self.seconds <= 0:
             return None
         since = time.time() - self.seconds
+        if self._db.single_owner:
+            if self._last_kept is None:
+                self._last_kept = await self._db.run(_newest)
+            if self._last_kept < since:
+                return None
 
         def read(conn: Connection) -> Document | None:
             row = conn.execute(
@@ -74,3 +87,8 @@ class FileContext:
             return conn.execute("DELETE FROM file_context WHERE created_at < ?", (cutoff,)).rowcount
 
         return await self._db.run(delete)
+
+
+def _newest(conn: Connection) -> float:
+    row = conn.execute("SELECT MAX(created_at) FROM file_context").fetchone()
+    return float(row[0]) if row and row[0] is not None else float("-inf")

@@ -179,7 +179,8 @@ class Assistant:
             memories = await self.memory.recall(message) if self.memory else []
             if self.memory:
                 self.observer.memory_recall(time.perf_counter() - recall_started)
-        inputs = self._fitted(prompts, await self.build_inputs(message, memories, prompts, turn))
+        seen = sum(picture.tokens for picture in turn.pictures) if turn is not None else 0
+        inputs = self._fitted(prompts, await self.build_inputs(message, memories, prompts, turn), seen)
         heard = self._human_entry(message, turn.history) if turn is not None else ""
         started = time.perf_counter()
         try:
@@ -251,13 +252,14 @@ class Assistant:
         heard = self._human_entry(message, turn.history)
         return Reply(f"{note}{refusal}\n\n{answered.text}", heard=heard)
 
-    def _fitted(self, prompts: PromptSet, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The recent turns that fit the model's context beside the system prompt, the new message and
-        MAX_TOKENS of answer: a long answer earlier never makes the next message too long."""
+    def _fitted(self, prompts: PromptSet, inputs: dict[str, Any], pictures: int = 0) -> dict[str, Any]:
+        """The recent turns that fit the model's context beside the system prompt, the new message (and
+        the `pictures` tokens of its pictures) and MAX_TOKENS of answer: a long answer earlier never makes
+        the next message too long."""
         if not inputs["history"]:
             return inputs
         fixed = prompts.chat.format_messages(**{**inputs, "history": []})
-        history = self.context.fit(fixed, inputs["history"], self.settings.max_tokens)
+        history = self.context.fit(fixed, inputs["history"], self.settings.max_tokens + pictures)
         if len(history) < len(inputs["history"]):
             log.info(
                 "history: %d of %d turns fit the context", len(history) // 2, len(inputs["history"]) // 2

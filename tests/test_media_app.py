@@ -123,7 +123,8 @@ def test_forget_all_erases_the_kept_file(
         ("空.pdf", media_files.blank_pdf(), {}, "《空.pdf》里没有可以读取的文字"),
         ("旧.pdf", media_files.pdf(WEEKLY), {"url_status": 403}, "《旧.pdf》的下载链接已失效"),
         ("大.pdf", b"", {"size": 30 * 1024 * 1024}, "《大.pdf》太大了，我最多能读 20 MB"),
-        ("大.txt", b"", {"size": 30 * 1024 * 1024, "declare_length": False}, "《大.txt》太大了"),
+        # chunked: no length to refuse from; 64 MB, so what loopback buffers hold past the cap cannot be all
+        ("大.txt", b"", {"size": 64 * 1024 * 1024, "declare_length": False}, "《大.txt》太大了"),
     ],
 )
 def test_files_that_cannot_be_read_get_one_clear_sentence(
@@ -272,3 +273,41 @@ def test_the_kept_file_outlives_a_restart_within_its_minutes(
         after = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "风险是什么？"))
     assert "收到文件" not in before
     assert "收到文件《周报.pdf》" in after
+
+
+def test_a_pictures_tokens_are_kept_free_in_the_context(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    """Fitting history to the model's context counts the picture too (765 tokens for 1600×1200): the
+    picture turn keeps fewer earlier turns than a text turn right after it."""
+    import re
+
+    fake_dingtalk.add_file("p", media_files.picture(1600, 1200, "JPEG"))
+    settings = app_settings(model_context_tokens=4000, max_tokens=256)
+    with serve(settings) as app:
+        for n in range(6):
+            exchange(
+                app, fake_dingtalk, callback(fake_dingtalk.webhook(), f"第{n}段：" + "很长的背景说明" * 40)
+            )
+        with_picture = exchange(app, fake_dingtalk, picture_message(fake_dingtalk, "p"))
+        text_after = exchange(app, fake_dingtalk, callback(fake_dingtalk.webhook(), "好的"))
+
+    def turns(said: str) -> int:
+        return int(re.search(r"模型收到了 (\d+) 轮历史对话", said).group(1))  # type: ignore[union-attr]
+
+    assert turns(with_picture) < turns(text_after) - 1
+
+
+def test_past_six_pictures_the_person_is_told_which_were_looked_at(
+    app_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    for n in range(8):
+        fake_dingtalk.add_file(f"p{n}", media_files.picture(320 + n, 240, "PNG"))
+    parts = [{"text": "这些截图有什么共同点？"}] + [
+        {"downloadCode": f"p{n}", "type": "picture"} for n in range(8)
+    ]
+    with serve(app_settings()) as app:
+        said = exchange(app, fake_dingtalk, rich_message(fake_dingtalk, parts))
+    assert said.startswith("这条消息的图片较多，我只看了前 6 张。")
+    assert "收到 6 张图片" in said
+    assert len(fake_dingtalk.posts("/v1.0/robot/messageFiles/download")) == 6  # the others not fetched

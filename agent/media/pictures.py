@@ -30,6 +30,17 @@ class Picture:
     original_width: int
     original_height: int
 
+    @property
+    def tokens(self) -> int:
+        """What the picture costs in the model's context, by OpenAI's rule for detailed images (85 plus
+        170 per 512-pixel tile after scaling to fit 2048 and then 768 on the short side): an estimate
+        for other models too, which count pictures in tiles or patches of a similar size."""
+        scale = min(1.0, 2048 / max(self.width, self.height))
+        width, height = self.width * scale, self.height * scale
+        scale = min(1.0, 768 / min(width, height))
+        tiles = -(-int(width * scale) // 512) * -(-int(height * scale) // 512)
+        return 85 + 170 * tiles
+
     def content_part(self) -> dict[str, object]:
         """The OpenAI (and Azure OpenAI) wire format for an image in a user message."""
         return {"type": "image_url", "image_url": {"url": self.data_url}}

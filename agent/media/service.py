@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from agent.errors import ModelError, ModelErrorKind
 from agent.media.context import FileContext
-from agent.media.reader import MediaReader, MediaSource, Received
+from agent.media.reader import MAX_PICTURES, MediaReader, MediaSource, Received
 from agent.media.turn import MediaTurn, compose, problem_sentence, unmark_pictures
 from agent.messages import ContentKind, IncomingMessage
 from agent.observe import Observer
@@ -74,8 +74,11 @@ class MediaService:
             )
             for problem in received.problems
         ]
-        if not sees and any(outcome is None for _, outcome in received.items):  # pictures, or sent as files
+        unseen = any(outcome is None for _, outcome in received.items)  # pictures, or sent as files
+        if unseen and not sees:
             notes.append(prompts.media_reply("images_unsupported"))
+        elif unseen:  # past MAX_PICTURES
+            notes.append(prompts.media_reply("too_many_pictures", limit=MAX_PICTURES))
         for document in received.documents[-1:]:  # the conversation's next questions may ask about it
             if self.files is not None:
                 await self.files.keep(scope, message.person_id, document, message.arrived_at)

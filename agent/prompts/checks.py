@@ -116,6 +116,7 @@ _MEDIA_REPLIES: dict[str, frozenset[str]] = {
     "empty": frozenset({"name"}),
     "too_hard": frozenset({"name"}),
     "picture_name": frozenset(),
+    "too_many_pictures": frozenset({"limit"}),
     "images_unsupported": frozenset(),
 }
 

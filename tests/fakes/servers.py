@@ -155,6 +155,7 @@ class FakeFile:
     size: int = 0
     declare_length: bool = True
     url_status: int = 200
+    pace: float = 0.0  # seconds between 64 KiB blocks: a file that takes a while to arrive
     sent: int = 0  # bytes written before the client stopped reading
 
     def chunks(self) -> Iterator[bytes]:
@@ -279,6 +280,8 @@ class FakeDingTalk(LocalServer):
                 else:
                     handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 file.sent += len(chunk)
+                if file.pace:
+                    time.sleep(file.pace)
             if not file.declare_length:
                 handler.wfile.write(b"0\r\n\r\n")
         except OSError:  # the client stopped reading (the byte cap)

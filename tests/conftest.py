@@ -73,6 +73,13 @@ def azure_host(monkeypatch: pytest.MonkeyPatch) -> str:
     return host
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server a test starts, or one it must find closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture
 def fake_dingtalk() -> Iterator[FakeDingTalk]:
     server = FakeDingTalk().start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from agent.settings.config import Settings
 from agent.storage.database import Database
-from tests.conftest import SECRET, subprocess_env
+from tests.conftest import SECRET, free_port, subprocess_env
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
@@ -27,12 +26,6 @@ from tests.store import sql
 from tests.waiting import PATIENCE, wait_until
 
 STARTUP_PATIENCE = 2 * PATIENCE  # a cold start imports the embedder, mem0 and LangChain
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])

@@ -25,17 +25,10 @@ from agent.settings.config import Settings
 from api.dingtalk.parse import parse_callback
 from api.dingtalk.reply import webhook_allowed
 from api.dingtalk.signature import verify_callback
-from dingbot import simulate, simulate_callback, simulate_view
+from dingbot import simulate, simulate_callback
 from dingbot.cli import main
-from tests import media_files
-from tests.conftest import ROOT, SECRET, serve, subprocess_env
+from tests.conftest import ROOT, SECRET, free_port, serve, subprocess_env
 from tests.waiting import PATIENCE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -392,58 +385,3 @@ def test_the_callback_is_signed_and_shaped_like_dingtalks(
 
 
 # --- rendering ---
-
-
-def test_render_markdown_reads_like_dingtalk() -> None:
-    text = "# 标题\n1. 第一\n* 星号\n![图](https://e.com/a.png)\n```\ncode\n```\n*斜体* 与 __粗体__"
-    assert simulate_view.render_markdown(text).splitlines() == [
-        "标题",
-        "1. 第一",
-        "• 星号",
-        "[图片: 图] https://e.com/a.png",
-        "    code",
-        "斜体 与 粗体",
-    ]
-
-
-def test_describe_shows_at_all_and_unknown_types() -> None:
-    at_all = simulate.Part(
-        1.0, json.dumps({"msgtype": "text", "text": {"content": "大家好"}, "at": {"isAtAll": True}}).encode()
-    )
-    assert simulate.describe(at_all, "小钉", {}) == "小钉 · 1.00 s · @所有人\n大家好"
-    link = simulate.Part(0.5, b'{"msgtype":"link","link":{"title":"t"}}')
-    assert simulate.describe(link, "小钉", {}).startswith("小钉 · 0.50 s · link message\n{")
-
-
-def test_pictures_and_files_are_served_to_the_service_from_the_one_shot_fake(
-    same_settings: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    shot, weekly = tmp_path / "shot.png", tmp_path / "周报.pdf"
-    shot.write_bytes(media_files.picture(1280, 720))
-    weekly.write_bytes(
-        media_files.pdf(["第一页：本周完成了登录模块", "第二页：下周上线", "第三页：风险是人手不足"])
-    )
-    assert simulate_cli("这个报错什么意思？", "--image", str(shot), "--user", "media-user") == 0
-    out = capsys.readouterr().out
-    assert (
-        out.splitlines()[0]
-        == "media-user (media-user) → 小钉, one-to-one: 这个报错什么意思？ [图片 shot.png]"
-    )
-    assert "收到 1 张 1280×720 的 PNG 图片和 1 段文字" in out
-    assert simulate_cli("--file", str(weekly), "--user", "media-user") == 0
-    assert "收到文件《周报.pdf》（PDF，3 页，" in capsys.readouterr().out
-    assert simulate_cli("风险是什么？", "--user", "media-user") == 0
-    out = capsys.readouterr().out
-    assert "收到文件《周报.pdf》" in out  # kept for the conversation's next question
-    assert "「风险是什么？」" in out
-
-
-def test_a_file_with_words_is_refused_with_what_to_do(
-    same_settings: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    weekly = tmp_path / "w.pdf"
-    weekly.write_bytes(media_files.pdf(["x"]))
-    assert simulate_cli("总结一下", "--file", str(weekly)) == 2
-    err = capsys.readouterr().err
-    assert "DingTalk sends a file on its own" in err
-    assert "ask about it in the next simulate" in err

@@ -70,9 +70,15 @@ def _warn_about_authentication(settings: Settings) -> None:
 def _access_tokens(settings: Settings, http: httpx.AsyncClient) -> AccessTokens | None:
     """The app's OpenAPI access token (one cache for sends, cards and downloads), when it has credentials."""
     if not settings.dingtalk_client_id or settings.dingtalk_client_secret is None:
+        files = (
+            "pictures and files come only from local tools on this machine (mock mode: dingbot simulate)"
+            if settings.mock_mode
+            else "pictures and files cannot be fetched (people are told an admin must add them)"
+        )
         log.info(
             "DINGTALK_CLIENT_ID / DINGTALK_CLIENT_SECRET not set: no OpenAPI fallback for expired webhooks, "
-            "and pictures and files cannot be fetched (people are told an admin must add them)"
+            "and %s",
+            files,
         )
         return None
     return AccessTokens(

@@ -30,12 +30,20 @@ def check_template(template: Any, allowed: frozenset[str], where: str) -> str:
     return template
 
 
+def check_section(
+    path: Path, name: str, section: Any, templates: dict[str, frozenset[str]]
+) -> dict[str, Any]:
+    """A mapping of templates (replies.yaml `reminders`, `media`; chat.yaml `attachments`): each present,
+    each with only its allowed variables."""
+    if not isinstance(section, dict):
+        raise PromptError(f"{path}: {name} must be a mapping")
+    for key, allowed in templates.items():
+        check_template(section.get(key), allowed, f"{path}: {name}.{key}")
+    return section
+
+
 def check_reminder_replies(path: Path, replies: dict[str, Any]) -> None:
-    reminders = replies.get("reminders")
-    if not isinstance(reminders, dict):
-        raise PromptError(f"{path}: reminders must be a mapping")
-    for key, allowed in _REMINDER_REPLIES.items():
-        check_template(reminders.get(key), allowed, f"{path}: reminders.{key}")
+    reminders = check_section(path, "reminders", replies.get("reminders"), _REMINDER_REPLIES)
     for group in ("repeat_names", "unreachable_why"):
         if not isinstance(reminders.get(group), dict):
             raise PromptError(f"{path}: reminders.{group} must be a mapping")
@@ -123,18 +131,11 @@ _MEDIA_REPLIES: dict[str, frozenset[str]] = {
 
 def check_attachments(path: Path, attachments: Any) -> dict[str, str]:
     """chat.yaml `attachments`: every mark and block, and the document block must hold the text."""
-    if not isinstance(attachments, dict):
-        raise PromptError(f"{path}: attachments must be a mapping")
-    for key, allowed in _ATTACHMENTS.items():
-        check_template(attachments.get(key), allowed, f"{path}: attachments.{key}")
+    attachments = check_section(path, "attachments", attachments, _ATTACHMENTS)
     if "text" not in fields(attachments["document"]):
         raise PromptError(f"{path}: attachments.document must contain {{text}}")
     return {key: str(attachments[key]) for key in _ATTACHMENTS}
 
 
 def check_media_replies(path: Path, replies: dict[str, Any]) -> None:
-    media = replies.get("media")
-    if not isinstance(media, dict):
-        raise PromptError(f"{path}: media must be a mapping")
-    for key, allowed in _MEDIA_REPLIES.items():
-        check_template(media.get(key), allowed, f"{path}: media.{key}")
+    check_section(path, "media", replies.get("media"), _MEDIA_REPLIES)

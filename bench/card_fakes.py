@@ -47,6 +47,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    request_queue_size = 512  # the default backlog of 5 resets connections in a burst
 
     def __init__(self, fake: _Fake) -> None:
         super().__init__((HOST, 0), _Handler)

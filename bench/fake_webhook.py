@@ -34,6 +34,7 @@ REMINDER_MARK = "\u23f0"  # "⏰": a fired reminder (bench/reminders.py), counte
 class _WebhookServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 512  # the default backlog of 5 resets connections in a burst
 
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, _WebhookHandler)

@@ -105,7 +105,9 @@ class OneShotWebhook:
                 self._answer(200, json.dumps({"downloadUrl": url}).encode())
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("WebhookServer", (ThreadingHTTPServer,), {"address_family": family})
+        server_class = type(
+            "WebhookServer", (ThreadingHTTPServer,), {"address_family": family, "request_queue_size": 128}
+        )
         self.server: ThreadingHTTPServer = server_class((host, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])  # the one chosen when asked for port 0

@@ -39,6 +39,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of concurrent sends overflows it and the kernel resets
+    # some connections (seen as a lost answer in CI). DingTalk's real servers don't do that to us.
+    request_queue_size = 512
 
 
 class LocalServer:

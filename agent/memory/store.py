@@ -27,25 +27,10 @@ from langchain_core.language_models import BaseChatModel
 
 from agent.errors import ConfigError
 from agent.memory.chroma import COLLECTION, chroma_client, chroma_dims, chroma_points
+from agent.memory.embeddings import MemoryEmbeddings
 from agent.memory.failures import lock_file
 from agent.memory.index import PersonIndex
 from agent.settings.config import Settings
-
-
-class LockedEmbeddings(Embeddings):
-    """One embedding call at a time: recalls (their own thread) and writes (the memory thread) share it."""
-
-    def __init__(self, inner: Embeddings) -> None:
-        self._inner = inner
-        self._lock = threading.Lock()
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        with self._lock:
-            return self._inner.embed_documents(texts)
-
-    def embed_query(self, text: str) -> list[float]:
-        with self._lock:
-            return self._inner.embed_query(text)
 
 
 class Mem0Store:
@@ -124,7 +109,7 @@ class Mem0Store:
             logging.ERROR
         )  # memory text at INFO, missing-extras noise at WARNING
 
-        embeddings = LockedEmbeddings(embeddings)
+        embeddings = MemoryEmbeddings(embeddings)
         probed = probe_dims(settings, embeddings)
         if settings.chroma_url:
             vector_store: dict[str, Any] = {

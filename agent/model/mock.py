@@ -248,7 +248,7 @@ class MockExtractionModel(_OfflineModel):
         found: list[str] = []
         for clause in _CLAUSES.split(text):
             clause = clause.strip()
-            if not clause or _QUESTION.search(clause) or not re.search(r"我|\b(I|I'm|my)\b", clause):
+            if not clause or _QUESTION.search(clause) or not re.search(r"我|\b(I|I'm|[Mm]y)\b", clause):
                 continue
             if _REQUEST.search(clause):  # "3分钟后提醒我喝水" asks for something: not a fact about them
                 continue

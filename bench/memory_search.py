@@ -30,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:
 from agent.memory.embeddings import LocalEmbeddings  # noqa: E402
 from agent.memory.service import MemoryService  # noqa: E402
 from agent.messages import IncomingMessage  # noqa: E402
-from agent.model.mock import MockExtractionModel  # noqa: E402
+from agent.model.mock_memory import MockExtractionModel  # noqa: E402
 from agent.prompts.loader import load_prompts  # noqa: E402
 from agent.settings.config import Settings  # noqa: E402
 from agent.storage.database import Database  # noqa: E402

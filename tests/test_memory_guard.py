@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.memory.extraction import parse_facts
+from agent.memory.extraction import Learned, parse_facts
 from agent.memory.guard import normalised, unsafe_reason
 
 CASES = yaml.safe_load((Path(__file__).parent / "data" / "guard_cases.yaml").read_text(encoding="utf-8"))
@@ -47,7 +47,20 @@ def test_kept(fact: str) -> None:
     ],
 )
 def test_parse_facts(answer: str, facts: list[str] | None) -> None:
-    assert parse_facts(answer) == facts
+    parsed = parse_facts(answer)
+    assert (None if parsed is None else [f.text for f in parsed]) == facts
+
+
+def test_parse_facts_reads_the_known_facts_an_update_replaces() -> None:
+    answer = (
+        '{"facts": [{"text": "用户住在上海", "replaces": [2, 2, "1", true, 0, -1, 3, 4, 5]}, '
+        '{"text": "用户喜欢猫", "replaces": "all"}, "用户叫王小明"]}'
+    )
+    assert parse_facts(answer) == [
+        Learned("用户住在上海", (2, 3, 4)),  # numbers only, each once, at most three
+        Learned("用户喜欢猫"),
+        Learned("用户叫王小明"),
+    ]
 
 
 def test_quotes_do_not_hide_an_instruction() -> None:

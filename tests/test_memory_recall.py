@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from agent.memory.embeddings import LocalEmbeddings, MemoryEmbeddings, asking_form
-from agent.model.mock import MockExtractionModel
+from agent.model.mock_memory import MockExtractionModel
 from bench.memory_recall import Fact, figures, load, measure, rank_in_prompt
 
 

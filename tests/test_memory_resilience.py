@@ -15,7 +15,7 @@ from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from pydantic import Field
 
-from agent.model.mock import MockExtractionModel
+from agent.model.mock_memory import MockExtractionModel
 from agent.settings.config import Settings
 from tests.assistants import open_assistant
 from tests.test_mem0_integration import WXM, FailingEmbeddings, turn
@@ -41,7 +41,7 @@ def test_a_group_extraction_never_sees_private_facts(make_settings: Callable[...
 
     asyncio.run(go())
     group_prompt = str(extraction.prompts[-1][0].content)
-    assert "  - 用户对花生过敏" not in group_prompt  # the private copy was not offered as "already known"
+    assert "  1. 用户对花生过敏" not in group_prompt  # the private copy was not offered as "already known"
     assert "（暂无）" in group_prompt
 
 

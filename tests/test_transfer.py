@@ -14,7 +14,7 @@ import pytest
 from agent.memory.embeddings import build_embeddings
 from agent.memory.store import Mem0Store
 from agent.messages import message_to_json
-from agent.model.mock import MockExtractionModel
+from agent.model.mock_memory import MockExtractionModel
 from agent.settings.config import Settings
 from agent.storage.database import Database
 from api.dingtalk.reply import Route

@@ -1,6 +1,10 @@
 """From what a person said to the facts worth keeping: the extraction prompt (prompts/memory.yaml) on a
 capped model that is asked for JSON, one repair when the answer is not JSON (weak models), never the
-prompt's own example facts, and the guard in code (agent/memory/guard.py) before anything is stored."""
+prompt's own example facts, and the guard in code (agent/memory/guard.py) before anything is stored.
+
+A fact may name, by number, the known facts it updates ({"text": "用户住在上海", "replaces": [2]}: the
+person moved); the memory service erases those once the new one is stored. A fact the guard drops takes
+its replacements with it, so a poisoned update removes nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import logging
 import re
 import weakref
+from dataclasses import dataclass
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -20,12 +25,30 @@ from agent.prompts.loader import PromptSet
 log = logging.getLogger(__name__)
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-_EXAMPLE_OBJECT = re.compile(r"\{[^{}]*\}")
+_QUOTED = re.compile(r'"([^"]+)"')
+_KEYS = frozenset({"facts", "text", "replaces", "memory"})
+MAX_REPLACED = 3  # known facts one new fact may replace: an update, never a purge
 
 
-def parse_facts(answer: str) -> list[str] | None:
-    """The facts of an extraction answer — {"facts": [...]}, mem0's {"memory": [{"text"}]} accepted too —
-    or None when the answer holds no such JSON at all (a model that did not follow the instructions)."""
+@dataclass(frozen=True)
+class Learned:
+    """A fact to store, and the numbers (1-based, as the prompt listed them) of the known facts it updates."""
+
+    text: str
+    replaces: tuple[int, ...] = ()
+
+
+def _numbers(value: object) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        return ()
+    found = [n for n in value if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return tuple(dict.fromkeys(found))[:MAX_REPLACED]
+
+
+def parse_facts(answer: str) -> list[Learned] | None:
+    """The facts of an extraction answer — {"facts": [...]} of strings or {"text", "replaces"} objects,
+    mem0's {"memory": [{"text"}]} accepted too — or None when the answer holds no such JSON at all (a model
+    that did not follow the instructions)."""
     match = _JSON_OBJECT.search(answer)
     if not match:
         return None
@@ -40,7 +63,8 @@ def parse_facts(answer: str) -> list[str] | None:
     for item in items:
         text = item.get("text") if isinstance(item, dict) else item
         if isinstance(text, str) and text.strip():
-            facts.append(" ".join(text.split())[:500])
+            replaces = _numbers(item.get("replaces")) if isinstance(item, dict) else ()
+            facts.append(Learned(" ".join(text.split())[:500], replaces))
     return facts
 
 
@@ -55,22 +79,24 @@ class Extractor:
         self._examples: weakref.WeakKeyDictionary[PromptSet, frozenset[str]] = weakref.WeakKeyDictionary()
 
     def examples(self, prompts: PromptSet) -> frozenset[str]:
-        """The placeholder facts of the prompt's own example ("事实一"): a weak model copies them."""
+        """The placeholder facts of the prompt's own examples ("事实一"), the strings on its lines that show
+        the JSON answer: a weak model copies them."""
         found = self._examples.get(prompts)
         if found is None:
             text = "\n".join(
                 str(m.prompt.template) for m in prompts.extraction.messages if hasattr(m, "prompt")
             )
-            text = text.replace("{{", "{").replace("}}", "}")
-            found = frozenset(f for obj in _EXAMPLE_OBJECT.findall(text) for f in parse_facts(obj) or [])
+            lines = [line for line in text.splitlines() if '"facts"' in line]
+            found = frozenset(q for line in lines for q in _QUOTED.findall(line) if q not in _KEYS)
             self._examples[prompts] = found
         return found
 
-    async def facts(self, prompts: PromptSet, message: IncomingMessage, known: list[str]) -> list[str]:
-        """The new facts in what the person said, guarded; [] when there are none or the model failed."""
+    async def facts(self, prompts: PromptSet, message: IncomingMessage, known: list[str]) -> list[Learned]:
+        """The new facts in what the person said, guarded; [] when there are none or the model failed.
+        `known` is what the prompt lists, numbered from 1, as a fact's `replaces` refers to it."""
         asked = prompts.extraction.format_messages(
             speaker_nick=message.sender_nick or "用户",
-            existing="\n".join(f"  - {text}" for text in known) or "  （暂无）",
+            existing="\n".join(f"  {n}. {text}" for n, text in enumerate(known, start=1)) or "  （暂无）",
             text=message.text,
         )
         answer = _text(await self.model.ainvoke(asked))
@@ -86,12 +112,17 @@ class Extractor:
                 )
                 self.observer.extraction_failed("not_json")
                 return []
-        facts: list[str] = []
+        facts: list[Learned] = []
         for fact in found:
-            if fact in self.examples(prompts):
+            replaces = tuple(n for n in fact.replaces if n <= len(known) and known[n - 1] != fact.text)
+            if fact.text in self.examples(prompts):
                 log.info("memory extraction: the prompt's own example fact dropped")
-            elif reason := unsafe_reason(fact):
-                log.info("memory guard dropped an extracted fact (%s)", reason)
-            elif fact not in known and fact not in facts:
-                facts.append(fact)
+            elif reason := unsafe_reason(fact.text):
+                log.info(
+                    "memory guard dropped an extracted fact (%s)%s",
+                    reason,
+                    " and its update" * bool(replaces),
+                )
+            elif (fact.text not in known or replaces) and fact.text not in [f.text for f in facts]:
+                facts.append(Learned(fact.text, replaces))
         return facts

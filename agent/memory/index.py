@@ -119,11 +119,11 @@ class PersonIndex:
             best = np.argsort(-scores)[:top_k]
             return [(float(scores[i]), memories.ids[rows[i]], memories.texts[rows[i]]) for i in best]
 
-    def texts(self, person_id: str, scope: dict[str, Any], limit: int) -> list[str]:
-        """The person's most recent `limit` memory texts in `scope`, without embedding anything."""
+    def entries(self, person_id: str, scope: dict[str, Any], limit: int) -> list[tuple[str, str]]:
+        """(id, text) of the person's most recent `limit` memories in `scope`, without embedding anything."""
         memories = self._person(person_id)
         with self._lock:
-            return [memories.texts[i] for i in memories.rows_in(scope)][-limit:]
+            return [(memories.ids[i], memories.texts[i]) for i in memories.rows_in(scope)][-limit:]
 
     def knows(self, person_id: str, text: str, scope: dict[str, Any]) -> bool:
         """Whether the person already has exactly this memory in this scope."""

@@ -380,10 +380,10 @@ class MemoryService:
         said_at = message.arrived_at
         store = self._open_store_or_raise()
         # What is already known *here* (the scopes a recall here may use): a group's extraction never sees
-        # the person's private facts, so it cannot restate one into the group.
+        # the person's private facts, so it cannot restate one into the group, nor replace one.
         scopes = await self._scopes(message)
-        existing = await self._on_thread(lambda: store.recent(scopes, 20))
-        facts = await self._extractor.facts(self.prompts.defaults, message, existing)
+        known = await self._on_thread(lambda: _known(store, message.text, scopes))
+        facts = await self._extractor.facts(self.prompts.defaults, message, [text for _, text in known])
         if not facts:
             return 0
         where = {
@@ -391,31 +391,51 @@ class MemoryService:
             "conversation_id": message.conversation_id,
         }
 
-        def add_all() -> list[str]:
+        def add_all() -> tuple[list[str], list[str]]:
             if self._forgotten_at.get(message.person_id, NEVER) >= said_at:
-                return []  # "/forget all", sent after this, came while it was being extracted
+                return [], []  # "/forget all", sent after this, came while it was being extracted
             added: list[str] = []
+            replaced: list[str] = []
             for fact in facts:
-                if not store.knows(message.person_id, fact, where):  # a concurrent write may have added it
-                    added += store.add(fact, message.person_id, where)
-            return added
+                if not store.knows(
+                    message.person_id, fact.text, where
+                ):  # a concurrent write may have added it
+                    added += store.add(fact.text, message.person_id, where)
+                stale = [known[n - 1][0] for n in fact.replaces]  # stored first: an update never loses both
+                replaced += store.erase_own(stale, message.person_id) if stale else []
+            return added, replaced
 
-        added = await self._on_thread(add_all)
-        if added:
+        added, replaced = await self._on_thread(add_all)
+        if added or replaced:
             await self._changed(message.person_id)
             # A "/forget all" handled by another replica while these were written: undo them (that replica's
             # erase may have run before they landed). Checked after the write, so none can slip between.
-            if await self._database.run(lambda conn: forgotten_at(conn, message.person_id)) >= said_at:
+            if (
+                added
+                and await self._database.run(lambda conn: forgotten_at(conn, message.person_id)) >= said_at
+            ):
                 await self._on_thread(lambda: store.erase(added, message.person_id))
                 await self._changed(message.person_id)
                 return 0
-        log.info("memory: stored %d fact(s)", len(added))
+        log.info("memory: stored %d fact(s), replaced %d", len(added), len(replaced))
         return len(added)
 
     async def _changed(self, person_id: str) -> None:
         """Tell the other replicas (their per-person caches) that this person's memories changed."""
         with contextlib.suppress(StorageError):  # the database's health logs it (a window: docs/replicas.md)
             await self._database.notify(CHANGES_CHANNEL, person_id)
+
+
+KNOWN_RECENT = 12  # the extraction prompt lists the person's most recent facts here...
+KNOWN_RELATED = 8  # ...and those closest to the message (an old "用户住在北京" when they say they moved)
+
+
+def _known(store: Mem0Store, text: str, scopes: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(id, text) of what the extraction prompt lists as already known, numbered in this order."""
+    known = dict(store.recent(scopes, KNOWN_RECENT))
+    for _, memory_id, fact in store.search_ids(text, scopes, KNOWN_RELATED):
+        known.setdefault(memory_id, fact)
+    return list(known.items())
 
 
 def _has_words(message: IncomingMessage) -> bool:

@@ -169,11 +169,17 @@ class Mem0Store:
 
     def search(self, query: str, scopes: list[dict[str, Any]], top_k: int) -> list[tuple[float, str]]:
         """(score, text) of the best memories across the scopes (equality filters), best first."""
+        return [(score, text) for score, _, text in self.search_ids(query, scopes, top_k)]
+
+    def search_ids(
+        self, query: str, scopes: list[dict[str, Any]], top_k: int
+    ) -> list[tuple[float, str, str]]:
+        """(score, id, text) of the best memories across the scopes, best first."""
         return self.search_vector(self._memory.embedding_model.embed(query, "search"), scopes, top_k)
 
     def search_vector(
         self, vector: list[float], scopes: list[dict[str, Any]], top_k: int
-    ) -> list[tuple[float, str]]:
+    ) -> list[tuple[float, str, str]]:
         found: dict[str, tuple[float, str]] = {}
         for scope in scopes:
             if self._cached:
@@ -188,7 +194,10 @@ class Mem0Store:
             for score, memory_id, text in hits:
                 if memory_id not in found or found[memory_id][0] < score:
                     found[memory_id] = (score, text)
-        return sorted(found.values(), reverse=True)
+        ranked = sorted(
+            ((score, memory_id, text) for memory_id, (score, text) in found.items()), reverse=True
+        )
+        return ranked[:top_k]
 
     def export(self) -> Iterator[dict[str, Any]]:
         """Every stored memory with its vector and payload (where it was learned), for `dingbot export`.
@@ -235,19 +244,33 @@ class Mem0Store:
         items: list[dict[str, Any]] = found.get("results", [])
         return sorted(items, key=lambda item: str(item.get("created_at") or ""))
 
-    def recent(self, scopes: list[dict[str, Any]], limit: int) -> list[str]:
-        """What is already known in these scopes (the most recent), for the extraction prompt:
-        from the index, so learning costs no extra embedding; with a server, a scoped listing."""
-        texts: list[str] = []
+    def recent(self, scopes: list[dict[str, Any]], limit: int) -> list[tuple[str, str]]:
+        """(id, text) of what is already known in these scopes (the most recent), for the extraction
+        prompt: from the index, so it costs no embedding; with a server, a scoped listing."""
+        entries: dict[str, str] = {}
         for scope in scopes:
             if self._cached:
-                found = self._index.texts(str(scope["user_id"]), scope, limit)
+                found = self._index.entries(str(scope["user_id"]), scope, limit)
             else:
                 with self._lock:
                     items = self._memory.get_all(filters=scope, top_k=limit).get("results", [])
-                found = [str(item.get("memory", "")) for item in items]
-            texts.extend(t for t in found if t not in texts)
-        return texts[-limit:]
+                found = [(str(item["id"]), str(item.get("memory", ""))) for item in items]
+            entries.update(found)
+        return list(entries.items())[-limit:]
+
+    def erase_own(self, memory_ids: list[str], person_id: str) -> list[str]:
+        """Erase those of `memory_ids` that are still stored and are this person's (an update replacing a
+        known fact: never anyone else's, and nothing a concurrent /forget took already); the ids erased."""
+        with self._lock:
+            own = [
+                memory_id
+                for memory_id in memory_ids
+                if (point := self._memory.vector_store.get(memory_id)) is not None
+                and (point.payload or {}).get("user_id") == person_id
+            ]
+            if own:
+                self._erase(own, person_id)
+            return own
 
     def knows(self, person_id: str, fact: str, where: dict[str, str]) -> bool:
         """Whether the person already has exactly this memory there (so it is not stored twice)."""

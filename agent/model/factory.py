@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 from langchain_core.language_models import BaseChatModel
 
-from agent.model.mock import MockChatModel, MockExtractionModel
+from agent.model.mock import MockChatModel
+from agent.model.mock_memory import MockExtractionModel
 from agent.settings.choices import Provider
 from agent.settings.config import Settings
 

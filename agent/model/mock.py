@@ -1,5 +1,5 @@
-"""The offline models of mock mode: a chat model whose answer shows what it was given, and a
-deterministic fact extractor. Nothing here touches the network."""
+"""The offline chat model of mock mode: its answer shows what it was given (the fact extractor is
+agent/model/mock_memory.py). Nothing here touches the network."""
 
 from __future__ import annotations
 
@@ -79,14 +79,14 @@ def received(message: BaseMessage) -> tuple[str, str]:
     return f"收到{listed}。", "\n".join(texts)
 
 
-def _content_text(message: BaseMessage) -> str:
+def content_text(message: BaseMessage) -> str:
     content = message.content
     if isinstance(content, str):
         return content
     return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in content)
 
 
-class _OfflineModel(BaseChatModel):
+class OfflineModel(BaseChatModel):
     """A model that computes its answer from the messages, offline and deterministic."""
 
     def answer(self, messages: list[BaseMessage]) -> str:
@@ -116,7 +116,7 @@ class _OfflineModel(BaseChatModel):
         return self._generate(messages, stop, **kwargs)
 
 
-class MockChatModel(_OfflineModel):
+class MockChatModel(OfflineModel):
     """Deterministic, offline chat model for mock mode (FORCE_MOCK_OPENAI=1).
 
     Its answer shows what it was given: the person's words (the last human message), how many
@@ -140,7 +140,7 @@ class MockChatModel(_OfflineModel):
         memory_count = 0
         for message in messages:
             if isinstance(message, SystemMessage):
-                for block in _MEMORY_BLOCK.findall(_content_text(message)):
+                for block in _MEMORY_BLOCK.findall(content_text(message)):
                     memory_count += sum(1 for line in block.splitlines() if line.strip().startswith("- "))
         template = self.template_source() if self.template_source else self.reply_template
         answer = template.format(text=text, history_turns=turns, memory_count=memory_count)
@@ -162,15 +162,15 @@ class MockChatModel(_OfflineModel):
         for message in reversed(messages):
             if not isinstance(message, ToolMessage):
                 break
-            results.insert(0, _content_text(message))
+            results.insert(0, content_text(message))
         if results:
             return AIMessage(content="\n".join(results))
         if tool_choice == "none":
             return None
         names = {str(tool.get("function", {}).get("name", "")) for tool in tools}
         humans = [m for m in messages if isinstance(m, HumanMessage)]
-        system = "".join(_content_text(m) for m in messages if isinstance(m, SystemMessage))
-        calls = tool_calls_for(_content_text(humans[-1]), system, names) if humans else []
+        system = "".join(content_text(m) for m in messages if isinstance(m, SystemMessage))
+        calls = tool_calls_for(content_text(humans[-1]), system, names) if humans else []
         return AIMessage(content="", tool_calls=calls) if calls else None
 
     def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
@@ -209,56 +209,10 @@ class MockChatModel(_OfflineModel):
             ]
             yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=pieces))
             return
-        text = _content_text(whole)
+        text = content_text(whole)
         for start in range(0, len(text), self.chunk_size):
             piece = text[start : start + self.chunk_size]
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-
-
-_CLAUSES = re.compile(r"[，。！？；,.!?;\n]+")
-_QUESTION = re.compile(
-    r"[?？]|吗|什么|怎么|为什么|哪|谁|几|多少|是否|\b(what|how|why|where|who|which|can i|do i)\b", re.I
-)
-_REQUEST = re.compile(r"提醒我|帮我|给我|remind me|help me", re.I)
-_FIRST_PERSON = (  # rewritten to the third person; English only on word boundaries ("API" stays "API")
-    (re.compile("我的"), "用户的"),
-    (re.compile("我"), "用户"),
-    (re.compile(r"\bI(?:'m| am)\b"), "User is"),
-    (re.compile(r"\b[Mm]y\b"), "User's"),
-    (re.compile(r"\bI\b"), "User"),
-)
-
-
-class MockExtractionModel(_OfflineModel):
-    """Deterministic, offline fact extraction for mock mode: the person's own statements become facts.
-
-    Reads the last human message (the person's words), keeps first-person statements that are not
-    questions, and answers the JSON the extraction prompt asks for: {"facts": [...]}.
-    """
-
-    @property
-    def _llm_type(self) -> str:
-        return "dingbot-mock-extraction"
-
-    @staticmethod
-    def facts(text: str) -> list[str]:
-        found: list[str] = []
-        for clause in _CLAUSES.split(text):
-            clause = clause.strip()
-            if not clause or _QUESTION.search(clause) or not re.search(r"我|\b(I|I'm|[Mm]y)\b", clause):
-                continue
-            if _REQUEST.search(clause):  # "3分钟后提醒我喝水" asks for something: not a fact about them
-                continue
-            for first, third in _FIRST_PERSON:
-                clause = first.sub(third, clause)
-            if clause not in found:
-                found.append(clause)
-        return found
-
-    def answer(self, messages: list[BaseMessage]) -> str:
-        humans = [m for m in messages if isinstance(m, HumanMessage)]
-        text = _content_text(humans[-1]) if humans else ""
-        return json.dumps({"facts": self.facts(text)}, ensure_ascii=False)

@@ -23,7 +23,9 @@ from agent.media.service import MediaService
 from agent.memory.embeddings import build_embeddings
 from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService
-from agent.model.factory import build_chat_model, build_extraction_model
+from agent.memory.summary import Summaries
+from agent.model.factory import build_chat_model, build_extraction_model, build_summary_model
+from agent.model.usage import UsageBook, UsageCallback, count_usage_of
 from agent.observe import Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
@@ -40,6 +42,8 @@ class AgentParts:
     memory: MemoryService | None
     assistant: Assistant
     reminders: ReminderBook
+    summaries: Summaries
+    usage: UsageBook
 
 
 @asynccontextmanager
@@ -50,6 +54,7 @@ async def open_agent(
     prompts: PromptLibrary | None = None,
     model: BaseChatModel | None = None,
     extraction_model: BaseChatModel | None = None,
+    summary_model: BaseChatModel | None = None,
     embeddings: Embeddings | None = None,
     observer: Observer | None = None,
     clock: Callable[[], datetime] | None = None,
@@ -59,9 +64,9 @@ async def open_agent(
 ) -> AsyncIterator[AgentParts]:
     """Open the database and the memory store and build the assistant.
 
-    `memory=False` leaves long-term memory out; `prompts`, `model`, `extraction_model` and `embeddings`
-    replace the ones the settings describe (tests, `dingbot chat`). Raises PromptError for prompts that
-    do not load and ConfigError for a memory store whose vectors do not match the embedder.
+    `memory=False` leaves long-term memory out; `prompts`, `model`, `extraction_model`, `summary_model`
+    and `embeddings` replace the ones the settings describe (tests, `dingbot chat`). Raises PromptError for
+    prompts that do not load and ConfigError for a memory store whose vectors do not match the embedder.
     `reachability` tells the reminder tool whether a reminder can be delivered at its due time (the
     channel's knowledge); `mcp` adds the operator's MCP tools; `media` fetches pictures and files (the
     channel's file API; None: people are told an admin must add the app credentials).
@@ -72,9 +77,13 @@ async def open_agent(
     database = Database.for_settings(settings)
     await database.open()
     service: MemoryService | None = None
+    summaries: Summaries | None = None
+    usage = UsageBook(database, settings.timezone, observer)
+    counted = UsageCallback(usage)
     try:
         if model is None or settings.mock_mode:  # mock mode: its own offline extractor, whatever answers
             extraction_model = extraction_model or build_extraction_model(settings)
+            summary_model = summary_model or build_summary_model(settings)
         vision_model = None
         if model is None:
             model = build_chat_model(
@@ -84,7 +93,21 @@ async def open_agent(
                 vision = settings.model_copy(update={"openai_model": settings.vision_model})
                 vision_model = build_chat_model(vision, mock_reply_template="")
         # A model given by the caller (tests, tools) in real mode does the extraction too, unless one is.
-        history = HistoryStore(database, settings.history_turns)
+        for each in (model, vision_model, extraction_model, summary_model):
+            if each is not None:  # every call for a person's message is counted (/usage, the metric)
+                count_usage_of(each, counted)
+        history = HistoryStore(
+            database, settings.history_turns, settings.history_tokens, folding=settings.summary_tokens > 0
+        )
+        summaries = Summaries(
+            database,
+            history,
+            summary_model or model,
+            prompts,
+            tokens=settings.summary_tokens,
+            timeout=settings.openai_timeout + 5,
+            bot_name=settings.bot_name,
+        )
         if memory:
             service = MemoryService(
                 settings,
@@ -110,6 +133,8 @@ async def open_agent(
             model=model,
             history=history,
             memory=service,
+            summaries=summaries,
+            usage=usage,
             clock=clock,
             observer=observer,
             # Replicas share one database: a person's limit holds across them (agent/limits.py).
@@ -122,8 +147,11 @@ async def open_agent(
             ),
             vision_model=vision_model,
         )
-        yield AgentParts(database, prompts, history, service, assistant, reminders)
+        yield AgentParts(database, prompts, history, service, assistant, reminders, summaries, usage)
     finally:
+        if summaries is not None:
+            await summaries.settle()
+        await usage.settle()
         if service is not None:
             await service.close()
         await database.close()

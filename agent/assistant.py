@@ -24,11 +24,14 @@ from agent.media.service import MediaService
 from agent.media.turn import MediaTurn, with_pictures
 from agent.memory.history import HistoryStore, Turn
 from agent.memory.service import MemoryService
+from agent.memory.summary import Summaries
 from agent.messages import ContentKind, IncomingMessage, Reply
 from agent.model.answer import AnswerStream, Chain, ModelAnswer, ask
 from agent.model.context import ContextWindow
 from agent.model.errors import classify_model_error
 from agent.model.health import ModelHealth
+from agent.model.tokens import count_messages
+from agent.model.usage import UsageBook, on_behalf_of
 from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import PromptSet
@@ -48,6 +51,8 @@ class Assistant:
         model: BaseChatModel,
         history: HistoryStore,
         memory: MemoryService | None = None,
+        summaries: Summaries | None = None,
+        usage: UsageBook | None = None,
         clock: Callable[[], datetime] | None = None,
         observer: Observer | None = None,
         limiter: Limiter | None = None,
@@ -60,6 +65,8 @@ class Assistant:
         self.model = model
         self.history = history
         self.memory = memory
+        self.summaries = summaries  # the rolling summary of what left the window (agent/memory/summary.py)
+        self.usage = usage  # tokens per person (/usage)
         self._chains: weakref.WeakKeyDictionary[PromptSet, Chain] = weakref.WeakKeyDictionary()
         self.observer: Observer = observer or NoObserver()
         self.health = ModelHealth(settings, self.observer)  # the model endpoint's state, for /readyz
@@ -110,9 +117,11 @@ class Assistant:
     ) -> dict[str, Any]:
         """The variables the chat prompt is rendered with (`turn`: the message's attachments, read)."""
         prompts = prompts or self.prompts_for(message)
+        scope = self.history_scope(message)
         history: list[BaseMessage] = []
-        for earlier in await self.history.recent(self.history_scope(message)):
+        for earlier in await self.history.recent(scope):
             history.extend([HumanMessage(earlier.human), AIMessage(earlier.ai)])
+        summary = await self.summaries.text(scope) if self.summaries else ""
         return {
             "bot_name": self.settings.bot_name,
             "now": prompts.render_now(self._clock()),
@@ -122,6 +131,7 @@ class Assistant:
                 is_group=message.is_group, conversation_title=message.conversation_title
             ),
             "memories": prompts.render_memories(memories or []),
+            "summary": prompts.render_summary(summary),
             "history": history,
             "text": self._human_entry(message, turn.text if turn else None),
         }
@@ -140,6 +150,7 @@ class Assistant:
         regression cases script them). With `stream` the model's answer is streamed (`astream`) and
         `stream` sees it grow; commands and canned replies never reach it. `watcher` sees tool calls."""
         prompts = self.prompts_for(message)
+        on_behalf_of.set(message.person_id)  # every model call from here on counts as theirs (/usage)
         if not await self.limiter.allow(message.person_id):
             return Reply(
                 prompts.reply("rate_limited", limit=str(self.settings.rate_limit_per_minute)),
@@ -159,6 +170,7 @@ class Assistant:
                 memory=self.memory,
                 bot_name=self.settings.bot_name,
                 reminders=self.toolbox.reminders if self.toolbox else None,
+                usage=self.usage,
             )
             return await runner.run(command, message, self.history_scope(message))
 
@@ -260,6 +272,11 @@ class Assistant:
             return inputs
         fixed = prompts.chat.format_messages(**{**inputs, "history": []})
         history = self.context.fit(fixed, inputs["history"], self.settings.max_tokens + pictures)
+        if budget := self.settings.prompt_token_budget:  # PROMPT_TOKEN_BUDGET: fewer of the oldest turns
+            spent = count_messages(fixed) + pictures + count_messages(history)
+            while history and spent > budget:
+                spent -= count_messages(history[:2])
+                history = history[2:]
         if len(history) < len(inputs["history"]):
             log.info(
                 "history: %d of %d turns fit the context", len(history) // 2, len(inputs["history"]) // 2
@@ -344,6 +361,8 @@ class Assistant:
             return
         message = self._clipped(message)
         turn = Turn(reply.heard or self._human_entry(message), reply.text)
-        await self.history.append(self.history_scope(message), turn, message.person_id, message.arrived_at)
+        scope = self.history_scope(message)
+        if await self.history.append(scope, turn, message.person_id, message.arrived_at) and self.summaries:
+            self.summaries.fold_later(scope, message.person_id)
         if self.memory:
             self.memory.learn_later(message)

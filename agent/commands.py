@@ -2,6 +2,7 @@
 
 /help /帮助 · /reset /重置 · /memory /记忆 · /memory share on|off (/记忆 共享 开|关)
 /forget N (/忘记 N) · /forget all (/忘记 全部) · /reminders (/提醒) · /reminders cancel N (/提醒 取消 N)
+/usage (/用量)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService, MemoryUnavailable
 from agent.messages import IncomingMessage, Reply
+from agent.model.usage import UsageBook
 from agent.prompts.loader import PromptSet
 from agent.tools.reminders import ReminderBook
 from agent.tools.toolbox import reminder_line, when_text
@@ -23,6 +25,7 @@ _NAMES = {
     "memory": "memory", "记忆": "memory", "memories": "memory",
     "forget": "forget", "忘记": "forget", "忘掉": "forget",
     "reminders": "reminders", "reminder": "reminders", "提醒": "reminders", "提醒列表": "reminders",
+    "usage": "usage", "用量": "usage", "token": "usage", "tokens": "usage",
 }  # fmt: skip
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,10 @@ class CommandRunner:
         memory: MemoryService | None,
         bot_name: str,
         reminders: ReminderBook | None = None,
+        usage: UsageBook | None = None,
     ):
         self.reminders = reminders
+        self.usage = usage
         self.prompts = prompts
         self.history = history
         self.memory = memory
@@ -85,6 +90,8 @@ class CommandRunner:
             return self._say("unknown")
         if command.name == "reminders":
             return await self._reminders(command.args, message)
+        if command.name == "usage":
+            return await self._usage(message)
         if command.name == "forget" and command.args and command.args[0] in _ALL:
             return await self._forget_all(message)
         if self.memory is None:
@@ -165,3 +172,21 @@ class CommandRunner:
             return Reply(say("empty"), canned=True)
         lines = [reminder_line(self.prompts, r, number=n) for n, r in enumerate(pending, 1)]
         return Reply(say("list", count=len(pending), items="\n".join(lines)), canned=True)
+
+    async def _usage(self, message: IncomingMessage) -> Reply:
+        """/usage: the tokens the person's messages cost today and this month (BOT_TIMEZONE days)."""
+        if self.usage is None:
+            return self._say("usage", **dict.fromkeys(_USAGE_FIELDS, "0"))
+        today, month = await self.usage.of(message.person_id)
+        return self._say(
+            "usage",
+            today=f"{today.total:,}",
+            today_prompt=f"{today.prompt:,}",
+            today_completion=f"{today.completion:,}",
+            month=f"{month.total:,}",
+            month_prompt=f"{month.prompt:,}",
+            month_completion=f"{month.completion:,}",
+        )
+
+
+_USAGE_FIELDS = ("today", "today_prompt", "today_completion", "month", "month_prompt", "month_completion")

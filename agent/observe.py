@@ -49,6 +49,10 @@ class Observer(Protocol):
         """A reminder fired `delay_seconds` after it was due; outcome: sent (stored to send) or dropped."""
         ...
 
+    def tokens_used(self, model: str, prompt: int, completion: int) -> None:
+        """One model call's tokens (the endpoint's own count, else cl100k_base's), by model."""
+        ...
+
     async def problem(self, problem: Problem) -> bool:
         """Report a problem. True when operators were told of it (now, or already within the alert
         window, and the alert went out): only then may a person hear "the administrator was told"."""
@@ -81,6 +85,9 @@ class NoObserver:
         return
 
     def reminder_fired(self, delay_seconds: float, outcome: str) -> None:
+        return
+
+    def tokens_used(self, model: str, prompt: int, completion: int) -> None:
         return
 
     async def problem(self, problem: Problem) -> bool:

@@ -184,6 +184,10 @@ class ServiceObserver:
         self.metrics.media.labels(kind, outcome).inc()
         self.metrics.media_seconds.labels(kind).observe(seconds)
 
+    def tokens_used(self, model: str, prompt: int, completion: int) -> None:
+        self.metrics.tokens.labels(model, "prompt").inc(prompt)
+        self.metrics.tokens.labels(model, "completion").inc(completion)
+
     def reminder_fired(self, delay_seconds: float, outcome: str) -> None:
         self.metrics.reminders.labels(outcome).inc()
         if outcome == "sent":

@@ -77,6 +77,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.tokens = Counter(
+            "dingbot_llm_tokens",
+            "Tokens of model calls (answers, tool rounds, fact extraction, summaries), by model and kind "
+            "(prompt, completion): the endpoint's own usage counts, cl100k_base's where it sends none",
+            ["model", "kind"],
+            registry=r,
+        )
         self.reminders = Counter(
             "dingbot_reminders_fired",
             "Reminders fired: sent (stored to send), dropped (missed by more than REMINDER_GRACE_SECONDS)",

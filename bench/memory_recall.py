@@ -138,6 +138,7 @@ async def measure(facts: list[Fact], distractors: list[str], folder: Path) -> li
                     speaker_nick="小林",
                     chat_place="",
                     memories=prompts.defaults.render_memories(memories),
+                    summary="",
                     history=[],
                     text=question,
                 )

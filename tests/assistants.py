@@ -24,18 +24,20 @@ async def open_assistant(
     *,
     memory: bool = False,
     extraction_model: BaseChatModel | None = None,
+    summary_model: BaseChatModel | None = None,
     embeddings: Embeddings | None = None,
 ) -> AsyncIterator[Assistant]:
     """The assistant the service builds; `model` replaces the one the settings describe.
 
     With `memory=True` it gets the real MemoryService (real mem0, embedded Qdrant beside the database);
-    `extraction_model` and `embeddings` replace the ones the settings describe.
+    `extraction_model`, `summary_model` and `embeddings` replace the ones the settings describe.
     """
     async with open_agent(
         settings,
         memory=memory,
         model=model,
         extraction_model=extraction_model,
+        summary_model=summary_model,
         embeddings=embeddings,
         clock=clock,
     ) as agent:

@@ -32,6 +32,8 @@ async def converse(settings: Settings, model: RecordingChatModel, turns: list[In
         for message in turns:
             reply = await assistant.reply(message)
             await assistant.remember(message, reply)
+            if assistant.summaries:  # what left the window is folded before the next message
+                await assistant.summaries.settle()
             answers.append(reply.text)
         return answers
 

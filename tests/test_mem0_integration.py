@@ -76,6 +76,8 @@ async def turn(assistant: Assistant, message: IncomingMessage) -> str:
     await assistant.remember(message, reply)
     assert assistant.memory is not None
     await assistant.memory.settle()
+    if assistant.summaries:
+        await assistant.summaries.settle()
     return reply.text
 
 

@@ -59,3 +59,6 @@ def test_readyz_and_metrics_count_what_happened(
     assert sample(text, "dingbot_sends_total", errcode="300001", via="session_webhook") == 1
     assert sample(text, "dingbot_memory_recall_seconds_count") == 2
     assert "dingbot_messages_in_flight" in text
+    # the answer and the extraction, as the endpoint counted them (its `usage`: 1 + 1 each); not the 401
+    assert sample(text, "dingbot_llm_tokens_total", kind="prompt", model="gpt-4-turbo") == 2
+    assert sample(text, "dingbot_llm_tokens_total", kind="completion", model="gpt-4-turbo") == 2

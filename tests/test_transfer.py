@@ -71,6 +71,12 @@ def one_machine(settings: Settings, fake_dingtalk: FakeDingTalk) -> None:
             "created_at) VALUES ('cid1\x1fp', ?, '周报.pdf', 'PDF', 3, '页', 1, '本周完成登录模块', ?)",
             (PERSON, time.time() - 60),
         )
+        conn.execute(  # the summary of what left that conversation's window, and the tokens it cost
+            "INSERT INTO summaries (scope, text, version, updated_at) VALUES ('scope-1', ?, 3, ?)",
+            ("- 用户说：旧的话", time.time()),
+        )
+        conn.execute("INSERT INTO summary_people (scope, person_id) VALUES ('scope-1', ?)", (PERSON,))
+        conn.execute("INSERT INTO token_usage VALUES (?, '2026-12-03', 'gpt-4-turbo', 1200, 34)", (PERSON,))
     store = Mem0Store.open(
         settings, extraction_model=MockExtractionModel(), embeddings=build_embeddings(settings)
     )
@@ -98,7 +104,7 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
     assert main(["export", str(exported)]) == 0
     assert capsys.readouterr().out.strip() == (
         f"exported to {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, 1 forgotten, "
-        "1 reminders, 1 file_context, 2 memories"
+        "1 reminders, 1 file_context, 1 summaries, 1 summary_people, 1 token_usage, 2 memories"
     )
     with chroma_server(tmp_path / "chroma") as chroma:
         monkeypatch.setenv("DATABASE_URL", database_url)
@@ -106,7 +112,8 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
         assert main(["import", str(exported)]) == 0
         assert capsys.readouterr().out.strip() == (
             f"imported from {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, "
-            "1 forgotten, 1 reminders, 1 file_context, 2 memories"
+            "1 forgotten, 1 reminders, 1 file_context, 1 summaries, 1 summary_people, 1 token_usage, "
+            "2 memories"
         )
         assert main(["import", str(exported)]) == 0  # again: nothing doubled
         assert "0 history, 0 inbox, 0 outbox" in capsys.readouterr().out
@@ -128,6 +135,9 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
         assert sql(after, "SELECT id, text, repeat, state FROM reminders") == [
             (4, "交周报", "weekly", "active")
         ]
+        assert sql(after, "SELECT text, version FROM summaries") == [("- 用户说：旧的话", 3)]
+        moved = "SELECT prompt_tokens FROM token_usage WHERE person_id = ? AND day = '2026-12-03'"
+        assert sql(after, moved, PERSON) == [(1200,)]  # and today's messages count on from there
         assert sql(after, "SELECT name, complete, text FROM file_context") == [
             ("周报.pdf", 1, "本周完成登录模块")
         ]

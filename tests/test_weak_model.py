@@ -102,7 +102,9 @@ def test_thirty_long_answers_in_a_row_never_make_the_next_message_too_long(
     """Thirty turns of 300-token answers are several times what a 2,000-token context holds: the history sent
     is fitted to the context the server told (llama.cpp's /props), so no message is refused."""
     weak.n_ctx = 2000
-    with serve(on_weak(make_settings, weak, max_tokens=300, rate_limit_per_minute=0)) as app:
+    # the model's context, not our token budget, is what is tested: the budget and the summary are off
+    budget_off = {"history_tokens": 0, "prompt_token_budget": 0, "summary_tokens": 0}
+    with serve(on_weak(make_settings, weak, max_tokens=300, rate_limit_per_minute=0, **budget_off)) as app:
         weak.wait_for(1, path="/props")
         replies = [ask(app, fake_dingtalk, f"第{n}个问题：请详细说说", n) for n in range(1, 31)]
     assert weak.context_refusals == 0

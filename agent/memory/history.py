@@ -1,13 +1,20 @@
-"""Short-term memory: the last HISTORY_TURNS turns of a conversation, in the database."""
+"""Short-term memory: a conversation's recent turns in the database — the window the prompt shows, at
+most HISTORY_TURNS turns and HISTORY_TOKENS tokens. With summaries on, the turns past the window wait (a
+bounded backlog) until agent/memory/summary.py folds them into the conversation's summary and deletes
+them; without, they are deleted as the window moves on."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from agent.model.tokens import count_tokens
 from agent.storage.connection import Connection, lock_person, transaction
 from agent.storage.database import Database
 from agent.storage.records import erase_person_messages, forgotten_at, mark_forgotten
+
+BACKLOG_TURNS = 40  # turns kept past the window while they wait to be folded (a failing summary model)
+TURN_OVERHEAD_TOKENS = 8  # two chat messages' framing
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,40 +22,80 @@ class Turn:
     human: str
     ai: str
 
+    @property
+    def tokens(self) -> int:
+        return count_tokens(self.human) + count_tokens(self.ai) + TURN_OVERHEAD_TOKENS
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTurn:
+    """A turn as stored: its rows' ids, who began it and when (for folding it into a summary)."""
+
+    ids: tuple[int, int]
+    person_id: str
+    created_at: float
+    turn: Turn
+
 
 class HistoryStore:
-    """Turns per scope (a conversation and speaker, or a whole group). Never grows past `turns`."""
+    """Turns per scope (a conversation and speaker, or a whole group). Never grows past the window, plus
+    BACKLOG_TURNS when `folding` (summaries on)."""
 
-    def __init__(self, db: Database, turns: int) -> None:
+    def __init__(self, db: Database, turns: int, tokens: int = 0, *, folding: bool = False) -> None:
         self._db = db
         self.turns = turns
+        self.tokens = tokens  # 0: by turn count only
+        self.folding = folding
 
-    async def recent(self, scope: str) -> list[Turn]:
-        if self.turns == 0:
-            return []
+    @property
+    def _kept_turns(self) -> int:
+        return self.turns + (BACKLOG_TURNS if self.folding else 0)
 
-        def read(conn: Connection) -> list[tuple[str, str]]:
+    def window_size(self, turns: list[Turn]) -> int:
+        """How many of `turns` (oldest first) the window holds, counted from the newest."""
+        fit, spent = 0, 0
+        for turn in reversed(turns[-self.turns :] if self.turns else []):
+            spent += turn.tokens if self.tokens else 0
+            if self.tokens and spent > self.tokens:
+                break
+            fit += 1
+        return fit
+
+    async def stored(self, scope: str) -> list[StoredTurn]:
+        """Every stored turn of the scope, oldest first (the window and what waits to be folded)."""
+
+        def read(conn: Connection) -> list[tuple[int, str, str, str, float]]:
             rows = conn.execute(
-                "SELECT role, content FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?",
-                (scope, self.turns * 2),
+                "SELECT id, person_id, role, content, created_at FROM history WHERE scope = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (scope, self._kept_turns * 2 + 1),
             ).fetchall()
-            return [(str(r[0]), str(r[1])) for r in reversed(rows)]
+            return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in reversed(rows)]
 
         rows = await self._db.run(read)
-        turns: list[Turn] = []
-        pending: str | None = None
-        for role, content in rows:
+        turns: list[StoredTurn] = []
+        pending: tuple[int, str] | None = None
+        for row_id, person_id, role, content, created_at in rows:
             if role == "human":
-                pending = content
+                pending = (row_id, content)
             elif pending is not None:
-                turns.append(Turn(human=pending, ai=content))
+                turns.append(
+                    StoredTurn((pending[0], row_id), person_id, created_at, Turn(pending[1], content))
+                )
                 pending = None
         return turns
+
+    async def recent(self, scope: str) -> list[Turn]:
+        """The window: the newest turns, at most `turns` and `tokens`, oldest first."""
+        if self.turns == 0:
+            return []
+        turns = [t.turn for t in await self.stored(scope)]
+        return turns[len(turns) - self.window_size(turns) :]
 
     async def append(self, scope: str, turn: Turn, person_id: str, said_at: float) -> bool:
         """Keep a turn the person began at `said_at`; refused (False) when they asked to be forgotten
         after saying it — checked in the same transaction as the write."""
-        keep = self.turns * 2
+        keep = self._kept_turns * 2
         now = time.time()
 
         def write(conn: Connection) -> bool:
@@ -71,12 +118,14 @@ class HistoryStore:
         return await self._db.run(write)
 
     async def clear(self, scope: str) -> None:
-        """/reset: forget the recent turns of one scope, and the file it last sent."""
+        """/reset: forget the recent turns of one scope, its summary, and the file it last sent."""
 
         def delete(conn: Connection) -> None:
             with transaction(conn):
                 conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
                 conn.execute("DELETE FROM file_context WHERE scope = ?", (scope,))
+                conn.execute("DELETE FROM summaries WHERE scope = ?", (scope,))
+                conn.execute("DELETE FROM summary_people WHERE scope = ?", (scope,))
 
         await self._db.run(delete)
 
@@ -98,9 +147,14 @@ class HistoryStore:
         await self._db.shrink()
 
     async def purge_older_than(self, cutoff: float) -> int:
-        """Delete turns written before `cutoff` (epoch seconds); return how many rows went."""
+        """Delete turns and summaries written before `cutoff` (epoch seconds); return how many turn rows
+        went."""
 
         def delete(conn: Connection) -> int:
-            return conn.execute("DELETE FROM history WHERE created_at < ?", (cutoff,)).rowcount
+            with transaction(conn):
+                old = "SELECT scope FROM summaries WHERE updated_at < ?"
+                conn.execute(f"DELETE FROM summary_people WHERE scope IN ({old})", (cutoff,))  # noqa: S608
+                conn.execute("DELETE FROM summaries WHERE updated_at < ?", (cutoff,))
+                return int(conn.execute("DELETE FROM history WHERE created_at < ?", (cutoff,)).rowcount)
 
         return await self._db.run(delete)

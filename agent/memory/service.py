@@ -32,6 +32,7 @@ from agent.memory.extraction import Extractor
 from agent.memory.failures import explain_open_failure, recall_problem
 from agent.memory.store import Mem0Store
 from agent.messages import ContentKind, IncomingMessage
+from agent.model.usage import on_behalf_of
 from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
@@ -337,6 +338,7 @@ class MemoryService:
         task.add_done_callback(self._writes.discard)
 
     async def _learn_job(self, message: IncomingMessage) -> None:
+        on_behalf_of.set(message.person_id)  # this task's own context: the extraction's tokens are theirs
         try:
             await self.learn(message)
             await self._database.run(lambda conn: finish_learning(conn, message.message_id))

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from langchain_core.language_models import BaseChatModel
 
 from agent.model.mock import MockChatModel
-from agent.model.mock_memory import MockExtractionModel
+from agent.model.mock_memory import MockExtractionModel, MockSummaryModel
 from agent.settings.choices import Provider
 from agent.settings.config import Settings
 
@@ -47,6 +47,7 @@ def build_chat_model(
             timeout=settings.openai_timeout,
             max_retries=0,  # retried by agent/model/answer.py, where a retry can help (not timeouts)
             max_tokens=max_tokens,  # sent as max_tokens: what the deployments API takes
+            stream_usage=True,  # a streamed answer's tokens, for /usage and the metric
             **_json_mode(json_answers),
         )
     return ChatOpenAI(
@@ -59,6 +60,9 @@ def build_chat_model(
         # Several OpenAI-compatible servers (llama.cpp, older vLLM and Ollama) ignore max_completion_tokens
         # and run to the end of their context: they get the older name too.
         extra_body=None if provider in (Provider.OPENAI, Provider.AZURE_V1) else {"max_tokens": max_tokens},
+        # A streamed answer's tokens (stream_options.include_usage), for /usage and the metric; an unknown
+        # server may refuse the field, so its streamed answers are counted with cl100k_base instead.
+        stream_usage=provider is not Provider.COMPATIBLE,
         **_json_mode(json_answers),
     )
 
@@ -81,3 +85,11 @@ def build_extraction_model(settings: Settings) -> BaseChatModel:
     return build_chat_model(
         settings, mock_reply_template="", max_tokens=EXTRACTION_MAX_TOKENS, json_answers=json_answers
     )
+
+
+def build_summary_model(settings: Settings) -> BaseChatModel:
+    """The rolling conversation summary: the conversation's endpoint and model, capped at SUMMARY_TOKENS;
+    mock mode has its own offline summariser."""
+    if settings.provider is Provider.MOCK:
+        return MockSummaryModel()
+    return build_chat_model(settings, mock_reply_template="", max_tokens=max(settings.summary_tokens, 16))

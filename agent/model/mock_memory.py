@@ -139,3 +139,38 @@ class MockExtractionModel(OfflineModel):
             stale = [n for n, old in known if key is not None and old != fact and subject(old)[0] == key]
             facts.append({"text": fact, "replaces": stale} if stale else fact)
         return json.dumps({"facts": facts}, ensure_ascii=False)
+
+
+_LIMIT = re.compile(r"不超过\s*(\d+)\s*个\s*token")
+_SUMMARY_PARTS = re.compile(r"已有摘要：\n(?P<summary>.*?)\n\n移出窗口的对话：\n(?P<turns>.*)", re.DOTALL)
+_SAID = re.compile(r"^用户：(.+)$", re.MULTILINE)
+SUMMARY_LINE_CHARS = 40
+
+
+class MockSummaryModel(OfflineModel):
+    """Deterministic, offline conversation summary for mock mode: the summary so far plus one line per
+    turn that left the window ("- 用户说：…", the person's words, cut short), the oldest lines dropped
+    once the whole passes the length the prompt asks for."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "dingbot-mock-summary"
+
+    def answer(self, messages: list[BaseMessage]) -> str:
+        from agent.model.tokens import count_tokens  # the budget's own counter
+
+        system = "\n".join(content_text(m) for m in messages if isinstance(m, SystemMessage))
+        limit = int(match.group(1)) if (match := _LIMIT.search(system)) else 300
+        humans = [content_text(m) for m in messages if isinstance(m, HumanMessage)]
+        parts = _SUMMARY_PARTS.search(humans[-1] if humans else "")
+        if parts is None:
+            return ""
+        lines = [line for line in parts["summary"].splitlines() if line.startswith("- ")]
+        for said in _SAID.findall(parts["turns"]):
+            said = " ".join(said.split())
+            lines.append(
+                f"- 用户说：{said[:SUMMARY_LINE_CHARS]}{'…' if len(said) > SUMMARY_LINE_CHARS else ''}"
+            )
+        while len(lines) > 1 and count_tokens("\n".join(lines)) > limit:
+            lines.pop(0)
+        return "\n".join(lines)

@@ -25,11 +25,14 @@ from agent.prompts.checks import (
 
 log = logging.getLogger(__name__)
 
-SYSTEM_VARIABLES = frozenset({"bot_name", "now", "timezone", "speaker_nick", "chat_place", "memories"})
+SYSTEM_VARIABLES = frozenset(
+    {"bot_name", "now", "timezone", "speaker_nick", "chat_place", "memories", "summary"}
+)
 HUMAN_VARIABLES = frozenset({"text", "speaker_nick"})
 HISTORY_VARIABLE = "history"
 DEFAULT_SPOKEN = "[语音] {text}"  # chat.yaml files from before voice was marked
 EXTRACTION_VARIABLES = frozenset({"speaker_nick", "existing", "text"})
+SUMMARY_VARIABLES = frozenset({"summary", "turns", "limit"})
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: each load is a new version
@@ -39,6 +42,8 @@ class PromptSet:
     chat: ChatPromptTemplate
     extraction: ChatPromptTemplate  # prompts/memory.yaml: the person's message → {"facts": [...]}
     extraction_repair: str  # said to the model, once, when its extraction was not JSON
+    summary: ChatPromptTemplate  # prompts/memory.yaml: summary so far + turns leaving the window → new one
+    summary_block: str  # chat.yaml `summary`: how a conversation's summary sits in the system message
     chat_place_direct: str
     chat_place_group: str
     memory_item: str
@@ -64,6 +69,11 @@ class PromptSet:
         if not memories:
             return self.memory_empty
         return "\n".join(self.memory_item.format(memory=m) for m in memories)
+
+    def render_summary(self, summary: str) -> str:
+        """The `{summary}` of the system message: the delimited block after a blank line, or nothing when
+        there is none (system.md writes it straight after what precedes it)."""
+        return "\n\n" + self.summary_block.format(summary=summary) if summary else ""
 
     def render_chat_place(self, *, is_group: bool, conversation_title: str) -> str:
         if is_group:
@@ -147,6 +157,9 @@ _COMMAND_REPLIES: dict[str, frozenset[str]] = {
     "forgot_all_group": frozenset(),
     "forgot_history_only": frozenset(),
     "unknown": frozenset(),
+    "usage": frozenset(
+        {"today", "today_prompt", "today_completion", "month", "month_prompt", "month_completion"}
+    ),
 }
 
 
@@ -184,7 +197,7 @@ _LATER_REPLIES = (
     "unheard",
     "media",
 )
-_LATER_COMMAND_REPLIES = ("memory_empty_group",)
+_LATER_COMMAND_REPLIES = ("memory_empty_group", "usage")
 _CLAIM = "已通知"
 
 
@@ -354,10 +367,24 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
         ]
     )
     repair = memory.get("extraction_repair") or _bundled_memory().get("extraction_repair")
+    summary_source = memory if "summary_system" in memory else _bundled_memory()  # files from before it
+    summary = ChatPromptTemplate.from_messages(
+        [
+            (role, check_template(summary_source.get(key), SUMMARY_VARIABLES, f"{memory_path}: {key}"))
+            for role, key in (("system", "summary_system"), ("human", "summary_human"))
+        ]
+    )
+    block = check_template(
+        chat.get("summary") or _bundled_chat()["summary"], frozenset({"summary"}), f"{chat_path}: summary"
+    )
+    if "summary" not in fields(block):
+        raise PromptError(f"{chat_path}: summary must contain {{summary}}")
     return PromptSet(
         chat=template,
         extraction=extraction,
         extraction_repair=check_template(repair, frozenset(), f"{memory_path}: extraction_repair"),
+        summary=summary,
+        summary_block=block,
         chat_place_direct=direct,
         chat_place_group=group,
         memory_item=item,

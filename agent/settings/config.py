@@ -305,6 +305,30 @@ class Settings(BaseSettings):
         ge=0,
         le=100,
     )
+    history_tokens: int = setting(
+        1000,
+        "近期对话最多占多少 token（cl100k_base 计数）；更早的轮次折叠进摘要；0 表示只按轮数",
+        "tokens of recent turns in the prompt (counted with cl100k_base); older turns fold into the "
+        "summary; 0: by turn count only",
+        ge=0,
+        le=1_000_000,
+    )
+    prompt_token_budget: int = setting(
+        2000,
+        "整个提示词的 token 预算：超出时再去掉最早的几轮对话（当前消息和文件不裁剪）；0 表示不限",
+        "token budget of the whole prompt: past it, more of the oldest turns are left out (never the "
+        "new message or its files); 0: no budget",
+        ge=0,
+        le=10_000_000,
+    )
+    summary_tokens: int = setting(
+        300,
+        "滚动摘要的长度上限（token）：移出窗口的对话在回复发出后于后台折叠进每个会话的摘要；0 表示不做摘要",
+        "length cap of the rolling summary: turns leaving the window are folded into a per-conversation "
+        "summary in the background after the reply; 0: no summary",
+        ge=0,
+        le=4000,
+    )
     group_shared_context: bool = setting(
         False,
         "开：群内共享一份短期历史（带发言人昵称）；关：每人一份",

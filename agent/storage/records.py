@@ -9,8 +9,9 @@ from agent.storage.connection import Connection
 
 
 def erase_person_messages(conn: Connection, person_id: str) -> None:
-    """Stored message and reply text of one person, except what is still on its way, their reminders and
-    the files they sent (/forget all)."""
+    """Stored message and reply text of one person, except what is still on its way, their reminders, the
+    files they sent, every conversation summary holding their words (a group's too) and their token
+    counts (/forget all)."""
     conn.execute(
         "UPDATE inbox SET payload = NULL WHERE person_id = ? AND state <> 'processing'", (person_id,)
     )
@@ -18,6 +19,10 @@ def erase_person_messages(conn: Connection, person_id: str) -> None:
     conn.execute("DELETE FROM learning WHERE person_id = ?", (person_id,))
     conn.execute("DELETE FROM reminders WHERE person_id = ?", (person_id,))
     conn.execute("DELETE FROM file_context WHERE person_id = ?", (person_id,))
+    theirs = "SELECT scope FROM summary_people WHERE person_id = ?"
+    conn.execute(f"DELETE FROM summaries WHERE scope IN ({theirs})", (person_id,))  # noqa: S608
+    conn.execute(f"DELETE FROM summary_people WHERE scope IN ({theirs})", (person_id,))  # noqa: S608
+    conn.execute("DELETE FROM token_usage WHERE person_id = ?", (person_id,))
 
 
 def mark_forgotten(conn: Connection, person_id: str, at: float) -> None:

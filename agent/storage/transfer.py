@@ -22,6 +22,9 @@ TABLES = (
     "forgotten",
     "reminders",
     "file_context",
+    "summaries",
+    "summary_people",
+    "token_usage",
 )
 _KEYED = {
     "history": "id",

@@ -62,6 +62,7 @@ class FakeOpenAI(LocalServer):
         self.v1_only = v1_only
         self.known_models_only = known_models_only
         self.deployments = deployments
+        self.usage = (1, 1)  # (prompt, completion) tokens every completion reports, streamed ones when asked
 
     def chats(self) -> list[Recorded]:
         return [r for r in self.requests if "/chat/completions" in r.path]
@@ -134,9 +135,11 @@ class FakeOpenAI(LocalServer):
             else:
                 self.send_json(handler, 200, _calls_completion(step.tool_calls, model))
         elif request.json().get("stream"):
-            self._stream(handler, step.text, model, self.stream_piece_delay, self.after_piece)
+            wants_usage = bool((request.json().get("stream_options") or {}).get("include_usage"))
+            usage = self.usage if wants_usage else None
+            self._stream(handler, step.text, model, self.stream_piece_delay, self.after_piece, usage)
         else:
-            self.send_json(handler, 200, _completion(step.text, model))
+            self.send_json(handler, 200, _completion(step.text, model, self.usage))
 
     @staticmethod
     def _stream_calls(handler: BaseHTTPRequestHandler, calls: list[tuple[str, str]], model: str) -> None:
@@ -177,6 +180,7 @@ class FakeOpenAI(LocalServer):
         model: str,
         piece_delay: float = 0.0,
         after_piece: Callable[[str], None] | None = None,
+        usage: tuple[int, int] | None = None,
     ) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
@@ -208,9 +212,17 @@ class FakeOpenAI(LocalServer):
             "model": model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         }
-        handler.wfile.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+        handler.wfile.write(f"data: {json.dumps(done)}\n\n".encode())
+        if usage is not None:  # stream_options.include_usage: a last chunk with no choices, as OpenAI sends
+            last = {**done, "choices": [], "usage": _usage(usage)}
+            handler.wfile.write(f"data: {json.dumps(last)}\n\n".encode())
+        handler.wfile.write(b"data: [DONE]\n\n")
         handler.wfile.flush()
         handler.close_connection = True
+
+
+def _usage(tokens: tuple[int, int]) -> dict[str, int]:
+    return {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)}
 
 
 def fake_embedding(text: str, dims: int = 64) -> list[float]:
@@ -249,12 +261,12 @@ def _calls_completion(calls: list[tuple[str, str]], model: str) -> dict[str, Any
     }
 
 
-def _completion(text: str, model: str) -> dict[str, Any]:
+def _completion(text: str, model: str, usage: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 0,
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "usage": _usage(usage),
     }

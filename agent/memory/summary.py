@@ -1,0 +1,145 @@
+"""The rolling summary of each conversation: after a reply, the turns that left the prompt's window
+(HISTORY_TURNS, HISTORY_TOKENS) are folded in the background into the conversation's summary
+(prompts/memory.yaml `summary_*`, capped at SUMMARY_TOKENS), which the prompt shows as a delimited block.
+
+Kept per history scope, so it holds only what that conversation's prompt already showed: a private
+conversation's summary never holds another person's words. A fold writes only when nothing moved
+meanwhile — the turns it read are all still stored and the summary is the version it read — else it is
+dropped and the next reply folds again: a /reset, a /forget all (which erases every summary holding the
+person's words) or another fold always wins. The reply never waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+
+from langchain_core.language_models import BaseChatModel
+
+from agent.memory.history import HistoryStore, StoredTurn
+from agent.model.tokens import clip_tokens, message_text
+from agent.model.usage import on_behalf_of
+from agent.prompts.library import PromptLibrary
+from agent.storage.connection import Connection, lock_person, transaction
+from agent.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+NONE_YET = "（暂无）"
+
+
+class Summaries:
+    def __init__(
+        self,
+        database: Database,
+        history: HistoryStore,
+        model: BaseChatModel,
+        prompts: PromptLibrary,
+        *,
+        tokens: int,
+        timeout: float,
+        bot_name: str = "助手",
+    ) -> None:
+        self._db = database
+        self._history = history
+        self._model = model
+        self._prompts = prompts
+        self.tokens = tokens
+        self._timeout = timeout
+        self._bot_name = bot_name
+        self._folds: dict[str, asyncio.Task[bool]] = {}
+
+    @property
+    def on(self) -> bool:
+        return self.tokens > 0 and self._history.turns > 0
+
+    async def text(self, scope: str) -> str:
+        """The conversation's summary, or "" when it has none."""
+        if not self.on:
+            return ""
+
+        def read(conn: Connection) -> str:
+            row = conn.execute("SELECT text FROM summaries WHERE scope = ?", (scope,)).fetchone()
+            return str(row[0]) if row else ""
+
+        return await self._db.run(read)
+
+    def fold_later(self, scope: str, person_id: str) -> None:
+        """After `person_id`'s reply: fold what left the window, in the background (one fold per scope at
+        a time); its tokens count as theirs (/usage)."""
+        if not self.on or scope in self._folds:
+            return
+        context = contextvars.copy_context()
+        context.run(on_behalf_of.set, person_id)
+        task = asyncio.create_task(self._fold_quietly(scope), name=f"summary-{scope[:24]}", context=context)
+        self._folds[scope] = task
+        task.add_done_callback(lambda _: self._folds.pop(scope, None))
+
+    async def settle(self) -> None:
+        """Wait for the folds under way (shutdown, tests)."""
+        while self._folds:
+            await asyncio.gather(*list(self._folds.values()), return_exceptions=True)
+
+    async def _fold_quietly(self, scope: str) -> bool:
+        try:
+            return await asyncio.wait_for(self.fold(scope), self._timeout)
+        except Exception as exc:  # the turns stay stored (a bounded backlog): the next reply tries again
+            log.warning(
+                "conversation summary not updated (%s): the next reply tries again", type(exc).__name__
+            )
+            return False
+
+    async def fold(self, scope: str) -> bool:
+        """Fold the turns past the window into the summary now; True when it wrote one."""
+        stored = await self._history.stored(scope)
+        leaving = stored[: len(stored) - self._history.window_size([t.turn for t in stored])]
+        if not leaving:
+            return False
+
+        def read(conn: Connection) -> tuple[str, int]:
+            row = conn.execute("SELECT text, version FROM summaries WHERE scope = ?", (scope,)).fetchone()
+            return (str(row[0]), int(row[1])) if row else ("", 0)
+
+        current, version = await self._db.run(read)
+        asked = self._prompts.defaults.summary.format_messages(
+            summary=current or NONE_YET, turns=self._lines(leaving), limit=self.tokens
+        )
+        answer = clip_tokens(message_text(await self._model.ainvoke(asked)).strip(), self.tokens)
+        if not answer:
+            return False
+        written = await self._db.run(lambda conn: _write(conn, scope, leaving, answer, version))
+        log.info(
+            "conversation summary: %s %d turn(s)",
+            "folded" if written else "skipped (moved meanwhile)",
+            len(leaving),
+        )
+        return written
+
+    def _lines(self, turns: list[StoredTurn]) -> str:
+        return "\n".join(f"用户：{t.turn.human}\n{self._bot_name}：{t.turn.ai}" for t in turns)
+
+
+def _write(conn: Connection, scope: str, folded: list[StoredTurn], text: str, version: int) -> bool:
+    ids = [row_id for turn in folded for row_id in turn.ids]
+    marks = ",".join("?" * len(ids))
+    people = sorted({turn.person_id for turn in folded})
+    with transaction(conn):
+        for person_id in people:  # a /forget all of theirs on another replica waits, or has already run
+            lock_person(conn, person_id)
+        still = conn.execute(f"SELECT COUNT(*) FROM history WHERE id IN ({marks})", ids).fetchone()  # noqa: S608
+        row = conn.execute("SELECT version FROM summaries WHERE scope = ?", (scope,)).fetchone()
+        if int(still[0]) != len(ids) or (int(row[0]) if row else 0) != version:
+            return False
+        conn.execute(
+            "INSERT INTO summaries (scope, text, version, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (scope) DO UPDATE SET text = excluded.text, version = excluded.version, "
+            "updated_at = excluded.updated_at",
+            (scope, text, version + 1, time.time()),
+        )
+        conn.executemany(
+            "INSERT INTO summary_people (scope, person_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(scope, person_id) for person_id in people],
+        )
+        conn.execute(f"DELETE FROM history WHERE id IN ({marks})", ids)  # noqa: S608
+    return True

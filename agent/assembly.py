@@ -6,6 +6,7 @@ assistant. The caller owns the context: everything opened here is closed when it
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from agent.memory.history import HistoryStore
 from agent.memory.service import MemoryService
 from agent.memory.summary import Summaries
 from agent.model.factory import build_chat_model, build_extraction_model, build_summary_model
+from agent.model.tokens import count_tokens
 from agent.model.usage import UsageBook, UsageCallback, count_usage_of
 from agent.observe import Observer
 from agent.prompts.library import PromptLibrary
@@ -99,6 +101,7 @@ async def open_agent(
         history = HistoryStore(
             database, settings.history_turns, settings.history_tokens, folding=settings.summary_tokens > 0
         )
+        await asyncio.to_thread(count_tokens, "")  # the tokenizer's table, loaded off the event loop
         summaries = Summaries(
             database,
             history,
@@ -151,7 +154,7 @@ async def open_agent(
     finally:
         if summaries is not None:
             await summaries.settle()
-        await usage.settle()
         if service is not None:
             await service.close()
+        await usage.settle()  # last: the work settled above counts tokens too
         await database.close()

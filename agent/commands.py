@@ -175,6 +175,8 @@ class CommandRunner:
 
     async def _usage(self, message: IncomingMessage) -> Reply:
         """/usage: the tokens the person's messages cost today and this month (BOT_TIMEZONE days)."""
+        if message.is_group:  # how much someone uses the bot is theirs to see, not the group's
+            return self._say("usage_group")
         if self.usage is None:
             return self._say("usage", **dict.fromkeys(_USAGE_FIELDS, "0"))
         today, month = await self.usage.of(message.person_id)

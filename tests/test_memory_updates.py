@@ -183,3 +183,26 @@ def test_erase_own_refuses_another_persons_memory(make_settings: Callable[..., S
     erased, left = asyncio.run(go())
     assert erased == []
     assert left == 1
+
+
+def test_one_message_replaces_at_most_three_known_facts(make_settings: Callable[..., Settings]) -> None:
+    extraction = _scripted(
+        {"facts": ["用户住在北京", "用户在支付组", "用户是工程师", "用户喜欢猫", "用户叫美"]},
+        {
+            "facts": [
+                {"text": "用户住在上海", "replaces": [1, 2]},
+                {"text": "用户是经理", "replaces": [3, 4, 5]},
+            ]
+        },
+    )
+
+    async def go() -> str:
+        async with open_assistant(make_settings(), memory=True, extraction_model=extraction) as assistant:
+            await turn(assistant, replace(MEI, message_id="c1", text="一"))
+            await turn(assistant, replace(MEI, message_id="c2", text="二"))
+            return await turn(assistant, replace(MEI, message_id="c3", text="/memory"))
+
+    left = _memories(asyncio.run(go()))
+    assert sorted(left) == sorted(
+        ["用户喜欢猫", "用户叫美", "用户住在上海", "用户是经理"]
+    )  # 3 replaced, not 5

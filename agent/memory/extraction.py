@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _QUOTED = re.compile(r'"([^"]+)"')
 _KEYS = frozenset({"facts", "text", "replaces", "memory"})
-MAX_REPLACED = 3  # known facts one new fact may replace: an update, never a purge
+MAX_REPLACED = 3  # known facts one message may replace: an update, never a purge
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,10 @@ class Extractor:
                 self.observer.extraction_failed("not_json")
                 return []
         facts: list[Learned] = []
+        replacing = 0  # MAX_REPLACED for the whole message too: an update, never a purge
         for fact in found:
             replaces = tuple(n for n in fact.replaces if n <= len(known) and known[n - 1] != fact.text)
+            replaces = replaces[: max(MAX_REPLACED - replacing, 0)]
             if fact.text in self.examples(prompts):
                 log.info("memory extraction: the prompt's own example fact dropped")
             elif reason := unsafe_reason(fact.text):
@@ -125,4 +127,5 @@ class Extractor:
                 )
             elif (fact.text not in known or replaces) and fact.text not in [f.text for f in facts]:
                 facts.append(Learned(fact.text, replaces))
+                replacing += len(replaces)
         return facts

@@ -39,24 +39,26 @@ class StoredTurn:
 
 class HistoryStore:
     """Turns per scope (a conversation and speaker, or a whole group). Never grows past the window, plus
-    BACKLOG_TURNS when `folding` (summaries on)."""
+    BACKLOG_TURNS when `folding` (summaries on); nothing is kept when `turns` is 0."""
 
     def __init__(self, db: Database, turns: int, tokens: int = 0, *, folding: bool = False) -> None:
         self._db = db
         self.turns = turns
         self.tokens = tokens  # 0: by turn count only
-        self.folding = folding
+        self.folding = folding and turns > 0
 
     @property
     def _kept_turns(self) -> int:
         return self.turns + (BACKLOG_TURNS if self.folding else 0)
 
     def window_size(self, turns: list[Turn]) -> int:
-        """How many of `turns` (oldest first) the window holds, counted from the newest."""
+        """How many of `turns` (oldest first) the window holds, counted from the newest. The newest turn is
+        always in it, however long ("shorten point 3" after a long answer needs that answer); the prompt's
+        budget and fitting to the model's own context still apply."""
         fit, spent = 0, 0
         for turn in reversed(turns[-self.turns :] if self.turns else []):
             spent += turn.tokens if self.tokens else 0
-            if self.tokens and spent > self.tokens:
+            if self.tokens and spent > self.tokens and fit > 0:
                 break
             fit += 1
         return fit
@@ -74,15 +76,14 @@ class HistoryStore:
 
         rows = await self._db.run(read)
         turns: list[StoredTurn] = []
-        pending: tuple[int, str] | None = None
+        pending: dict[
+            str, tuple[int, str, float]
+        ] = {}  # per person: replicas' turns in a shared group interleave
         for row_id, person_id, role, content, created_at in rows:
             if role == "human":
-                pending = (row_id, content)
-            elif pending is not None:
-                turns.append(
-                    StoredTurn((pending[0], row_id), person_id, created_at, Turn(pending[1], content))
-                )
-                pending = None
+                pending[person_id] = (row_id, content, created_at)
+            elif (began := pending.pop(person_id, None)) is not None:
+                turns.append(StoredTurn((began[0], row_id), person_id, began[2], Turn(began[1], content)))
         return turns
 
     async def recent(self, scope: str) -> list[Turn]:
@@ -147,14 +148,17 @@ class HistoryStore:
         await self._db.shrink()
 
     async def purge_older_than(self, cutoff: float) -> int:
-        """Delete turns and summaries written before `cutoff` (epoch seconds); return how many turn rows
-        went."""
+        """Delete turns said before `cutoff` (epoch seconds), every summary holding anything said before it
+        (a summary is as old as the oldest turn folded into it) and the token counts of days before it;
+        return how many turn rows went."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(cutoff))
 
         def delete(conn: Connection) -> int:
             with transaction(conn):
-                old = "SELECT scope FROM summaries WHERE updated_at < ?"
+                old = "SELECT scope FROM summaries WHERE oldest_at < ?"
                 conn.execute(f"DELETE FROM summary_people WHERE scope IN ({old})", (cutoff,))  # noqa: S608
-                conn.execute("DELETE FROM summaries WHERE updated_at < ?", (cutoff,))
+                conn.execute("DELETE FROM summaries WHERE oldest_at < ?", (cutoff,))
+                conn.execute("DELETE FROM token_usage WHERE day < ?", (day,))
                 return int(conn.execute("DELETE FROM history WHERE created_at < ?", (cutoff,)).rowcount)
 
         return await self._db.run(delete)

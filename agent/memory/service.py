@@ -382,7 +382,8 @@ class MemoryService:
         said_at = message.arrived_at
         store = self._open_store_or_raise()
         # What is already known *here* (the scopes a recall here may use): a group's extraction never sees
-        # the person's private facts, so it cannot restate one into the group, nor replace one.
+        # the person's private facts unless they shared them (/memory share on), so it cannot restate one
+        # into the group, nor replace one; a shared one it may update (the new fact is the group's).
         scopes = await self._scopes(message)
         known = await self._on_thread(lambda: _known(store, message.text, scopes))
         facts = await self._extractor.facts(self.prompts.defaults, message, [text for _, text in known])

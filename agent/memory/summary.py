@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
+import secrets
 import time
 
 from langchain_core.language_models import BaseChatModel
@@ -49,19 +51,20 @@ class Summaries:
         self._timeout = timeout
         self._bot_name = bot_name
         self._folds: dict[str, asyncio.Task[bool]] = {}
+        self._folding = asyncio.Semaphore(FOLDS_AT_ONCE)
 
     @property
     def on(self) -> bool:
         return self.tokens > 0 and self._history.turns > 0
 
     async def text(self, scope: str) -> str:
-        """The conversation's summary, or "" when it has none."""
+        """The conversation's summary, or "" when it has none (never a tag that would close its block)."""
         if not self.on:
             return ""
 
         def read(conn: Connection) -> str:
             row = conn.execute("SELECT text FROM summaries WHERE scope = ?", (scope,)).fetchone()
-            return str(row[0]) if row else ""
+            return _TAGS.sub("", str(row[0])) if row else ""
 
         return await self._db.run(read)
 
@@ -91,24 +94,30 @@ class Summaries:
             return False
 
     async def fold(self, scope: str) -> bool:
-        """Fold the turns past the window into the summary now; True when it wrote one."""
+        """Fold the turns past the window into the summary now (the oldest FOLD_MAX_TOKENS of them at
+        most: a backlog is folded over several replies); True when it wrote one."""
         stored = await self._history.stored(scope)
-        leaving = stored[: len(stored) - self._history.window_size([t.turn for t in stored])]
+        leaving = _first_tokens(stored[: len(stored) - self._history.window_size([t.turn for t in stored])])
         if not leaving:
             return False
 
-        def read(conn: Connection) -> tuple[str, int]:
-            row = conn.execute("SELECT text, version FROM summaries WHERE scope = ?", (scope,)).fetchone()
-            return (str(row[0]), int(row[1])) if row else ("", 0)
+        def read(conn: Connection) -> tuple[str, int, float]:
+            row = conn.execute(
+                "SELECT text, version, oldest_at FROM summaries WHERE scope = ?", (scope,)
+            ).fetchone()
+            return (str(row[0]), int(row[1]), float(row[2])) if row else ("", 0, leaving[0].created_at)
 
-        current, version = await self._db.run(read)
+        current, version, oldest_at = await self._db.run(read)
         asked = self._prompts.defaults.summary.format_messages(
             summary=current or NONE_YET, turns=self._lines(leaving), limit=self.tokens
         )
-        answer = clip_tokens(message_text(await self._model.ainvoke(asked)).strip(), self.tokens)
+        async with self._folding:
+            answered = await self._model.ainvoke(asked)
+        answer = clip_tokens(_TAGS.sub("", message_text(answered)).strip(), self.tokens)
         if not answer:
             return False
-        written = await self._db.run(lambda conn: _write(conn, scope, leaving, answer, version))
+        oldest_at = min(oldest_at, leaving[0].created_at)
+        written = await self._db.run(lambda conn: _write(conn, scope, leaving, answer, version, oldest_at))
         log.info(
             "conversation summary: %s %d turn(s)",
             "folded" if written else "skipped (moved meanwhile)",
@@ -120,26 +129,63 @@ class Summaries:
         return "\n".join(f"用户：{t.turn.human}\n{self._bot_name}：{t.turn.ai}" for t in turns)
 
 
-def _write(conn: Connection, scope: str, folded: list[StoredTurn], text: str, version: int) -> bool:
+FOLD_MAX_TOKENS = 3000  # turns given to one fold: a backlog after failures never outgrows a small model
+FOLDS_AT_ONCE = 2  # folds compete with replies for the endpoint
+_TAGS = re.compile(r"</?\s*conversation_summary\s*>", re.IGNORECASE)  # a summary never closes its own block
+
+
+def _first_tokens(turns: list[StoredTurn]) -> list[StoredTurn]:
+    """The oldest of `turns` within FOLD_MAX_TOKENS (at least one)."""
+    kept: list[StoredTurn] = []
+    spent = 0
+    for turn in turns:
+        spent += turn.turn.tokens
+        if kept and spent > FOLD_MAX_TOKENS:
+            break
+        kept.append(turn)
+    return kept
+
+
+def _write(
+    conn: Connection, scope: str, folded: list[StoredTurn], text: str, version: int, oldest_at: float
+) -> bool:
+    """Compare and set, in one transaction: the folded turns are deleted only if all are still there, and
+    the summary replaced only if it is still the version that was read (none: none there still). Either
+    miss rolls everything back: a /reset, a /forget all or another replica's fold came first."""
     ids = [row_id for turn in folded for row_id in turn.ids]
     marks = ",".join("?" * len(ids))
     people = sorted({turn.person_id for turn in folded})
-    with transaction(conn):
-        for person_id in people:  # a /forget all of theirs on another replica waits, or has already run
-            lock_person(conn, person_id)
-        still = conn.execute(f"SELECT COUNT(*) FROM history WHERE id IN ({marks})", ids).fetchone()  # noqa: S608
-        row = conn.execute("SELECT version FROM summaries WHERE scope = ?", (scope,)).fetchone()
-        if int(still[0]) != len(ids) or (int(row[0]) if row else 0) != version:
-            return False
-        conn.execute(
-            "INSERT INTO summaries (scope, text, version, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (scope) DO UPDATE SET text = excluded.text, version = excluded.version, "
-            "updated_at = excluded.updated_at",
-            (scope, text, version + 1, time.time()),
-        )
-        conn.executemany(
-            "INSERT INTO summary_people (scope, person_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(scope, person_id) for person_id in people],
-        )
-        conn.execute(f"DELETE FROM history WHERE id IN ({marks})", ids)  # noqa: S608
+    now = time.time()
+    try:
+        with transaction(conn):
+            for person_id in people:  # a /forget all of theirs on another replica waits, or has already run
+                lock_person(conn, person_id)
+            deleted = conn.execute(f"DELETE FROM history WHERE id IN ({marks})", ids).rowcount  # noqa: S608
+            if deleted != len(ids):
+                raise _Moved
+            fresh = secrets.randbelow(2**62) + 1  # never repeats: no ABA after a delete
+            if version:
+                changed = conn.execute(
+                    "UPDATE summaries SET text = ?, version = ?, oldest_at = ?, updated_at = ? "
+                    "WHERE scope = ? AND version = ?",
+                    (text, fresh, oldest_at, now, scope, version),
+                ).rowcount
+            else:
+                changed = conn.execute(
+                    "INSERT INTO summaries (scope, text, version, oldest_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope) DO NOTHING",
+                    (scope, text, fresh, oldest_at, now),
+                ).rowcount
+            if changed != 1:
+                raise _Moved
+            conn.executemany(
+                "INSERT INTO summary_people (scope, person_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(scope, person_id) for person_id in people],
+            )
+    except _Moved:
+        return False
     return True
+
+
+class _Moved(Exception):
+    """Something changed the conversation while the summary was written: roll back."""

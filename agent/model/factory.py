@@ -13,6 +13,8 @@ from agent.model.mock_memory import MockExtractionModel, MockSummaryModel
 from agent.settings.choices import Provider
 from agent.settings.config import Settings
 
+AZURE_STREAM_USAGE_SINCE = "2024-09-01"  # the first GA api-version that takes stream_options
+
 
 def build_chat_model(
     settings: Settings,
@@ -47,7 +49,8 @@ def build_chat_model(
             timeout=settings.openai_timeout,
             max_retries=0,  # retried by agent/model/answer.py, where a retry can help (not timeouts)
             max_tokens=max_tokens,  # sent as max_tokens: what the deployments API takes
-            stream_usage=True,  # a streamed answer's tokens, for /usage and the metric
+            # a streamed answer's tokens, for /usage and the metric: api-versions before 2024-09 refuse it
+            stream_usage=settings.openai_api_version >= AZURE_STREAM_USAGE_SINCE,
             **_json_mode(json_answers),
         )
     return ChatOpenAI(

@@ -30,6 +30,7 @@ from agent.storage.health import StorageError
 
 log = logging.getLogger(__name__)
 
+MAX_RUNS = 256  # calls under way at once that the callback remembers (their prompt, counted if no usage)
 on_behalf_of: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "dingbot_usage_person", default=None
 )
@@ -80,8 +81,8 @@ class UsageBook:
             await self._db.run(write)
 
     async def settle(self) -> None:
-        while self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        """Wait for the counts recorded so far (not for those that keep arriving)."""
+        await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     async def of(self, person_id: str, now: datetime | None = None) -> tuple[Usage, Usage]:
         """(today, this month) of the person, in BOT_TIMEZONE's days."""
@@ -116,13 +117,15 @@ class UsageCallback(BaseCallbackHandler):
     ) -> None:
         params = kwargs.get("invocation_params") or {}
         metadata = kwargs.get("metadata") or {}
-        model = str(
+        model = (
             metadata.get("ls_model_name")
             or params.get("model")
             or params.get("model_name")
             or params.get("_type")
         )
-        self._started[run_id] = (model or "unknown", messages[0] if messages else [])
+        while len(self._started) >= MAX_RUNS:  # a call cancelled mid-way never ends: the oldest go
+            self._started.pop(next(iter(self._started)))
+        self._started[run_id] = (str(model or "unknown"), messages[0] if messages else [])
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         model, prompt_messages = self._started.pop(run_id, ("unknown", []))

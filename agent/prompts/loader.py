@@ -160,6 +160,7 @@ _COMMAND_REPLIES: dict[str, frozenset[str]] = {
     "usage": frozenset(
         {"today", "today_prompt", "today_completion", "month", "month_prompt", "month_completion"}
     ),
+    "usage_group": frozenset(),
 }
 
 
@@ -197,7 +198,7 @@ _LATER_REPLIES = (
     "unheard",
     "media",
 )
-_LATER_COMMAND_REPLIES = ("memory_empty_group", "usage")
+_LATER_COMMAND_REPLIES = ("memory_empty_group", "usage", "usage_group")
 _CLAIM = "已通知"
 
 
@@ -313,6 +314,12 @@ def build_prompt_set(sources: PromptSources) -> PromptSet:
     chat_path = sources.chat_path
     chat = sources.chat
     system_text = check_template(sources.system_text, SYSTEM_VARIABLES, str(sources.system_path))
+    if "summary" not in fields(system_text):
+        log.warning(
+            "%s has no {summary}: the conversation's summary of older turns is not shown to the model "
+            "(add {summary} after </memories>, as the bundled system.md does, or set SUMMARY_TOKENS=0)",
+            sources.system_path,
+        )
     human = check_template(chat.get("human"), HUMAN_VARIABLES, f"{chat_path}: human")
     if "text" not in fields(human):
         raise PromptError(f"{chat_path}: human must contain {{text}}")

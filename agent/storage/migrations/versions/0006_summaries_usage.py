@@ -23,10 +23,15 @@ def upgrade() -> None:
         "summaries",
         sa.Column("scope", sa.Text(), primary_key=True),  # the history scope it summarises
         sa.Column("text", sa.Text(), nullable=False),
-        sa.Column("version", sa.Integer(), nullable=False),  # a fold writes only over the one it read
+        sa.Column(
+            "version", sa.BigInteger(), nullable=False
+        ),  # random: a fold writes only over the one it read
+        sa.Column(
+            "oldest_at", TIME, nullable=False
+        ),  # when the oldest turn folded into it was said (retention)
         sa.Column("updated_at", TIME, nullable=False),
     )
-    op.create_index("summaries_updated", "summaries", ["updated_at"])
+    op.create_index("summaries_oldest", "summaries", ["oldest_at"])
     op.create_table(
         "summary_people",
         sa.Column("scope", sa.Text(), primary_key=True),

@@ -72,8 +72,9 @@ def one_machine(settings: Settings, fake_dingtalk: FakeDingTalk) -> None:
             (PERSON, time.time() - 60),
         )
         conn.execute(  # the summary of what left that conversation's window, and the tokens it cost
-            "INSERT INTO summaries (scope, text, version, updated_at) VALUES ('scope-1', ?, 3, ?)",
-            ("- 用户说：旧的话", time.time()),
+            "INSERT INTO summaries (scope, text, version, oldest_at, updated_at) "
+            "VALUES ('scope-1', ?, 3, ?, ?)",
+            ("- 用户说：旧的话", now, time.time()),
         )
         conn.execute("INSERT INTO summary_people (scope, person_id) VALUES ('scope-1', ?)", (PERSON,))
         conn.execute("INSERT INTO token_usage VALUES (?, '2026-12-03', 'gpt-4-turbo', 1200, 34)", (PERSON,))

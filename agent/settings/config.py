@@ -465,6 +465,21 @@ class Settings(BaseSettings):
         le=16384,
     )
 
+    console_password: SecretStr | None = setting(
+        None,
+        "网页控制台（/console）的密码；不设置则控制台关闭（404）",
+        "the web console's password (/console); unset: the console is off (404)",
+        section="控制台 / Console",
+    )
+    console_allowed_ips: str = setting(
+        "",
+        "逗号分隔的 IP 或网段（如 10.0.0.0/8）；为空表示不限来源",
+        "comma-separated IPs or networks (e.g. 10.0.0.0/8) allowed to reach the console; empty: any",
+    )
+    console_session_hours: float = setting(
+        8.0, "控制台登录的有效小时数", "hours a console login lasts", gt=0, le=720
+    )
+
     @field_validator("openai_api_base", "dingtalk_oapi_base", "dingtalk_api_base", "qdrant_url", "chroma_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:

@@ -25,11 +25,13 @@ TABLES = (
     "summaries",
     "summary_people",
     "token_usage",
+    "console_audit",
 )
 _KEYED = {
     "history": "id",
     "outbox": "id",
     "reminders": "id",
+    "console_audit": "id",
 }  # tables whose ids a sequence hands out on PostgreSQL
 
 

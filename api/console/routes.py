@@ -1,0 +1,206 @@
+"""The console's pages: login and logout, the overview, the audit log (more pages build on these)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+
+from agent.model.health import ModelState
+from api.console.audit import AuditLog
+from api.console.security import COOKIE, HEADERS, LOGIN_SECONDS, ConsoleGuard, Session
+from api.deps import ServicesDep
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")  # autoescaped: what people wrote renders as text
+CSS = (HERE / "static" / "console.css").read_text(encoding="utf-8")
+
+
+class ConsoleRoute(APIRoute):
+    """Every console response carries the security headers (the callback's routes pay nothing for them)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_headers(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except HTTPException as exc:
+                raise HTTPException(
+                    exc.status_code, exc.detail, headers={**HEADERS, **(exc.headers or {})}
+                ) from exc
+            response.headers.update(HEADERS)
+            return response
+
+        return with_headers
+
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+async def _guard(request: Request) -> ConsoleGuard:
+    guard: ConsoleGuard = request.app.state.console_guard
+    if not guard.allows(_address(request)):
+        raise HTTPException(403, "this address may not use the console (CONSOLE_ALLOWED_IPS)")
+    return guard
+
+
+GuardDep = Annotated[ConsoleGuard, Depends(_guard)]
+
+
+async def _audit(services: ServicesDep) -> AuditLog:
+    return AuditLog(services.database)
+
+
+AuditDep = Annotated[AuditLog, Depends(_audit)]
+
+
+class SignIn(Exception):
+    """Not signed in: to the login page."""
+
+
+async def _signed_in(request: Request, guard: GuardDep) -> Session:
+    session = guard.session(request.cookies.get(COOKIE))
+    if session is None or not session.signed_in:
+        raise SignIn
+    return session
+
+
+SessionDep = Annotated[Session, Depends(_signed_in)]
+
+
+def _page(request: Request, name: str, guard: ConsoleGuard, session: Session, **context: Any) -> Response:
+    return templates.TemplateResponse(
+        request, name, {"csrf": guard.csrf(session), "signed_in": session.signed_in, **context}
+    )
+
+
+def _set_cookie(response: Response, value: str, seconds: int, request: Request) -> None:
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=seconds,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+@router.get("/static/console.css")
+async def stylesheet() -> Response:
+    return Response(CSS, media_type="text/css")
+
+
+@router.get("/login")
+async def login_form(request: Request, guard: GuardDep) -> Response:
+    current = guard.session(request.cookies.get(COOKIE))
+    if current is not None and current.signed_in:
+        return RedirectResponse("/console", 303)
+    session, cookie = guard.new_session(signed_in=False)
+    response = _page(request, "login.html", guard, session, error="")
+    _set_cookie(response, cookie, LOGIN_SECONDS, request)
+    return response
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    guard: GuardDep,
+    audit: AuditDep,
+    password: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    address = _address(request)
+    session = guard.session(request.cookies.get(COOKIE))
+    if session is None or not guard.csrf_ok(session, csrf):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong: open the login page again")
+    wait = guard.locked_for(address)
+    if wait > 0:
+        await audit.record("locked_out", address)
+        response = _page(request, "login.html", guard, session, error="locked", wait=int(wait // 60) + 1)
+        response.status_code = 429
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    if not guard.password_ok(password, address):
+        await audit.record("login_failed", address)
+        response = _page(request, "login.html", guard, session, error="wrong")
+        response.status_code = 401
+        return response
+    await audit.record("login", address)
+    _, cookie = guard.new_session(signed_in=True)
+    response = RedirectResponse("/console", 303)
+    _set_cookie(response, cookie, guard.session_seconds, request)
+    return response
+
+
+@router.post("/logout")
+async def logout(
+    request: Request, guard: GuardDep, session: SessionDep, audit: AuditDep, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    if not guard.csrf_ok(session, csrf):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong")
+    await audit.record("logout", _address(request))
+    response = RedirectResponse("/console/login", 303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@router.get("")
+async def overview(request: Request, guard: GuardDep, session: SessionDep, services: ServicesDep) -> Response:
+    settings = services.settings
+    since = time.time() - 86400
+
+    def counts(conn: Any) -> tuple[int, int]:
+        received = conn.execute("SELECT COUNT(*) FROM inbox WHERE received_at >= ?", (since,)).fetchone()[0]
+        unsent = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        return int(received), int(unsent)
+
+    database_ok = await services.database.ping()
+    received, unsent = await services.database.run(counts) if database_ok else (0, 0)
+    model = services.assistant.health.status
+    parts = [
+        ("数据库 · Database", database_ok, "ok" if database_ok else "unavailable"),
+        ("模型 · Model", model.state is not ModelState.FAILING, model.state.value),
+        ("长期记忆 · Memory", services.memory.available, "ok" if services.memory.available else "off"),
+    ]
+    if services.stream is not None:
+        stream = services.stream.status
+        parts.append(("Stream", stream.ready, stream.state.value))
+    return _page(
+        request,
+        "overview.html",
+        guard,
+        session,
+        mode="mock" if settings.mock_mode else "real",
+        provider=settings.provider.value,
+        model="mock" if settings.mock_mode else settings.openai_model,
+        parts=parts,
+        received=received,
+        unsent=unsent,
+    )
+
+
+@router.get("/audit")
+async def audit_page(request: Request, guard: GuardDep, session: SessionDep, audit: AuditDep) -> Response:
+    entries = [
+        (datetime.fromtimestamp(e.at).strftime("%Y-%m-%d %H:%M:%S"), e.address, e.action, e.target)
+        for e in await audit.recent()
+    ]
+    return _page(request, "audit.html", guard, session, entries=entries)
+
+
+async def sign_in_first(request: Request, exc: Exception) -> Response:
+    """Not signed in: to the login page (with the console's headers)."""
+    return RedirectResponse("/console/login", 303, headers=HEADERS)

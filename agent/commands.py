@@ -107,15 +107,8 @@ class CommandRunner:
             return self._say("memory_unavailable")
 
     async def _forget_all(self, message: IncomingMessage) -> Reply:
-        """Our own copies go first, whatever the memory store says; then the long-term memories."""
-        await self.history.erase_person(message.person_id, message.arrived_at)
-        await self.history.shrink()
-        try:
-            if self.memory is None:
-                raise MemoryUnavailable
-            count = await self.memory.forget_person(message.person_id, message.arrived_at)
-        except Exception as exc:
-            log.warning("/forget all: long-term memories not erased (%s)", type(exc).__name__)
+        count = await forget_everything(self.history, self.memory, message.person_id, message.arrived_at)
+        if count is None:
             return self._say("forgot_history_only")
         return self._say("forgot_all_group") if message.is_group else self._say("forgot_all", count=count)
 
@@ -192,3 +185,20 @@ class CommandRunner:
 
 
 _USAGE_FIELDS = ("today", "today_prompt", "today_completion", "month", "month_prompt", "month_completion")
+
+
+async def forget_everything(
+    history: HistoryStore, memory: MemoryService | None, person_id: str, asked_at: float
+) -> int | None:
+    """/forget all (and the console's erase): our own copies go first, whatever the memory store says —
+    history, summaries holding their words, stored messages, reminders, files, token counts — then the
+    long-term memories. How many memories were erased; None when the memory store could not be reached."""
+    await history.erase_person(person_id, asked_at)
+    await history.shrink()
+    try:
+        if memory is None:
+            raise MemoryUnavailable
+        return await memory.forget_person(person_id, asked_at)
+    except Exception as exc:
+        log.warning("/forget all: long-term memories not erased (%s)", type(exc).__name__)
+        return None

@@ -78,6 +78,9 @@ def one_machine(settings: Settings, fake_dingtalk: FakeDingTalk) -> None:
         )
         conn.execute("INSERT INTO summary_people (scope, person_id) VALUES ('scope-1', ?)", (PERSON,))
         conn.execute("INSERT INTO token_usage VALUES (?, '2026-12-03', 'gpt-4-turbo', 1200, 34)", (PERSON,))
+        conn.execute(
+            "INSERT INTO console_audit (at, address, action, target) VALUES (1.0, '10.0.0.2', 'login', '')"
+        )
     store = Mem0Store.open(
         settings, extraction_model=MockExtractionModel(), embeddings=build_embeddings(settings)
     )
@@ -105,7 +108,8 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
     assert main(["export", str(exported)]) == 0
     assert capsys.readouterr().out.strip() == (
         f"exported to {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, 1 forgotten, "
-        "1 reminders, 1 file_context, 1 summaries, 1 summary_people, 1 token_usage, 2 memories"
+        "1 reminders, 1 file_context, 1 summaries, 1 summary_people, 1 token_usage, 1 console_audit, "
+        "2 memories"
     )
     with chroma_server(tmp_path / "chroma") as chroma:
         monkeypatch.setenv("DATABASE_URL", database_url)
@@ -114,7 +118,7 @@ def test_one_machine_moves_to_postgres_and_chroma_with_nothing_lost(
         assert capsys.readouterr().out.strip() == (
             f"imported from {exported}: 2 history, 1 inbox, 1 outbox, 1 memory_sharing, 1 learning, "
             "1 forgotten, 1 reminders, 1 file_context, 1 summaries, 1 summary_people, 1 token_usage, "
-            "2 memories"
+            "1 console_audit, 2 memories"
         )
         assert main(["import", str(exported)]) == 0  # again: nothing doubled
         assert "0 history, 0 inbox, 0 outbox" in capsys.readouterr().out

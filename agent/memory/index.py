@@ -141,6 +141,11 @@ class PersonIndex:
             if memories is not None:  # otherwise it is loaded with everything else on first use
                 memories.append(memory_id, text, payload, vector)
 
+    def people(self) -> set[str]:
+        """The people the index holds now (everyone with memories once preloaded)."""
+        with self._lock:
+            return {person for person, memories in self._people.items() if memories.ids}
+
     def invalidate(self, person_id: str | None) -> None:
         """Another process changed this person's memories (None: anyone's, e.g. notices were missed): the
         next use loads them again; a load already under way is not kept."""

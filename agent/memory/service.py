@@ -301,6 +301,17 @@ class MemoryService:
         shared = message.is_group and await self.is_shared(message.person_id)
         return await self._on_thread(lambda: self._visible(store, message, shared))
 
+    async def memories_of(self, person_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(text, where it was learned) of every memory of a person, oldest first (the console)."""
+        store = self._open_store_or_raise()
+        items = await self._on_thread(lambda: store.all_of(person_id))
+        return [(str(item.get("memory", "")), dict(item.get("metadata") or {})) for item in items]
+
+    async def people_like(self, fragment: str) -> list[str]:
+        """Ids of people with memories whose id contains `fragment` (the console's search)."""
+        store = self._open_store_or_raise()
+        return await self._on_thread(lambda: store.people_like(fragment))
+
     async def forget(self, message: IncomingMessage, number: int) -> str | None:
         """/forget N: forget the N-th memory of `list_memories`; its text, or None when there is no such N."""
         store = self._open_store_or_raise()

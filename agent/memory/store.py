@@ -244,6 +244,15 @@ class Mem0Store:
         items: list[dict[str, Any]] = found.get("results", [])
         return sorted(items, key=lambda item: str(item.get("created_at") or ""))
 
+    def people_like(self, fragment: str, limit: int = 100) -> list[str]:
+        """Ids of people with memories whose id contains `fragment`: from the index where it holds everyone,
+        else a scan of the embedded store (a server setup answers only from what this replica loaded)."""
+        people = self._index.people() if self._cached else set()
+        if self._embedded and not people:
+            with self._lock:
+                people = {person for person, *_ in self._points(None)}
+        return sorted(p for p in people if fragment in p)[:limit]
+
     def recent(self, scopes: list[dict[str, Any]], limit: int) -> list[tuple[str, str]]:
         """(id, text) of what is already known in these scopes (the most recent), for the extraction
         prompt: from the index, so it costs no embedding; with a server, a scoped listing."""

@@ -476,6 +476,11 @@ class Settings(BaseSettings):
         "逗号分隔的 IP 或网段（如 10.0.0.0/8）；为空表示不限来源",
         "comma-separated IPs or networks (e.g. 10.0.0.0/8) allowed to reach the console; empty: any",
     )
+    console_show_text: bool = setting(
+        False,
+        "控制台是否显示消息和记忆的内容；关：只显示元数据（轮数、时间、长度）",
+        "whether the console shows what people wrote and what is remembered; off: metadata only",
+    )
     console_session_hours: float = setting(
         8.0, "控制台登录的有效小时数", "hours a console login lasts", gt=0, le=720
     )

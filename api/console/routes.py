@@ -45,13 +45,13 @@ class ConsoleRoute(APIRoute):
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 
 
-def _address(request: Request) -> str:
+def address_of(request: Request) -> str:
     return request.client.host if request.client is not None else ""
 
 
 async def _guard(request: Request) -> ConsoleGuard:
     guard: ConsoleGuard = request.app.state.console_guard
-    if not guard.allows(_address(request)):
+    if not guard.allows(address_of(request)):
         raise HTTPException(403, "this address may not use the console (CONSOLE_ALLOWED_IPS)")
     return guard
 
@@ -80,7 +80,7 @@ async def _signed_in(request: Request, guard: GuardDep) -> Session:
 SessionDep = Annotated[Session, Depends(_signed_in)]
 
 
-def _page(request: Request, name: str, guard: ConsoleGuard, session: Session, **context: Any) -> Response:
+def page(request: Request, name: str, guard: ConsoleGuard, session: Session, **context: Any) -> Response:
     return templates.TemplateResponse(
         request, name, {"csrf": guard.csrf(session), "signed_in": session.signed_in, **context}
     )
@@ -109,7 +109,7 @@ async def login_form(request: Request, guard: GuardDep) -> Response:
     if current is not None and current.signed_in:
         return RedirectResponse("/console", 303)
     session, cookie = guard.new_session(signed_in=False)
-    response = _page(request, "login.html", guard, session, error="")
+    response = page(request, "login.html", guard, session, error="")
     _set_cookie(response, cookie, LOGIN_SECONDS, request)
     return response
 
@@ -122,20 +122,20 @@ async def login(
     password: Annotated[str, Form()] = "",
     csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    address = _address(request)
+    address = address_of(request)
     session = guard.session(request.cookies.get(COOKIE))
     if session is None or not guard.csrf_ok(session, csrf):
         raise HTTPException(403, "the form's CSRF token is missing or wrong: open the login page again")
     wait = guard.locked_for(address)
     if wait > 0:
         await audit.record("locked_out", address)
-        response = _page(request, "login.html", guard, session, error="locked", wait=int(wait // 60) + 1)
+        response = page(request, "login.html", guard, session, error="locked", wait=int(wait // 60) + 1)
         response.status_code = 429
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
     if not guard.password_ok(password, address):
         await audit.record("login_failed", address)
-        response = _page(request, "login.html", guard, session, error="wrong")
+        response = page(request, "login.html", guard, session, error="wrong")
         response.status_code = 401
         return response
     await audit.record("login", address)
@@ -151,7 +151,7 @@ async def logout(
 ) -> Response:
     if not guard.csrf_ok(session, csrf):
         raise HTTPException(403, "the form's CSRF token is missing or wrong")
-    await audit.record("logout", _address(request))
+    await audit.record("logout", address_of(request))
     response = RedirectResponse("/console/login", 303)
     response.delete_cookie(COOKIE, path="/console")
     return response
@@ -178,7 +178,7 @@ async def overview(request: Request, guard: GuardDep, session: SessionDep, servi
     if services.stream is not None:
         stream = services.stream.status
         parts.append(("Stream", stream.ready, stream.state.value))
-    return _page(
+    return page(
         request,
         "overview.html",
         guard,
@@ -198,7 +198,7 @@ async def audit_page(request: Request, guard: GuardDep, session: SessionDep, aud
         (datetime.fromtimestamp(e.at).strftime("%Y-%m-%d %H:%M:%S"), e.address, e.action, e.target)
         for e in await audit.recent()
     ]
-    return _page(request, "audit.html", guard, session, entries=entries)
+    return page(request, "audit.html", guard, session, entries=entries)
 
 
 async def sign_in_first(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,94 @@
+"""The console's conversations and people pages on the real app: what an operator sees (metadata, and text
+only with CONSOLE_SHOW_TEXT), what people wrote rendered as text, and erasing a person for good."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from urllib.parse import quote
+
+from agent.settings.config import Settings
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk
+from tests.test_console_security import PASSWORD, csrf_of, log_in
+from tests.test_memory_commands import files_containing
+from tests.waiting import wait_until
+
+XSS = "<script>alert(1)</script>我对花生过敏"
+
+
+def _talk(app: object, fake_dingtalk: FakeDingTalk, text: str, n: int) -> None:
+    body = callback(fake_dingtalk.webhook(), text)
+    app.post_callback(encode(body), signed_headers(SECRET))  # type: ignore[attr-defined]
+    fake_dingtalk.wait_for(n)
+
+
+def test_transcripts_show_metadata_unless_text_is_allowed(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    pages = {}
+    for show in (False, True):
+        fake_dingtalk.requests.clear()
+        settings = make_settings(console_password=PASSWORD, console_show_text=show)
+        with serve(settings) as app:
+            _talk(app, fake_dingtalk, XSS, 1)
+            assert log_in(app.client).status_code == 303
+            listing = app.client.get("/console/conversations")
+            link = re.search(r'href="(/console/conversations/view\?scope=[^"]+)"', listing.text)
+            assert link, "the conversation is not listed"
+            pages[show] = (listing.text, app.client.get(link.group(1).replace("&amp;", "&")).text)
+    hidden, shown = pages[False][1], pages[True][1]
+    assert "CONSOLE_SHOW_TEXT=true" in hidden  # the page says why the text is not there
+    assert "花生" not in hidden
+    assert "已隐藏" in hidden
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;我对花生过敏" in shown  # shown, as text
+    assert "<script>alert(1)</script>" not in shown
+    assert "<td>2</td>" in pages[True][0]  # the second service reads the same database: both runs' turns
+
+
+def test_erasing_a_person_leaves_nothing_of_them_in_any_store(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, tmp_path: object
+) -> None:
+    settings = make_settings(console_password=PASSWORD, console_show_text=True)
+    with serve(settings) as app:
+        _talk(app, fake_dingtalk, "我叫王小明，我对花生过敏", 1)
+        assert log_in(app.client).status_code == 303
+        found = app.client.get("/console/people", params={"q": "042217"}).text  # part of the staff id
+        person = re.search(r'/console/people/view\?person=([^"]+)"', found)
+        assert person, "nobody found"
+        page = f"/console/people/view?person={person.group(1)}"
+        wait_until(lambda: "用户对花生过敏" in app.client.get(page).text, what="the memory learned")
+        view = app.client.get(page)
+        assert "单聊" in view.text
+        before = files_containing(settings.database_path.parent, ["花生"])
+        refused = app.client.post("/console/people/forget", data={"person": "x"})
+        erased = app.client.post(
+            "/console/people/forget",
+            data={"person": _unquote(person.group(1)), "csrf": csrf_of(view)},
+            follow_redirects=True,
+        )
+        audit = app.client.get("/console/audit").text
+    after = files_containing(settings.database_path.parent, ["花生"])
+    assert before, "nothing was stored: the check below would prove nothing"
+    assert refused.status_code == 403
+    assert 'id="done"' in erased.text
+    assert "（暂无）" in erased.text
+    assert after == {}
+    assert re.search(r"<td>forget_person</td><td>[^<]+</td>", audit)
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(text)
+
+
+def test_the_pages_need_a_login(make_settings: Callable[..., Settings]) -> None:
+    with serve(make_settings(console_password=PASSWORD)) as app:
+        for path in (
+            "/console/conversations",
+            "/console/people",
+            f"/console/people/view?person={quote('a:b')}",
+        ):
+            assert app.client.get(path).status_code == 303, path

@@ -28,12 +28,17 @@ def test_transcripts_show_metadata_unless_text_is_allowed(
     make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
 ) -> None:
     pages = {}
-    for show in (False, True):
+    for turns, show in ((1, False), (2, True)):  # the second service reads the same database: both turns
         fake_dingtalk.requests.clear()
         settings = make_settings(console_password=PASSWORD, console_show_text=show)
         with serve(settings) as app:
             _talk(app, fake_dingtalk, XSS, 1)
             assert log_in(app.client).status_code == 303
+            # the turn is kept just after the reply is sent: wait for it, not for the send
+            wait_until(
+                lambda n=turns: f"<td>{n}</td>" in app.client.get("/console/conversations").text,
+                what="the conversation listed with its turns",
+            )
             listing = app.client.get("/console/conversations")
             link = re.search(r'href="(/console/conversations/view\?scope=[^"]+)"', listing.text)
             assert link, "the conversation is not listed"
@@ -44,7 +49,7 @@ def test_transcripts_show_metadata_unless_text_is_allowed(
     assert "已隐藏" in hidden
     assert "&lt;script&gt;alert(1)&lt;/script&gt;我对花生过敏" in shown  # shown, as text
     assert "<script>alert(1)</script>" not in shown
-    assert "<td>2</td>" in pages[True][0]  # the second service reads the same database: both runs' turns
+    assert "<td>2</td>" in pages[True][0]
 
 
 def test_erasing_a_person_leaves_nothing_of_them_in_any_store(
@@ -54,8 +59,9 @@ def test_erasing_a_person_leaves_nothing_of_them_in_any_store(
     with serve(settings) as app:
         _talk(app, fake_dingtalk, "我叫王小明，我对花生过敏", 1)
         assert log_in(app.client).status_code == 303
-        found = app.client.get("/console/people", params={"q": "042217"}).text  # part of the staff id
-        person = re.search(r'/console/people/view\?person=([^"]+)"', found)
+        people = "/console/people?q=042217"  # part of the callback's staff id
+        wait_until(lambda: "/console/people/view?person=" in app.client.get(people).text, what="the person")
+        person = re.search(r'/console/people/view\?person=([^"]+)"', app.client.get(people).text)
         assert person, "nobody found"
         page = f"/console/people/view?person={person.group(1)}"
         wait_until(lambda: "用户对花生过敏" in app.client.get(page).text, what="the memory learned")

@@ -63,22 +63,25 @@ class HistoryStore:
             fit += 1
         return fit
 
-    async def stored(self, scope: str) -> list[StoredTurn]:
-        """Every stored turn of the scope, oldest first (the window and what waits to be folded)."""
+    async def stored(self, scope: str, newest: int | None = None) -> list[StoredTurn]:
+        """The scope's stored turns, oldest first: every one (the window and what waits to be folded), or
+        only the `newest` (what the window can hold: a reply's prompt never reads the backlog)."""
+        limit = (
+            self._kept_turns if newest is None else newest
+        ) * 2 + 1  # +1: a human row whose answer is later
 
         def read(conn: Connection) -> list[tuple[int, str, str, str, float]]:
             rows = conn.execute(
                 "SELECT id, person_id, role, content, created_at FROM history WHERE scope = ? "
                 "ORDER BY id DESC LIMIT ?",
-                (scope, self._kept_turns * 2 + 1),
+                (scope, limit),
             ).fetchall()
             return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in reversed(rows)]
 
         rows = await self._db.run(read)
         turns: list[StoredTurn] = []
-        pending: dict[
-            str, tuple[int, str, float]
-        ] = {}  # per person: replicas' turns in a shared group interleave
+        # paired per person: in a shared group, turns written by several replicas interleave
+        pending: dict[str, tuple[int, str, float]] = {}
         for row_id, person_id, role, content, created_at in rows:
             if role == "human":
                 pending[person_id] = (row_id, content, created_at)
@@ -90,7 +93,7 @@ class HistoryStore:
         """The window: the newest turns, at most `turns` and `tokens`, oldest first."""
         if self.turns == 0:
             return []
-        turns = [t.turn for t in await self.stored(scope)]
+        turns = [t.turn for t in await self.stored(scope, newest=self.turns)]
         return turns[len(turns) - self.window_size(turns) :]
 
     async def append(self, scope: str, turn: Turn, person_id: str, said_at: float) -> bool:

@@ -170,7 +170,8 @@ class MockChatModel(OfflineModel):
         names = {str(tool.get("function", {}).get("name", "")) for tool in tools}
         humans = [m for m in messages if isinstance(m, HumanMessage)]
         system = "".join(content_text(m) for m in messages if isinstance(m, SystemMessage))
-        calls = tool_calls_for(content_text(humans[-1]), system, names) if humans else []
+        words = received(humans[-1])[1] if humans else ""  # the person's words, not an attached file's
+        calls = tool_calls_for(words, system, names) if words else []
         return AIMessage(content="", tool_calls=calls) if calls else None
 
     def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:

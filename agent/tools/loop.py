@@ -8,6 +8,8 @@ plain answer. An AI card sees the text of every round so far, and a status line 
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent.errors import ModelError
 from agent.model.answer import AnswerStream, ModelAnswer, ask
@@ -69,6 +72,26 @@ class _Watch:
             await self.watcher.tool_finished(name, outcome)
 
 
+_SCHEMAS: OrderedDict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = OrderedDict()
+_SCHEMAS_KEPT = 256
+
+
+def openai_schema(tool: BaseTool) -> dict[str, Any]:
+    """The tool as the model is told of it (OpenAI's function format), made once per tool shape: building
+    it from the arguments' model costs ~1 ms a tool, on every message otherwise."""
+    shape = tool.args_schema
+    key = (tool.name, tool.description, id(shape))
+    kept = _SCHEMAS.get(key)
+    if kept is not None and kept[0] is shape:  # the very same arguments' object (its id is not reused)
+        _SCHEMAS.move_to_end(key)
+        return copy.deepcopy(kept[1])  # a model may add to what it is given
+    schema = convert_to_openai_tool(tool)
+    _SCHEMAS[key] = (shape, schema)
+    while len(_SCHEMAS) > _SCHEMAS_KEPT:
+        _SCHEMAS.popitem(last=False)
+    return copy.deepcopy(schema)
+
+
 def _joined(before: str, now: str) -> str:
     return f"{before}\n\n{now}" if before and now else before or now
 
@@ -88,10 +111,11 @@ async def run_agent(
 ) -> ModelAnswer:
     """The answer to `messages` (the rendered prompt), calling `tools` as the model asks."""
     by_name = {tool.name: tool for tool in tools}
-    bound = model.bind_tools(tools) if tools else model
+    schemas = [openai_schema(tool) for tool in tools]
+    bound = model.bind_tools(schemas) if tools else model
     # The last round may not call tools, but still sees them: some servers refuse a conversation with
     # tool calls in it and no tools declared.
-    closing = model.bind_tools(tools, tool_choice="none") if tools else model
+    closing = model.bind_tools(schemas, tool_choice="none") if tools else model
     card = _Card(stream) if stream is not None else None
     watch = _Watch(card, watcher)
     said: list[str] = []  # the text of each round, in order

@@ -310,14 +310,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(health.router)
     if settings.console_password is not None:  # off otherwise: /console is a plain 404
-        from api.console import people
-        from api.console.routes import SignIn, router, sign_in_first
-        from api.console.security import ConsoleGuard
+        from api.console.mount import mount_console
 
-        app.state.console_guard = ConsoleGuard(settings)
-        app.include_router(router)
-        app.include_router(people.router)
-        app.add_exception_handler(SignIn, sign_in_first)
+        mount_console(app, settings)
     if settings.dingtalk_mode is not DingTalkMode.STREAM:  # stream: messages come only by the gateway
         app.include_router(dingtalk.router)
     return app

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from langchain_core.messages import BaseMessage
 
 from agent.assembly import open_agent
 from agent.errors import PromptError
@@ -219,24 +220,33 @@ def unified(expected: str, actual: str, expected_name: str, actual_name: str) ->
     ).rstrip("\n")
 
 
+async def rendered(
+    case: PromptCase, settings: Settings, now: datetime, *, prompts: PromptLibrary | None = None
+) -> tuple[list[BaseMessage], str]:
+    """What the model received for the case's message (empty: it was not called) and the person's reply,
+    through the real assistant with `settings` (its database is the one they name: a scratch one)."""
+    model = RecordingChatModel(responses=list(case.model_replies))
+    message = _message(case)
+    async with open_agent(settings, memory=False, prompts=prompts, model=model, clock=lambda: now) as agent:
+        scope = agent.assistant.history_scope(message)
+        for human, ai in case.history:
+            await agent.history.append(scope, Turn(human, ai), message.person_id, said_at=0.0)
+        reply = await agent.assistant.reply(message, recalled=list(case.memories))
+    return (model.prompts[-1] if model.prompts else []), reply.text
+
+
 async def run_case(
     case: PromptCase, prompts_folder: Path, work_dir: Path, *, update_snapshots: bool = False
 ) -> CaseResult:
     """Run one case through the real assistant; never raises for what the case finds."""
     settings = _settings(case, prompts_folder, work_dir / "history.db")
-    model = RecordingChatModel(responses=list(case.model_replies))
-    message = _message(case)
     try:
         now = datetime.strptime(case.now, "%Y-%m-%d %H:%M").replace(tzinfo=settings.timezone)
     except ValueError:
         return CaseResult(case, [f"now: {case.now!r} is not YYYY-MM-DD HH:MM"])
-    async with open_agent(settings, memory=False, model=model, clock=lambda: now) as agent:
-        scope = agent.assistant.history_scope(message)
-        for human, ai in case.history:
-            await agent.history.append(scope, Turn(human, ai), message.person_id, said_at=0.0)
-        reply = await agent.assistant.reply(message, recalled=list(case.memories))
-    prompt = render(model.prompts[-1]) if model.prompts else ""
-    failures = _check(case, prompt, reply.text, bool(model.prompts))
+    messages, reply_text = await rendered(case, settings, now)
+    prompt = render(messages) if messages else ""
+    failures = _check(case, prompt, reply_text, bool(messages))
     if case.snapshot:
         path = prompts_folder / CASES_FOLDER / SNAPSHOTS_FOLDER / f"{case.snapshot}.txt"
         if update_snapshots:
@@ -250,7 +260,7 @@ async def run_case(
                 f"prompt differs from {relative} (`dingbot prompts test --update` accepts the change):\n"
                 + unified(expected, prompt, f"{relative} (accepted)", "prompt now")
             )
-    return CaseResult(case, failures, prompt, reply.text)
+    return CaseResult(case, failures, prompt, reply_text)
 
 
 async def run_cases(

@@ -1,0 +1,17 @@
+"""The console put on the app: its guard and every page's router (only when CONSOLE_PASSWORD is set)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from agent.settings.config import Settings
+from api.console import people, prompts
+from api.console.routes import SignIn, router, sign_in_first
+from api.console.security import ConsoleGuard
+
+
+def mount_console(app: FastAPI, settings: Settings) -> None:
+    app.state.console_guard = ConsoleGuard(settings)
+    for pages in (router, people.router, prompts.router):
+        app.include_router(pages)
+    app.add_exception_handler(SignIn, sign_in_first)

@@ -129,7 +129,7 @@ def problem_sentence(prompts: PromptSet, problem: MediaProblem, *, max_bytes: in
     name = f"《{problem.name}》" if problem.name else prompts.media_reply("picture_name")
     limits = {
         MediaReason.TOO_LARGE: f"{max_bytes / 1024 / 1024:g} MB",
-        MediaReason.TOO_MANY_PIXELS: f"{max_pixels / 1_000_000:g} 百万",
+        MediaReason.TOO_MANY_PIXELS: f"{max_pixels / 10_000:g} 万",  # 3600 万
     }
     return prompts.media_reply(
         problem.reason.value,

@@ -363,6 +363,35 @@ class Outbox:
 
         return await self._db.run(update)
 
+    async def retry(self, row_id: int) -> int:
+        """An operator asks for a given-up row to be tried again (the console): it and, for a reply, every
+        part given up with it go back to pending with fresh attempts, due now. Returns rows revived (0: the
+        row is not given up: sent meanwhile, or retried already)."""
+        now = time.time()
+        pending, failed = OutboxState.PENDING.value, OutboxState.FAILED.value
+        revive = (
+            "UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ? WHERE state = ? "
+        )
+
+        def update(conn: Connection) -> int:
+            with transaction(conn):
+                row = conn.execute(
+                    "SELECT msg_id, channel FROM outbox WHERE id = ? AND state = ? AND body IS NOT NULL",
+                    (row_id, failed),
+                ).fetchone()
+                if row is None:
+                    return 0
+                if row[1] == Channel.REPLY.value and row[0]:  # the whole reply, in its order
+                    return int(
+                        conn.execute(
+                            revive + "AND msg_id = ? AND channel = ? AND body IS NOT NULL",
+                            (pending, now, now, failed, row[0], Channel.REPLY.value),
+                        ).rowcount
+                    )
+                return int(conn.execute(revive + "AND id = ?", (pending, now, now, failed, row_id)).rowcount)
+
+        return await self._db.run(update)
+
     async def update_route(self, row_id: int, route: Route) -> None:
         def update(conn: Connection) -> None:
             conn.execute(  # never back onto a sent row: its route (a credential) was cleared

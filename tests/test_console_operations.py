@@ -1,0 +1,54 @@
+"""The console's operator pages on the real app: deliveries that were given up (with what DingTalk's errcode
+means, never their text or address) retried and audited."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from agent.settings.config import Settings
+from tests.conftest import SECRET, serve
+from tests.fakes.payloads import callback, encode, signed_headers
+from tests.fakes.servers import FakeDingTalk
+from tests.store import sql
+from tests.test_console_security import PASSWORD, csrf_of, log_in
+from tests.waiting import wait_until
+
+
+def _states(settings: Settings) -> list[str]:
+    return [str(row[0]) for row in sql(settings, "SELECT state FROM outbox ORDER BY id")]
+
+
+def test_a_given_up_reply_is_shown_with_its_meaning_and_retried(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_dingtalk.errcodes.append(400013)  # the robot was out of the group: given up, not retried
+    settings = make_settings(console_password=PASSWORD)
+    with serve(settings) as app:
+        body = callback(fake_dingtalk.webhook("secret-session-abc"), "周五的会改到几点？")
+        assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 200
+        wait_until(lambda: _states(settings) == ["failed"], what="the reply given up")
+        assert log_in(app.client).status_code == 303
+        listing = app.client.get("/console/deliveries")
+        row = re.search(r'name="row" value="(\d+)"', listing.text)
+        assert row, "no retry button for the given-up reply"
+        refused = app.client.post("/console/deliveries/retry", data={"row": row.group(1)})
+        retried = app.client.post(
+            "/console/deliveries/retry", data={"row": row.group(1), "csrf": csrf_of(listing)}
+        )
+        fake_dingtalk.wait_for(2)  # sent again, now (not at the next check)
+        wait_until(lambda: _states(settings) == ["sent"], what="the retried reply marked sent")
+        again = app.client.post(
+            "/console/deliveries/retry", data={"row": row.group(1), "csrf": csrf_of(listing)}
+        )
+        after = app.client.get("/console/deliveries").text
+        audit = app.client.get("/console/audit").text
+    assert "errcode 400013" in listing.text
+    assert "the robot is not in this conversation any more" in listing.text  # what the errcode means
+    assert "secret-session-abc" not in listing.text  # the session webhook is a credential
+    assert "周五" not in listing.text  # neither what they wrote nor the reply (which quotes it)
+    assert refused.status_code == 403
+    assert retried.status_code == 303
+    assert again.status_code == 409  # sent: nothing left to retry
+    assert "Everything was sent" in after
+    assert "reply_retried" in audit

@@ -9,12 +9,10 @@ the checks show at most a secret's last 4 characters, and a last pass masks any 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -95,19 +93,14 @@ def run(args: argparse.Namespace) -> int:
 def gather(args: argparse.Namespace) -> tuple[list[Check], dict[str, Any], list[str]]:
     """(checks in order, facts for the header, the secret values to mask)."""
     from agent.diagnostics.checks import new_check, secret_values
-    from agent.diagnostics.memory import embedding_check, storage_checks, stored_dims_check
-    from agent.diagnostics.model import model_checks
-    from agent.diagnostics.tools import mcp_checks, reminder_check
-    from agent.errors import ConfigError, PromptError
-    from agent.model.errors import public_endpoint
-    from agent.prompts.library import PromptLibrary
+    from agent.errors import ConfigError
     from agent.settings.loading import load_settings
-    from api.dingtalk.diagnostics import dingtalk_checks
+    from api.doctor import run_checks
 
-    settings_check = new_check("settings.valid", "settings valid, prompts load", "配置有效，提示词可加载")
     try:
         settings = load_settings(runnable=False)
     except ConfigError as exc:
+        settings_check = new_check("settings.valid", "settings valid, prompts load", "配置有效，提示词可加载")
         settings_check.failed(
             str(exc),
             f"配置无效：{exc}",
@@ -115,33 +108,13 @@ def gather(args: argparse.Namespace) -> tuple[list[Check], dict[str, Any], list[
             "按上面的提示修正该环境变量（参见 README.md 中的配置表）",
         )
         return [settings_check], {}, []
-    try:
-        PromptLibrary(settings.prompts_dir)
-    except PromptError as exc:
-        settings_check.failed(
-            str(exc),
-            f"提示词文件无法加载：{exc}",
-            "fix the file named above, or point PROMPTS_DIR at the project's prompts/ folder",
-            "修正上面提到的文件，或把 PROMPTS_DIR 指向项目的 prompts/ 文件夹",
-        )
-    else:
-        settings_check.detail = f"prompts from {settings.prompts_dir}"
-    header = {
-        "provider": settings.provider.value,
-        "model": "mock" if settings.mock_mode else settings.openai_model,
-        "base": None if settings.mock_mode else public_endpoint(settings.openai_api_base),
-        "embeddings": settings.embeddings.value,
-        "database": str(settings.database_path.resolve()),
-    }
-    checks: list[Check] = [settings_check]
-    model, findings = model_checks(settings, timeout=args.timeout)
-    checks += model
-    embeddings, dims = embedding_check(settings, findings, timeout=args.timeout)
     url = args.url or _service_url(settings.host, settings.port)
-    checks += [embeddings, stored_dims_check(settings, dims, service_dims=_ask_service(url))]
-    checks += storage_checks(settings)
-    checks += asyncio.run(dingtalk_checks(settings, send_test_message=args.send_test_message))
-    checks += [reminder_check(settings), *mcp_checks(settings)]
+    checks, header = run_checks(
+        settings,
+        timeout=args.timeout,
+        send_test_message=args.send_test_message,
+        service_dims=_ask_service(url),
+    )
     return checks, header, secret_values(settings)
 
 
@@ -175,19 +148,15 @@ def _exit_code(checks: list[Check]) -> int:
 
 
 def _redact(text: str, secrets: list[str]) -> str:
-    from agent.diagnostics.checks import mask
+    from api.doctor import redact
 
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 6:  # shorter ones would mask ordinary words; the checks never show them
-            text = text.replace(secret, mask(secret))
-    return text
+    return redact(text, secrets)
 
 
 def _redact_check(check: Check, secrets: list[str]) -> None:
-    for field in fields(check):
-        value = getattr(check, field.name)
-        if isinstance(value, str) and field.name != "status":
-            setattr(check, field.name, _redact(value, secrets))
+    from api.doctor import redact_check
+
+    redact_check(check, secrets)
 
 
 def render(checks: list[Check], header: dict[str, Any], exit_code: int) -> str:

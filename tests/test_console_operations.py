@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from pydantic import SecretStr
+
 from agent.settings.config import Settings
-from tests.conftest import SECRET, serve
+from api.console.diagnostics import shown
+from tests.conftest import OPENAI_KEY, SECRET, app_credentials, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
@@ -52,3 +55,42 @@ def test_a_given_up_reply_is_shown_with_its_meaning_and_retried(
     assert again.status_code == 409  # sent: nothing left to retry
     assert "Everything was sent" in after
     assert "reply_retried" in audit
+
+
+def test_the_settings_page_shows_no_secret_and_runs_the_doctor(
+    real_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    secrets = {
+        "access_token": "robot-access-token-0123456789abcdef",
+        "dingtalk_client_secret": "app-secret-value",
+    }
+    settings = real_settings(
+        console_password=PASSWORD, embedding_provider="local", **{**app_credentials(fake_dingtalk), **secrets}
+    )
+    with serve(settings) as app:
+        assert log_in(app.client).status_code == 303
+        shown = app.client.get("/console/settings")
+        refused = app.client.post("/console/settings/doctor", data={})
+        ran = app.client.post("/console/settings/doctor", data={"csrf": csrf_of(shown)})
+    everything = [
+        OPENAI_KEY,
+        SECRET,
+        PASSWORD,
+        *secrets.values(),
+    ]
+    for page in (shown.text, ran.text):
+        leaked = [v for v in everything if v in page or (len(v) >= 20 and v[-8:] in page)]  # no tail either
+        assert leaked == []
+    assert "<code>OPENAI_API_KEY</code>" in shown.text
+    assert "已设置 · set" in shown.text
+    assert refused.status_code == 403
+    assert ran.status_code == 200
+    assert 'id="doctor"' in ran.text
+    for passed in ("端点接受该密钥", "应用凭证可获取"):  # the key on the local OpenAI server; the app's on DingTalk's
+        assert re.search(rf'<tr class="ok">\s*<td>✓</td>\s*<td>[^<]*{passed}', ran.text), passed
+
+
+def test_an_address_is_shown_without_its_user_or_query() -> None:
+    assert shown("https://bot:pw@example.com/v1?token=abc#x") == "https://example.com/v1"
+    assert shown(SecretStr("sk-0123456789abcdef")) == "已设置 · set"
+    assert shown(["10.0.0.0/8", "127.0.0.1"]) == "10.0.0.0/8, 127.0.0.1"

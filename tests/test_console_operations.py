@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from agent.settings.config import Settings
 from api.console.diagnostics import shown
 from tests.conftest import OPENAI_KEY, SECRET, app_credentials, serve
+from tests.fakes.openai_server import FakeOpenAI, Scripted
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
@@ -86,7 +87,10 @@ def test_the_settings_page_shows_no_secret_and_runs_the_doctor(
     assert refused.status_code == 403
     assert ran.status_code == 200
     assert 'id="doctor"' in ran.text
-    for passed in ("端点接受该密钥", "应用凭证可获取"):  # the key on the local OpenAI server; the app's on DingTalk's
+    for passed in (
+        "端点接受该密钥",
+        "应用凭证可获取",
+    ):  # the key on the local OpenAI server; the app's on DingTalk's
         assert re.search(rf'<tr class="ok">\s*<td>✓</td>\s*<td>[^<]*{passed}', ran.text), passed
 
 
@@ -94,3 +98,29 @@ def test_an_address_is_shown_without_its_user_or_query() -> None:
     assert shown("https://bot:pw@example.com/v1?token=abc#x") == "https://example.com/v1"
     assert shown(SecretStr("sk-0123456789abcdef")) == "已设置 · set"
     assert shown(["10.0.0.0/8", "127.0.0.1"]) == "10.0.0.0/8, 127.0.0.1"
+
+
+def test_the_overview_draws_the_hour_and_counts_errors_by_class(
+    real_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    fake_openai.script.append(Scripted(status=401, error_code="invalid_api_key"))  # the first answer
+    settings = real_settings(console_password=PASSWORD, embedding_provider="local")
+    with serve(settings) as app:
+        for n, text in enumerate(["第一条", "第二条"], 1):
+            body = callback(fake_dingtalk.webhook(), text, msgId=f"overview-{n}")
+            assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 200
+            fake_dingtalk.wait_for(n)
+        assert log_in(app.client).status_code == 303
+        wait_until(lambda: _states(settings) == ["sent", "sent"], what="both replies marked sent")
+        overview = app.client.get("/console").text
+    bars = [int(n) for n in re.findall(r"<title>\d\d:00: (\d+)</title>", overview)]
+    assert len(bars) == 24
+    assert sum(bars) == 2  # the two messages, in the hour (or two, at an hour's turn) they came
+    assert re.search(r'<dd id="replies">2</dd>', overview)
+    latency = re.search(r'<figure id="chart-latency">(.*?)</figure>', overview, re.S)
+    assert latency, "no latency chart"
+    assert latency.group(1).count("<circle") in (3, 6)  # p50, p95 and p99 of the hour's replies
+    errors = re.search(r'<table id="errors">(.*?)</table>', overview, re.S)
+    assert errors, "no errors table"
+    assert "authentication" in errors.group(1)  # the refused key, by its class
+    assert "<script" not in overview  # drawn on the server: no script at all

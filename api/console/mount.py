@@ -5,13 +5,20 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agent.settings.config import Settings
-from api.console import deliveries, diagnostics, people, prompts
+from api.console import deliveries, diagnostics, overview, people, prompts
 from api.console.routes import SignIn, router, sign_in_first
 from api.console.security import ConsoleGuard
 
 
 def mount_console(app: FastAPI, settings: Settings) -> None:
     app.state.console_guard = ConsoleGuard(settings)
-    for pages in (router, people.router, prompts.router, deliveries.router, diagnostics.router):
+    for pages in (
+        router,
+        overview.router,
+        people.router,
+        prompts.router,
+        deliveries.router,
+        diagnostics.router,
+    ):
         app.include_router(pages)
     app.add_exception_handler(SignIn, sign_in_first)

@@ -1,8 +1,8 @@
-"""The console's pages: login and logout, the overview, the audit log (more pages build on these)."""
+"""The console's ground: its route class (security headers), the guard and session dependencies, login and
+logout, and the audit log page. The other pages build on these."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +13,6 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
-from agent.model.health import ModelState
 from api.console.audit import AuditLog
 from api.console.security import COOKIE, HEADERS, LOGIN_SECONDS, ConsoleGuard, Session
 from api.deps import ServicesDep
@@ -155,41 +154,6 @@ async def logout(
     response = RedirectResponse("/console/login", 303)
     response.delete_cookie(COOKIE, path="/console")
     return response
-
-
-@router.get("")
-async def overview(request: Request, guard: GuardDep, session: SessionDep, services: ServicesDep) -> Response:
-    settings = services.settings
-    since = time.time() - 86400
-
-    def counts(conn: Any) -> tuple[int, int]:
-        received = conn.execute("SELECT COUNT(*) FROM inbox WHERE received_at >= ?", (since,)).fetchone()[0]
-        unsent = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
-        return int(received), int(unsent)
-
-    database_ok = await services.database.ping()
-    received, unsent = await services.database.run(counts) if database_ok else (0, 0)
-    model = services.assistant.health.status
-    parts = [
-        ("数据库 · Database", database_ok, "ok" if database_ok else "unavailable"),
-        ("模型 · Model", model.state is not ModelState.FAILING, model.state.value),
-        ("长期记忆 · Memory", services.memory.available, "ok" if services.memory.available else "off"),
-    ]
-    if services.stream is not None:
-        stream = services.stream.status
-        parts.append(("Stream", stream.ready, stream.state.value))
-    return page(
-        request,
-        "overview.html",
-        guard,
-        session,
-        mode="mock" if settings.mock_mode else "real",
-        provider=settings.provider.value,
-        model="mock" if settings.mock_mode else settings.openai_model,
-        parts=parts,
-        received=received,
-        unsent=unsent,
-    )
 
 
 @router.get("/audit")

@@ -124,3 +124,31 @@ def test_the_overview_draws_the_hour_and_counts_errors_by_class(
     assert errors, "no errors table"
     assert "authentication" in errors.group(1)  # the refused key, by its class
     assert "<script" not in overview  # drawn on the server: no script at all
+
+
+def test_a_reminder_is_listed_without_its_text_and_cancelled(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    settings = make_settings(console_password=PASSWORD)
+    with serve(settings) as app:
+        body = callback(fake_dingtalk.webhook(), "3分钟后提醒我喝水")
+        assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 200
+        fake_dingtalk.wait_for(1)
+        assert log_in(app.client).status_code == 303
+        listing = app.client.get("/console/reminders")
+        found = re.search(r'name="reminder" value="(\d+)"', listing.text)
+        assert found, "the reminder is not listed"
+        form = {"reminder": found.group(1), "csrf": csrf_of(listing)}
+        refused = app.client.post("/console/reminders/cancel", data={"reminder": found.group(1)})
+        cancelled = app.client.post("/console/reminders/cancel", data=form)
+        again = app.client.post("/console/reminders/cancel", data=form)
+        after = app.client.get("/console/reminders").text
+        audit = app.client.get("/console/audit").text
+    assert "喝水" not in listing.text  # what people wrote: only with CONSOLE_SHOW_TEXT
+    assert "已隐藏" in listing.text
+    assert refused.status_code == 403
+    assert cancelled.status_code == 303
+    assert again.status_code == 409
+    assert sql(settings, "SELECT state FROM reminders") == [("cancelled",)]
+    assert "none pending" in after
+    assert "reminder_cancelled" in audit

@@ -96,5 +96,40 @@ def test_the_pages_need_a_login(make_settings: Callable[..., Settings]) -> None:
             "/console/conversations",
             "/console/people",
             f"/console/people/view?person={quote('a:b')}",
+            "/console/prompts",
+            "/console/prompts/playground",
+            "/console/deliveries",
+            "/console/reminders",
+            "/console/settings",
         ):
             assert app.client.get(path).status_code == 303, path
+
+
+def test_one_memory_is_erased_and_the_others_stay(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
+) -> None:
+    settings = make_settings(console_password=PASSWORD, console_show_text=True)
+    with serve(settings) as app:
+        _talk(app, fake_dingtalk, "我叫王小明，我对花生过敏", 1)
+        assert log_in(app.client).status_code == 303
+        people = "/console/people?q=042217"
+        wait_until(lambda: "/console/people/view?person=" in app.client.get(people).text, what="the person")
+        person = re.search(r'/console/people/view\?person=([^"]+)"', app.client.get(people).text)
+        assert person, "nobody found"
+        page = f"/console/people/view?person={person.group(1)}"
+        wait_until(lambda: "用户对花生过敏" in app.client.get(page).text, what="the memory learned")
+        view = app.client.get(page)
+        rows = re.findall(r'<td class="text">([^<]+)</td>.*?name="memory" value="([^"]+)"', view.text, re.S)
+        peanut = next(memory for text, memory in rows if "花生" in text)
+        form = {"person": _unquote(person.group(1)), "memory": peanut, "csrf": csrf_of(view)}
+        erased = app.client.post("/console/people/forget-one", data=form, follow_redirects=True)
+        again = app.client.post("/console/people/forget-one", data=form)
+        other = app.client.post("/console/people/forget-one", data={**form, "person": "corp:someone-else"})
+        audit = app.client.get("/console/audit").text
+    assert len(rows) >= 2, rows  # 王小明 and 花生: one is erased, the other stays
+    assert "花生" not in erased.text
+    assert "王小明" in erased.text
+    assert again.status_code == 409  # gone already
+    assert other.status_code == 409  # never another person's
+    assert files_containing(settings.memory_folder, ["花生"]) == {}  # the memory store keeps no copy
+    assert "forget_memory" in audit

@@ -301,11 +301,23 @@ class MemoryService:
         shared = message.is_group and await self.is_shared(message.person_id)
         return await self._on_thread(lambda: self._visible(store, message, shared))
 
-    async def memories_of(self, person_id: str) -> list[tuple[str, dict[str, Any]]]:
-        """(text, where it was learned) of every memory of a person, oldest first (the console)."""
+    async def memories_of(self, person_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, text, where it was learned) of every memory of a person, oldest first (the console)."""
         store = self._open_store_or_raise()
         items = await self._on_thread(lambda: store.all_of(person_id))
-        return [(str(item.get("memory", "")), dict(item.get("metadata") or {})) for item in items]
+        return [
+            (str(item.get("id", "")), str(item.get("memory", "")), dict(item.get("metadata") or {}))
+            for item in items
+        ]
+
+    async def erase_memory(self, person_id: str, memory_id: str) -> bool:
+        """Erase one memory of a person the way /forget N does (no copy left); False when it is not theirs
+        or is gone already (the console)."""
+        store = self._open_store_or_raise()
+        erased = await self._on_thread(lambda: store.erase_own([memory_id], person_id))
+        if erased:
+            await self._changed(person_id)
+        return bool(erased)
 
     async def people_like(self, fragment: str) -> list[str]:
         """Ids of people with memories whose id contains `fragment` (the console's search)."""

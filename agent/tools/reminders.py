@@ -303,6 +303,44 @@ class ReminderBook:
             self._changed()
         return cancelled
 
+    async def all_active(self, limit: int = 200) -> list[Reminder]:
+        """Everyone's pending reminders, soonest first (the console)."""
+
+        def read(conn: Connection) -> list[Reminder]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM reminders WHERE state = 'active' ORDER BY due_at, id LIMIT ?",  # noqa: S608
+                (limit,),
+            ).fetchall()
+            return [_reminder(r) for r in rows]
+
+        return await self._db.run(read)
+
+    async def cancel_by_id(self, reminder_id: int, *, source: str) -> Reminder | None:
+        """Cancel one pending reminder by its id (an operator, from the console); None when it is not
+        pending any more (fired, cancelled, or never was)."""
+
+        def write(conn: Connection) -> Reminder | None:
+            with transaction(conn):
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM reminders WHERE id = ? AND state = 'active'",  # noqa: S608
+                    (reminder_id,),
+                ).fetchone()
+                if row is None:
+                    return None
+                chosen = _reminder(row)
+                conn.execute(
+                    "UPDATE reminders SET state = 'cancelled', cancelled_by = ?, origin = ?, updated_at = ? "
+                    "WHERE id = ? AND state = 'active'",
+                    (source, _spent_origin(chosen.origin), self.clock(), reminder_id),
+                )
+                self._announce(conn)
+                return chosen
+
+        cancelled = await self._db.run(write)
+        if cancelled is not None:
+            self._changed()
+        return cancelled
+
     async def next_due(self) -> float | None:
         """When the soonest pending reminder the service fires is due (epoch seconds): anyone's but those
         of `dingbot chat`, which fires its own."""

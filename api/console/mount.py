@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agent.settings.config import Settings
-from api.console import deliveries, diagnostics, overview, people, prompts
+from api.console import deliveries, diagnostics, overview, people, prompts, reminders
 from api.console.routes import SignIn, router, sign_in_first
 from api.console.security import ConsoleGuard
 
@@ -19,6 +19,7 @@ def mount_console(app: FastAPI, settings: Settings) -> None:
         prompts.router,
         deliveries.router,
         diagnostics.router,
+        reminders.router,
     ):
         app.include_router(pages)
     app.add_exception_handler(SignIn, sign_in_first)

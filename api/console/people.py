@@ -120,9 +120,10 @@ async def person_page(
     memories: list[dict[str, str]] = []
     available = services.memory.available
     if available:
-        for text, where in await services.memory.memories_of(person):
+        for memory_id, text, where in await services.memory.memories_of(person):
             memories.append(
                 {
+                    "id": memory_id,
                     "text": text
                     if services.settings.console_show_text
                     else f"（{len(text)} 字，已隐藏 · hidden）",
@@ -162,3 +163,26 @@ async def forget_person(
     await audit.record("forget_person", address_of(request), person)
     outcome = "all" if erased is not None else "history_only"
     return RedirectResponse(f"/console/people/view?person={quote(person, safe='')}&done={outcome}", 303)
+
+
+@router.post("/people/forget-one")
+async def forget_memory(
+    request: Request,
+    guard: GuardDep,
+    session: SessionDep,
+    services: ServicesDep,
+    audit: AuditDep,
+    person: Annotated[str, Form()] = "",
+    memory: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    if not guard.csrf_ok(session, csrf):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong")
+    if not (person and memory):
+        raise HTTPException(400, "which memory of whom: the form names none")
+    if not services.memory.available:
+        raise HTTPException(503, "long-term memory is unavailable right now: nothing was erased")
+    if not await services.memory.erase_memory(person, memory):
+        raise HTTPException(409, "that memory is not this person's, or was erased already")
+    await audit.record("forget_memory", address_of(request), f"{person} {memory}")
+    return RedirectResponse(f"/console/people/view?person={quote(person, safe='')}&done=one", 303)

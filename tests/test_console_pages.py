@@ -103,6 +103,17 @@ def test_the_pages_need_a_login(make_settings: Callable[..., Settings]) -> None:
             "/console/settings",
         ):
             assert app.client.get(path).status_code == 303, path
+        for path in (  # and no change without one, token or not
+            "/console/people/forget",
+            "/console/people/forget-one",
+            "/console/prompts/edit",
+            "/console/prompts/playground",
+            "/console/prompts/cases",
+            "/console/deliveries/retry",
+            "/console/reminders/cancel",
+            "/console/settings/doctor",
+        ):
+            assert app.client.post(path, data={"csrf": "x"}).status_code == 303, path
 
 
 def test_one_memory_is_erased_and_the_others_stay(

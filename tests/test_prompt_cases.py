@@ -94,3 +94,11 @@ def test_a_case_file_with_a_typo_is_named(prompts: Path) -> None:
     (prompts / "tests" / "typo.yaml").write_text("cases:\n  - name: x\n    mesage: hi\n", encoding="utf-8")
     with pytest.raises(CaseFileError, match=r"typo\.yaml: x: unknown key\(s\) \['mesage'\]"):
         load_cases(prompts)
+
+
+def test_cases_never_use_the_environments_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run inside the service (the console), the environment holds the real DATABASE_URL: a case must keep
+    to its scratch SQLite file, never reach (or write fake turns into) that database."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/not_here")  # refused if it were used
+    results = asyncio.run(run_cases(DEFAULT_PROMPTS_DIR, load_cases(DEFAULT_PROMPTS_DIR)[:2]))
+    assert [result.failures for result in results] == [[], []]

@@ -70,8 +70,16 @@ def secret_values(settings: Settings) -> list[str]:
         settings.dingtalk_client_secret,
         settings.dingtalk_robot_secret,
         settings.dingtalk_outgoing_token,
+        settings.console_password,
     )
-    return [f.get_secret_value() for f in fields if f is not None and f.get_secret_value().strip()]
+    found = [f.get_secret_value() for f in fields if f is not None and f.get_secret_value().strip()]
+    if settings.database_url is not None:  # its password, as a driver's error may quote it
+        from urllib.parse import unquote, urlsplit
+
+        password = urlsplit(settings.database_url.get_secret_value()).password
+        if password:
+            found += [password, unquote(password)]
+    return found
 
 
 def ms(started: float) -> float:

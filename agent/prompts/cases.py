@@ -179,6 +179,7 @@ def _settings(case: PromptCase, prompts_folder: Path, database: Path) -> Setting
         "force_mock_openai": True,
         "prompts_dir": prompts_folder,
         "database_path": database,
+        "database_url": None,  # never the environment's DATABASE_URL: a case keeps nothing anywhere real
         "rate_limit_per_minute": 0,
         "bot_name": "小钉",
         "bot_timezone": "Asia/Shanghai",

@@ -4,6 +4,7 @@ database, and the prompt files checked before an edit is written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -108,7 +109,16 @@ def check_edit(folder: Path, name: str, text: str) -> None:
 
 
 def write_prompt(path: Path, text: str) -> None:
-    """Replace a prompt file whole (a reader never sees half of it): a temporary file, then a rename."""
-    temporary = path.with_name(f".{path.name}.saving")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    """Replace a prompt file whole (a reader never sees half of it): a temporary file of its own beside it,
+    then a rename."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".saving", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        if path.exists():
+            shutil.copymode(path, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -311,7 +311,15 @@ class ReminderBook:
                 f"SELECT {_COLUMNS} FROM reminders WHERE state = 'active' ORDER BY due_at, id LIMIT ?",  # noqa: S608
                 (limit,),
             ).fetchall()
-            return [_reminder(r) for r in rows]
+            readable = []
+            for row in rows:
+                try:
+                    readable.append(_reminder(row))
+                except Exception as exc:  # another version's row, a time zone this machine lacks
+                    log.warning(
+                        "reminder %s cannot be read here (%s): not listed", row[0], type(exc).__name__
+                    )
+            return readable
 
         return await self._db.run(read)
 
@@ -328,11 +336,13 @@ class ReminderBook:
                 if row is None:
                     return None
                 chosen = _reminder(row)
-                conn.execute(
+                taken = conn.execute(
                     "UPDATE reminders SET state = 'cancelled', cancelled_by = ?, origin = ?, updated_at = ? "
-                    "WHERE id = ? AND state = 'active'",
+                    "WHERE id = ? AND state = 'active'",  # not one that fired meanwhile (another replica)
                     (source, _spent_origin(chosen.origin), self.clock(), reminder_id),
-                )
+                ).rowcount
+                if taken != 1:
+                    return None
                 self._announce(conn)
                 return chosen
 

@@ -4,8 +4,9 @@ errcode means, and retrying one (audited). Never a reply's text or its route (th
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from api.delivery.outbox import Outbox, OutboxState
 from api.deps import ServicesDep
 from api.dingtalk.sender import errcode_meaning
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console/deliveries", route_class=ConsoleRoute, include_in_schema=False)
 _ERRCODE = re.compile(r"errcode (-?\d+)")
 _URL = re.compile(r"https?://\S+")
@@ -24,13 +26,19 @@ _STATES = {OutboxState.PENDING.value: "等待发送 · waiting", OutboxState.FAI
 _sends: set[asyncio.Task[int]] = set()  # sends started by a retry (kept until done)
 
 
+def _finished(task: asyncio.Task[int]) -> None:
+    _sends.discard(task)
+    if not task.cancelled() and (failure := task.exception()) is not None:  # the next check tries again
+        log.warning("console retry: the send failed (%s); the next check tries again", type(failure).__name__)
+
+
 def _safe(error: str) -> str:
     """A stored error as shown: any address cut to its host (a session webhook's query is a credential)."""
     return _URL.sub(lambda match: urlsplit(match.group()).netloc or "<url>", error)
 
 
-def _when(at: float | None) -> str:
-    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S") if at else ""
+def _when(at: float | None, zone: tzinfo) -> str:
+    return datetime.fromtimestamp(at, zone).strftime("%Y-%m-%d %H:%M:%S") if at else ""
 
 
 @router.get("")
@@ -47,6 +55,7 @@ async def deliveries(
         )
 
     rows = []
+    zone = services.settings.timezone  # BOT_TIMEZONE: the team's hours, not the server's
     for (
         row_id,
         msg_id,
@@ -73,8 +82,8 @@ async def deliveries(
                 "error": _safe(str(error or "")),
                 "errcode": code.group(1) if code else "",
                 "meaning": errcode_meaning(int(code.group(1))) if code else "",
-                "due": _when(due) if state == OutboxState.PENDING.value else "",
-                "updated": _when(updated),
+                "due": _when(due, zone) if state == OutboxState.PENDING.value else "",
+                "updated": _when(updated, zone),
             }
         )
     return page(request, "deliveries.html", guard, session, rows=rows, retried=retried)
@@ -100,5 +109,5 @@ async def retry(
         services.courier.send_due(), name=f"console-retry-{row}"
     )  # now, not next check
     _sends.add(task)
-    task.add_done_callback(_sends.discard)
+    task.add_done_callback(_finished)
     return RedirectResponse(f"/console/deliveries?retried={row}", 303)

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from agent.model.errors import public_endpoint
 from agent.settings.config import Settings
 from agent.settings.reference import rows
-from api.console.routes import ConsoleRoute, GuardDep, SessionDep, page
+from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, address_of, page
 from api.deps import ServicesDep
 from api.doctor import run_checks
 
@@ -78,12 +78,14 @@ async def doctor(
     guard: GuardDep,
     session: SessionDep,
     services: ServicesDep,
+    audit: AuditDep,
     csrf: Annotated[str, Form()] = "",
 ) -> Response:
     if not guard.csrf_ok(session, csrf):
         raise HTTPException(403, "the form's CSRF token is missing or wrong")
     settings = services.settings
     memory = services.memory
+    await audit.record("doctor_run", address_of(request))  # it probes endpoints and starts MCP servers
     error = ""
     results: list[dict[str, Any]] = []
     try:

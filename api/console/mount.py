@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agent.settings.config import Settings
+from agent.storage.health import StorageError
 from api.console import deliveries, diagnostics, overview, people, prompts, reminders
-from api.console.routes import SignIn, router, sign_in_first
+from api.console.routes import SignIn, router, sign_in_first, storage_failed
 from api.console.security import ConsoleGuard
 
 
@@ -23,3 +24,4 @@ def mount_console(app: FastAPI, settings: Settings) -> None:
     ):
         app.include_router(pages)
     app.add_exception_handler(SignIn, sign_in_first)
+    app.add_exception_handler(StorageError, storage_failed)

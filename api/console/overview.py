@@ -109,7 +109,8 @@ async def overview(request: Request, guard: GuardDep, session: SessionDep, servi
     charts = {}
     errors: list[tuple[str, str, float]] = []
     if day is not None:
-        labels = [datetime.fromtimestamp(start).strftime("%H:00") for start in day.starts]
+        zone = settings.timezone  # BOT_TIMEZONE: the team's hours, not the server's
+        labels = [datetime.fromtimestamp(start, zone).strftime("%H:%M") for start in day.starts]
         charts["received"] = bar_chart(day.received, labels, title="messages per hour")
         charts["latency"] = line_chart(
             {

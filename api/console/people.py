@@ -4,6 +4,7 @@ through the same path as their own /forget all (audited)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from agent.commands import forget_everything
 from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, address_of, page
 from api.deps import ServicesDep
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 SEPARATOR = "\x1f"  # a history scope is "<conversation id>\x1f<person id, or * for a shared group>"
 
@@ -119,8 +121,13 @@ async def person_page(
 ) -> Response:
     memories: list[dict[str, str]] = []
     available = services.memory.available
+    try:
+        stored = await services.memory.memories_of(person) if available else []
+    except Exception as exc:  # the vector store failing now: said on the page, not a 500
+        log.warning("console: memories of a person could not be read (%s)", type(exc).__name__)
+        available, stored = False, []
     if available:
-        for memory_id, text, where in await services.memory.memories_of(person):
+        for memory_id, text, where in stored:
             memories.append(
                 {
                     "id": memory_id,
@@ -182,7 +189,14 @@ async def forget_memory(
         raise HTTPException(400, "which memory of whom: the form names none")
     if not services.memory.available:
         raise HTTPException(503, "long-term memory is unavailable right now: nothing was erased")
-    if not await services.memory.erase_memory(person, memory):
+    try:
+        erased = await services.memory.erase_memory(person, memory)
+    except Exception as exc:  # the vector store failing now, or an id it cannot take
+        log.warning("console: a memory could not be erased (%s)", type(exc).__name__)
+        raise HTTPException(
+            503, "long-term memory could not erase it right now: nothing was erased"
+        ) from None
+    if not erased:
         raise HTTPException(409, "that memory is not this person's, or was erased already")
     await audit.record("forget_memory", address_of(request), f"{person} {memory}")
     return RedirectResponse(f"/console/people/view?person={quote(person, safe='')}&done=one", 303)

@@ -28,6 +28,7 @@ from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, add
 from api.deps import ServicesDep
 
 router = APIRouter(prefix="/console/prompts", route_class=ConsoleRoute, include_in_schema=False)
+_saving = asyncio.Lock()
 MAX_PROMPT_BYTES = 256 * 1024  # a prompt file larger than this is a mistake (and a slow page)
 
 
@@ -41,7 +42,7 @@ async def prompt_files_page(
     request: Request, guard: GuardDep, session: SessionDep, services: ServicesDep, saved: str = ""
 ) -> Response:
     library = services.assistant.prompts
-    library.refresh()
+    await asyncio.to_thread(library.refresh)
     groups = library.group_files()
     files = []
     for name, path in editable_files(library.folder).items():
@@ -103,14 +104,15 @@ async def save(
         )
     else:
         try:
-            await asyncio.to_thread(check_edit, library.folder, file, text)
-            await asyncio.to_thread(write_prompt, path, text)
+            async with _saving:  # one edit checked and written at a time: two good ones cannot break together
+                await asyncio.to_thread(check_edit, library.folder, file, text)
+                await asyncio.to_thread(write_prompt, path, text)
         except PromptError as exc:
             error = str(exc)
         except OSError as exc:
             error = f"写不进去 · cannot write {file}: {exc.strerror}"
         else:
-            library.refresh()  # the very next message uses it
+            await asyncio.to_thread(library.refresh)  # the very next message uses it
             await audit.record("prompt_saved", address_of(request), file)
             return RedirectResponse(f"/console/prompts?saved={file}", 303)
     response = page(request, "prompt_edit.html", guard, session, file=file, text=text, error=error)
@@ -133,6 +135,7 @@ async def playground(
     guard: GuardDep,
     session: SessionDep,
     services: ServicesDep,
+    audit: AuditDep,
     message: Annotated[str, Form()] = "",
     speaker: Annotated[str, Form()] = "张三",
     group: Annotated[str, Form()] = "",
@@ -170,6 +173,7 @@ async def playground(
     except PromptError as exc:
         error = str(exc)
     if rendered is not None and rendered.messages and send:
+        await audit.record("playground_sent", address_of(request), settings.openai_model)  # it costs tokens
         try:
             said = await asyncio.wait_for(
                 services.assistant.model.ainvoke(rendered.messages), settings.openai_timeout
@@ -204,7 +208,7 @@ async def cases(
     error = ""
     results: list[Any] = []
     try:
-        results = await run_cases(folder, load_cases(folder))
+        results = await run_cases(folder, await asyncio.to_thread(load_cases, folder))
     except PromptError as exc:
         error = str(exc)
     passed = sum(result.passed for result in results)

@@ -168,3 +168,13 @@ async def audit_page(request: Request, guard: GuardDep, session: SessionDep, aud
 async def sign_in_first(request: Request, exc: Exception) -> Response:
     """Not signed in: to the login page (with the console's headers)."""
     return RedirectResponse("/console/login", 303, headers=HEADERS)
+
+
+async def storage_failed(request: Request, exc: Exception) -> Response:
+    """The database failed under a console page: one clear sentence (and the fix), 503, the headers."""
+    return Response(
+        f"数据库暂时不可用，请稍后再试。The database is unavailable right now: {exc}",
+        status_code=503,
+        media_type="text/plain; charset=utf-8",
+        headers={**HEADERS, "Retry-After": "5"},
+    )

@@ -125,6 +125,12 @@ class PersonIndex:
         with self._lock:
             return [(memories.ids[i], memories.texts[i]) for i in memories.rows_in(scope)][-limit:]
 
+    def everything(self, person_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, text, payload) of every memory of the person, without asking the store (the console)."""
+        memories = self._person(person_id)
+        with self._lock:
+            return list(zip(memories.ids, memories.texts, memories.places, strict=True))
+
     def knows(self, person_id: str, text: str, scope: dict[str, Any]) -> bool:
         """Whether the person already has exactly this memory in this scope."""
         memories = self._person(person_id)

@@ -238,7 +238,19 @@ class Mem0Store:
             return len(fresh)
 
     def all_of(self, person_id: str) -> list[dict[str, Any]]:
-        """Every memory of a person (id, memory, metadata...), oldest first."""
+        """Every memory of a person (id, memory, metadata...), oldest first: from the index where it holds
+        them (no scan of the store), else mem0's listing."""
+        if self._cached:
+            rows = [
+                {
+                    "id": memory_id,
+                    "memory": text,
+                    "metadata": payload,
+                    "created_at": payload.get("created_at"),
+                }
+                for memory_id, text, payload in self._index.everything(person_id)
+            ]
+            return sorted(rows, key=lambda item: str(item.get("created_at") or ""))
         with self._lock:
             found = self._memory.get_all(filters={"user_id": person_id}, top_k=10_000)
         items: list[dict[str, Any]] = found.get("results", [])

@@ -19,6 +19,8 @@ from api.deps import ServicesDep
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+LISTED = 200  # conversations listed, most recent activity first
+RECENT_ROWS = 20_000  # newest history rows looked through to find them
 SEPARATOR = "\x1f"  # a history scope is "<conversation id>\x1f<person id, or * for a shared group>"
 
 
@@ -31,11 +33,25 @@ async def conversations(
     request: Request, guard: GuardDep, session: SessionDep, services: ServicesDep
 ) -> Response:
     def read(conn: Any) -> list[tuple[str, int, float]]:
-        rows = conn.execute(
-            "SELECT scope, COUNT(*), MAX(created_at) FROM history GROUP BY scope "
-            "ORDER BY MAX(created_at) DESC LIMIT 200"
-        ).fetchall()
-        return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+        # The newest rows by the time index give the conversations with recent activity; their turns are
+        # counted by the scope index. No scan of the whole history, however long it grows.
+        latest: dict[str, float] = {}
+        for scope, at in conn.execute(
+            "SELECT scope, created_at FROM history ORDER BY created_at DESC LIMIT ?", (RECENT_ROWS,)
+        ):
+            latest.setdefault(str(scope), float(at))
+            if len(latest) >= LISTED:
+                break
+        if not latest:
+            return []
+        marks = ", ".join("?" for _ in latest)
+        counts = dict(
+            conn.execute(
+                f"SELECT scope, COUNT(*) FROM history WHERE scope IN ({marks}) GROUP BY scope",  # noqa: S608
+                tuple(latest),
+            ).fetchall()
+        )
+        return [(scope, int(counts.get(scope, 0)), at) for scope, at in latest.items()]
 
     listed = []
     for scope, rows, last in await services.database.run(read):

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
 from api.delivery.outbox import Outbox, OutboxState
 from api.deps import ServicesDep
 from api.dingtalk.sender import errcode_meaning
@@ -93,14 +93,11 @@ async def deliveries(
 async def retry(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
     audit: AuditDep,
     row: Annotated[int, Form()] = 0,
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    if not guard.csrf_ok(session, csrf):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong")
     revived = await Outbox(services.database).retry(row)
     if not revived:
         raise HTTPException(409, f"row {row} is not a given-up delivery any more (sent, or retried already)")

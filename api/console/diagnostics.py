@@ -8,15 +8,15 @@ import enum
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Form, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import SecretStr
 
 from agent.model.errors import public_endpoint
 from agent.settings.config import Settings
 from agent.settings.reference import rows
-from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
 from api.deps import ServicesDep
 from api.doctor import run_checks
 
@@ -76,13 +76,10 @@ async def settings_page(
 async def doctor(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
     audit: AuditDep,
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    if not guard.csrf_ok(session, csrf):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong")
     settings = services.settings
     memory = services.memory
     await audit.record("doctor_run", address_of(request))  # it probes endpoints and starts MCP servers

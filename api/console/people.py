@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
 from agent.commands import forget_everything
-from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
 from api.deps import ServicesDep
 
 log = logging.getLogger(__name__)
@@ -172,14 +172,11 @@ async def person_page(
 async def forget_person(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
     audit: AuditDep,
     person: Annotated[str, Form()] = "",
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    if not guard.csrf_ok(session, csrf):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong")
     if not person:
         raise HTTPException(400, "which person: the form names none")
     erased = await forget_everything(services.assistant.history, services.memory, person, time.time())
@@ -192,15 +189,12 @@ async def forget_person(
 async def forget_memory(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
     audit: AuditDep,
     person: Annotated[str, Form()] = "",
     memory: Annotated[str, Form()] = "",
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    if not guard.csrf_ok(session, csrf):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong")
     if not (person and memory):
         raise HTTPException(400, "which memory of whom: the form names none")
     if not services.memory.available:

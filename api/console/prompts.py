@@ -24,17 +24,12 @@ from agent.prompts.playground import (
     render_sample,
     write_prompt,
 )
-from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
 from api.deps import ServicesDep
 
 router = APIRouter(prefix="/console/prompts", route_class=ConsoleRoute, include_in_schema=False)
 _saving = asyncio.Lock()
 MAX_PROMPT_BYTES = 256 * 1024  # a prompt file larger than this is a mistake (and a slow page)
-
-
-def _checked(guard: Any, session: Any, csrf: str) -> None:
-    if not guard.csrf_ok(session, csrf):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong")
 
 
 @router.get("")
@@ -87,14 +82,12 @@ async def edit_form(
 async def save(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
     audit: AuditDep,
     file: Annotated[str, Form()] = "",
     text: Annotated[str, Form()] = "",
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    _checked(guard, session, csrf)
     library = services.assistant.prompts
     path = _file(services, file)
     text = text.replace("\r\n", "\n")  # browsers send a textarea's lines with CRLF
@@ -133,7 +126,7 @@ async def playground_form(request: Request, guard: GuardDep, session: SessionDep
 async def playground(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
     audit: AuditDep,
     message: Annotated[str, Form()] = "",
@@ -143,9 +136,7 @@ async def playground(
     history: Annotated[str, Form()] = "",
     memories: Annotated[str, Form()] = "",
     send: Annotated[str, Form()] = "",
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    _checked(guard, session, csrf)
     settings = services.settings
     form = {
         "message": message,
@@ -199,11 +190,9 @@ async def playground(
 async def cases(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    _checked(guard, session, csrf)
     folder = services.assistant.prompts.folder
     error = ""
     results: list[Any] = []

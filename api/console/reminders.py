@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api.console.routes import AuditDep, ConsoleRoute, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
 from api.deps import ServicesDep
 
 router = APIRouter(prefix="/console/reminders", route_class=ConsoleRoute, include_in_schema=False)
@@ -43,14 +43,11 @@ async def reminders(
 async def cancel(
     request: Request,
     guard: GuardDep,
-    session: SessionDep,
+    session: FormDep,
     services: ServicesDep,
     audit: AuditDep,
     reminder: Annotated[int, Form()] = 0,
-    csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    if not guard.csrf_ok(session, csrf):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong")
     toolbox = services.assistant.toolbox
     book = toolbox.reminders if toolbox is not None else None
     if book is None:

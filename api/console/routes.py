@@ -79,6 +79,16 @@ async def _signed_in(request: Request, guard: GuardDep) -> Session:
 SessionDep = Annotated[Session, Depends(_signed_in)]
 
 
+async def _form_checked(guard: GuardDep, session: SessionDep, csrf: Annotated[str, Form()] = "") -> Session:
+    """A signed-in session whose form carries its CSRF token: every change made through the console."""
+    if not guard.csrf_ok(session, csrf):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong")
+    return session
+
+
+FormDep = Annotated[Session, Depends(_form_checked)]
+
+
 def page(request: Request, name: str, guard: ConsoleGuard, session: Session, **context: Any) -> Response:
     return templates.TemplateResponse(
         request, name, {"csrf": guard.csrf(session), "signed_in": session.signed_in, **context}
@@ -145,11 +155,7 @@ async def login(
 
 
 @router.post("/logout")
-async def logout(
-    request: Request, guard: GuardDep, session: SessionDep, audit: AuditDep, csrf: Annotated[str, Form()] = ""
-) -> Response:
-    if not guard.csrf_ok(session, csrf):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong")
+async def logout(request: Request, session: FormDep, audit: AuditDep) -> Response:
     await audit.record("logout", address_of(request))
     response = RedirectResponse("/console/login", 303)
     response.delete_cookie(COOKIE, path="/console")

@@ -242,3 +242,23 @@ def test_forget_all_takes_the_persons_pending_learning_with_it_and_refuses_older
     assert jobs == []
     assert before is False  # said before the forget: never written
     assert after is True
+
+
+def test_a_message_is_embedded_once_for_its_recall_and_its_learning(
+    real_settings: Callable[..., Settings], fake_openai: Any, fake_dingtalk: Any
+) -> None:
+    """The recall and the learning's related facts both ask about the message's own words: the endpoint is
+    asked for that embedding once (an embeddings request, and in mock mode a third of the CPU per message)."""
+    from tests.conftest import SECRET, serve
+    from tests.fakes.payloads import callback, encode, signed_headers
+    from tests.waiting import wait_until
+
+    settings = real_settings()
+    with serve(settings) as app:
+        body = callback(fake_dingtalk.webhook(), "我住在北京，每天骑车上班")
+        assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 200
+        fake_dingtalk.wait_for(1)
+        wait_until(lambda: app.client.get("/healthz").json()["memory_writes"] == 0, what="memory writes")
+    inputs = [r.json()["input"] for r in fake_openai.requests if r.path.endswith("/embeddings")]
+    asked = [i for i in inputs if i in (["我住在北京，每天骑车上班"], "我住在北京，每天骑车上班")]
+    assert len(asked) == 1, inputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,22 +62,36 @@ def asking_form(text: str) -> str:
     return text
 
 
+QUERIES_KEPT = 256  # recent query embeddings: a message is embedded for its recall and again for its learning
+
+
 class MemoryEmbeddings(Embeddings):
     """What the memory store embeds with: texts in the asking form (measured in bench/memory_recall.py:
     held-out recall@3 0.89 → 1.00), one embedding call at a time (recalls on their own thread and
-    writes on the memory thread share the embedder)."""
+    writes on the memory thread share the embedder). A query's embedding is kept for the next few hundred:
+    each message is asked about twice (its recall, then its learning's related facts), and the second
+    costs nothing — a third of the CPU per message in mock mode, an embeddings request with an endpoint."""
 
     def __init__(self, inner: Embeddings) -> None:
         self._inner = inner
         self._lock = threading.Lock()
+        self._queries: OrderedDict[str, list[float]] = OrderedDict()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         with self._lock:
             return self._inner.embed_documents([asking_form(t) for t in texts])
 
     def embed_query(self, text: str) -> list[float]:
+        asked = asking_form(text)
         with self._lock:
-            return self._inner.embed_query(asking_form(text))
+            kept = self._queries.get(asked)
+            if kept is None:
+                kept = self._queries[asked] = self._inner.embed_query(asked)
+                while len(self._queries) > QUERIES_KEPT:
+                    self._queries.popitem(last=False)
+            else:
+                self._queries.move_to_end(asked)
+            return list(kept)
 
 
 def build_embeddings(settings: Settings) -> Embeddings:

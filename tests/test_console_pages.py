@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from agent.settings.config import Settings
@@ -57,21 +58,13 @@ def test_erasing_a_person_leaves_nothing_of_them_in_any_store(
 ) -> None:
     settings = make_settings(console_password=PASSWORD, console_show_text=True)
     with serve(settings) as app:
-        _talk(app, fake_dingtalk, "我叫王小明，我对花生过敏", 1)
-        assert log_in(app.client).status_code == 303
-        people = "/console/people?q=042217"  # part of the callback's staff id
-        wait_until(lambda: "/console/people/view?person=" in app.client.get(people).text, what="the person")
-        person = re.search(r'/console/people/view\?person=([^"]+)"', app.client.get(people).text)
-        assert person, "nobody found"
-        page = f"/console/people/view?person={person.group(1)}"
-        wait_until(lambda: "用户对花生过敏" in app.client.get(page).text, what="the memory learned")
-        view = app.client.get(page)
+        person, view = _person_who_told(app, fake_dingtalk)
         assert "单聊" in view.text
         before = files_containing(settings.database_path.parent, ["花生"])
         refused = app.client.post("/console/people/forget", data={"person": "x"})
         erased = app.client.post(
             "/console/people/forget",
-            data={"person": _unquote(person.group(1)), "csrf": csrf_of(view)},
+            data={"person": person, "csrf": csrf_of(view)},
             follow_redirects=True,
         )
         audit = app.client.get("/console/audit").text
@@ -82,6 +75,20 @@ def test_erasing_a_person_leaves_nothing_of_them_in_any_store(
     assert "（暂无）" in erased.text
     assert after == {}
     assert re.search(r"<td>forget_person</td><td>[^<]+</td>", audit)
+
+
+def _person_who_told(app: Any, fake_dingtalk: FakeDingTalk) -> tuple[str, Any]:
+    """A person says their name and an allergy; the console finds them by part of their staff id and shows
+    their page once the allergy is learned: (their id, that page)."""
+    _talk(app, fake_dingtalk, "我叫王小明，我对花生过敏", 1)
+    assert log_in(app.client).status_code == 303
+    people = "/console/people?q=042217"  # part of the callback's staff id
+    wait_until(lambda: "/console/people/view?person=" in app.client.get(people).text, what="the person")
+    found = re.search(r'/console/people/view\?person=([^"]+)"', app.client.get(people).text)
+    assert found, "nobody found"
+    page = f"/console/people/view?person={found.group(1)}"
+    wait_until(lambda: "用户对花生过敏" in app.client.get(page).text, what="the memory learned")
+    return _unquote(found.group(1)), app.client.get(page)
 
 
 def _unquote(text: str) -> str:
@@ -121,18 +128,10 @@ def test_one_memory_is_erased_and_the_others_stay(
 ) -> None:
     settings = make_settings(console_password=PASSWORD, console_show_text=True)
     with serve(settings) as app:
-        _talk(app, fake_dingtalk, "我叫王小明，我对花生过敏", 1)
-        assert log_in(app.client).status_code == 303
-        people = "/console/people?q=042217"
-        wait_until(lambda: "/console/people/view?person=" in app.client.get(people).text, what="the person")
-        person = re.search(r'/console/people/view\?person=([^"]+)"', app.client.get(people).text)
-        assert person, "nobody found"
-        page = f"/console/people/view?person={person.group(1)}"
-        wait_until(lambda: "用户对花生过敏" in app.client.get(page).text, what="the memory learned")
-        view = app.client.get(page)
+        person, view = _person_who_told(app, fake_dingtalk)
         rows = re.findall(r'<td class="text">([^<]+)</td>.*?name="memory" value="([^"]+)"', view.text, re.S)
         peanut = next(memory for text, memory in rows if "花生" in text)
-        form = {"person": _unquote(person.group(1)), "memory": peanut, "csrf": csrf_of(view)}
+        form = {"person": person, "memory": peanut, "csrf": csrf_of(view)}
         erased = app.client.post("/console/people/forget-one", data=form, follow_redirects=True)
         again = app.client.post("/console/people/forget-one", data=form)
         other = app.client.post("/console/people/forget-one", data={**form, "person": "corp:someone-else"})

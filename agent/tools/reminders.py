@@ -287,16 +287,7 @@ class ReminderBook:
                 ).fetchall()
                 if not 1 <= number <= len(rows):
                     return None
-                chosen = _reminder(rows[number - 1])
-                taken = conn.execute(
-                    "UPDATE reminders SET state = 'cancelled', cancelled_by = ?, origin = ?, updated_at = ? "
-                    "WHERE id = ? AND state = 'active'",  # not one that fired meanwhile
-                    (source, _spent_origin(chosen.origin), self.clock(), chosen.id),
-                ).rowcount
-                if taken != 1:
-                    return None
-                self._announce(conn)
-                return chosen
+                return self._cancel_row(conn, _reminder(rows[number - 1]), source)
 
         cancelled = await self._db.run(write)
         if cancelled is not None:
@@ -335,21 +326,25 @@ class ReminderBook:
                 ).fetchone()
                 if row is None:
                     return None
-                chosen = _reminder(row)
-                taken = conn.execute(
-                    "UPDATE reminders SET state = 'cancelled', cancelled_by = ?, origin = ?, updated_at = ? "
-                    "WHERE id = ? AND state = 'active'",  # not one that fired meanwhile (another replica)
-                    (source, _spent_origin(chosen.origin), self.clock(), reminder_id),
-                ).rowcount
-                if taken != 1:
-                    return None
-                self._announce(conn)
-                return chosen
+                return self._cancel_row(conn, _reminder(row), source)
 
         cancelled = await self._db.run(write)
         if cancelled is not None:
             self._changed()
         return cancelled
+
+    def _cancel_row(self, conn: Connection, chosen: Reminder, source: str) -> Reminder | None:
+        """Inside the caller's transaction: cancel `chosen` unless it fired meanwhile (another replica);
+        the session webhook it kept is dropped. None when it was no longer pending."""
+        taken = conn.execute(
+            "UPDATE reminders SET state = 'cancelled', cancelled_by = ?, origin = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'active'",
+            (source, _spent_origin(chosen.origin), self.clock(), chosen.id),
+        ).rowcount
+        if taken != 1:
+            return None
+        self._announce(conn)
+        return chosen
 
     async def next_due(self) -> float | None:
         """When the soonest pending reminder the service fires is due (epoch seconds): anyone's but those

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from datetime import datetime, tzinfo
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page, when
 from api.delivery.outbox import Outbox, OutboxState
 from api.deps import ServicesDep
 from api.dingtalk.sender import errcode_meaning
@@ -35,10 +34,6 @@ def _finished(task: asyncio.Task[int]) -> None:
 def _safe(error: str) -> str:
     """A stored error as shown: any address cut to its host (a session webhook's query is a credential)."""
     return _URL.sub(lambda match: urlsplit(match.group()).netloc or "<url>", error)
-
-
-def _when(at: float | None, zone: tzinfo) -> str:
-    return datetime.fromtimestamp(at, zone).strftime("%Y-%m-%d %H:%M:%S") if at else ""
 
 
 @router.get("")
@@ -82,8 +77,8 @@ async def deliveries(
                 "error": _safe(str(error or "")),
                 "errcode": code.group(1) if code else "",
                 "meaning": errcode_meaning(int(code.group(1))) if code else "",
-                "due": _when(due, zone) if state == OutboxState.PENDING.value else "",
-                "updated": _when(updated, zone),
+                "due": when(due, zone) if state == OutboxState.PENDING.value else "",
+                "updated": when(updated, zone),
             }
         )
     return page(request, "deliveries.html", guard, session, rows=rows, retried=retried)

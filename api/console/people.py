@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -14,7 +13,7 @@ from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
 from agent.commands import forget_everything
-from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page, when
 from api.deps import ServicesDep
 
 log = logging.getLogger(__name__)
@@ -22,10 +21,6 @@ router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schem
 LISTED = 200  # conversations listed, most recent activity first
 RECENT_ROWS = 20_000  # newest history rows looked through to find them
 SEPARATOR = "\x1f"  # a history scope is "<conversation id>\x1f<person id, or * for a shared group>"
-
-
-def _when(at: float) -> str:
-    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M")
 
 
 @router.get("/conversations")
@@ -62,7 +57,7 @@ async def conversations(
                 "conversation": conversation,
                 "speaker": "（群内共享 · shared）" if person == "*" else person,
                 "turns": rows // 2,
-                "last": _when(last),
+                "last": when(last, services.settings.timezone, seconds=False),
             }
         )
     return page(request, "conversations.html", guard, session, conversations=listed)
@@ -84,7 +79,7 @@ async def transcript(
         {
             "who": person if role == "human" else services.settings.bot_name,
             "text": content if show else f"（{len(content)} 字，已隐藏 · {len(content)} characters, hidden）",
-            "when": _when(at),
+            "when": when(at, services.settings.timezone, seconds=False),
         }
         for person, role, content, at in await services.database.run(read)
     ]

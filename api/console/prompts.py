@@ -24,7 +24,7 @@ from agent.prompts.playground import (
     render_sample,
     write_prompt,
 )
-from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page
+from api.console.routes import AuditDep, ConsoleRoute, FormDep, GuardDep, SessionDep, address_of, page, when
 from api.deps import ServicesDep
 
 router = APIRouter(prefix="/console/prompts", route_class=ConsoleRoute, include_in_schema=False)
@@ -46,7 +46,7 @@ async def prompt_files_page(
             {
                 "name": name,
                 "size": stat.st_size,
-                "changed": datetime.fromtimestamp(stat.st_mtime).strftime("%Y-%m-%d %H:%M:%S"),
+                "changed": when(stat.st_mtime, services.settings.timezone),
                 "conversations": ", ".join(groups.get(name, ())),
             }
         )

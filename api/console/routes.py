@@ -4,7 +4,7 @@ logout, and the audit log page. The other pages build on these."""
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,6 +89,13 @@ async def _form_checked(guard: GuardDep, session: SessionDep, csrf: Annotated[st
 FormDep = Annotated[Session, Depends(_form_checked)]
 
 
+def when(at: float | None, zone: tzinfo, *, seconds: bool = True) -> str:
+    """A stored time as the console shows it: in BOT_TIMEZONE (the team's hours, not the server's)."""
+    if not at:
+        return ""
+    return datetime.fromtimestamp(at, zone).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
 def page(request: Request, name: str, guard: ConsoleGuard, session: Session, **context: Any) -> Response:
     return templates.TemplateResponse(
         request, name, {"csrf": guard.csrf(session), "signed_in": session.signed_in, **context}
@@ -163,11 +170,11 @@ async def logout(request: Request, session: FormDep, audit: AuditDep) -> Respons
 
 
 @router.get("/audit")
-async def audit_page(request: Request, guard: GuardDep, session: SessionDep, audit: AuditDep) -> Response:
-    entries = [
-        (datetime.fromtimestamp(e.at).strftime("%Y-%m-%d %H:%M:%S"), e.address, e.action, e.target)
-        for e in await audit.recent()
-    ]
+async def audit_page(
+    request: Request, guard: GuardDep, session: SessionDep, audit: AuditDep, services: ServicesDep
+) -> Response:
+    zone = services.settings.timezone
+    entries = [(when(e.at, zone), e.address, e.action, e.target) for e in await audit.recent()]
     return page(request, "audit.html", guard, session, entries=entries)
 
 

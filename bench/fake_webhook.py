@@ -1,7 +1,8 @@
 """A fake DingTalk session webhook for the ack-latency bench, run in its own process.
 
-It answers every POST with errcode 0 and counts them (`GET /count` reports the count and the number
-of distinct `session` query values), so every accepted callback's background reply has somewhere to go.
+It answers every POST with errcode 0 and counts them (`GET /count` reports the count, the number of
+distinct `session` query values and the process id, so that a bench can read its CPU time), so every
+accepted callback's background reply has somewhere to go.
 
 `GET /tokens` tells which message each reply answers: in mock mode the reply quotes the person's text,
 so a bench that puts a token like `bench-000123` (TOKEN_PATTERN) in each message's text can count the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import queue
 import re
 import threading
@@ -64,7 +66,7 @@ class _WebhookServer(ThreadingHTTPServer):
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return {"count": self._count, "distinct_sessions": len(self._sessions)}
+            return {"count": self._count, "distinct_sessions": len(self._sessions), "pid": os.getpid()}
 
     def tokens(self) -> dict[str, Any]:
         with self._lock:

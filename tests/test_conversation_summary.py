@@ -206,3 +206,27 @@ def test_the_reply_never_waits_for_the_summary(make_settings: Callable[..., Sett
     waiting, summary = asyncio.run(go())
     assert waiting
     assert summary == "- 之前聊过项目"
+
+
+def test_a_long_conversation_is_folded_every_few_replies_not_after_each(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A window of 6 turns: the turn that leaves it takes the oldest third of the window along, so 30 turns
+    cost 8 summary calls (turns 7, 10, ... 28), not 24; the prompt always shows 4 to 6 turns, the newest."""
+    model = RecordingChatModel(responses=["收到"] * 100)
+    summary = RecordingChatModel(responses=[f"- 摘要{n}" for n in range(100)])
+
+    async def go() -> list[int]:
+        settings = make_settings(history_turns=6, history_tokens=0, rate_limit_per_minute=0)
+        shown = []
+        async with open_assistant(settings, model, summary_model=summary) as assistant:
+            for n in range(30):
+                await talk(assistant, replace(ALICE, message_id=f"long{n}", text=f"第{n}个问题"))
+                assert str(model.prompts[-1][-1].content).endswith(f"第{n}个问题")
+                shown.append(sum("个问题" in str(m.content) for m in model.prompts[-1][1:-1]))
+        return shown
+
+    shown = asyncio.run(go())
+    assert len(summary.prompts) == 8, str(shown)
+    assert shown[:7] == [0, 1, 2, 3, 4, 5, 6]  # the window fills
+    assert shown[7:] == ([4, 5, 6] * 8)[:23]  # then folded down to 4 every third reply, filling again

@@ -248,17 +248,41 @@ def test_a_message_is_embedded_once_for_its_recall_and_its_learning(
     real_settings: Callable[..., Settings], fake_openai: Any, fake_dingtalk: Any
 ) -> None:
     """The recall and the learning's related facts both ask about the message's own words: the endpoint is
-    asked for that embedding once (an embeddings request, and in mock mode a third of the CPU per message)."""
+    asked for that embedding once (an embeddings request, and in mock mode a third of the CPU per message),
+    and not at all while the person has no memory to rank."""
     from tests.conftest import SECRET, serve
+    from tests.fakes.openai_server import Scripted
     from tests.fakes.payloads import callback, encode, signed_headers
     from tests.waiting import wait_until
 
     settings = real_settings()
+    first, second = "我住在北京，每天骑车上班", "我周末喜欢去香山爬山"
+    fake_openai.script.extend(
+        [Scripted(text="好的"), Scripted(text='{"facts": ["用户住在北京"]}'), Scripted(text="好的")]
+    )
     with serve(settings) as app:
-        body = callback(fake_dingtalk.webhook(), "我住在北京，每天骑车上班")
-        assert app.post_callback(encode(body), signed_headers(SECRET)).status_code == 200
-        fake_dingtalk.wait_for(1)
-        wait_until(lambda: app.client.get("/healthz").json()["memory_writes"] == 0, what="memory writes")
-    inputs = [r.json()["input"] for r in fake_openai.requests if r.path.endswith("/embeddings")]
-    asked = [i for i in inputs if i in (["我住在北京，每天骑车上班"], "我住在北京，每天骑车上班")]
-    assert len(asked) == 1, inputs
+
+        def embedded() -> list[Any]:
+            return [r.json()["input"] for r in fake_openai.requests if r.path.endswith("/embeddings")]
+
+        def settled() -> bool:
+            return app.client.get("/healthz").json()["memory_writes"] == 0
+
+        assert (
+            app.post_callback(
+                encode(callback(fake_dingtalk.webhook(), first)), signed_headers(SECRET)
+            ).status_code
+            == 200
+        )
+        wait_until(lambda: ["我住在北京"] in embedded() and settled(), what="the fact stored")
+        assert (
+            app.post_callback(
+                encode(callback(fake_dingtalk.webhook(), second)), signed_headers(SECRET)
+            ).status_code
+            == 200
+        )
+        fake_dingtalk.wait_for(2)
+        wait_until(settled, what="memory writes")
+    inputs = embedded()
+    assert not [i for i in inputs if i in ([first], first)], inputs  # no memories yet: nothing to rank
+    assert len([i for i in inputs if i in ([second], second)]) == 1, inputs

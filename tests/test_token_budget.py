@@ -187,3 +187,37 @@ def test_azure_asks_for_streamed_usage_only_where_its_api_version_takes_it(
     old = build_chat_model(make_settings(**azure, openai_api_version="2024-02-01"), mock_reply_template="")
     assert getattr(new, "stream_usage", None) is True
     assert getattr(old, "stream_usage", None) is False
+
+
+def test_usage_recorded_while_a_write_is_under_way_goes_in_one_batch(database_target: object) -> None:
+    """200 calls counted at once reach the table in a few writes (not one each), and every token counts."""
+    from datetime import UTC
+
+    from agent.model.usage import UsageBook
+    from agent.storage.database import Database
+
+    async def scenario() -> tuple[int, int, int]:
+        database = Database(database_target)  # type: ignore[arg-type]
+        await database.open()
+        writes = 0
+        run = database.run
+
+        async def counted(work: Callable[..., object]) -> object:
+            nonlocal writes
+            writes += 1
+            return await run(work)
+
+        database.run = counted  # type: ignore[method-assign]
+        book = UsageBook(database, UTC)
+        for n in range(200):
+            book.record("corp:alice" if n % 2 else "corp:bob", "gpt-4-turbo", 10, 1)
+            if n % 50 == 0:
+                await asyncio.sleep(0)  # let a write begin: what follows waits for the next batch
+        await book.settle()
+        alice, _ = await book.of("corp:alice")
+        await database.close()
+        return writes, alice.prompt, alice.completion
+
+    writes, prompt, completion = asyncio.run(scenario())
+    assert (prompt, completion) == (100 * 10, 100 * 1)
+    assert 1 < writes <= 6, writes  # several batches (writes began mid-way), far fewer than 200

@@ -119,6 +119,12 @@ class PersonIndex:
             best = np.argsort(-scores)[:top_k]
             return [(float(scores[i]), memories.ids[rows[i]], memories.texts[rows[i]]) for i in best]
 
+    def holds(self, scope: dict[str, Any]) -> bool:
+        """Whether `scope` has a memory to rank (a search there would find something)."""
+        memories = self._person(str(scope["user_id"]))
+        with self._lock:
+            return bool(memories.ids) and bool(memories.rows_in(scope))
+
     def entries(self, person_id: str, scope: dict[str, Any], limit: int) -> list[tuple[str, str]]:
         """(id, text) of the person's most recent `limit` memories in `scope`, without embedding anything."""
         memories = self._person(person_id)

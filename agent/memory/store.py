@@ -174,7 +174,10 @@ class Mem0Store:
     def search_ids(
         self, query: str, scopes: list[dict[str, Any]], top_k: int
     ) -> list[tuple[float, str, str]]:
-        """(score, id, text) of the best memories across the scopes, best first."""
+        """(score, id, text) of the best memories across the scopes, best first. Where the index holds
+        nothing in any scope (most people, most of the time) the query is not embedded at all."""
+        if self._cached and not any(self._index.holds(scope) for scope in scopes):
+            return []
         return self.search_vector(self._memory.embedding_model.embed(query, "search"), scopes, top_k)
 
     def search_vector(

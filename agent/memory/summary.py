@@ -1,6 +1,8 @@
 """The rolling summary of each conversation: after a reply, the turns that left the prompt's window
-(HISTORY_TURNS, HISTORY_TOKENS) are folded in the background into the conversation's summary
-(prompts/memory.yaml `summary_*`, capped at SUMMARY_TOKENS), which the prompt shows as a delimited block.
+(HISTORY_TURNS, HISTORY_TOKENS) — and the oldest third of the window with them, so that a long
+conversation is folded every few replies rather than after each — are folded in the background into the
+conversation's summary (prompts/memory.yaml `summary_*`, capped at SUMMARY_TOKENS), which the prompt
+shows as a delimited block.
 
 Kept per history scope, so it holds only what that conversation's prompt already showed: a private
 conversation's summary never holds another person's words. A fold writes only when nothing moved
@@ -97,9 +99,12 @@ class Summaries:
         """Fold the turns past the window into the summary now (the oldest FOLD_MAX_TOKENS of them at
         most: a backlog is folded over several replies); True when it wrote one."""
         stored = await self._history.stored(scope)
-        leaving = _first_tokens(stored[: len(stored) - self._history.window_size([t.turn for t in stored])])
-        if not leaving:
+        window = self._history.window_size([t.turn for t in stored])
+        if len(stored) <= window:
             return False
+        # The oldest third of the window goes with what left it: a long conversation is folded every few
+        # replies (a third of the summary model calls), not after each one.
+        leaving = _first_tokens(stored[: len(stored) - window + window // FOLD_AHEAD_DIVISOR])
 
         def read(conn: Connection) -> tuple[str, int, float]:
             row = conn.execute(
@@ -130,6 +135,7 @@ class Summaries:
 
 
 FOLD_MAX_TOKENS = 3000  # turns given to one fold: a backlog after failures never outgrows a small model
+FOLD_AHEAD_DIVISOR = 3  # a fold takes 1/3 of the window along (windows of 1 or 2 turns: none)
 FOLDS_AT_ONCE = 2  # folds compete with replies for the endpoint
 _TAGS = re.compile(r"</?\s*conversation_summary\s*>", re.IGNORECASE)  # a summary never closes its own block
 

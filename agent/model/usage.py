@@ -24,7 +24,7 @@ from langchain_core.outputs import LLMResult
 
 from agent.model.tokens import count_messages, count_tokens
 from agent.observe import NoObserver, Observer
-from agent.storage.connection import Connection
+from agent.storage.connection import Connection, transaction
 from agent.storage.database import Database
 from agent.storage.health import StorageError
 
@@ -46,12 +46,27 @@ class Usage:
         return self.prompt + self.completion
 
 
+_ADD_SQL = (
+    "INSERT INTO token_usage (person_id, day, model, prompt_tokens, completion_tokens) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (person_id, day, model) DO UPDATE SET "
+    "prompt_tokens = token_usage.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = token_usage.completion_tokens + excluded.completion_tokens"
+)
+
+
 class UsageBook:
+    """Counts reach the table in batches: what is recorded while a write is under way goes in the next
+    one (one statement per person, day and model, in one transaction), so a busy service pays one
+    database round trip for many calls, and a quiet one writes each count at once."""
+
     def __init__(self, database: Database, timezone: tzinfo, observer: Observer | None = None) -> None:
         self._db = database
         self._timezone = timezone
         self.observer: Observer = observer or NoObserver()
-        self._writes: set[asyncio.Task[None]] = set()
+        self._pending: dict[
+            tuple[str, str, str], list[int]
+        ] = {}  # (person, day, model) -> [prompt, completion]
+        self._writer: asyncio.Task[None] | None = None
 
     def record(self, person_id: str | None, model: str, prompt: int, completion: int) -> None:
         """Count one call (on the event loop): the metric now, the person's row in the background."""
@@ -63,26 +78,30 @@ class UsageBook:
         if person_id is None:
             return
         day = datetime.now(self._timezone).strftime("%Y-%m-%d")
-        task = loop.create_task(self._add(person_id, day, model, prompt, completion))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        counts = self._pending.setdefault((person_id, day, model), [0, 0])
+        counts[0] += prompt
+        counts[1] += completion
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_pending())
 
-    async def _add(self, person_id: str, day: str, model: str, prompt: int, completion: int) -> None:
-        def write(conn: Connection) -> None:
-            conn.execute(
-                "INSERT INTO token_usage (person_id, day, model, prompt_tokens, completion_tokens) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (person_id, day, model) DO UPDATE SET "
-                "prompt_tokens = token_usage.prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = token_usage.completion_tokens + excluded.completion_tokens",
-                (person_id, day, model, prompt, completion),
-            )
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            rows = [(person, day, model, p, c) for (person, day, model), (p, c) in batch.items()]
 
-        with contextlib.suppress(StorageError):  # the database's health logs it; a count is not worth more
-            await self._db.run(write)
+            def write(conn: Connection, rows: list[tuple[str, str, str, int, int]] = rows) -> None:
+                with transaction(conn):
+                    conn.executemany(_ADD_SQL, rows)
+
+            with contextlib.suppress(
+                StorageError
+            ):  # the database's health logs it; a count is not worth more
+                await self._db.run(write)
 
     async def settle(self) -> None:
-        """Wait for the counts recorded so far (not for those that keep arriving)."""
-        await asyncio.gather(*list(self._writes), return_exceptions=True)
+        """Wait for the counts recorded so far to be written."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.gather(self._writer, return_exceptions=True)
 
     async def of(self, person_id: str, now: datetime | None = None) -> tuple[Usage, Usage]:
         """(today, this month) of the person, in BOT_TIMEZONE's days."""

@@ -131,6 +131,22 @@ def prompt_files(folder: Path) -> Iterator[Path]:
     yield from _files_in(folder / GROUPS_FOLDER)
 
 
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def quick_signature(folder: Path, known: Signature) -> tuple[tuple[int, int, int] | None, ...]:
+    """The stamps of the two folders and of the files seen last time: a file added, removed or renamed
+    over changes a folder's; an edit in place changes the file's. A few stat calls, no listing, so
+    every message can afford it (the full `signature` lists the folders)."""
+    paths = [str(folder), str(folder / GROUPS_FOLDER), *(path for path, *_ in known)]
+    return tuple(_stamp(path) for path in paths)
+
+
 def signature(folder: Path) -> Signature:
     parts = []
     for path in prompt_files(folder):
@@ -161,6 +177,7 @@ class PromptLibrary:
         self._signature: Signature = ()
         self._loaded = self._load(previous=None, strict=True)
         self._signature = signature(folder)
+        self._quick = quick_signature(folder, self._signature)
         self.version = 1
 
     # --- reading -------------------------------------------------------------------------------
@@ -188,7 +205,11 @@ class PromptLibrary:
     def refresh(self) -> bool:
         """Reload when a prompt file changed since the last look. True when something new is in use."""
         with self._lock:
+            quick = quick_signature(self.folder, self._signature)
+            if quick == self._quick:
+                return False
             current = signature(self.folder)
+            self._quick = quick_signature(self.folder, current)
             if current == self._signature:
                 return False
             self._signature = current

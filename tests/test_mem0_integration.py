@@ -197,10 +197,14 @@ class FailingEmbeddings(Embeddings):
 def test_a_dead_memory_store_never_stops_a_reply(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture, fail_after: int
 ) -> None:
+    embeddings = FailingEmbeddings(10**6 if fail_after else 0)  # "dies while running": from below
+
     async def go() -> str:
-        async with open_assistant(
-            make_settings(), memory=True, embeddings=FailingEmbeddings(fail_after)
-        ) as assistant:
+        async with open_assistant(make_settings(), memory=True, embeddings=embeddings) as assistant:
+            if fail_after and assistant.memory is not None:  # a memory first, so that the recall embeds
+                await assistant.memory.learn(replace(WXM, message_id="wxm-0", text="我住在北京"))
+                await assistant.memory.settle()
+                embeddings.fail_after = embeddings.calls  # the store dies now
             return await turn(assistant, WXM)
 
     text = asyncio.run(go())

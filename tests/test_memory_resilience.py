@@ -117,12 +117,11 @@ def test_forget_all_in_a_group_does_not_say_how_much_was_known(
 def test_a_slow_store_delays_one_reply_at_most_then_is_skipped(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    store_answers = threading.Event()
+    store_answers, hanging = threading.Event(), threading.Event()
 
     class HangingEmbeddings(FailingEmbeddings):
         def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            self.calls += 1
-            if self.calls > 1:  # after the start-up probe: a store that hangs until the test is done
+            if hanging.is_set():  # once the person has a memory: a store that hangs until the test is done
                 store_answers.wait(2 * PATIENCE)
             return self.inner.embed_documents(texts)
 
@@ -131,6 +130,10 @@ def test_a_slow_store_delays_one_reply_at_most_then_is_skipped(
     async def go() -> list[float]:
         settings = make_settings(memory_timeout=memory_timeout)
         async with open_assistant(settings, memory=True, embeddings=HangingEmbeddings(0)) as assistant:
+            assert assistant.memory is not None
+            await assistant.memory.learn(WXM)  # a memory to rank: each recall embeds the message
+            await assistant.memory.settle()
+            hanging.set()
             try:
                 took = []
                 for text in ("第一问", "第二问", "第三问"):

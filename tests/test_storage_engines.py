@@ -269,3 +269,30 @@ def test_dingbot_migrate_shows_and_applies_the_schema(
     err = capsys.readouterr().err.strip()
     assert err.startswith("dingbot: database schema version 9001 is newer than this dingbot")
     assert "\n" not in err
+
+
+@pytest.mark.postgres_only
+def test_a_write_that_is_not_a_promise_does_not_wait_for_the_wal_flush(database_target: Engine) -> None:
+    """History, token counts and summaries commit asynchronously on PostgreSQL; the inbox and outbox (and
+    whatever follows on the connection) keep the server's synchronous commit."""
+    from agent.storage.connection import transaction
+
+    def seen(durable: bool) -> tuple[str, str]:
+        def work(conn: object) -> tuple[str, str]:
+            with transaction(conn, durable=durable):  # type: ignore[arg-type]
+                inside = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[attr-defined]
+            after = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[attr-defined]
+            return str(inside), str(after)
+
+        async def go() -> tuple[str, str]:
+            database = Database(database_target)
+            await database.open()
+            try:
+                return await database.run(work)
+            finally:
+                await database.close()
+
+        return asyncio.run(go())
+
+    assert seen(durable=False) == ("off", "on")
+    assert seen(durable=True) == ("on", "on")

@@ -103,7 +103,7 @@ class HistoryStore:
         now = time.time()
 
         def write(conn: Connection) -> bool:
-            with transaction(conn):
+            with transaction(conn, durable=False):
                 lock_person(conn, person_id)
                 if forgotten_at(conn, person_id) >= said_at:
                     return False

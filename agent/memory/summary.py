@@ -163,7 +163,7 @@ def _write(
     people = sorted({turn.person_id for turn in folded})
     now = time.time()
     try:
-        with transaction(conn):
+        with transaction(conn, durable=False):
             for person_id in people:  # a /forget all of theirs on another replica waits, or has already run
                 lock_person(conn, person_id)
             deleted = conn.execute(f"DELETE FROM history WHERE id IN ({marks})", ids).rowcount  # noqa: S608

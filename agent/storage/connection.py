@@ -33,11 +33,20 @@ class Connection(Protocol):
 
 
 @contextlib.contextmanager
-def transaction(conn: Connection) -> Iterator[None]:
+def transaction(conn: Connection, *, durable: bool = True) -> Iterator[None]:
     """BEGIN ... COMMIT, rolled back on any error. On SQLite BEGIN IMMEDIATE: writers take turns from the
     first statement. The engine may already have rolled back (a full disk does that, a lost connection
-    too): the original error is what is raised, never "no transaction is active"."""
-    conn.execute("BEGIN IMMEDIATE" if isinstance(conn, sqlite3.Connection) else "BEGIN")
+    too): the original error is what is raised, never "no transaction is active".
+
+    `durable=False` is for what a server crash may lose without breaking a promise (history turns, token
+    counts, summaries; never the inbox or the outbox): PostgreSQL commits it without waiting for the WAL
+    flush (`synchronous_commit` off for this transaction: still atomic and in order, only the last fraction
+    of a second could be lost if the server itself crashes), which halves the commit on a disk that syncs.
+    SQLite (WAL, synchronous=NORMAL) does not sync a commit anyway."""
+    sqlite = isinstance(conn, sqlite3.Connection)
+    conn.execute("BEGIN IMMEDIATE" if sqlite else "BEGIN")
+    if not durable and not sqlite:
+        conn.execute("SET LOCAL synchronous_commit TO OFF")
     try:
         yield
         conn.execute("COMMIT")

@@ -1,4 +1,5 @@
-"""Child-process helpers for the ack-latency bench: free ports, a clean environment, start and stop."""
+"""Child-process helpers for the benches: free ports, a clean environment, start and stop; the CPU time
+processes use (Meters), and py-spy on the service (profiled)."""
 
 from __future__ import annotations
 
@@ -201,3 +202,68 @@ def chroma_server(folder: Path) -> Iterator[str]:
         health_url=f"{base}/api/v2/heartbeat",
     ):
         yield base
+
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14 and 15)
+
+
+class Meters:
+    """CPU seconds of the service, the fake webhook and this process between two marks."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self._wall = 0.0
+
+    def mark(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start["generator"] = time.process_time()
+        self._wall = time.perf_counter()
+
+    def read(self) -> dict[str, float]:
+        used = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        used["generator"] = time.process_time() - self._start["generator"]
+        used["wall"] = time.perf_counter() - self._wall
+        return used
+
+
+def share(used: dict[str, float], name: str) -> float:
+    return 100.0 * used[name] / max(used["wall"], 1e-9)
+
+
+@contextlib.contextmanager
+def profiled(pid: int, folder: Path | None, engine: str) -> Iterator[None]:
+    """With --py-spy: `py-spy record` the service while the block runs (raw stacks, one file per engine)."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    output = folder / f"{engine}.txt"
+    command = [
+        "py-spy",
+        "record",
+        "-p",
+        str(pid),
+        "-r",
+        "250",
+        "-f",
+        "raw",
+        "-o",
+        str(output),
+        "--nonblocking",
+        "--gil",
+    ]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(timeout=30)
+        print(f"py-spy: {output}", file=sys.stderr)

@@ -29,12 +29,9 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +46,15 @@ from bench.delivery_report import token  # noqa: E402
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import EMPTY_ACK, callback_body, signed_headers  # noqa: E402
 from bench.processes import (  # noqa: E402
+    Meters,
     child_env,
     cpu_count,
     free_port,
     postgres_database,
+    profiled,
     run_bench,
     scratch,
+    share,
     start_service,
     started,
 )
@@ -63,42 +63,11 @@ from bench.settings import BENCH_SECRET, HOST  # noqa: E402
 GOAL_ANSWERED_PER_S = 1000.0
 GOAL_ACK_OVER_ECHO_MS = 5.0
 GOAL_LAG_P99_MS = 500.0
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of a process (all its threads), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14 and 15)
 
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-class Meters:
-    """CPU seconds of the service, the fake webhook and this process between two marks."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._start: dict[str, float] = {}
-        self._wall = 0.0
-
-    def mark(self) -> None:
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self._start["generator"] = time.process_time()
-        self._wall = time.perf_counter()
-
-    def read(self) -> dict[str, float]:
-        used = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
-        used["generator"] = time.process_time() - self._start["generator"]
-        used["wall"] = time.perf_counter() - self._wall
-        return used
-
-
-def share(used: dict[str, float], name: str) -> float:
-    return 100.0 * used[name] / max(used["wall"], 1e-9)
 
 
 def ack_problems(outcomes: list[rawhttp.Outcome]) -> int:
@@ -289,38 +258,6 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
         with profiled(room.service_pid, args.py_spy, engine):
             burst_result = burst(load, meters, args)
         return {"engine": engine, "burst": burst_result, "paced": paced(load, meters, args)}
-
-
-@contextlib.contextmanager
-def profiled(pid: int, folder: Path | None, engine: str) -> Iterator[None]:
-    """With --py-spy: `py-spy record` the service while the block runs (raw stacks, one file per engine)."""
-    if folder is None:
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    output = folder / f"{engine}.txt"
-    command = [
-        "py-spy",
-        "record",
-        "-p",
-        str(pid),
-        "-r",
-        "250",
-        "-f",
-        "raw",
-        "-o",
-        str(output),
-        "--nonblocking",
-        "--gil",
-    ]
-    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            spy.wait(timeout=30)
-        print(f"py-spy: {output}", file=sys.stderr)
 
 
 def render(result: dict[str, Any]) -> str:

@@ -92,6 +92,7 @@ def _access_tokens(settings: Settings, http: httpx.AsyncClient) -> AccessTokens 
 def _build_courier(
     settings: Settings,
     http: httpx.AsyncClient,
+    webhook: SessionWebhookSender,
     tokens: AccessTokens | None,
     outbox: Outbox,
     observer: ServiceObserver,
@@ -120,7 +121,7 @@ def _build_courier(
         )
     courier = Courier(
         outbox=outbox,
-        webhook=SessionWebhookSender(http),
+        webhook=webhook,
         openapi=openapi,
         robot=robot,
         cards=cards,
@@ -185,7 +186,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise RuntimeError("the service needs the memory service")
         inbox = Inbox(database, lease_seconds=settings.claim_lease_seconds)
         outbox = Outbox(database)
-        courier, cards = _build_courier(settings, http, tokens, outbox, observer)
+        webhook = SessionWebhookSender(SEND_TIMEOUT_SECONDS, connect_timeout=5.0)
+        stack.push_async_callback(webhook.aclose)
+        courier, cards = _build_courier(settings, http, webhook, tokens, outbox, observer)
         alerts = OperatorAlerts(settings=settings, courier=courier, prompts=agent.prompts)
         observer.attach(alerts)  # problems met while opening (memory) are told now
         stack.push_async_callback(alerts.close)

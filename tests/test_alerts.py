@@ -136,13 +136,11 @@ def run_alerts(
         database = Database(tmp_path / "alerts.db")
         await database.open()
         try:
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with httpx.AsyncClient(timeout=10) as http, SessionWebhookSender() as webhook:
                 robot = RobotWebhookSender(
                     http, oapi_base=dingtalk.url, access_token=SecretStr("t"), secret=SecretStr("s")
                 )
-                courier = Courier(
-                    outbox=Outbox(database), webhook=SessionWebhookSender(http), openapi=None, robot=robot
-                )
+                courier = Courier(outbox=Outbox(database), webhook=webhook, openapi=None, robot=robot)
                 settings = Settings(_env_file=None, force_mock_openai=True, access_token="t")  # type: ignore[call-arg]
                 now = [1000.0]
                 alerts = OperatorAlerts(

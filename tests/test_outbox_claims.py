@@ -9,8 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from agent.storage.database import Database
 from agent.storage.engine import Engine
 from api.delivery.courier import Courier, Delivery
@@ -45,10 +43,10 @@ def test_a_given_up_part_takes_the_later_parts_with_it(
     async def scenario() -> tuple[Delivery, int]:
         db = Database(path)
         await db.open()
-        async with httpx.AsyncClient() as http:
+        async with SessionWebhookSender() as webhook:
             try:
                 outbox = Outbox(db)
-                courier = Courier(outbox=outbox, webhook=SessionWebhookSender(http), openapi=None, robot=None)
+                courier = Courier(outbox=outbox, webhook=webhook, openapi=None, robot=None)
                 rows = await outbox.store_reply("m1", "corp:u1", route(fake_dingtalk), parts(2))
                 outcome = await courier.deliver(rows)
                 await courier.send_due()  # the periodic check finds nothing left to send
@@ -74,11 +72,11 @@ def test_two_processes_checking_one_outbox_send_a_due_reply_once(
         first, second = Database(path), Database(path)  # two connections, as two processes have
         await first.open()
         await second.open()
-        async with httpx.AsyncClient() as http:
+        async with SessionWebhookSender() as webhook:
             try:
                 await Outbox(first).store_reply("m1", "corp:u1", route(fake_dingtalk), parts(3))
                 couriers = [
-                    Courier(outbox=Outbox(db), webhook=SessionWebhookSender(http), openapi=None, robot=None)
+                    Courier(outbox=Outbox(db), webhook=webhook, openapi=None, robot=None)
                     for db in (first, second)
                 ]
                 sending = asyncio.create_task(couriers[0].send_due())

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 
 from agent.messages import IncomingMessage
@@ -256,13 +255,11 @@ def test_two_checks_at_once_fire_each_reminder_exactly_once(
         first, second = Database.for_settings(settings), Database.for_settings(settings)
         await first.open()
         await second.open()
-        async with httpx.AsyncClient() as http:
+        async with SessionWebhookSender() as webhook:
             clocks = []
             for database in (first, second):
                 book = ReminderBook(database, timezone=SHANGHAI, max_per_person=100, clock=lambda: now[0])
-                courier = Courier(
-                    outbox=Outbox(database), webhook=SessionWebhookSender(http), openapi=None, robot=None
-                )
+                courier = Courier(outbox=Outbox(database), webhook=webhook, openapi=None, robot=None)
                 clocks.append(
                     (
                         book,

@@ -37,7 +37,7 @@ async def courier_for(
 ) -> AsyncIterator[Courier]:
     db = Database(path)
     await db.open()
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient() as http, SessionWebhookSender() as webhook:
         robot = RobotWebhookSender(
             http,
             oapi_base=fake.url,
@@ -45,7 +45,7 @@ async def courier_for(
             secret=SecretStr(secret) if secret else None,
         )
         try:
-            yield Courier(outbox=Outbox(db), webhook=SessionWebhookSender(http), openapi=None, robot=robot)
+            yield Courier(outbox=Outbox(db), webhook=webhook, openapi=None, robot=robot)
         finally:
             await db.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ from tests.conftest import SECRET, RunningApp, serve
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
-from tests.waiting import wait_until
+from tests.waiting import PATIENCE, wait_until
 
 WEBHOOK = "/robot/sendBySession"
 GROUP_SEND = "/v1.0/robot/groupMessages/send"
@@ -142,7 +143,7 @@ def test_a_timed_out_send_is_retried_later_not_at_once(
     assert len(fake_dingtalk.posts(WEBHOOK)) == 2
     [(_, state, attempts, _, _)] = outbox_rows(settings)
     assert (state, attempts) == ("sent", 2)  # two rounds: the timed-out one, then the check's
-    assert "not sent (timed out waiting for the answer (ReadTimeout)); next try in" in caplog.text
+    assert "not sent (timed out waiting for the answer (SocketTimeoutError)); next try in" in caplog.text
 
 
 def test_a_reply_that_keeps_failing_waits_in_the_outbox_and_the_periodic_check_sends_it(
@@ -190,3 +191,43 @@ def test_forget_all_removes_the_persons_unsent_reply_text(
     stored += " ".join(str(v) for row in sql(settings, "SELECT * FROM inbox") for v in row)
     assert "我的秘密计划" not in stored
     assert len(outbox_rows(settings)) == 1  # only the confirmation's (sent, textless) row
+
+
+def test_the_session_webhook_sender_tells_a_send_that_never_left_from_one_whose_answer_was_lost() -> None:
+    """Nothing listening: not sent, retried at once. A server that reads the request and hangs up: it may
+    have been taken, so retried later only (uncertain). The URL is never in the detail."""
+    import socket
+
+    from api.dingtalk.sender import SessionWebhookSender
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused_port = closed.getsockname()[1]  # bound, never listening: refused
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()
+
+    taker = threading.Thread(target=hang_up, daemon=True)
+    taker.start()
+
+    async def go() -> list[Any]:
+        async with SessionWebhookSender(timeout=5.0, connect_timeout=2.0) as sender:
+            body = {"msgtype": "text", "text": {"content": "你好"}}
+            return [
+                await sender.send(f"http://127.0.0.1:{refused_port}/robot/send?session=SECRET1", body),
+                await sender.send(f"http://127.0.0.1:{listener.getsockname()[1]}/x?session=SECRET2", body),
+            ]
+
+    refused, dropped = asyncio.run(go())
+    taker.join(PATIENCE)
+    listener.close()
+    assert (refused.ok, refused.retryable, refused.uncertain) == (False, True, False)
+    assert refused.detail == "transport error (ClientConnectorError)"
+    assert (dropped.ok, dropped.retryable, dropped.uncertain) == (False, True, True)
+    assert dropped.detail == "answer lost (ServerDisconnectedError)"

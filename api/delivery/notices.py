@@ -41,8 +41,12 @@ async def send_notice(
                 access_token=settings.access_token,
                 secret=settings.dingtalk_robot_secret or settings.secret,
             )
-            courier = Courier(outbox=outbox, webhook=SessionWebhookSender(http), openapi=None, robot=robot)
-            row_id = await courier.notify(notice_body(text, title=title, markdown=markdown))
+            webhook = SessionWebhookSender()  # unused by a notice (it goes to the robot), closed all the same
+            courier = Courier(outbox=outbox, webhook=webhook, openapi=None, robot=robot)
+            try:
+                row_id = await courier.notify(notice_body(text, title=title, markdown=markdown))
+            finally:
+                await webhook.aclose()
             status = await outbox.status(row_id)
             assert status is not None
             return NoticeOutcome(*status)

@@ -214,21 +214,25 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Meters:
-    """CPU seconds of the service, the fake webhook and this process between two marks."""
+    """CPU seconds between two marks of named groups of processes (the service; on PostgreSQL the server
+    processes of its connections; the fake webhook...) and of this process ("generator")."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = pids
         self._start: dict[str, float] = {}
         self._wall = 0.0
 
+    def _now(self) -> dict[str, float]:
+        used = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
+        used["generator"] = time.process_time()
+        return used
+
     def mark(self) -> None:
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self._start["generator"] = time.process_time()
+        self._start = self._now()
         self._wall = time.perf_counter()
 
     def read(self) -> dict[str, float]:
-        used = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
-        used["generator"] = time.process_time() - self._start["generator"]
+        used = {name: value - self._start[name] for name, value in self._now().items()}
         used["wall"] = time.perf_counter() - self._wall
         return used
 

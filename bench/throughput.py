@@ -179,6 +179,7 @@ def burst(load: Load, meters: Meters, args: argparse.Namespace) -> dict[str, Any
         },
         "answered_per_s": outcome["answered"] / span,
         "service_cpu_ms_per_message": 1000 * answer_used["service"] / max(outcome["answered"], 1),
+        "database_cpu_ms_per_message": 1000 * answer_used["database"] / max(outcome["answered"], 1),
         "webhook_pct": share(answer_used, "webhook"),
         "generator_pct": share(answer_used, "generator"),
         "service_pct": share(answer_used, "service"),
@@ -235,7 +236,7 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
             settings["DATABASE_URL"] = stack.enter_context(postgres_database())
         service = start_service(stack, room, settings)
         echo_port = free_port()
-        echo = stack.enter_context(
+        stack.enter_context(
             started(
                 [sys.executable, "-m", "bench.echo_app", "--port", str(echo_port)],
                 env=child_env({}),
@@ -247,7 +248,10 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             webhook_pid = int(client.get(f"{webhook}/count").json()["pid"])
         assert room.service_pid is not None
-        meters = Meters({"service": room.service_pid, "webhook": webhook_pid, "echo": echo.pid})
+        groups = {"service": [room.service_pid], "webhook": [webhook_pid], "database": []}
+        if engine == "postgresql":  # the server processes of the service's connections (the lanes)
+            groups["database"] = server_pids(settings["DATABASE_URL"])
+        meters = Meters(groups)
         load = Load(service, f"http://{HOST}:{echo_port}", webhook, run_id)
 
         warm, warm_tokens = load.callbacks(args.warmup)  # first model, memory and connection costs
@@ -258,6 +262,18 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
         with profiled(room.service_pid, args.py_spy, engine):
             burst_result = burst(load, meters, args)
         return {"engine": engine, "burst": burst_result, "paced": paced(load, meters, args)}
+
+
+def server_pids(url: str) -> list[int]:
+    """The PostgreSQL server processes serving connections to the database at `url` (this machine's)."""
+    import psycopg
+
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+        ).fetchall()
+    return [int(row[0]) for row in rows]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -279,7 +295,12 @@ def render(result: dict[str, Any]) -> str:
             f" reply lag p50 {b['lag_p50_ms']:.0f} / p99 {b['lag_p99_ms']:.0f} ms",
             f"          service CPU {b['service_cpu_ms_per_message']:.2f} ms per answered message"
             f" ({b['service_pct']:.0f}% of a core); webhook {b['webhook_pct']:.0f}%,"
-            f" generator {b['generator_pct']:.0f}%",
+            f" generator {b['generator_pct']:.0f}%"
+            + (
+                f"; PostgreSQL's server {b['database_cpu_ms_per_message']:.2f} ms per message"
+                if run["engine"] == "postgresql"
+                else ""
+            ),
             f"          answered {b['answered']}, lost {b['lost']}, doubled {b['doubled']},"
             f" bad acks {b['ack']['problems']}",
             f"  {p['rate']:g}/s   echo p50 {p['echo']['p50_ms']:.2f} / p99 {p['echo']['p99_ms']:.2f} ms;"

@@ -8,6 +8,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
 
@@ -189,14 +190,16 @@ def test_azure_asks_for_streamed_usage_only_where_its_api_version_takes_it(
     assert getattr(old, "stream_usage", None) is False
 
 
-def test_usage_recorded_while_a_write_is_under_way_goes_in_one_batch(database_target: object) -> None:
-    """200 calls counted at once reach the table in a few writes (not one each), and every token counts."""
+def test_usage_counts_gather_and_reach_the_table_in_one_write(database_target: object) -> None:
+    """200 calls counted within a second reach the table in one write (not one each), and every token
+    counts; left alone, the counts are written by themselves, without anyone reading them."""
     from datetime import UTC
 
     from agent.model.usage import UsageBook
     from agent.storage.database import Database
+    from tests.waiting import PATIENCE
 
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[int, int, int, list[Any]]:
         database = Database(database_target)  # type: ignore[arg-type]
         await database.open()
         writes = 0
@@ -211,13 +214,53 @@ def test_usage_recorded_while_a_write_is_under_way_goes_in_one_batch(database_ta
         book = UsageBook(database, UTC)
         for n in range(200):
             book.record("corp:alice" if n % 2 else "corp:bob", "gpt-4-turbo", 10, 1)
-            if n % 50 == 0:
-                await asyncio.sleep(0)  # let a write begin: what follows waits for the next batch
-        await book.settle()
-        alice, _ = await book.of("corp:alice")
+            await asyncio.sleep(0)  # the writer runs between calls, as in the service
+        alice, _ = await book.of("corp:alice")  # writes what waits, then reads
+        counted_writes = writes
+        book.record("corp:carol", "gpt-4-turbo", 7, 2)  # nobody reads this one: written by itself
+        deadline = asyncio.get_running_loop().time() + PATIENCE
+        rows: list[Any] = []
+        while not rows and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            rows = await run(
+                lambda c: c.execute(
+                    "SELECT prompt_tokens, completion_tokens FROM token_usage WHERE person_id = ?",
+                    ("corp:carol",),
+                ).fetchall()
+            )
         await database.close()
-        return writes, alice.prompt, alice.completion
+        return counted_writes, alice.prompt, alice.completion, [tuple(r) for r in rows]
 
-    writes, prompt, completion = asyncio.run(scenario())
+    writes, prompt, completion, carol = asyncio.run(scenario())
     assert (prompt, completion) == (100 * 10, 100 * 1)
-    assert 1 < writes <= 6, writes  # several batches (writes began mid-way), far fewer than 200
+    assert writes == 2  # one write of the 200 counts, one read
+    assert carol == [(7, 2)]
+
+
+def test_counts_waiting_to_be_written_are_dropped_for_a_person_forgotten_meanwhile(
+    database_target: object,
+) -> None:
+    """/forget all erases a person's token_usage rows; counts of theirs still waiting must not bring a row
+    back (another person's are written as usual)."""
+    import time
+    from datetime import UTC
+
+    from agent.model.usage import UsageBook
+    from agent.storage.database import Database
+    from agent.storage.records import mark_forgotten
+
+    async def scenario() -> list[Any]:
+        database = Database(database_target)  # type: ignore[arg-type]
+        await database.open()
+        book = UsageBook(database, UTC)
+        book.record("corp:alice", "gpt-4-turbo", 10, 1)
+        book.record("corp:bob", "gpt-4-turbo", 20, 2)
+        await database.run(lambda c: mark_forgotten(c, "corp:alice", time.time()))
+        await book.settle()
+        rows = await database.run(
+            lambda c: c.execute("SELECT person_id, prompt_tokens FROM token_usage ORDER BY 1").fetchall()
+        )
+        await database.close()
+        return [tuple(r) for r in rows]
+
+    assert asyncio.run(scenario()) == [("corp:bob", 20)]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
@@ -46,27 +47,33 @@ class Usage:
         return self.prompt + self.completion
 
 
+# Not for a person who asked to be forgotten (/forget all erased their rows) after the count was taken.
 _ADD_SQL = (
     "INSERT INTO token_usage (person_id, day, model, prompt_tokens, completion_tokens) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (person_id, day, model) DO UPDATE SET "
+    "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM forgotten WHERE person_id = ? AND at >= ?) "
+    "ON CONFLICT (person_id, day, model) DO UPDATE SET "
     "prompt_tokens = token_usage.prompt_tokens + excluded.prompt_tokens, "
     "completion_tokens = token_usage.completion_tokens + excluded.completion_tokens"
 )
 
 
+FLUSH_SECONDS = 1.0  # counts gather this long before they are written (a read of them writes them at once)
+
+
 class UsageBook:
-    """Counts reach the table in batches: what is recorded while a write is under way goes in the next
-    one (one statement per person, day and model, in one transaction), so a busy service pays one
-    database round trip for many calls, and a quiet one writes each count at once."""
+    """Counts reach the table in batches: what is recorded within FLUSH_SECONDS of the first count waiting
+    is written together (one row per person, day and model, one transaction), so a busy service pays one
+    write a second, not one per model call. Reading the counts (`of`, `settle`, shutdown) writes what
+    waits first; a crash of the server loses at most that second of counts."""
 
     def __init__(self, database: Database, timezone: tzinfo, observer: Observer | None = None) -> None:
         self._db = database
         self._timezone = timezone
         self.observer: Observer = observer or NoObserver()
-        self._pending: dict[
-            tuple[str, str, str], list[int]
-        ] = {}  # (person, day, model) -> [prompt, completion]
+        # (person, day, model) -> [prompt, completion, when the first of them was counted]
+        self._pending: dict[tuple[str, str, str], list[float]] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._now = asyncio.Event()  # set: write what waits without waiting out FLUSH_SECONDS
 
     def record(self, person_id: str | None, model: str, prompt: int, completion: int) -> None:
         """Count one call (on the event loop): the metric now, the person's row in the background."""
@@ -78,29 +85,35 @@ class UsageBook:
         if person_id is None:
             return
         day = datetime.now(self._timezone).strftime("%Y-%m-%d")
-        counts = self._pending.setdefault((person_id, day, model), [0, 0])
+        counts = self._pending.setdefault((person_id, day, model), [0, 0, time.time()])
         counts[0] += prompt
         counts[1] += completion
         if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_pending())
+            self._now = asyncio.Event()
+            self._writer = loop.create_task(self._write_pending(self._now))
 
-    async def _write_pending(self) -> None:
+    async def _write_pending(self, now: asyncio.Event) -> None:
         while self._pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(now.wait(), FLUSH_SECONDS)
             batch, self._pending = self._pending, {}
-            rows = [(person, day, model, p, c) for (person, day, model), (p, c) in batch.items()]
+            rows = [
+                (person, day, model, int(p), int(c), person, at)
+                for (person, day, model), (p, c, at) in batch.items()
+            ]
 
-            def write(conn: Connection, rows: list[tuple[str, str, str, int, int]] = rows) -> None:
+            def write(conn: Connection, rows: list[tuple[Any, ...]] = rows) -> None:
                 with transaction(conn, durable=False):  # a count, not a promise
                     conn.executemany(_ADD_SQL, rows)
 
-            with contextlib.suppress(
-                StorageError
-            ):  # the database's health logs it; a count is not worth more
+            # The database's health logs a failure; a count is not worth more.
+            with contextlib.suppress(StorageError):
                 await self._db.run(write)
 
     async def settle(self) -> None:
-        """Wait for the counts recorded so far to be written."""
+        """Write the counts recorded so far, now, and wait for that."""
         while self._writer is not None and not self._writer.done():
+            self._now.set()
             await asyncio.gather(self._writer, return_exceptions=True)
 
     async def of(self, person_id: str, now: datetime | None = None) -> tuple[Usage, Usage]:

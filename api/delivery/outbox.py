@@ -223,17 +223,13 @@ class Outbox:
         now = time.time()
 
         def update(conn: Connection) -> Outgoing | None:
-            taken = conn.execute(
+            rows = conn.execute(  # one statement: the compare-and-set and the row as it is now
                 "UPDATE outbox SET next_attempt_at = ?, claimed_until = ?, updated_at = ? "
-                "WHERE id = ? AND state = ? AND next_attempt_at <= ?",
+                "WHERE id = ? AND state = ? AND next_attempt_at <= ? "
+                "RETURNING id, msg_id, part, channel, body, route, attempts",
                 (now + seconds, now + seconds, now, row_id, OutboxState.PENDING.value, now),
-            ).rowcount
-            if taken != 1:
-                return None
-            row = conn.execute(
-                "SELECT id, msg_id, part, channel, body, route, attempts FROM outbox WHERE id = ?", (row_id,)
-            ).fetchone()
-            return _row(row)
+            ).fetchall()  # to the end: SQLite's statement (and its write) is over once its rows are read
+            return _row(rows[0]) if rows else None
 
         return await self._db.run(update)
 

@@ -118,10 +118,13 @@ class Assistant:
         """The variables the chat prompt is rendered with (`turn`: the message's attachments, read)."""
         prompts = prompts or self.prompts_for(message)
         scope = self.history_scope(message)
+        if self.summaries:
+            turns, summary = await self.summaries.window_and_text(scope)
+        else:
+            turns, summary = await self.history.recent(scope), ""
         history: list[BaseMessage] = []
-        for earlier in await self.history.recent(scope):
+        for earlier in turns:
             history.extend([HumanMessage(earlier.human), AIMessage(earlier.ai)])
-        summary = await self.summaries.text(scope) if self.summaries else ""
         return {
             "bot_name": self.settings.bot_name,
             "now": prompts.render_now(self._clock()),

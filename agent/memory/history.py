@@ -37,6 +37,33 @@ class StoredTurn:
     turn: Turn
 
 
+Row = tuple[int, str, str, str, float]  # id, person, role, content, created_at
+
+
+def read_rows(conn: Connection, scope: str, turns: int) -> list[Row]:
+    """The rows of a scope's newest `turns` turns, oldest first (+1 row: a human row whose answer is
+    later)."""
+    rows = conn.execute(
+        "SELECT id, person_id, role, content, created_at FROM history WHERE scope = ? "
+        "ORDER BY id DESC LIMIT ?",
+        (scope, turns * 2 + 1),
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in reversed(rows)]
+
+
+def pair_turns(rows: list[Row]) -> list[StoredTurn]:
+    """Rows into turns, paired per person: in a shared group, turns written by several replicas
+    interleave."""
+    turns: list[StoredTurn] = []
+    pending: dict[str, tuple[int, str, float]] = {}
+    for row_id, person_id, role, content, created_at in rows:
+        if role == "human":
+            pending[person_id] = (row_id, content, created_at)
+        elif (began := pending.pop(person_id, None)) is not None:
+            turns.append(StoredTurn((began[0], row_id), person_id, began[2], Turn(began[1], content)))
+    return turns
+
+
 class HistoryStore:
     """Turns per scope (a conversation and speaker, or a whole group). Never grows past the window, plus
     BACKLOG_TURNS when `folding` (summaries on); nothing is kept when `turns` is 0."""
@@ -66,35 +93,19 @@ class HistoryStore:
     async def stored(self, scope: str, newest: int | None = None) -> list[StoredTurn]:
         """The scope's stored turns, oldest first: every one (the window and what waits to be folded), or
         only the `newest` (what the window can hold: a reply's prompt never reads the backlog)."""
-        limit = (
-            self._kept_turns if newest is None else newest
-        ) * 2 + 1  # +1: a human row whose answer is later
+        limit = self._kept_turns if newest is None else newest
+        return pair_turns(await self._db.run(lambda conn: read_rows(conn, scope, limit)))
 
-        def read(conn: Connection) -> list[tuple[int, str, str, str, float]]:
-            rows = conn.execute(
-                "SELECT id, person_id, role, content, created_at FROM history WHERE scope = ? "
-                "ORDER BY id DESC LIMIT ?",
-                (scope, limit),
-            ).fetchall()
-            return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in reversed(rows)]
-
-        rows = await self._db.run(read)
-        turns: list[StoredTurn] = []
-        # paired per person: in a shared group, turns written by several replicas interleave
-        pending: dict[str, tuple[int, str, float]] = {}
-        for row_id, person_id, role, content, created_at in rows:
-            if role == "human":
-                pending[person_id] = (row_id, content, created_at)
-            elif (began := pending.pop(person_id, None)) is not None:
-                turns.append(StoredTurn((began[0], row_id), person_id, began[2], Turn(began[1], content)))
-        return turns
+    def window(self, turns: list[StoredTurn]) -> list[Turn]:
+        """The window of a scope's newest stored turns (read with `read_rows(conn, scope, self.turns)`)."""
+        kept = [t.turn for t in turns]
+        return kept[len(kept) - self.window_size(kept) :]
 
     async def recent(self, scope: str) -> list[Turn]:
         """The window: the newest turns, at most `turns` and `tokens`, oldest first."""
         if self.turns == 0:
             return []
-        turns = [t.turn for t in await self.stored(scope, newest=self.turns)]
-        return turns[len(turns) - self.window_size(turns) :]
+        return self.window(await self.stored(scope, newest=self.turns))
 
     async def append(self, scope: str, turn: Turn, person_id: str, said_at: float) -> bool:
         """Keep a turn the person began at `said_at`; refused (False) when they asked to be forgotten

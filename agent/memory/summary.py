@@ -21,7 +21,7 @@ import time
 
 from langchain_core.language_models import BaseChatModel
 
-from agent.memory.history import HistoryStore, StoredTurn
+from agent.memory.history import HistoryStore, Row, StoredTurn, Turn, pair_turns, read_rows
 from agent.model.tokens import clip_tokens, message_text
 from agent.model.usage import on_behalf_of
 from agent.prompts.library import PromptLibrary
@@ -69,6 +69,20 @@ class Summaries:
             return _TAGS.sub("", str(row[0])) if row else ""
 
         return await self._db.run(read)
+
+    async def window_and_text(self, scope: str) -> tuple[list[Turn], str]:
+        """The history window and the summary of a scope, read together (one database round trip)."""
+        history = self._history
+        if not self.on:
+            return await history.recent(scope), ""
+
+        def read(conn: Connection) -> tuple[list[Row], str]:
+            rows = read_rows(conn, scope, history.turns)
+            found = conn.execute("SELECT text FROM summaries WHERE scope = ?", (scope,)).fetchone()
+            return rows, _TAGS.sub("", str(found[0])) if found else ""
+
+        rows, text = await self._db.run(read)
+        return history.window(pair_turns(rows)), text
 
     def fold_later(self, scope: str, person_id: str) -> None:
         """After `person_id`'s reply: fold what left the window, in the background (one fold per scope at

@@ -81,6 +81,9 @@ def test_title_is_plain_and_short() -> None:
         ("https://oapi.dingtalk\n.com/x", False),
         ("https://oapi.dingtalk.com/x\x7f", False),
         ("ftp://oapi.dingtalk.com/x", False),
+        # DingTalk's host to httpx (the file API), no URL at all to aiohttp's parser (the reply sender): the
+        # two clients must agree on where a webhook goes, so it is refused
+        ("https://evil.com\\@oapi.dingtalk.com/robot", False),
     ],
 )
 def test_webhook_host_rule(url: str, ok: bool) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import yarl
 
 from agent.messages import IncomingMessage, Reply
 
@@ -18,10 +19,16 @@ _TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*
 
 
 def _origin(url: str) -> tuple[str, str, int]:
-    # httpx's own parser: the one the sender uses, so the check and the send agree on the host.
-    parsed = httpx.URL(url)
+    """Scheme, host and port as both our HTTP clients read the URL: aiohttp's parser (yarl: the reply
+    sender) and httpx's (the file API). A URL they read differently is refused (ValueError), so the check
+    and the send always agree on the host ("http://evil.com\\@oapi.dingtalk.com/" is DingTalk to httpx)."""
+    parsed, other = httpx.URL(url), yarl.URL(url)
     scheme = parsed.scheme.lower()
-    return scheme, parsed.host.lower(), parsed.port or (443 if scheme == "https" else 80)
+    default = 443 if scheme == "https" else 80
+    origin = (scheme, parsed.host.lower(), parsed.port or default)
+    if origin != ((other.scheme or "").lower(), (other.host or "").lower(), other.port or default):
+        raise ValueError("the URL parsers disagree about where this URL goes")
+    return origin
 
 
 def is_loopback_host(host: str) -> bool:

@@ -64,11 +64,7 @@ class Summaries:
         if not self.on:
             return ""
 
-        def read(conn: Connection) -> str:
-            row = conn.execute("SELECT text FROM summaries WHERE scope = ?", (scope,)).fetchone()
-            return _TAGS.sub("", str(row[0])) if row else ""
-
-        return await self._db.run(read)
+        return await self._db.run(lambda conn: _read_text(conn, scope))
 
     async def window_and_text(self, scope: str) -> tuple[list[Turn], str]:
         """The history window and the summary of a scope, read together (one database round trip)."""
@@ -77,9 +73,7 @@ class Summaries:
             return await history.recent(scope), ""
 
         def read(conn: Connection) -> tuple[list[Row], str]:
-            rows = read_rows(conn, scope, history.turns)
-            found = conn.execute("SELECT text FROM summaries WHERE scope = ?", (scope,)).fetchone()
-            return rows, _TAGS.sub("", str(found[0])) if found else ""
+            return read_rows(conn, scope, history.turns), _read_text(conn, scope)
 
         rows, text = await self._db.run(read)
         return history.window(pair_turns(rows)), text
@@ -152,6 +146,11 @@ FOLD_MAX_TOKENS = 3000  # turns given to one fold: a backlog after failures neve
 FOLD_AHEAD_DIVISOR = 3  # a fold takes 1/3 of the window along (windows of 1 or 2 turns: none)
 FOLDS_AT_ONCE = 2  # folds compete with replies for the endpoint
 _TAGS = re.compile(r"</?\s*conversation_summary\s*>", re.IGNORECASE)  # a summary never closes its own block
+
+
+def _read_text(conn: Connection, scope: str) -> str:
+    row = conn.execute("SELECT text FROM summaries WHERE scope = ?", (scope,)).fetchone()
+    return _TAGS.sub("", str(row[0])) if row else ""
 
 
 def _first_tokens(turns: list[StoredTurn]) -> list[StoredTurn]:

@@ -231,6 +231,7 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
             "SECRET": BENCH_SECRET,
             "DINGTALK_OAPI_BASE": webhook,
             "RATE_LIMIT_PER_MINUTE": "0",
+            **dict(setting.split("=", 1) for setting in args.set),
         }
         if engine == "postgresql":
             settings["DATABASE_URL"] = stack.enter_context(postgres_database())
@@ -281,6 +282,7 @@ def render(result: dict[str, Any]) -> str:
         f"DingHook throughput bench: mock model, {result['cpus']} cores shared by the service, the fakes "
         f"and the load generator; burst {result['burst_size']} over {result['connections']} connections, "
         f"then {result['rate']:g}/s for {result['seconds']} s"
+        + (f"; service settings {' '.join(result['settings'])}" if result["settings"] else "")
     ]
     for run in result["engines"]:
         b, p = run["burst"], run["paced"]
@@ -331,6 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "rate": args.rate,
         "seconds": args.seconds,
+        "settings": list(args.set),
         "engines": [run_engine(engine, args) for engine in engines],
     }
 
@@ -345,11 +348,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="uncounted callbacks and echoes first")
     parser.add_argument("--reply-timeout", type=float, default=120.0)
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to wait for a late second reply")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the service, e.g. --set WORKERS=1 (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
         "--py-spy", type=Path, default=None, metavar="FOLDER", help="record the service's stacks in the burst"
     )
     args = parser.parse_args(argv)
+    if any("=" not in setting for setting in args.set):
+        parser.error("--set takes NAME=VALUE")
     if args.burst < 1 or args.connections < 1 or args.rate <= 0 or args.seconds < 1:
         parser.error("--burst, --connections and --seconds must be >= 1, --rate > 0")
     return args

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from bench.settings import HOST, REPO_ROOT, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S
+from bench.settings import BENCH_SECRET, HOST, REPO_ROOT, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S
 
 
 def free_port() -> int:
@@ -145,6 +145,18 @@ def scratch(stack: contextlib.ExitStack, prefix: str = "dinghook-bench-") -> Scr
     # Runs after the service has stopped (LIFO), before the temporary folder goes away.
     stack.callback(lambda: room.log_lines.extend(tail(room.service_log, 10).splitlines()))
     return room
+
+
+def mock_settings(webhook: str, **more: str) -> dict[str, str]:
+    """The service's settings for a bench: mock model, the bench's signing secret, DingTalk at the fake
+    `webhook`, no per-person rate limit (a bench sends more than a person would); `more` on top."""
+    return {
+        "FORCE_MOCK_OPENAI": "1",
+        "SECRET": BENCH_SECRET,
+        "DINGTALK_OAPI_BASE": webhook,
+        "RATE_LIMIT_PER_MINUTE": "0",
+        **more,
+    }
 
 
 def start_service(stack: contextlib.ExitStack, room: Scratch, settings: dict[str, str]) -> str:

@@ -52,7 +52,7 @@ if __package__ in (None, ""):
 
 from bench.fake_webhook import fake_webhook
 from bench.load import callback_body, signed_headers
-from bench.processes import postgres_database, run_bench, scratch, start_service
+from bench.processes import mock_settings, postgres_database, run_bench, scratch, start_service
 from bench.report import percentile
 from bench.settings import BENCH_SECRET, HOST
 
@@ -105,15 +105,9 @@ def firing(args: argparse.Namespace) -> dict[str, Any]:
         room = scratch(stack, "dinghook-reminders-")
         port = stack.enter_context(fake_webhook())
         webhook = f"http://{HOST}:{port}"
-        settings = {
-            "FORCE_MOCK_OPENAI": "1",
-            "SECRET": BENCH_SECRET,
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "CHECK_INTERVAL_SECONDS": "60",
-            "BOT_TIMEZONE": TIMEZONE,
-            "MAX_REMINDERS_PER_PERSON": "1000",
-            "DINGTALK_OAPI_BASE": webhook,
-        }
+        settings = mock_settings(
+            webhook, CHECK_INTERVAL_SECONDS="60", BOT_TIMEZONE=TIMEZONE, MAX_REMINDERS_PER_PERSON="1000"
+        )
         if args.postgres:
             settings["DATABASE_URL"] = stack.enter_context(postgres_database())
         base = start_service(stack, room, settings)

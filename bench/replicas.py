@@ -38,8 +38,15 @@ from bench.delivery import run_load, send_order  # noqa: E402
 from bench.delivery_report import token  # noqa: E402
 from bench.fake_webhook import fake_webhook  # noqa: E402
 from bench.load import callback_body  # noqa: E402
-from bench.processes import chroma_server, cpu_count, postgres_database, scratch, start_service  # noqa: E402
-from bench.settings import BENCH_SECRET, HOST  # noqa: E402
+from bench.processes import (  # noqa: E402
+    chroma_server,
+    cpu_count,
+    mock_settings,
+    postgres_database,
+    scratch,
+    start_service,
+)
+from bench.settings import HOST  # noqa: E402
 
 SETUPS = (
     ("1 replica, SQLite", 1, False),
@@ -74,12 +81,7 @@ def run_setup(name: str, replicas: int, postgres: bool, args: argparse.Namespace
     with contextlib.ExitStack() as stack:
         room = scratch(stack)
         webhook = f"http://{HOST}:{stack.enter_context(fake_webhook())}"
-        settings = {
-            "FORCE_MOCK_OPENAI": "1",
-            "SECRET": BENCH_SECRET,
-            "DINGTALK_OAPI_BASE": webhook,
-            "RATE_LIMIT_PER_MINUTE": "0",
-        }
+        settings = mock_settings(webhook)
         if postgres:
             settings["DATABASE_URL"] = stack.enter_context(postgres_database())
             settings["CHROMA_URL"] = stack.enter_context(chroma_server(room.folder / "chroma"))

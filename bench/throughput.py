@@ -50,6 +50,7 @@ from bench.processes import (  # noqa: E402
     child_env,
     cpu_count,
     free_port,
+    mock_settings,
     postgres_database,
     profiled,
     run_bench,
@@ -226,13 +227,7 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         room = scratch(stack)
         webhook = f"http://{HOST}:{stack.enter_context(fake_webhook())}"
-        settings = {
-            "FORCE_MOCK_OPENAI": "1",
-            "SECRET": BENCH_SECRET,
-            "DINGTALK_OAPI_BASE": webhook,
-            "RATE_LIMIT_PER_MINUTE": "0",
-            **dict(setting.split("=", 1) for setting in args.set),
-        }
+        settings = mock_settings(webhook, **dict(setting.split("=", 1) for setting in args.set))
         if engine == "postgresql":
             settings["DATABASE_URL"] = stack.enter_context(postgres_database())
         service = start_service(stack, room, settings)

@@ -68,9 +68,7 @@ class Connection:
         self.writer.close()
 
 
-async def _fire(
-    url: str, payloads: Sequence[bytes], connections: int, rate: float, on_error: Callable[[], None]
-) -> list[Outcome]:
+async def _fire(url: str, payloads: Sequence[bytes], connections: int, rate: float) -> list[Outcome]:
     """Send every payload; closed loop over `connections` when rate is 0, else one every 1/rate s."""
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
@@ -82,8 +80,7 @@ async def _fire(
         sent_at, started = time.time(), time.perf_counter_ns()
         try:
             status, body = await connection.exchange(payloads[index])
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            on_error()
+        except (OSError, asyncio.IncompleteReadError, ValueError):  # an outcome without a latency
             connection.close()
             outcomes.append(Outcome(index, sent_at, None, 0, b""))
             pool.put_nowait(await Connection.open(url))
@@ -125,9 +122,4 @@ def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 def fire(url: str, payloads: Sequence[bytes], *, connections: int, rate: float = 0.0) -> list[Outcome]:
     """POST every prebuilt payload (see `encode`) to url; the outcomes in payload order."""
-    errors = [0]
-
-    def count() -> None:
-        errors[0] += 1
-
-    return run(lambda: _fire(url, payloads, connections, rate, count))
+    return run(lambda: _fire(url, payloads, connections, rate))

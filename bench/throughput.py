@@ -59,16 +59,12 @@ from bench.processes import (  # noqa: E402
     start_service,
     started,
 )
+from bench.report import percentile  # noqa: E402
 from bench.settings import BENCH_SECRET, HOST  # noqa: E402
 
 GOAL_ANSWERED_PER_S = 1000.0
 GOAL_ACK_OVER_ECHO_MS = 5.0
 GOAL_LAG_P99_MS = 500.0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def ack_problems(outcomes: list[rawhttp.Outcome]) -> int:
@@ -87,7 +83,7 @@ def ack_problems(outcomes: list[rawhttp.Outcome]) -> int:
 
 def latency(outcomes: list[rawhttp.Outcome]) -> dict[str, float]:
     values = [o.latency_ms for o in outcomes if o.latency_ms is not None]
-    return {"p50_ms": statistics.median(values), "p99_ms": pct(values, 99), "max_ms": max(values)}
+    return {"p50_ms": statistics.median(values), "p99_ms": percentile(values, 99), "max_ms": max(values)}
 
 
 def wait_replies(webhook: str, tokens: set[str], timeout: float, settle: float) -> dict[str, Any]:
@@ -144,8 +140,8 @@ def replies(outcomes: list[rawhttp.Outcome], tokens: list[str], seen: dict[str, 
         "answered": len(lags),
         "lost": sum(1 for _, t in acked if t not in seen),
         "doubled": sum(int(seen[t]["count"]) - 1 for _, t in acked if t in seen and seen[t]["count"] > 1),
-        "lag_p50_ms": pct(lags, 50),
-        "lag_p99_ms": pct(lags, 99),
+        "lag_p50_ms": percentile(lags, 50),
+        "lag_p99_ms": percentile(lags, 99),
         "last_reply_at": last,
     }
 

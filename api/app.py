@@ -23,7 +23,7 @@ from api.delivery.courier import Courier
 from api.delivery.dispatcher import Dispatcher
 from api.delivery.housekeeping import PeriodicCheck
 from api.delivery.inbox import Inbox
-from api.delivery.intake import take_in_stream
+from api.delivery.intake import Reception, take_in_stream
 from api.delivery.outbox import Outbox
 from api.delivery.recovery import StorageRecovery
 from api.delivery.reminders import ReminderClock, ReminderReach
@@ -33,6 +33,7 @@ from api.dingtalk.openapi import AccessTokens, OpenApiSender
 from api.dingtalk.robot_webhook import RobotWebhookSender
 from api.dingtalk.sender import SessionWebhookSender
 from api.dingtalk.stream import StreamConnection
+from api.front.passing import PeerFromFront
 from api.metrics import Metrics
 from api.routes import dingtalk, health
 from api.services import Services
@@ -240,6 +241,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 metrics=metrics,
             )
         app.state.services = services
+        app.state.reception = Reception(
+            settings, dispatcher, storage_ok=lambda: database.health.ok, count=metrics.callback
+        )
         metrics.track_database(lambda: float(database.health.ok))
         recovery = StorageRecovery(
             database=database,
@@ -306,11 +310,15 @@ async def _stopped() -> None:
     log.info("DingHook stopped")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, front_token: str | None = None) -> FastAPI:
+    """`front_token`: requests come through the acking process (api/front/), which names their client
+    with this token."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     app = FastAPI(title="DingHook", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
+    if front_token is not None:
+        app.add_middleware(PeerFromFront, token=front_token)
     app.include_router(health.router)
     if settings.console_password is not None:  # off otherwise: /console is a plain 404
         from api.console.mount import mount_console

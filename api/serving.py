@@ -14,9 +14,13 @@ client's address is logged, never what it sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import socket
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -197,3 +201,51 @@ def server_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Confi
     }
     options.update(extra)
     return uvicorn.Config(app, host=host, port=port, **options)
+
+
+class Companion(Protocol):
+    """A process that serves beside the server (the acking process, api/front/): started once the server
+    is ready, stopped before it stops."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; we exit 0 instead. A companion starts
+    after the lifespan's startup and stops before the server's shutdown (its requests come through us)."""
+
+    def __init__(self, config: uvicorn.Config, companion: Companion | None = None) -> None:
+        super().__init__(config)
+        self.companion = companion
+        self.companion_failed = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.should_exit or self.companion is None:
+            return
+        try:
+            await self.companion.start()
+        except Exception as exc:
+            log.error("cannot start: %s", exc)
+            self.companion_failed = self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.companion is not None:
+            await self.companion.stop()
+        await super().shutdown(sockets=sockets)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.started and not self.companion_failed

@@ -225,6 +225,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14 and 15)
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (the service's acking process, ACK_PROCESS), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 class Meters:
     """CPU seconds between two marks of named groups of processes (the service; on PostgreSQL the server
     processes of its connections; the fake webhook...) and of this process ("generator")."""

@@ -48,6 +48,7 @@ from bench.load import EMPTY_ACK, callback_body, signed_headers  # noqa: E402
 from bench.processes import (  # noqa: E402
     Meters,
     child_env,
+    children,
     cpu_count,
     free_port,
     mock_settings,
@@ -175,11 +176,15 @@ def burst(load: Load, meters: Meters, args: argparse.Namespace) -> dict[str, Any
             "generator_pct": share(ack_used, "generator"),
         },
         "answered_per_s": outcome["answered"] / span,
-        "service_cpu_ms_per_message": 1000 * answer_used["service"] / max(outcome["answered"], 1),
+        "service_cpu_ms_per_message": 1000
+        * (answer_used["service"] + answer_used["acking"])
+        / max(outcome["answered"], 1),
+        "acking_cpu_ms_per_message": 1000 * answer_used["acking"] / max(outcome["answered"], 1),
         "database_cpu_ms_per_message": 1000 * answer_used["database"] / max(outcome["answered"], 1),
         "webhook_pct": share(answer_used, "webhook"),
         "generator_pct": share(answer_used, "generator"),
         "service_pct": share(answer_used, "service"),
+        "acking_pct": share(answer_used, "acking"),
         **{k: outcome[k] for k in ("answered", "lost", "doubled", "lag_p50_ms", "lag_p99_ms")},
     }
 
@@ -214,6 +219,7 @@ def paced(load: Load, meters: Meters, args: argparse.Namespace) -> dict[str, Any
         "generator_pct": share(used, "generator"),
         "webhook_pct": share(used, "webhook"),
         "service_pct": share(used, "service"),
+        "acking_pct": share(used, "acking"),
         **{k: outcome[k] for k in ("answered", "lost", "doubled", "lag_p50_ms", "lag_p99_ms")},
     }
 
@@ -240,7 +246,12 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             webhook_pid = int(client.get(f"{webhook}/count").json()["pid"])
         assert room.service_pid is not None
-        groups = {"service": [room.service_pid], "webhook": [webhook_pid], "database": []}
+        groups = {
+            "service": [room.service_pid],
+            "acking": children(room.service_pid),  # the acking process (ACK_PROCESS), if any
+            "webhook": [webhook_pid],
+            "database": [],
+        }
         if engine == "postgresql":  # the server processes of the service's connections (the lanes)
             groups["database"] = server_pids(settings["DATABASE_URL"])
         meters = Meters(groups)
@@ -287,7 +298,13 @@ def render(result: dict[str, Any]) -> str:
             f"          answered {b['answered_per_s']:7.0f} messages/s (goal >= {GOAL_ANSWERED_PER_S:.0f});"
             f" reply lag p50 {b['lag_p50_ms']:.0f} / p99 {b['lag_p99_ms']:.0f} ms",
             f"          service CPU {b['service_cpu_ms_per_message']:.2f} ms per answered message"
-            f" ({b['service_pct']:.0f}% of a core); webhook {b['webhook_pct']:.0f}%,"
+            f" ({b['service_pct']:.0f}% of a core"
+            + (
+                f", of which acking {b['acking_cpu_ms_per_message']:.2f} ms, {b['acking_pct']:.0f}%"
+                if b["acking_pct"]
+                else ""
+            )
+            + f"); webhook {b['webhook_pct']:.0f}%,"
             f" generator {b['generator_pct']:.0f}%"
             + (
                 f"; PostgreSQL's server {b['database_cpu_ms_per_message']:.2f} ms per message"
@@ -300,7 +317,9 @@ def render(result: dict[str, Any]) -> str:
             f" ack p50 {p['ack']['p50_ms']:.2f} / p99 {p['ack']['p99_ms']:.2f} ms"
             f" (+{p['ack']['p99_ms'] - p['echo']['p99_ms']:.2f}; goal <= +{GOAL_ACK_OVER_ECHO_MS:.0f})",
             f"          reply lag p50 {p['lag_p50_ms']:.0f} / p99 {p['lag_p99_ms']:.0f} ms"
-            f" (goal p99 <= {GOAL_LAG_P99_MS:.0f}); service {p['service_pct']:.0f}%,"
+            f" (goal p99 <= {GOAL_LAG_P99_MS:.0f}); service {p['service_pct']:.0f}%"
+            + (f" + acking {p['acking_pct']:.0f}%" if p["acking_pct"] else "")
+            + ","
             f" webhook {p['webhook_pct']:.0f}%, generator {p['generator_pct']:.0f}% of a core",
             f"          answered {p['answered']}, lost {p['lost']}, doubled {p['doubled']},"
             f" bad acks {p['ack']['problems']}",

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
+import os
+import secrets
 import socket
 import sys
-from collections.abc import Iterator
-
-import uvicorn
 
 from agent.errors import ConfigError, PromptError
 from agent.memory.embeddings import build_embeddings
 from agent.memory.store import check_stored_dims
 from agent.prompts.library import PromptLibrary
+from agent.settings.choices import DingTalkMode
 from agent.settings.config import Settings
 from agent.settings.loading import load_settings
 from agent.storage.database import engine_for
@@ -21,8 +19,13 @@ from agent.storage.health import StorageError
 from agent.storage.migrate import SchemaTooNew
 from agent.storage.sqlite import SqliteEngine
 from api.app import create_app
-from api.serving import server_config
+from api.front.events import EventHandlers
+from api.front.supervisor import AckProcess
+from api.services import Services
+from api.serving import GracefulServer, server_config
 from dingbot.logs import configure_logging
+
+LISTEN_BACKLOG = 2048  # uvicorn's default
 
 
 def preflight() -> Settings:
@@ -69,18 +72,43 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; we exit 0 instead."""
+def _listen(host: str, port: int) -> socket.socket:
+    """PORT, bound here and kept open: the acking process serves it; a restart of that process loses no
+    connection (they wait in the backlog)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(LISTEN_BACKLOG)
+    listener.set_inheritable(True)
+    return listener
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        stops = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+
+def _serve_with_ack_process(settings: Settings) -> GracefulServer:
+    """ACK_PROCESS: this process answers; a child process stores and acks callbacks on PORT and passes
+    every other request here, over an abstract Unix socket (api/front/)."""
+    listener = _listen(settings.host, settings.port)
+    name = f"dingbot-{os.getpid()}-{secrets.token_hex(8)}"
+    inside = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    inside.bind("\0" + name)
+    token = secrets.token_urlsafe(32)
+    app = create_app(settings, front_token=token)
+
+    def services() -> Services:
+        found: Services = app.state.services
+        return found
+
+    handlers = EventHandlers(
+        schedule=lambda message: services().dispatcher.schedule(message),
+        redelivered=lambda message: services().dispatcher.redelivered(message),
+        count=lambda outcome: services().metrics.callback(outcome),
+        ready=lambda: None,
+    )
+    front = AckProcess(listener, service=name, token=token, handlers=handlers)
+    server = GracefulServer(server_config(app, settings.host, settings.port), companion=front)
+    server.run(sockets=[inside])
+    listener.close()
+    return server
 
 
 def main() -> int:
@@ -90,10 +118,12 @@ def main() -> int:
         print(f"dingbot: cannot start: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    config = server_config(create_app(settings), settings.host, settings.port)
-    server = _Server(config)
-    server.run()  # handles SIGTERM/SIGINT: stops accepting, drains, runs the lifespan shutdown
-    return 0 if server.started else 1
+    if settings.ack_process and settings.dingtalk_mode is not DingTalkMode.STREAM:
+        server = _serve_with_ack_process(settings)
+    else:
+        server = GracefulServer(server_config(create_app(settings), settings.host, settings.port))
+        server.run()  # handles SIGTERM/SIGINT: stops accepting, drains, runs the lifespan shutdown
+    return 0 if server.succeeded else 1
 
 
 if __name__ == "__main__":

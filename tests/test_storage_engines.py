@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tests.fakes.servers import FakeDingTalk
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.postgres import SERVER
 from tests.store import sql
-from tests.waiting import wait_until
+from tests.waiting import PATIENCE, wait_until
 
 DATA = Path(__file__).parent / "data"
 
@@ -296,3 +297,88 @@ def test_a_write_that_is_not_a_promise_does_not_wait_for_the_wal_flush(database_
 
     assert seen(durable=False) == ("off", "on")
     assert seen(durable=True) == ("on", "on")
+
+
+def _holding_the_write_lock(path: Path, release: threading.Event, holding: threading.Event) -> None:
+    """Another writer (the service's connection, say): BEGIN IMMEDIATE, then COMMIT once `release` is set."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(PATIENCE)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@pytest.mark.sqlite_only
+def test_a_callback_s_insert_waits_for_another_writer_s_lock_then_goes_in(
+    database_target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request lane reports a busy lock at once (busy_timeout 0) and tries again in 0.1-2 ms steps:
+    the insert lands once the other writer commits, and fails with the busy error after the patience."""
+    from agent.storage import database as database_module
+
+    async def scenario() -> None:
+        database = Database(database_target)
+        await database.open()
+        try:
+            insert = "INSERT INTO rate_events (person_id, at) VALUES (?, ?)"
+            release, holding = threading.Event(), threading.Event()
+            holder = threading.Thread(
+                target=_holding_the_write_lock, args=(database_target, release, holding)
+            )
+            holder.start()
+            assert holding.wait(PATIENCE)
+            waiting = asyncio.ensure_future(database.run_for_request(lambda c: c.execute(insert, ("a", 1.0))))
+            await asyncio.sleep(0.2)  # it has found the lock taken: SQLite would have failed it already
+            assert not waiting.done()
+            release.set()
+            await asyncio.wait_for(waiting, PATIENCE)
+            holder.join()
+
+            monkeypatch.setattr(database_module, "BUSY_PATIENCE_SECONDS", 0.2)
+            release, holding = threading.Event(), threading.Event()
+            holder = threading.Thread(
+                target=_holding_the_write_lock, args=(database_target, release, holding)
+            )
+            holder.start()
+            assert holding.wait(PATIENCE)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await database.run_for_request(lambda c: c.execute(insert, ("b", 2.0)))
+            release.set()
+            holder.join()
+            await database.run_for_request(lambda c: c.execute(insert, ("c", 3.0)))  # the lane still works
+        finally:
+            await database.close()
+
+    asyncio.run(scenario())
+    assert sql(database_target, "SELECT person_id FROM rate_events ORDER BY at") == [("a",), ("c",)]
+
+
+@pytest.mark.postgres_only
+def test_work_on_postgresql_is_not_held_up_by_a_slow_statement(database_target: Engine) -> None:
+    """Several work lanes: while one connection waits (a slow statement, a lock), the next work runs on
+    another."""
+    stuck = threading.Event()
+
+    def slow(conn: object) -> int:
+        stuck.wait(PATIENCE)
+        return 1
+
+    async def scenario() -> tuple[int, int]:
+        database = Database(database_target)
+        await database.open()
+        try:
+            first = asyncio.ensure_future(database.run(slow))
+            quick = await asyncio.wait_for(
+                database.run(lambda conn: int(conn.execute("SELECT 2").fetchone()[0])), PATIENCE
+            )
+            assert not first.done()
+            stuck.set()
+            return await first, quick
+        finally:
+            stuck.set()
+            await database.close()
+
+    assert asyncio.run(scenario()) == (1, 2)

@@ -244,6 +244,13 @@ class Settings(BaseSettings):
         le=3600,
     )
     workers: int = setting(4, "同时处理的消息数", "messages answered at once", ge=1, le=64)
+    ack_process: bool = setting(
+        True,
+        "`python -m dingbot.server` 在单独的进程里确认 HTTP 回调（存入收件箱后立即回 200），"
+        "回答消息的进程再忙，确认也不变慢；其余请求由它转给服务进程",
+        "`python -m dingbot.server` acks HTTP callbacks in a process of its own (stored in the inbox, then "
+        "200), so acks stay fast however busy the answering process is; it passes every other request on",
+    )
     retention_days: float = setting(
         30.0, "收件箱、发件箱和短期历史保留的天数", "days inbox, outbox and history rows are kept", gt=0
     )

@@ -1,4 +1,4 @@
-"""The database: SQLite at DATABASE_PATH, or PostgreSQL at DATABASE_URL, reached through two lanes.
+"""The database: SQLite at DATABASE_PATH, or PostgreSQL at DATABASE_URL, reached through lanes.
 
 Statements run on dedicated threads (one connection each), so the event loop never blocks on the database.
 The SQL is written once (`?` placeholders, standard upserts, `RETURNING`); the schema lives in Alembic
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,27 +40,39 @@ def engine_for(settings: Settings) -> Engine:
     return SqliteEngine(settings.database_path)
 
 
+BUSY_PATIENCE_SECONDS = 5.0  # a request-lane statement waits this long for another writer's lock
+BUSY_FIRST_WAIT_SECONDS = 0.0001
+BUSY_LONGEST_WAIT_SECONDS = 0.002
+
+
 class _Lane:
     """One connection on one dedicated thread, made (again) on that thread when it is needed."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, fine_waits: bool = False) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.conn: Connection | None = None
+        self.pending = 0  # statements given to it and not finished: work goes to the least busy lane
+        # The request lane waits for a lock in steps of 0.1-2 ms (its work is one transaction, so trying
+        # it again is safe); the work lane lets the driver wait.
+        self.fine_waits = fine_waits
 
 
 class Database:
-    """The request lane serves the few statements a callback waits for (the dedupe insert); the work lane
-    serves everything else. So an acknowledgement never queues behind background history writes.
+    """The request lane serves the few statements a callback waits for (the dedupe insert); the work lanes
+    (one on SQLite, whose writers take turns anyway; `Engine.work_lanes` on PostgreSQL) serve everything
+    else. So an acknowledgement never queues behind background history writes.
 
     A statement that fails because of the database itself (damaged, full, unwritable, failing, a server
     that does not answer) raises `StorageError` and puts `health` in that fault until `probe()` finds the
     database working again. A lost PostgreSQL connection is replaced on the lane's next statement.
     """
 
-    def __init__(self, target: Path | Engine) -> None:
+    def __init__(self, target: Path | Engine, *, quiet_health: bool = False) -> None:
+        """`quiet_health`: faults are logged at DEBUG only (the acking process: the service logs them)."""
         self.engine = target if isinstance(target, Engine) else SqliteEngine(target)
-        self.health = StorageHealth(self.engine.where, self.engine.fix)
+        self.health = StorageHealth(self.engine.where, self.engine.fix, quiet=quiet_health)
         self._lanes: dict[str, _Lane] = {}
+        self._work: list[_Lane] = []  # the work lanes (Engine.work_lanes): "work" picks the least busy
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Database:
@@ -74,11 +87,13 @@ class Database:
         """Migrate the schema forward and connect both lanes. Raises StorageError (one line) when the
         database cannot be used, SchemaTooNew when a newer dingbot migrated it."""
         loop = asyncio.get_running_loop()
-        work, request = _Lane("dingbot-db"), _Lane("dingbot-db-request")
+        work, request = _Lane("dingbot-db"), _Lane("dingbot-db-request", fine_waits=True)
         self._lanes = {"work": work, "request": request}
+        self._work = [work] + [_Lane(f"dingbot-db-{n}") for n in range(2, self.engine.work_lanes + 1)]
+        self._lanes.update({f"work-{n}": lane for n, lane in enumerate(self._work[1:], start=2)})
         try:
             await loop.run_in_executor(work.executor, self.engine.migrate)
-            for lane in (work, request):
+            for lane in self._lanes.values():
                 await loop.run_in_executor(lane.executor, self._connection, lane)
         except SchemaTooNew:
             await self.close()
@@ -92,18 +107,37 @@ class Database:
 
     def _connection(self, lane: _Lane) -> Connection:
         if lane.conn is None:
-            lane.conn = self.engine.connect()
+            conn = self.engine.connect()
+            if lane.fine_waits:
+                self.engine.serve_requests(conn)
+            lane.conn = conn
         return lane.conn
+
+    def _patiently(self, lane: _Lane, work: Callable[[Connection], T]) -> T:
+        """`work` again while another connection holds the lock, waiting 0.1 ms, then twice as long each
+        time up to 2 ms, for at most BUSY_PATIENCE_SECONDS (then the busy error is raised)."""
+        wait = BUSY_FIRST_WAIT_SECONDS
+        deadline = time.monotonic() + BUSY_PATIENCE_SECONDS
+        while True:
+            try:
+                return work(self._connection(lane))
+            except self.engine.errors as exc:
+                if not self.engine.busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(wait)
+            wait = min(2 * wait, BUSY_LONGEST_WAIT_SECONDS)
 
     async def _run_on(self, lane_name: str, work: Callable[[Connection], T]) -> T:
         lane = self._lanes.get(lane_name)
         if lane is None:
             raise RuntimeError("database is not open")
+        if lane_name == "work" and len(self._work) > 1:
+            lane = min(self._work, key=lambda candidate: candidate.pending)
 
         def run() -> T:
             conn = self._connection(lane)
             try:
-                return work(conn)
+                return self._patiently(lane, work) if lane.fine_waits else work(conn)
             except self.engine.errors as exc:
                 if self.engine.broken(conn, exc):
                     lane.conn = None
@@ -111,6 +145,7 @@ class Database:
                         self.engine.close(conn)
                 raise
 
+        lane.pending += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(lane.executor, run)
         except self.engine.errors as exc:
@@ -118,6 +153,8 @@ class Database:
             if fault is None:
                 raise
             raise self.health.failed(exc, fault) from exc
+        finally:
+            lane.pending -= 1
 
     async def probe(self) -> bool:
         """After a fault: does the database work again? A damaged SQLite file must pass a quick_check, any
@@ -181,7 +218,7 @@ class Database:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        lanes, self._lanes = self._lanes, {}
+        lanes, self._lanes, self._work = self._lanes, {}, []
         for lane in lanes.values():
             conn, lane.conn = lane.conn, None
             if conn is not None:

@@ -26,10 +26,19 @@ class Engine(abc.ABC):
     name: str
     where: str  # for messages and logs: a file path, or a URL without its password
     single_owner: bool  # True: one process owns the database (whatever is `processing` at start is ours)
+    work_lanes: int = 1  # connections (each on its own thread) for the work that is not a callback's
 
     @abc.abstractmethod
     def connect(self) -> Connection:
         """A new connection, in autocommit mode (transactions are explicit: `connection.transaction`)."""
+
+    def serve_requests(self, conn: Connection) -> None:  # noqa: B027 (PostgreSQL: nothing to do)
+        """Set `conn` up for statements a caller waits on: it reports a busy lock at once instead of waiting
+        for it itself (see `busy`), and leaves slow upkeep to the other connections."""
+
+    def busy(self, exc: BaseException) -> bool:
+        """`exc` says another connection holds the lock: the same work may simply be tried again."""
+        return False
 
     def close(self, conn: Connection) -> None:
         conn.close()  # type: ignore[attr-defined]  # both drivers' connections have it

@@ -42,9 +42,10 @@ class StorageError(DingbotError):
 class StorageHealth:
     """The database's current fault, if any. Used on the event loop's thread only."""
 
-    def __init__(self, where: str, fix: Callable[[StorageFault], str]) -> None:
+    def __init__(self, where: str, fix: Callable[[StorageFault], str], *, quiet: bool = False) -> None:
         self.where = where
         self._fix = fix
+        self._quiet = quiet  # another process (the service) logs the same database's faults
         self.fault: StorageFault | None = None
         self.error: StorageError | None = None
         self.since = 0.0  # when the current fault began (monotonic)
@@ -67,7 +68,8 @@ class StorageHealth:
         self.fault, self.error = fault, error
         self._unlogged += 1
         if now - self._logged_at >= LOG_EVERY_SECONDS:
-            log.error(
+            log.log(
+                logging.DEBUG if self._quiet else logging.ERROR,
                 "%s (%d statement(s) failed since the last line). Callbacks are answered 503 until it works "
                 "again (DingTalk delivers them again); the work left behind resumes by itself then",
                 error,
@@ -79,7 +81,8 @@ class StorageHealth:
     def recovered(self) -> None:
         if self.fault is None:
             return
-        log.warning(
+        log.log(
+            logging.DEBUG if self._quiet else logging.WARNING,
             "database %s works again after %.0f s (it was %s): resuming the work left behind",
             self.where,
             time.monotonic() - self.since,

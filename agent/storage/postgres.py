@@ -78,6 +78,10 @@ class PgConnection:
 class PostgresEngine(Engine):
     name = "postgresql"
     single_owner = False  # replicas share it: a `processing` row may be another replica's live work
+    # Several: a statement is a round trip to the server, and one connection made every reply wait for
+    # the others' (answered/s 78 -> see docs/benchmarks.md). Rows are locked per person and claims are
+    # conditional statements, as for replicas, so the lanes need nothing else. SQLite keeps one writer.
+    work_lanes = 3
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -109,6 +109,20 @@ class SqliteEngine(Engine):
         conn.execute("PRAGMA secure_delete=ON")  # deleted text does not linger in free pages
         return conn
 
+    def serve_requests(self, conn: Connection) -> None:
+        # SQLite's own busy handler sleeps 1, 2, 5, 10, 15... ms between tries: a write that finds the
+        # lock taken by a transaction of 0.3 ms waited 8-25 ms (the acks' p99 at 200/s, measured).
+        conn.execute("PRAGMA busy_timeout=0")
+        # Checkpoints (copying the WAL into the file, with an fsync) are left to the work lane's
+        # connection, which writes after every answer: a callback's commit never pays for one.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    def busy(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) in (
+            sqlite3.SQLITE_BUSY,
+            getattr(sqlite3, "SQLITE_BUSY_SNAPSHOT", -1),
+        )
+
     def check(self) -> str:
         found = check_file(self.path)  # a damaged file is named before anything else reads it
         schema = super().check()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.messages import IncomingMessage
 from agent.observe import current_message_id
@@ -40,6 +42,29 @@ class Intake:
     @property
     def refused(self) -> bool:
         return self.outcome in (Outcome.REFUSED_400, Outcome.REFUSED_403)
+
+
+class IntakeSink(Protocol):
+    """Where accepted messages go: the dispatcher, or (in the acking process) the inbox plus a word to the
+    answering process."""
+
+    async def accept(self, message: IncomingMessage) -> bool:
+        """Store and claim the message; False for a msgId already seen."""
+        ...
+
+    def redelivered(self, message: IncomingMessage) -> None: ...
+
+    def schedule(self, message: IncomingMessage) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reception:
+    """What the HTTP callback route needs, in the service or in the acking process (api/front/)."""
+
+    settings: Settings
+    sink: IntakeSink
+    storage_ok: Callable[[], bool]  # False while the database has a fault: callbacks get 503
+    count: Callable[[str], None]  # an outcome, for the callbacks metric
 
 
 def _refused_origin(message: IncomingMessage, settings: Settings) -> str:
@@ -74,9 +99,10 @@ def _webhook_refusal(message: IncomingMessage, settings: Settings, from_this_mac
     return "sessionWebhook is not on a configured DingTalk host (DINGTALK_OAPI_BASE)"
 
 
-async def take_in(services: Services, message: IncomingMessage, *, from_this_machine: bool = False) -> Intake:
+async def take_in(
+    settings: Settings, sink: IntakeSink, message: IncomingMessage, *, from_this_machine: bool = False
+) -> Intake:
     """Accept a verified, parsed message into the inbox (or say why not). Never waits for an answer."""
-    settings = services.settings
     current_message_id.set(message.message_id)
     refusal = _webhook_refusal(message, settings, from_this_machine)
     if refusal:
@@ -99,9 +125,9 @@ async def take_in(services: Services, message: IncomingMessage, *, from_this_mac
     if not message.addressed_to_bot:
         log.info("message %s: group message not addressed to the bot, ignored", message.message_id)
         return Intake(Outcome.IGNORED)
-    if not await services.dispatcher.accept(message):
+    if not await sink.accept(message):
         log.info("message %s: duplicate delivery, already handled", message.message_id)
-        services.dispatcher.redelivered(message)
+        sink.redelivered(message)
         return Intake(Outcome.DUPLICATE)
     log.info(
         "message %s: accepted (%s, %s)",
@@ -116,7 +142,7 @@ async def take_in(services: Services, message: IncomingMessage, *, from_this_mac
         message.conversation_title or "one-to-one",
         message.text,
     )
-    services.dispatcher.schedule(message)  # the task inherits current_message_id for its log lines
+    sink.schedule(message)  # the task inherits current_message_id for its log lines
     return Intake(Outcome.ACCEPTED)
 
 
@@ -133,7 +159,7 @@ async def take_in_stream(services: Services, data: str) -> Intake:
         intake = Intake(Outcome.PARKED)
         try:
             if services.database.health.ok:
-                intake = await take_in(services, message)
+                intake = await take_in(services.settings, services.dispatcher, message)
         except StorageError:
             pass
         if intake.outcome is Outcome.PARKED:

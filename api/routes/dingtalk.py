@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from agent.storage.health import StorageError
-from api.delivery.intake import Outcome, take_in
-from api.deps import LocalPeer, ServicesDep
+from api.delivery.intake import Outcome, Reception, take_in
+from api.deps import LocalPeer
 from api.dingtalk.parse import PayloadError, parse_callback
 from api.dingtalk.signature import SignatureError, verify_callback
 
@@ -56,15 +57,25 @@ def _unavailable() -> JSONResponse:
     )
 
 
+# Async on purpose: a plain `def` dependency runs in a worker thread on every request (slower acks).
+async def get_reception(request: Request) -> Reception:
+    """The service's (api/app.py) or the acking process's (api/front/) reception, built by its lifespan."""
+    reception: Reception = request.app.state.reception
+    return reception
+
+
+ReceptionDep = Annotated[Reception, Depends(get_reception)]
+
+
 @router.post("/dingtalk/callback")
-async def dingtalk_callback(request: Request, services: ServicesDep, local: LocalPeer) -> JSONResponse:
-    outcome, response = await _handle(request, services, local)
-    services.metrics.callback(outcome)
+async def dingtalk_callback(request: Request, reception: ReceptionDep, local: LocalPeer) -> JSONResponse:
+    outcome, response = await _handle(request, reception, local)
+    reception.count(outcome)
     return response
 
 
-async def _handle(request: Request, services: ServicesDep, local: bool) -> tuple[str, JSONResponse]:
-    settings = services.settings
+async def _handle(request: Request, reception: Reception, local: bool) -> tuple[str, JSONResponse]:
+    settings = reception.settings
     try:
         verify_callback(
             request.headers,
@@ -85,10 +96,10 @@ async def _handle(request: Request, services: ServicesDep, local: bool) -> tuple
         message = parse_callback(raw)
     except PayloadError as exc:
         return "refused_400", _refuse(400, str(exc))
-    if not services.database.health.ok:
+    if not reception.storage_ok():
         return "unavailable_503", _unavailable()
     try:
-        intake = await take_in(services, message, from_this_machine=local)
+        intake = await take_in(settings, reception.sink, message, from_this_machine=local)
     except StorageError:
         return "unavailable_503", _unavailable()
     if intake.refused:

@@ -13,7 +13,8 @@ SQLite file or a PostgreSQL database made for the run and dropped at the end), t
 1. **Burst.** The echo, then the callback, as fast as `--connections` connections go: req/s and p99 of
    each; then the callbacks' replies: answered messages/s (messages / first send to last reply), reply lag
    (ack to reply at the webhook) p50/p99, and the service's CPU per answered message (its user + system
-   time over that window, from /proc, divided by the messages).
+   time over that window, from /proc, divided by the messages; with ACK_PROCESS the acking process's
+   share is included and also shown apart).
 2. **At --rate (200/s).** Echo and callbacks in alternating blocks of one second, open loop: the ack p99
    next to the echo p99, and the reply lag p50/p99.
 

@@ -5,14 +5,16 @@ fakes are DingTalk's session webhook and, where needed, the model."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,8 +25,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from agent.messages import IncomingMessage
+from agent.settings.config import Settings
+from api.delivery.inbox import Inbox
+from api.dingtalk.parse import parse_callback
 from api.front.passing import PEER_HEADER, TOKEN_HEADER, PeerFromFront
-from tests.conftest import SECRET, free_port, subprocess_env
+from tests.conftest import SECRET, free_port, serve, subprocess_env
+from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.waiting import PATIENCE, wait_until
@@ -39,6 +46,7 @@ class Service:
         self.url = f"http://127.0.0.1:{port}"
         self.seen_acking: set[int] = set()  # every acking process a test saw: all gone once it stops
         self.stderr: str | None = None
+        self.killed = False  # a test killed it: no clean stop to check
 
     def stop(self) -> str:
         """SIGTERM (SIGCONT first: a test may leave it stopped); its stderr. Once."""
@@ -98,8 +106,9 @@ def service(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> Iterator[Service]:
         yield running
     finally:
         stderr = running.stop()
-    assert process.returncode == 0, stderr
-    assert "DingHook stopped" in stderr
+    if not running.killed:
+        assert process.returncode == 0, stderr
+        assert "DingHook stopped" in stderr
     assert SECRET not in stderr
     assert running.seen_acking
     wait_until(
@@ -123,7 +132,6 @@ def test_callbacks_are_acked_and_kept_while_the_answering_process_is_frozen(
             assert response.status_code == 200
             assert response.json() == {"msgtype": "empty"}
         assert service.inbox() == {f"msgFrozen{n}": "processing" for n in range(5)}
-        assert fake_dingtalk.requests == []
         duplicate = service.post(bodies[0])  # dedupe is the acking process's too
         assert duplicate.json() == {"msgtype": "empty"}
     finally:
@@ -144,6 +152,7 @@ def test_the_acking_process_is_started_again_when_it_dies(
 ) -> None:
     [first] = service.acking_pids()
     os.kill(first, signal.SIGKILL)
+    wait_until(lambda: first not in service.acking_pids(), what="the acking process gone")
     # The service keeps PORT's listening socket: this connection waits for the new acking process.
     response = service.post(callback(fake_dingtalk.webhook(), "重启之后", msgId="msgAfterRestart"))
     assert response.json() == {"msgtype": "empty"}
@@ -158,18 +167,30 @@ def test_other_requests_reach_the_service_with_the_client_s_own_address(
     service: Service, fake_dingtalk: FakeDingTalk
 ) -> None:
     service.acking_pids()
-    with httpx.Client(base_url=service.url, timeout=PATIENCE) as browser:
+    # A client's own x-dingbot-* headers are dropped: only the acking process names the client.
+    forged = {"x-dingbot-peer": "10.9.9.9 1", "x-dingbot-front": "a-guess", "x-dingbot-scheme": "https"}
+    with httpx.Client(base_url=service.url, timeout=PATIENCE, headers=forged) as browser:
         form = browser.get("/console/login")  # CONSOLE_ALLOWED_IPS=127.0.0.1: the service saw 127.0.0.1
         assert form.status_code == 200
+        assert "secure" not in form.headers["set-cookie"].lower()  # plain http, whatever was claimed
         csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
         assert csrf is not None
         signed_in = browser.post("/console/login", data={"password": PASSWORD, "csrf": csrf[1]})
         assert signed_in.status_code == 303  # the form's body and the session cookie went through
         assert browser.get("/console").status_code == 200
+    # Someone else, without the session's cookie, is not signed in: nothing is kept between requests.
+    stranger = httpx.get(f"{service.url}/console", timeout=PATIENCE)
+    assert (stranger.status_code, stranger.headers["location"]) == (303, "/console/login")
     with sqlite3.connect(service.database) as conn:
         assert conn.execute("SELECT address, action FROM console_audit").fetchall() == [
             ("127.0.0.1", "login")
         ]
+    # Behind a TLS proxy on this machine (uvicorn trusts its X-Forwarded-Proto from 127.0.0.1), the
+    # console's cookie stays Secure: the scheme is passed on too.
+    behind_tls = httpx.get(
+        f"{service.url}/console/login", headers={"x-forwarded-proto": "https"}, timeout=PATIENCE
+    )
+    assert "secure" in behind_tls.headers["set-cookie"].lower()
     refused = service.post(callback(fake_dingtalk.webhook(), "没签名"), signed=False)
     assert refused.status_code == 401
     assert httpx.get(f"{service.url}/readyz", timeout=PATIENCE).status_code == 200
@@ -177,6 +198,32 @@ def test_other_requests_reach_the_service_with_the_client_s_own_address(
         lambda: 'outcome="refused_401"} 1.0' in httpx.get(f"{service.url}/metrics", timeout=PATIENCE).text,
         what="the refusal counted by the service",
     )
+
+
+def test_the_acking_process_stops_when_the_service_is_killed(service: Service) -> None:
+    [front] = service.acking_pids()
+    service.killed = True
+    service.process.kill()  # SIGKILL: no shutdown code runs; the event line closes with the process
+    service.process.wait(PATIENCE)
+    wait_until(lambda: not Path(f"/proc/{front}").exists(), what="the acking process gone")
+    with socket.socket() as probe:  # PORT is free for the next start
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", service.port))
+
+
+def test_the_acking_process_refuses_to_run_on_other_settings_than_the_service(tmp_path: Path) -> None:
+    """Started again after a crash, it would read a .env edited since: it must not ack with other settings
+    (another database, SECRET or allowlist) than the service answers with."""
+    command = [sys.executable, "-m", "dingbot.front", "--listen-fd=0", "--events-fd=0", "--service=x"]
+    env = subprocess_env(FORCE_MOCK_OPENAI="1", DATABASE_PATH=str(tmp_path / "bot.db"))
+    by_hand = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE)
+    assert by_hand.returncode == 2
+    assert "DINGBOT_FRONT_TOKEN is not set" in by_hand.stderr
+    env.update(DINGBOT_FRONT_TOKEN="t", DINGBOT_FRONT_SETTINGS="the service's, before .env changed")
+    changed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE)
+    assert changed.returncode == 2
+    assert "the settings (environment or .env) changed since the service started" in changed.stderr
+    assert not (tmp_path / "bot.db").exists()  # refused before touching anything
 
 
 def _client_app() -> Starlette:
@@ -201,3 +248,50 @@ def test_a_client_address_is_believed_only_with_the_acking_process_s_token() -> 
         for seen in (passed_on, forged, no_token):  # never seen by the app, believed or not
             assert peer not in seen["headers"]
             assert token not in seen["headers"]
+
+
+def test_a_message_announced_after_a_resume_took_it_is_answered_once(
+    real_settings: Callable[..., Settings], fake_openai: FakeOpenAI, fake_dingtalk: FakeDingTalk
+) -> None:
+    """The acking process claims, then announces; a resume (after a database fault) may take the message
+    between the two. The announcement then checks the row (compare-and-set) instead of running it again."""
+    settings = real_settings()
+    fake_openai.echo = True
+    with serve(settings) as app:
+        services = app.server.config.app.state.services
+        loop = app.server.servers[0].get_loop()
+        inbox = Inbox(services.database, lease_seconds=settings.claim_lease_seconds)
+        first = parse_callback(encode(callback(fake_dingtalk.webhook("a"), "先恢复再通知", msgId="msgRace")))
+        claimed_at = time.time()
+
+        async def claim_then_resume() -> None:
+            assert await inbox.claim(first, now=claimed_at)
+            assert await services.dispatcher.resume(all_processing=True, retry_after_seconds=0.0) == 1
+
+        asyncio.run_coroutine_threadsafe(claim_then_resume(), loop).result(PATIENCE)
+        fake_dingtalk.wait_for(1)
+
+        def asked() -> int:
+            return sum("先恢复再通知" in r.body.decode() for r in fake_openai.chats())
+
+        wait_until(lambda: asked() == 2, what="the answer, then the facts learned from it")
+
+        async def announce(message: IncomingMessage, at: float) -> None:
+            check = services.dispatcher.announced(message, at)
+            if check is not None:
+                await check
+
+        asyncio.run_coroutine_threadsafe(announce(first, claimed_at), loop).result(PATIENCE)
+        wait_until(lambda: services.dispatcher.in_flight == 0, what="nothing running")
+        assert asked() == 2  # a second run would ask the model again (its reply would be dropped)
+
+        second = parse_callback(encode(callback(fake_dingtalk.webhook("b"), "之后的一条", msgId="msgAfter")))
+
+        async def claim_then_announce() -> None:  # claimed after the resume: run at once, no check
+            now = time.time()
+            assert await inbox.claim(second, now=now)
+            assert services.dispatcher.announced(second, now) is None
+
+        asyncio.run_coroutine_threadsafe(claim_then_announce(), loop).result(PATIENCE)
+        fake_dingtalk.wait_for(2)
+    assert [r.path.rsplit("=", 1)[1] for r in fake_dingtalk.requests] == ["a", "b"]

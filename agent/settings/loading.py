@@ -3,9 +3,11 @@ across fields that must hold before the service starts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from agent.errors import ConfigError
 from agent.settings.config import Settings
@@ -57,3 +59,18 @@ def load_settings(*, runnable: bool = True, **overrides: Any) -> Settings:
     if runnable:
         check_runnable(settings)
     return settings
+
+
+def fingerprint(settings: Settings) -> str:
+    """A digest of every effective value, secrets included: two processes that must agree (the service and
+    its acking process) compare it without either printing a secret."""
+    values = {
+        name: value.get_secret_value() if isinstance(value, SecretStr) else value for name, value in settings
+    }
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=_plain).encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(map(str, value))  # a set's order differs from one process to the next
+    return str(value)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from agent.storage.connection import Connection
 from agent.storage.engine import Engine
-from agent.storage.health import StorageError, StorageHealth
+from agent.storage.health import StorageError, StorageFault, StorageHealth
 from agent.storage.migrate import SchemaTooNew
 from agent.storage.sqlite import SqliteEngine
 
@@ -52,6 +52,7 @@ class _Lane:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.conn: Connection | None = None
         self.pending = 0  # statements given to it and not finished: work goes to the least busy lane
+        self.fresh = False  # connect anew before the next statement (set after a fault is over)
         # The request lane waits for a lock in steps of 0.1-2 ms (its work is one transaction, so trying
         # it again is safe); the work lane lets the driver wait.
         self.fine_waits = fine_waits
@@ -67,12 +68,17 @@ class Database:
     database working again. A lost PostgreSQL connection is replaced on the lane's next statement.
     """
 
-    def __init__(self, target: Path | Engine, *, quiet_health: bool = False) -> None:
-        """`quiet_health`: faults are logged at DEBUG only (the acking process: the service logs them)."""
+    def __init__(
+        self, target: Path | Engine, *, quiet_health: bool = False, work_lanes: int | None = None
+    ) -> None:
+        """`quiet_health`: faults are logged at DEBUG only (the acking process: the service logs them);
+        `work_lanes`: instead of the engine's number (the acking process needs one)."""
         self.engine = target if isinstance(target, Engine) else SqliteEngine(target)
+        self._work_lanes = work_lanes or self.engine.work_lanes
         self.health = StorageHealth(self.engine.where, self.engine.fix, quiet=quiet_health)
         self._lanes: dict[str, _Lane] = {}
         self._work: list[_Lane] = []  # the work lanes (Engine.work_lanes): "work" picks the least busy
+        self._turn = 0
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Database:
@@ -89,7 +95,7 @@ class Database:
         loop = asyncio.get_running_loop()
         work, request = _Lane("dingbot-db"), _Lane("dingbot-db-request", fine_waits=True)
         self._lanes = {"work": work, "request": request}
-        self._work = [work] + [_Lane(f"dingbot-db-{n}") for n in range(2, self.engine.work_lanes + 1)]
+        self._work = [work] + [_Lane(f"dingbot-db-{n}") for n in range(2, self._work_lanes + 1)]
         self._lanes.update({f"work-{n}": lane for n, lane in enumerate(self._work[1:], start=2)})
         try:
             await loop.run_in_executor(work.executor, self.engine.migrate)
@@ -106,6 +112,12 @@ class Database:
             raise error from None
 
     def _connection(self, lane: _Lane) -> Connection:
+        if lane.fresh:
+            lane.fresh = False
+            old, lane.conn = lane.conn, None
+            if old is not None:
+                with contextlib.suppress(Exception):  # closing a broken connection may fail too
+                    self.engine.close(old)
         if lane.conn is None:
             conn = self.engine.connect()
             if lane.fine_waits:
@@ -127,12 +139,15 @@ class Database:
             time.sleep(wait)
             wait = min(2 * wait, BUSY_LONGEST_WAIT_SECONDS)
 
-    async def _run_on(self, lane_name: str, work: Callable[[Connection], T]) -> T:
+    async def _run_on(self, lane_name: str, work: Callable[[Connection], T], *, spread: bool = False) -> T:
         lane = self._lanes.get(lane_name)
         if lane is None:
             raise RuntimeError("database is not open")
-        if lane_name == "work" and len(self._work) > 1:
-            lane = min(self._work, key=lambda candidate: candidate.pending)
+        if lane_name == "work" and spread and len(self._work) > 1:
+            self._turn += 1  # among lanes equally busy, each in turn: none sits idle (a stale connection)
+            lane = min(
+                self._work, key=lambda c: (c.pending, (self._work.index(c) - self._turn) % len(self._work))
+            )
 
         def run() -> T:
             conn = self._connection(lane)
@@ -162,6 +177,9 @@ class Database:
         fault = self.health.fault
         if fault is None:
             return True
+        work = self._lanes.get("work")
+        if work is not None and fault is StorageFault.UNREACHABLE:
+            work.fresh = True  # on a new connection: the others may be as dead as the one that failed
         try:
             works = await self._run_on("work", lambda conn: self.engine.probe(conn, fault))
         except StorageError:
@@ -170,11 +188,13 @@ class Database:
             return False
         if works:
             self.health.recovered()
+            for lane in self._lanes.values():  # a fault may have broken idle connections too (a restarted
+                lane.fresh = True  # server): each lane connects anew before its next statement
         return works
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        """Run `work(connection)` on the work lane."""
-        return await self._run_on("work", work)
+        """Run `work(connection)` on the least busy work lane."""
+        return await self._run_on("work", work, spread=True)
 
     async def run_for_request(self, work: Callable[[Connection], T]) -> T:
         """Run `work(connection)` on the request lane: only for short statements a caller waits on."""

@@ -118,9 +118,11 @@ class SqliteEngine(Engine):
         conn.execute("PRAGMA wal_autocheckpoint=0")
 
     def busy(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) in (
-            sqlite3.SQLITE_BUSY,
-            getattr(sqlite3, "SQLITE_BUSY_SNAPSHOT", -1),
+        code = getattr(exc, "sqlite_errorcode", None)  # extended codes too: BUSY_RECOVERY, BUSY_SNAPSHOT
+        return (
+            isinstance(exc, sqlite3.OperationalError)
+            and code is not None
+            and code & 0xFF == sqlite3.SQLITE_BUSY
         )
 
     def check(self) -> str:

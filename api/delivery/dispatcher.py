@@ -20,7 +20,7 @@ from agent.messages import IncomingMessage, Reply, message_to_json
 from agent.observe import current_message_id
 from agent.storage.health import StorageError
 from api.delivery.courier import Courier, Delivery
-from api.delivery.inbox import Inbox
+from api.delivery.inbox import Inbox, InboxState, Unfinished
 from api.delivery.outbox import Outbox
 from api.dingtalk.cards import CardSender, CardStream
 from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
@@ -55,6 +55,7 @@ class Dispatcher:
         self._lane_users: defaultdict[str, int] = defaultdict(int)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._revivals: set[asyncio.Task[None]] = set()
+        self._resumed_at = 0.0  # when `resume` last read the inbox (announced() compares claims with it)
 
     @property
     def in_flight(self) -> int:
@@ -71,6 +72,28 @@ class Dispatcher:
         task = asyncio.create_task(self._run(message), name=f"message-{msg_id}")
         self._tasks[msg_id] = task
         task.add_done_callback(self._forget_task)
+
+    def announced(self, message: IncomingMessage, claimed_at: float) -> asyncio.Task[None] | None:
+        """A message the acking process claimed at `claimed_at` (api/front/). Scheduled at once, unless a
+        resume ran since the claim or the claim is old enough for another replica to take it: then only if
+        the row is still as claimed (the inbox's compare-and-set), so a resume and this cannot both run it.
+        Returns the task that checks, in that case."""
+        if claimed_at > self._resumed_at and time.time() - claimed_at < self._inbox.lease_seconds / 2:
+            self.schedule(message)
+            return None
+        task = asyncio.create_task(self._take_over(message, claimed_at), name=f"take-{message.message_id}")
+        self._revivals.add(task)
+        task.add_done_callback(self._revivals.discard)
+        return task
+
+    async def _take_over(self, message: IncomingMessage, claimed_at: float) -> None:
+        try:
+            if await self._inbox.take(Unfinished(message, InboxState.PROCESSING.value, claimed_at)):
+                self.schedule(message)
+        except StorageError:
+            pass  # the database's health logs it; a resume after the fault finds the message
+        except Exception:
+            log.exception("message %s: could not take it over from the acking process", message.message_id)
 
     def redelivered(self, message: IncomingMessage) -> None:
         """A duplicate callback: if its stored reply is still unsent, retry it via the new webhook."""
@@ -101,6 +124,7 @@ class Dispatcher:
         here is orphaned — at startup, and when the database works again after a fault (the tasks it failed
         could not even mark their messages failed)."""
         resumed = 0
+        self._resumed_at = time.time()  # before the read: a message claimed after it is not in it
         for item in await self._inbox.unfinished(
             all_processing=all_processing, retry_after_seconds=retry_after_seconds
         ):

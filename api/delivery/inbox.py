@@ -38,14 +38,14 @@ class Inbox:
         self._db = db
         self.lease_seconds = lease_seconds  # a `processing` row not renewed for this long is orphaned
 
-    async def claim(self, message: IncomingMessage) -> bool:
+    async def claim(self, message: IncomingMessage, *, now: float | None = None) -> bool:
         """Store a message under its msgId; False while it is being handled or once it was answered.
 
         One upsert, no read first, so concurrent duplicates (on any replica) cannot both win. A row is
         claimed again when its processing failed, or when its claim was not renewed for `lease_seconds`
         (the process answering it died), so DingTalk's redelivery of it is answered.
         """
-        now = time.time()
+        now = time.time() if now is None else now  # the row's updated_at: a later `take` compares it
         payload = message_to_json(message)
 
         def upsert(conn: Connection) -> bool:

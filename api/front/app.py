@@ -21,16 +21,18 @@ from fastapi import FastAPI
 
 from agent.settings.config import Settings
 from agent.storage.database import Database, engine_for
+from agent.storage.health import StorageError
 from api.app import QUIET_LOGGERS
 from api.delivery.inbox import Inbox
 from api.delivery.intake import Reception
 from api.front.events import LINE_LIMIT, EventWriter, FrontSink
-from api.front.passing import PassOn, service_client
+from api.front.passing import PassOn, service_transport
 from api.routes import dingtalk
 
 log = logging.getLogger(__name__)
 
 TRIAL_SECONDS = 0.1
+OPEN_RETRY_SECONDS = 1.0
 
 
 async def _stop_when_closed(reader: asyncio.StreamReader) -> None:
@@ -51,8 +53,11 @@ class StorageGate:
     def __init__(self, database: Database) -> None:
         self._health = database.health
         self._tried_at = float("-inf")
+        self.opened = False  # set once the database opens (at start, or later: _open_when_it_can)
 
     def open(self) -> bool:
+        if not self.opened:
+            return False
         if self._health.ok:
             return True
         now = time.monotonic()
@@ -63,6 +68,20 @@ class StorageGate:
 
     def worked(self) -> None:
         self._health.recovered()
+
+
+async def _open_when_it_can(database: Database, gate: StorageGate) -> None:
+    """Started again while the database fails (a crash of this process during a fault): it serves anyway —
+    every other request is the service's, callbacks get 503 — and opens the database once it can."""
+    while True:
+        try:
+            await database.open()
+        except StorageError as exc:
+            log.debug("acking process: the database cannot be opened yet: %s", exc)
+            await asyncio.sleep(OPEN_RETRY_SECONDS)
+            continue
+        gate.opened = True
+        return
 
 
 def create_front_app(settings: Settings, *, events: socket.socket, service: str, token: str) -> FastAPI:
@@ -78,13 +97,15 @@ def create_front_app(settings: Settings, *, events: socket.socket, service: str,
             reader, writer = await asyncio.open_connection(sock=events, limit=LINE_LIMIT)
             line = EventWriter(writer)
             stack.push_async_callback(line.close)
-            database = Database(engine_for(settings), quiet_health=True)
-            await database.open()
+            database = Database(engine_for(settings), quiet_health=True, work_lanes=1)
             stack.push_async_callback(database.close)
-            pass_on.client = service_client(service)
-            stack.push_async_callback(pass_on.client.aclose)
-            inbox = Inbox(database, lease_seconds=settings.claim_lease_seconds)
             gate = StorageGate(database)
+            opening = asyncio.create_task(_open_when_it_can(database, gate), name="open-database")
+            stack.callback(opening.cancel)
+            await asyncio.wait({opening}, timeout=OPEN_RETRY_SECONDS)  # at once, as a rule
+            pass_on.transport = service_transport(service)
+            stack.push_async_callback(pass_on.transport.aclose)
+            inbox = Inbox(database, lease_seconds=settings.claim_lease_seconds)
             app.state.reception = Reception(
                 settings, FrontSink(inbox, line, gate.worked), storage_ok=gate.open, count=line.count
             )

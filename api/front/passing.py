@@ -1,10 +1,10 @@
 """Every request but the callback, passed on from the acking process to the service with its client.
 
 The service listens on a Unix socket of its own (abstract: no file); the acking process forwards the
-request's method, target, headers and body, and streams the answer back. The client's address travels in
-`x-dingbot-peer`, which the service believes only with the token it gave the acking process
-(`PeerFromFront`): the console's allowlist and lockout, and the mock-mode "from this machine" rule, see the
-real client, never the acking process.
+request's method, target (as sent), headers and body, and streams the answer back. The client's address
+travels in `x-dingbot-peer` and the scheme (https behind a trusted TLS proxy) in `x-dingbot-scheme`, which
+the service believes only with the token it gave the acking process (`PeerFromFront`): the console's
+allowlist, lockout and Secure cookies, and the mock-mode "from this machine" rule, see the real client.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 PEER_HEADER = b"x-dingbot-peer"
+SCHEME_HEADER = b"x-dingbot-scheme"  # https behind a TLS proxy the acking process trusts: Secure cookies
 TOKEN_HEADER = b"x-dingbot-front"
+OURS = (PEER_HEADER, SCHEME_HEADER, TOKEN_HEADER)
+# Set again by the acking process's own server on the way out.
+NOT_RELAYED = frozenset({b"date", b"server"})
 # Hop-by-hop headers (RFC 9110 7.6.1) are the connection's own: never passed on, either way.
 HOP_BY_HOP = frozenset(
     {
@@ -32,16 +36,16 @@ HOP_BY_HOP = frozenset(
 SERVICE_TIMEOUT_SECONDS = 120.0  # the console's doctor runs checks that take a while
 
 
-def service_client(address: str) -> httpx.AsyncClient:
-    """A client for the service's abstract Unix socket (`address` without its leading NUL)."""
-    transport = httpx.AsyncHTTPTransport(uds="\0" + address)
-    return httpx.AsyncClient(
-        transport=transport,
-        base_url="http://dingbot-service",
-        timeout=httpx.Timeout(SERVICE_TIMEOUT_SECONDS, connect=5.0),
-        follow_redirects=False,
-        trust_env=False,
-    )
+SERVICE_URL = httpx.URL("http://dingbot-service")
+TIMEOUT = httpx.Timeout(SERVICE_TIMEOUT_SECONDS, connect=5.0).as_dict()
+
+
+def service_transport(address: str) -> httpx.AsyncHTTPTransport:
+    """Connections to the service's abstract Unix socket (`address` without its leading NUL). A transport,
+    not a client: a client keeps the cookies of every answer and would send one person's console session
+    with everyone's requests."""
+    # Shorter than the service's keep-alive (uvicorn: 5 s), so a connection it is closing is not reused.
+    return httpx.AsyncHTTPTransport(uds="\0" + address, limits=httpx.Limits(keepalive_expiry=2.0))
 
 
 class PassOn:
@@ -49,28 +53,31 @@ class PassOn:
 
     def __init__(self, token: str) -> None:
         self._token = token.encode()
-        self.client: httpx.AsyncClient | None = None  # set by the acking process's lifespan
+        self.transport: httpx.AsyncHTTPTransport | None = None  # set by the acking process's lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.client is None:
+        if scope["type"] != "http" or self.transport is None:
             return  # WebSocket: the service serves none
         headers = [
-            (name, value)
-            for name, value in scope["headers"]
-            if name not in HOP_BY_HOP and name not in (PEER_HEADER, TOKEN_HEADER)
+            (name, value) for name, value in scope["headers"] if name not in HOP_BY_HOP and name not in OURS
         ]
         client = scope.get("client")
         if client:
             headers.append((PEER_HEADER, f"{client[0]} {client[1]}".encode()))
+        headers.append((SCHEME_HEADER, scope.get("scheme", "http").encode()))
         headers.append((TOKEN_HEADER, self._token))
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        outgoing = self.client.build_request(  # the body streamed: the service's own limits apply
-            scope["method"], target.decode("latin-1"), headers=headers, content=_body(receive)
+        outgoing = httpx.Request(  # the body streamed: the service's own limits apply
+            scope["method"],
+            SERVICE_URL.copy_with(raw_path=target),  # as the client sent it: no merging
+            headers=headers,
+            content=_body(receive),
+            extensions={"timeout": TIMEOUT},
         )
         try:
-            answer = await self.client.send(outgoing, stream=True)
+            answer = await self.transport.handle_async_request(outgoing)
         except httpx.HTTPError as exc:
             log.warning("could not pass a request on to the service: %s", type(exc).__name__)
             unavailable = JSONResponse(
@@ -98,7 +105,11 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
 
 
 async def _relay_answer(answer: httpx.Response, send: Send) -> None:
-    headers = [(name, value) for name, value in answer.headers.raw if name.lower() not in HOP_BY_HOP]
+    headers = [
+        (name, value)
+        for name, value in answer.headers.raw
+        if name.lower() not in HOP_BY_HOP and name.lower() not in NOT_RELAYED
+    ]
     await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
     async for chunk in answer.aiter_raw():
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -120,17 +131,18 @@ class PeerFromFront:
 
 
 def _with_peer(scope: Scope, token: bytes) -> dict[str, Any]:
-    token_seen = peer = None
+    ours: dict[bytes, bytes] = {}
     kept = []
     for name, value in scope["headers"]:
-        if name == TOKEN_HEADER:
-            token_seen = value
-        elif name == PEER_HEADER:
-            peer = value
+        if name in OURS:
+            ours[name] = value
         else:
             kept.append((name, value))
     changed = dict(scope, headers=kept)
-    if token_seen is not None and peer and hmac.compare_digest(token_seen, token):
-        host, _, port = peer.decode("latin-1").partition(" ")
-        changed["client"] = (host, int(port) if port.isdigit() else 0)
+    if hmac.compare_digest(ours.get(TOKEN_HEADER, b""), token):
+        if peer := ours.get(PEER_HEADER):
+            host, _, port = peer.decode("latin-1").partition(" ")
+            changed["client"] = (host, int(port) if port.isdigit() else 0)
+        if ours.get(SCHEME_HEADER) in (b"http", b"https"):
+            changed["scheme"] = ours[SCHEME_HEADER].decode()
     return changed

@@ -34,7 +34,7 @@ from tests.conftest import SECRET, free_port, serve, subprocess_env
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
-from tests.waiting import PATIENCE, wait_until
+from tests.waiting import PATIENCE, until_served, wait_until
 
 PASSWORD = "console-pass-123"
 STARTUP_PATIENCE = 2 * PATIENCE  # a cold start imports the embedder, mem0 and LangChain
@@ -93,16 +93,7 @@ def service(tmp_path: Path, fake_dingtalk: FakeDingTalk) -> Iterator[Service]:
     )
     running = Service(process, port, database)
     try:
-        deadline = time.monotonic() + STARTUP_PATIENCE
-        while True:
-            try:
-                if httpx.get(f"{running.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "server exited early"
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.1)
+        until_served(process, f"{running.url}/healthz", STARTUP_PATIENCE)
         yield running
     finally:
         stderr = running.stop()

@@ -21,7 +21,7 @@ from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
 from tests.test_server_process import free_port
-from tests.waiting import PATIENCE, wait_until
+from tests.waiting import PATIENCE, until_served, wait_until
 
 MESSAGES = 800  # distinct messages; one in four is sent a second time (20% of the callbacks)
 RATE = 100.0  # callbacks a second
@@ -43,16 +43,7 @@ class Replica:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dingbot.server"], env=self.env, cwd=self.folder, stderr=self.log
         )
-        deadline = time.monotonic() + 2 * PATIENCE
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.process.poll() is None, f"replica {self.name} exited early"
-            assert time.monotonic() < deadline, f"replica {self.name} did not become ready"
-            time.sleep(0.1)
+        until_served(self.process, f"http://127.0.0.1:{self.port}/readyz", what=f"replica {self.name}")
 
     def kill(self) -> None:
         assert self.process is not None

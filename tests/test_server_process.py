@@ -23,7 +23,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.payloads import callback, encode, signed_headers
 from tests.fakes.servers import FakeDingTalk
 from tests.store import sql
-from tests.waiting import PATIENCE, wait_until
+from tests.waiting import PATIENCE, until_served, wait_until
 
 STARTUP_PATIENCE = 2 * PATIENCE  # a cold start imports the embedder, mem0 and LangChain
 
@@ -49,16 +49,7 @@ def test_serves_answers_and_stops_cleanly(
         [sys.executable, "-m", "dingbot.server"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + STARTUP_PATIENCE
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "server exited early"
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.1)
+        until_served(process, f"http://127.0.0.1:{port}/healthz", STARTUP_PATIENCE)
         response = httpx.post(
             f"http://127.0.0.1:{port}/dingtalk/callback",
             content=encode(callback(fake_dingtalk.webhook(), "进程测试")),
@@ -150,16 +141,8 @@ def _start(env: dict[str, str], cwd: Path, port: int, prefix: Sequence[str] = ()
     process = subprocess.Popen(
         [*prefix, sys.executable, "-m", "dingbot.server"], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + STARTUP_PATIENCE
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, "server exited early"
-        assert time.monotonic() < deadline, "server did not become healthy"
-        time.sleep(0.1)
+    until_served(process, f"http://127.0.0.1:{port}/healthz", STARTUP_PATIENCE)
+    return process
 
 
 def test_sigkill_mid_answer_and_mid_send_then_restart_answers_every_message_once(

@@ -7,9 +7,12 @@ on how long something took come from the intervals the test itself sets, not fro
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import httpx
 
 T = TypeVar("T")
 
@@ -26,3 +29,20 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
     return result
+
+
+def until_served(
+    process: subprocess.Popen[Any], url: str, timeout: float = 2 * PATIENCE, what: str = "server"
+) -> None:
+    """Wait until `url` answers 200 (a cold start imports the embedder, mem0 and LangChain: twice PATIENCE);
+    AssertionError if `process` exits first or it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, f"{what} exited early"
+        assert time.monotonic() < deadline, f"{what} did not become healthy"
+        time.sleep(0.1)

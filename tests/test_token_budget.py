@@ -10,10 +10,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage
 
 from agent.assistant import Assistant
 from agent.messages import IncomingMessage
+from agent.model.context import CACHED_CHARS, estimate_tokens
 from agent.model.scripted import RecordingChatModel
 from agent.model.tokens import count_messages, count_tokens
 from agent.settings.config import Settings
@@ -264,3 +267,34 @@ def test_counts_waiting_to_be_written_are_dropped_for_a_person_forgotten_meanwhi
         return [tuple(r) for r in rows]
 
     assert asyncio.run(scenario()) == [("corp:bob", 20)]
+
+
+def _estimate_char_by_char(text: str) -> int:
+    """The context estimate's definition, one character at a time: CJK 1.5, Latin letters and digits 1/3,
+    anything else but spaces and newlines 0.6, plus one."""
+    cjk = sum(
+        1
+        for ch in text
+        if "\u2e80" <= ch <= "\u9fff"
+        or "\uac00" <= ch <= "\ud7af"
+        or "\uf900" <= ch <= "\ufaff"
+        or "\uff00" <= ch <= "\uffef"
+    )
+    latin = sum(1 for ch in text if ch.isascii() and ch.isalnum())
+    other = len(text) - cjk - latin - text.count(" ") - text.count("\n")
+    return int(cjk * 1.5 + latin / 3 + max(other, 0) * 0.6) + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("你好，世界。한국어ｱｲＡ１abcXYZ019 \n\t-_!?😀é")) | st.characters(),
+        max_size=300,
+    )
+)
+def test_the_context_estimate_counts_every_character_by_its_kind(text: str) -> None:
+    expected = _estimate_char_by_char(text)
+    assert estimate_tokens(text) == expected
+    assert estimate_tokens(text) == expected  # remembered: the same again
+    long = text * (CACHED_CHARS // max(len(text), 1) + 1)  # past what is remembered
+    assert estimate_tokens(long) == _estimate_char_by_char(long)

@@ -310,11 +310,16 @@ async def _stopped() -> None:
     log.info("DingHook stopped")
 
 
+def quiet_loggers() -> None:
+    """QUIET_LOGGERS at WARNING at least, whoever configured logging (the service, the acking process)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+
+
 def create_app(settings: Settings, *, front_token: str | None = None) -> FastAPI:
     """`front_token`: requests come through the acking process (api/front/), which names their client
     with this token."""
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+    quiet_loggers()
     app = FastAPI(title="DingHook", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     if front_token is not None:

@@ -63,16 +63,9 @@ def _check_database(settings: Settings) -> None:
 
 
 def _check_port(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"PORT={port} on HOST={host} is not available ({exc.strerror}): stop the other process "
-                "or choose another PORT"
-            ) from None
+    """PORT can be bound as the server will bind it (ConfigError in one line otherwise)."""
+    for listener in _listen(host, port):
+        listener.close()
 
 
 def _addresses(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:

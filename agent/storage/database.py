@@ -139,15 +139,17 @@ class Database:
             time.sleep(wait)
             wait = min(2 * wait, BUSY_LONGEST_WAIT_SECONDS)
 
-    async def _run_on(self, lane_name: str, work: Callable[[Connection], T], *, spread: bool = False) -> T:
-        lane = self._lanes.get(lane_name)
+    def _least_busy(self) -> _Lane | None:
+        """The work lane with the fewest statements pending; among equals each in turn, so none sits idle
+        (an idle connection is the one a firewall or a restarted server has quietly dropped)."""
+        if not self._work:
+            return None
+        self._turn = (self._turn + 1) % len(self._work)
+        return min(self._work[self._turn :] + self._work[: self._turn], key=lambda lane: lane.pending)
+
+    async def _run_on(self, lane: _Lane | None, work: Callable[[Connection], T]) -> T:
         if lane is None:
             raise RuntimeError("database is not open")
-        if lane_name == "work" and spread and len(self._work) > 1:
-            self._turn += 1  # among lanes equally busy, each in turn: none sits idle (a stale connection)
-            lane = min(
-                self._work, key=lambda c: (c.pending, (self._work.index(c) - self._turn) % len(self._work))
-            )
 
         def run() -> T:
             conn = self._connection(lane)
@@ -181,7 +183,7 @@ class Database:
         if work is not None and fault is StorageFault.UNREACHABLE:
             work.fresh = True  # on a new connection: the others may be as dead as the one that failed
         try:
-            works = await self._run_on("work", lambda conn: self.engine.probe(conn, fault))
+            works = await self._run_on(work, lambda conn: self.engine.probe(conn, fault))
         except StorageError:
             return False
         except self.engine.errors:
@@ -194,11 +196,11 @@ class Database:
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run `work(connection)` on the least busy work lane."""
-        return await self._run_on("work", work, spread=True)
+        return await self._run_on(self._least_busy(), work)
 
     async def run_for_request(self, work: Callable[[Connection], T]) -> T:
         """Run `work(connection)` on the request lane: only for short statements a caller waits on."""
-        return await self._run_on("request", work)
+        return await self._run_on(self._lanes.get("request"), work)
 
     async def notify(self, channel: str, payload: str) -> None:
         """Tell every process listening on `channel` (PostgreSQL NOTIFY; nobody else listens to SQLite)."""

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from agent.settings.config import Settings
 from agent.storage.database import Database, engine_for
 from agent.storage.health import StorageError
-from api.app import QUIET_LOGGERS
+from api.app import quiet_loggers
 from api.delivery.inbox import Inbox
 from api.delivery.intake import Reception
 from api.front.events import LINE_LIMIT, EventWriter, FrontSink
@@ -87,8 +87,7 @@ async def _open_when_it_can(database: Database, gate: StorageGate) -> None:
 def create_front_app(settings: Settings, *, events: socket.socket, service: str, token: str) -> FastAPI:
     """`events`: this end of the event line; `service`: the service's abstract socket name; `token`: what
     the service believes a passed-on client address with."""
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+    quiet_loggers()
     pass_on = PassOn(token)
 
     @asynccontextmanager

@@ -365,7 +365,9 @@ class Assistant:
         message = self._clipped(message)
         turn = Turn(reply.heard or self._human_entry(message), reply.text)
         scope = self.history_scope(message)
-        if await self.history.append(scope, turn, message.person_id, message.arrived_at) and self.summaries:
-            self.summaries.fold_later(scope, message.person_id)
+        folding = self.summaries is not None and self.summaries.on  # the fold reads the turns kept here
+        kept = await self.history.keep(scope, turn, message.person_id, message.arrived_at, read_back=folding)
+        if kept is not None and self.summaries:
+            self.summaries.fold_later(scope, message.person_id, kept)
         if self.memory:
             self.memory.learn_later(message)

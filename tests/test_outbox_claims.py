@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from agent.storage.database import Database
 from agent.storage.engine import Engine
-from api.delivery.courier import Courier, Delivery
+from api.delivery.courier import CLAIM_SECONDS, Courier, Delivery
 from api.delivery.outbox import Outbox
 from api.dingtalk.reply import Route
 from api.dingtalk.sender import SessionWebhookSender
@@ -94,6 +95,42 @@ def test_two_processes_checking_one_outbox_send_a_due_reply_once(
     contents = [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)]
     assert contents == ["第 1 部分", "第 2 部分", "第 3 部分"]
     assert [state for _, state, _ in states(path)] == ["sent", "sent", "sent"]
+
+
+def test_a_reply_claimed_as_it_is_stored_is_sent_once_by_its_own_process(
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
+) -> None:
+    """The dispatcher stores a reply with its first part claimed (one transaction, no separate claim):
+    another process's periodic check, running between the store and the send, cannot take that part."""
+    path = database_target
+
+    async def scenario() -> tuple[list[float | None], int, Delivery]:
+        first, second = Database(path), Database(path)  # two connections, as two processes have
+        await first.open()
+        await second.open()
+        async with SessionWebhookSender() as webhook:
+            try:
+                mine = Courier(outbox=Outbox(first), webhook=webhook, openapi=None, robot=None)
+                other = Courier(outbox=Outbox(second), webhook=webhook, openapi=None, robot=None)
+                rows = await Outbox(first).store_reply(
+                    "m1", "corp:u1", route(fake_dingtalk), parts(2), claim_seconds=mine.claim_seconds
+                )
+                taken_elsewhere = await other.send_due()  # between the store and the send
+                return [r.claimed_until for r in rows], taken_elsewhere, await mine.deliver(rows)
+            finally:
+                await first.close()
+                await second.close()
+
+    before = time.time()
+    claims, taken_elsewhere, outcome = asyncio.run(scenario())
+    assert claims[0] is not None  # the first part: claimed
+    assert claims[0] >= before + CLAIM_SECONDS
+    assert claims[1] is None  # a later part is claimed in its turn
+    assert taken_elsewhere == 0  # the other process found the reply held (without the claim: 1)
+    assert outcome is Delivery.SENT
+    contents = [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)]
+    assert contents == ["第 1 部分", "第 2 部分"]  # each once, in order
+    assert [state for _, state, _ in states(path)] == ["sent", "sent"]
 
 
 OUTBOX_BEFORE_SKIPPED = """

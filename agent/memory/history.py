@@ -110,14 +110,22 @@ class HistoryStore:
     async def append(self, scope: str, turn: Turn, person_id: str, said_at: float) -> bool:
         """Keep a turn the person began at `said_at`; refused (False) when they asked to be forgotten
         after saying it — checked in the same transaction as the write."""
+        return await self.keep(scope, turn, person_id, said_at, read_back=False) is not None
+
+    async def keep(
+        self, scope: str, turn: Turn, person_id: str, said_at: float, *, read_back: bool = True
+    ) -> list[StoredTurn] | None:
+        """`append`, and with `read_back` the scope's stored turns after it, read in the same transaction
+        (what a summary fold needs, without a round trip of its own): None when refused, else the turns
+        ([] without `read_back`)."""
         keep = self._kept_turns * 2
         now = time.time()
 
-        def write(conn: Connection) -> bool:
+        def write(conn: Connection) -> list[StoredTurn] | None:
             with transaction(conn, durable=False):
                 lock_person(conn, person_id)
                 if forgotten_at(conn, person_id) >= said_at:
-                    return False
+                    return None
                 conn.executemany(
                     "INSERT INTO history (scope, person_id, role, content, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -128,7 +136,7 @@ class HistoryStore:
                     "(SELECT id FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?)",
                     (scope, scope, keep),
                 )
-                return True
+                return pair_turns(read_rows(conn, scope, self._kept_turns)) if read_back else []
 
         return await self._db.run(write)
 

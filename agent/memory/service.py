@@ -36,6 +36,7 @@ from agent.model.usage import on_behalf_of
 from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.settings.config import Settings
+from agent.storage.batches import GroupWriter
 from agent.storage.connection import Connection
 from agent.storage.database import Database, Listener
 from agent.storage.health import StorageError
@@ -48,6 +49,7 @@ NEVER = float("-inf")  # no "/forget all" yet
 CHANGES_CHANNEL = "dingbot_memory"  # replicas tell each other whose memories changed (PostgreSQL NOTIFY)
 SERVER_CHECK_SECONDS = 2.0  # a vector server's heartbeat: /readyz waits at most this long
 RECALL_PAUSE_SECONDS = 30  # after a failed or slow recall, replies skip memory for this long
+FINISHED_JOBS_SECONDS = 1.0  # done learning jobs are deleted together, this often
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _TAGS = re.compile(r"</?\s*memories\s*>", re.IGNORECASE)
 
@@ -78,6 +80,9 @@ class MemoryService:
         self._recall_paused_until = 0.0
         self._forgotten_at: dict[str, float] = {}
         self._writes: set[asyncio.Task[None]] = set()
+        # Done learning jobs leave the table together (one delete a second, not one per message): after a
+        # crash the jobs of that second are learned once more, which stores nothing new.
+        self._finished: GroupWriter[str] = GroupWriter(database, finish_learning, FINISHED_JOBS_SECONDS)
         self.observer: Observer = observer or NoObserver()
         self._extractor = Extractor(extraction_model, self.observer)
         self.off_reason = ""  # why the store did not open, for /healthz
@@ -278,6 +283,7 @@ class MemoryService:
         """Wait for background writes to finish (each is bounded by MEMORY_TIMEOUT)."""
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
+        await self._finished.flush()
 
     def _visible(self, store: Mem0Store, message: IncomingMessage, shared: bool) -> list[tuple[str, str]]:
         """(id, text) of the person's memories that may be shown here, oldest first."""
@@ -364,9 +370,9 @@ class MemoryService:
         on_behalf_of.set(message.person_id)  # this task's own context: the extraction's tokens are theirs
         try:
             await self.learn(message)
-            await self._database.run(lambda conn: finish_learning(conn, message.message_id))
         except StorageError:
-            pass  # the database's health logs it; the job stays stored and is resumed at the next start
+            return  # the database's health logs it; the job stays stored and is resumed at the next start
+        self._finished.add(message.message_id)
 
     async def resume_learning(self) -> int:
         """At startup: the messages answered before a crash whose facts were never learned."""

@@ -78,14 +78,18 @@ class Summaries:
         rows, text = await self._db.run(read)
         return history.window(pair_turns(rows)), text
 
-    def fold_later(self, scope: str, person_id: str) -> None:
+    def fold_later(self, scope: str, person_id: str, stored: list[StoredTurn] | None = None) -> None:
         """After `person_id`'s reply: fold what left the window, in the background (one fold per scope at
-        a time); its tokens count as theirs (/usage)."""
+        a time); its tokens count as theirs (/usage). `stored`: the scope's turns as the reply's history
+        write read them back (else the fold reads them)."""
         if not self.on or scope in self._folds:
             return
+        if stored is not None and self._history.window_size([t.turn for t in stored]) == len(stored):
+            return  # nothing past the window: no fold
         context = contextvars.copy_context()
         context.run(on_behalf_of.set, person_id)
-        task = asyncio.create_task(self._fold_quietly(scope), name=f"summary-{scope[:24]}", context=context)
+        folding = self._fold_quietly(scope, stored)
+        task = asyncio.create_task(folding, name=f"summary-{scope[:24]}", context=context)
         self._folds[scope] = task
         task.add_done_callback(lambda _: self._folds.pop(scope, None))
 
@@ -94,19 +98,21 @@ class Summaries:
         while self._folds:
             await asyncio.gather(*list(self._folds.values()), return_exceptions=True)
 
-    async def _fold_quietly(self, scope: str) -> bool:
+    async def _fold_quietly(self, scope: str, stored: list[StoredTurn] | None = None) -> bool:
         try:
-            return await asyncio.wait_for(self.fold(scope), self._timeout)
+            return await asyncio.wait_for(self.fold(scope, stored), self._timeout)
         except Exception as exc:  # the turns stay stored (a bounded backlog): the next reply tries again
             log.warning(
                 "conversation summary not updated (%s): the next reply tries again", type(exc).__name__
             )
             return False
 
-    async def fold(self, scope: str) -> bool:
+    async def fold(self, scope: str, stored: list[StoredTurn] | None = None) -> bool:
         """Fold the turns past the window into the summary now (the oldest FOLD_MAX_TOKENS of them at
-        most: a backlog is folded over several replies); True when it wrote one."""
-        stored = await self._history.stored(scope)
+        most: a backlog is folded over several replies); True when it wrote one. `stored`: the scope's
+        turns if just read (the write below is a compare-and-set: a copy read earlier is safe)."""
+        if stored is None:
+            stored = await self._history.stored(scope)
         window = self._history.window_size([t.turn for t in stored])
         if len(stored) <= window:
             return False

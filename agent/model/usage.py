@@ -10,7 +10,6 @@ counted in the metric only."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -25,9 +24,9 @@ from langchain_core.outputs import LLMResult
 
 from agent.model.tokens import count_messages, count_tokens
 from agent.observe import NoObserver, Observer
+from agent.storage.batches import GroupWriter
 from agent.storage.connection import Connection, transaction
 from agent.storage.database import Database
-from agent.storage.health import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -58,63 +57,51 @@ _ADD_SQL = (
 
 
 FLUSH_SECONDS = 1.0  # counts gather this long before they are written (a read of them writes them at once)
+_Count = tuple[str, str, str, int, int, float]  # person, day, model, prompt, completion, counted at
+
+
+def _add_counts(conn: Connection, counts: list[_Count]) -> None:
+    """One row per person, day and model (the batch's counts summed), in one transaction."""
+    summed: dict[tuple[str, str, str], list[float]] = {}
+    for person, day, model, prompt, completion, at in counts:
+        row = summed.setdefault((person, day, model), [0, 0, at])
+        row[0] += prompt
+        row[1] += completion
+    rows = [
+        (person, day, model, int(p), int(c), person, at)
+        for (person, day, model), (p, c, at) in summed.items()
+    ]
+    with transaction(conn, durable=False):  # a count, not a promise
+        conn.executemany(_ADD_SQL, rows)
 
 
 class UsageBook:
-    """Counts reach the table in batches: what is recorded within FLUSH_SECONDS of the first count waiting
-    is written together (one row per person, day and model, one transaction), so a busy service pays one
-    write a second, not one per model call. Reading the counts (`of`, `settle`, shutdown) writes what
-    waits first; a crash of the server loses at most that second of counts."""
+    """Counts reach the table in batches (`GroupWriter`): what is recorded within FLUSH_SECONDS of the
+    first count waiting is written together (one row per person, day and model, one transaction), so a
+    busy service pays one write a second, not one per model call. Reading the counts (`of`, `settle`,
+    shutdown) writes what waits first; a crash of the server loses at most that second of counts."""
 
     def __init__(self, database: Database, timezone: tzinfo, observer: Observer | None = None) -> None:
         self._db = database
         self._timezone = timezone
         self.observer: Observer = observer or NoObserver()
-        # (person, day, model) -> [prompt, completion, when the first of them was counted]
-        self._pending: dict[tuple[str, str, str], list[float]] = {}
-        self._writer: asyncio.Task[None] | None = None
-        self._now = asyncio.Event()  # set: write what waits without waiting out FLUSH_SECONDS
+        self._counts: GroupWriter[_Count] = GroupWriter(database, _add_counts, FLUSH_SECONDS)
 
     def record(self, person_id: str | None, model: str, prompt: int, completion: int) -> None:
         """Count one call (on the event loop): the metric now, the person's row in the background."""
         self.observer.tokens_used(model, prompt, completion)
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # a synchronous call outside the service's loop: the metric is enough
             return
         if person_id is None:
             return
         day = datetime.now(self._timezone).strftime("%Y-%m-%d")
-        counts = self._pending.setdefault((person_id, day, model), [0, 0, time.time()])
-        counts[0] += prompt
-        counts[1] += completion
-        if self._writer is None or self._writer.done():
-            self._now = asyncio.Event()
-            self._writer = loop.create_task(self._write_pending(self._now))
-
-    async def _write_pending(self, now: asyncio.Event) -> None:
-        while self._pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(now.wait(), FLUSH_SECONDS)
-            batch, self._pending = self._pending, {}
-            rows = [
-                (person, day, model, int(p), int(c), person, at)
-                for (person, day, model), (p, c, at) in batch.items()
-            ]
-
-            def write(conn: Connection, rows: list[tuple[Any, ...]] = rows) -> None:
-                with transaction(conn, durable=False):  # a count, not a promise
-                    conn.executemany(_ADD_SQL, rows)
-
-            # The database's health logs a failure; a count is not worth more.
-            with contextlib.suppress(StorageError):
-                await self._db.run(write)
+        self._counts.add((person_id, day, model, prompt, completion, time.time()))
 
     async def settle(self) -> None:
         """Write the counts recorded so far, now, and wait for that."""
-        while self._writer is not None and not self._writer.done():
-            self._now.set()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._counts.flush()
 
     async def of(self, person_id: str, now: datetime | None = None) -> tuple[Usage, Usage]:
         """(today, this month) of the person, in BOT_TIMEZONE's days."""

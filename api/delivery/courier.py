@@ -93,6 +93,14 @@ class Courier:
         self.observer: Observer = observer or NoObserver()  # told when a reply is given up
 
     @property
+    def claim_seconds(self) -> float:
+        """How long a row is held for one send (`Outbox.store_reply` claims a reply's first part so)."""
+        return self._claim_seconds
+
+    def _still_claimed(self, row: Outgoing) -> bool:
+        return row.claimed_until is not None and time.time() < row.claimed_until - self._claim_seconds / 2
+
+    @property
     def can_notify(self) -> bool:
         return self._robot is not None
 
@@ -164,8 +172,10 @@ class Courier:
             self._sending.add(stale.id)
             try:
                 # Claimed in the database (another process, or a copy read earlier, cannot send it too),
-                # and re-read: attempts and route as they are now.
-                row = await self._outbox.claim(stale.id, self._claim_seconds)
+                # and re-read: attempts and route as they are now. A part claimed as it was stored (in
+                # that transaction) is sent as it is while at least half of its claim is left.
+                row = stale if self._still_claimed(stale) else None
+                row = row or await self._outbox.claim(stale.id, self._claim_seconds)
                 if row is None:
                     state = await self._outbox.state_of(stale.id)
                     if state in (OutboxState.SENT, OutboxState.SKIPPED):

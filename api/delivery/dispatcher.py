@@ -218,7 +218,12 @@ class Dispatcher:
         try:
             learning = message_to_json(message) if self._assistant.learns_from(message, reply) else None
             parts = await self._outbox.store_reply(
-                message.message_id, message.person_id, route, bodies, learning=learning
+                message.message_id,
+                message.person_id,
+                route,
+                bodies,
+                learning=learning,
+                claim_seconds=self._courier.claim_seconds,  # sent next: claimed in the same transaction
             )
         except BaseException:
             if card is not None:  # answered again later, in a new card: this one must not spin

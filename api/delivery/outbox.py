@@ -40,6 +40,9 @@ class Outgoing:
     body: dict[str, Any]
     route: Route | None
     attempts: int
+    # Set when the row was claimed for this process in the transaction that stored it (store_reply): the
+    # courier sends it without claiming it again while that claim has time left.
+    claimed_until: float | None = None
 
 
 EARLIER_PART_FAILED = "an earlier part of this reply was not sent"
@@ -104,6 +107,31 @@ def pending_parts(conn: Connection, msg_id: str) -> list[Outgoing]:
     return [_row(r) for r in rows]
 
 
+_CLAIM = (  # one statement: the compare-and-set and the row as it is now
+    "UPDATE outbox SET next_attempt_at = ?, claimed_until = ?, updated_at = ? "
+    "WHERE id = ? AND state = ? AND next_attempt_at <= ? "
+    "RETURNING id, msg_id, part, channel, body, route, attempts"
+)
+
+
+def claim_row(conn: Connection, row_id: int, seconds: float, now: float) -> Outgoing | None:
+    """Take a due pending row for one send: not due anywhere else for `seconds`. The row as it is now."""
+    until = now + seconds
+    rows = conn.execute(_CLAIM, (until, until, now, row_id, OutboxState.PENDING.value, now)).fetchall()
+    # fetched to the end: SQLite's statement (and its write) is over once its rows are read
+    return replace(_row(rows[0]), claimed_until=until) if rows else None
+
+
+def pending_parts_claimed(conn: Connection, msg_id: str, seconds: float, now: float) -> list[Outgoing]:
+    """A reply's pending parts, the first of them claimed for this process (`claimed_until` set): the
+    part about to be sent, without a transaction of its own. The later parts are claimed in their turn
+    (a first part that fails must not leave them held for a whole claim)."""
+    parts = pending_parts(conn, msg_id)
+    if parts and (first := claim_row(conn, parts[0].id, seconds, now)) is not None:
+        parts[0] = first
+    return parts
+
+
 class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -116,9 +144,11 @@ class Outbox:
         bodies: list[dict[str, Any]],
         *,
         learning: str | None = None,
+        claim_seconds: float | None = None,
     ) -> list[Outgoing]:
         """Store the reply's parts and mark the message done (dropping its text), in one transaction —
-        with `learning` (the message as JSON), a job to learn from it that survives a crash."""
+        with `learning` (the message as JSON), a job to learn from it that survives a crash; with
+        `claim_seconds`, the first part claimed for this process's send in that transaction too."""
         now = time.time()
 
         def write(conn: Connection) -> list[Outgoing]:
@@ -130,7 +160,9 @@ class Outbox:
                 )
                 if learning is not None:
                     store_learning(conn, msg_id, person_id, learning)
-                return pending_parts(conn, msg_id)
+                if claim_seconds is None:
+                    return pending_parts(conn, msg_id)
+                return pending_parts_claimed(conn, msg_id, claim_seconds, now)
 
         return await self._db.run(write)
 
@@ -221,17 +253,7 @@ class Outbox:
         """Take a due pending row for one send: not due anywhere else for `seconds` (a compare-and-set,
         so two processes or two tasks never send it both). The row as it is now, or None."""
         now = time.time()
-
-        def update(conn: Connection) -> Outgoing | None:
-            rows = conn.execute(  # one statement: the compare-and-set and the row as it is now
-                "UPDATE outbox SET next_attempt_at = ?, claimed_until = ?, updated_at = ? "
-                "WHERE id = ? AND state = ? AND next_attempt_at <= ? "
-                "RETURNING id, msg_id, part, channel, body, route, attempts",
-                (now + seconds, now + seconds, now, row_id, OutboxState.PENDING.value, now),
-            ).fetchall()  # to the end: SQLite's statement (and its write) is over once its rows are read
-            return _row(rows[0]) if rows else None
-
-        return await self._db.run(update)
+        return await self._db.run(lambda conn: claim_row(conn, row_id, seconds, now))
 
     async def mark_sent(self, row_id: int) -> None:
         now = time.time()

@@ -136,7 +136,9 @@ class HistoryStore:
                     "(SELECT id FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?)",
                     (scope, scope, keep),
                 )
-                return pair_turns(read_rows(conn, scope, self._kept_turns)) if read_back else []
+            # read after the commit (a SQLite writer holds the lock until then); the fold that uses the
+            # turns is a compare-and-set, so a write between the two is safe
+            return pair_turns(read_rows(conn, scope, self._kept_turns)) if read_back else []
 
         return await self._db.run(write)
 

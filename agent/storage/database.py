@@ -20,6 +20,7 @@ from agent.storage.engine import Engine
 from agent.storage.health import StorageError, StorageFault, StorageHealth
 from agent.storage.migrate import SchemaTooNew
 from agent.storage.sqlite import SqliteEngine
+from agent.storage.turns import WriterTurns
 
 if TYPE_CHECKING:
     from agent.settings.config import Settings
@@ -42,7 +43,7 @@ def engine_for(settings: Settings) -> Engine:
 
 BUSY_PATIENCE_SECONDS = 5.0  # a request-lane statement waits this long for another writer's lock
 BUSY_FIRST_WAIT_SECONDS = 0.0001
-BUSY_LONGEST_WAIT_SECONDS = 0.002
+BUSY_LONGEST_WAIT_SECONDS = 0.0005  # the other writers hold back meanwhile (WriterTurns): look often
 
 
 class _Lane:
@@ -79,6 +80,7 @@ class Database:
         self._lanes: dict[str, _Lane] = {}
         self._work: list[_Lane] = []  # the work lanes (Engine.work_lanes): "work" picks the least busy
         self._turn = 0
+        self._turns: WriterTurns | None = None  # a waiting request-lane write goes first (SQLite)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Database:
@@ -97,6 +99,7 @@ class Database:
         self._lanes = {"work": work, "request": request}
         self._work = [work] + [_Lane(f"dingbot-db-{n}") for n in range(2, self._work_lanes + 1)]
         self._lanes.update({f"work-{n}": lane for n, lane in enumerate(self._work[1:], start=2)})
+        self._turns = self.engine.turns()
         try:
             await loop.run_in_executor(work.executor, self.engine.migrate)
             for lane in self._lanes.values():
@@ -130,14 +133,22 @@ class Database:
         time up to 2 ms, for at most BUSY_PATIENCE_SECONDS (then the busy error is raised)."""
         wait = BUSY_FIRST_WAIT_SECONDS
         deadline = time.monotonic() + BUSY_PATIENCE_SECONDS
-        while True:
-            try:
-                return work(self._connection(lane))
-            except self.engine.errors as exc:
-                if not self.engine.busy(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(wait)
-            wait = min(2 * wait, BUSY_LONGEST_WAIT_SECONDS)
+        turns, waited = self._turns, False
+        try:
+            while True:
+                try:
+                    return work(self._connection(lane))
+                except self.engine.errors as exc:
+                    if not self.engine.busy(exc) or time.monotonic() > deadline:
+                        raise
+                if turns is not None:
+                    turns.waiting()  # the other writers hold back until this one is through
+                    waited = True
+                time.sleep(wait)
+                wait = min(2 * wait, BUSY_LONGEST_WAIT_SECONDS)
+        finally:
+            if waited and turns is not None:
+                turns.done()
 
     def _least_busy(self) -> _Lane | None:
         """The work lane with the fewest statements pending; among equals each in turn, so none sits idle
@@ -151,8 +162,12 @@ class Database:
         if lane is None:
             raise RuntimeError("database is not open")
 
+        turns = self._turns
+
         def run() -> T:
             conn = self._connection(lane)
+            if turns is not None and not lane.fine_waits:
+                turns.give_way()  # a callback's write waiting for the lock goes first
             try:
                 return self._patiently(lane, work) if lane.fine_waits else work(conn)
             except self.engine.errors as exc:
@@ -247,3 +262,6 @@ class Database:
                 with contextlib.suppress(Exception):  # closing a broken connection may fail too
                     await loop.run_in_executor(lane.executor, self.engine.close, conn)
             lane.executor.shutdown(wait=True)
+        turns, self._turns = self._turns, None
+        if turns is not None:
+            turns.close()

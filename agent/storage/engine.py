@@ -11,6 +11,7 @@ from agent.storage import migrate
 from agent.storage.connection import Connection
 from agent.storage.health import StorageError, StorageFault
 from agent.storage.migrate import SchemaStatus
+from agent.storage.turns import WriterTurns
 
 PROBE_BYTES = 64 * 1024  # what the storage probe writes: enough that a full disk refuses it
 
@@ -35,6 +36,11 @@ class Engine(abc.ABC):
     def serve_requests(self, conn: Connection) -> None:  # noqa: B027 (PostgreSQL: nothing to do)
         """Set `conn` up for statements a caller waits on: it reports a busy lock at once instead of waiting
         for it itself (see `busy`), and leaves slow upkeep to the other connections."""
+
+    def turns(self) -> WriterTurns | None:
+        """How a waiting callback's write asks the other writers to hold back (SQLite's lock has no queue;
+        PostgreSQL locks rows, and a callback's insert waits for no other statement)."""
+        return None
 
     def busy(self, exc: BaseException) -> bool:
         """`exc` says another connection holds the lock: the same work may simply be tried again."""

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from agent.storage.connection import Connection, transaction
 from agent.storage.engine import PROBE_BYTES, PROBE_WRITE, Engine
 from agent.storage.health import StorageError, StorageFault
+from agent.storage.turns import WriterTurns
 
 QUICK_CHECK_SECONDS = 10.0  # a quick_check reads every page: bounded, so a huge file cannot hold startup
 
@@ -116,6 +117,12 @@ class SqliteEngine(Engine):
         # Checkpoints (copying the WAL into the file, with an fsync) are left to the work lane's
         # connection, which writes after every answer: a callback's commit never pays for one.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    def turns(self) -> WriterTurns | None:
+        try:
+            return WriterTurns(self.path.with_name(self.path.name + "-turn"))
+        except (OSError, ValueError):  # a read-only folder: the writers simply race, as before
+            return None
 
     def busy(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)  # extended codes too: BUSY_RECOVERY, BUSY_SNAPSHOT

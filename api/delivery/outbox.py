@@ -69,33 +69,63 @@ def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, ensure_ascii=False)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyParts:
+    """A reply's parts and route, encoded once, before the transaction that stores them (a SQLite writer
+    holds the database's lock for the whole transaction: nothing slow belongs inside it)."""
+
+    route: Route
+    bodies: list[dict[str, Any]]
+    encoded: list[str]
+    route_json: str
+
+    @classmethod
+    def of(cls, route: Route, bodies: list[dict[str, Any]]) -> ReplyParts:
+        return cls(route, bodies, [_dumps(body) for body in bodies], route.to_json())
+
+
 def insert_reply(
     conn: Connection,
     msg_id: str,
     person_id: str,
-    route: Route,
-    bodies: list[dict[str, Any]],
+    parts: ReplyParts,
     now: float,
-) -> None:
-    """Inside the caller's transaction: a reply's parts, pending (a part already stored stays as it is)."""
-    for part, body in enumerate(bodies):
-        conn.execute(
+    *,
+    claim_seconds: float | None = None,
+) -> list[Outgoing]:
+    """Inside the caller's transaction: a reply's parts, pending (a part already stored stays as it is),
+    the first claimed for `claim_seconds` when given. Returns the reply's pending parts in order: as
+    inserted, or read back when the reply was stored before."""
+    until = now + claim_seconds if claim_seconds is not None else None
+    fresh: list[Outgoing] = []
+    for part, (body, encoded) in enumerate(zip(parts.bodies, parts.encoded, strict=True)):
+        claimed = until if part == 0 else None
+        inserted = conn.execute(
             "INSERT INTO outbox (msg_id, part, channel, person_id, body, route, state, attempts, "
-            "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
-            "ON CONFLICT (msg_id, part) DO NOTHING",
+            "next_attempt_at, claimed_until, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) ON CONFLICT (msg_id, part) DO NOTHING RETURNING id",
             (
                 msg_id,
                 part,
                 Channel.REPLY.value,
                 person_id,
-                _dumps(body),
-                route.to_json(),
+                encoded,
+                parts.route_json,
                 OutboxState.PENDING.value,
-                now,
+                claimed or now,
+                claimed,
                 now,
                 now,
             ),
-        )
+        ).fetchall()  # to the end: SQLite's statement is over once its rows are read
+        if inserted:
+            row_id = int(inserted[0][0])
+            fresh.append(Outgoing(row_id, msg_id, part, Channel.REPLY, body, parts.route, 0, claimed))
+    if len(fresh) == len(parts.bodies):
+        return fresh
+    if until is None:  # stored before (a message answered again): the parts as they are now
+        return pending_parts(conn, msg_id)
+    return pending_parts_claimed(conn, msg_id, until - now, now)
 
 
 def pending_parts(conn: Connection, msg_id: str) -> list[Outgoing]:
@@ -150,19 +180,18 @@ class Outbox:
         with `learning` (the message as JSON), a job to learn from it that survives a crash; with
         `claim_seconds`, the first part claimed for this process's send in that transaction too."""
         now = time.time()
+        parts = ReplyParts.of(route, bodies)
 
         def write(conn: Connection) -> list[Outgoing]:
             with transaction(conn):
-                insert_reply(conn, msg_id, person_id, route, bodies, now)
+                stored = insert_reply(conn, msg_id, person_id, parts, now, claim_seconds=claim_seconds)
                 conn.execute(
                     "UPDATE inbox SET state = 'done', updated_at = ?, payload = NULL WHERE msg_id = ?",
                     (now, msg_id),
                 )
                 if learning is not None:
                     store_learning(conn, msg_id, person_id, learning)
-                if claim_seconds is None:
-                    return pending_parts(conn, msg_id)
-                return pending_parts_claimed(conn, msg_id, claim_seconds, now)
+                return stored
 
         return await self._db.run(write)
 

@@ -27,7 +27,7 @@ from agent.storage.health import StorageError
 from agent.tools.reminders import CHANNEL, Firing, ReminderBook, claim_due
 from agent.tools.toolbox import RouteProblem, fired_text
 from api.delivery.courier import Courier
-from api.delivery.outbox import Outgoing, insert_reply, pending_parts
+from api.delivery.outbox import Outgoing, ReplyParts, insert_reply
 from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,9 @@ class ReminderClock:
                     reply = Reply(fired_text(self._prompts_for(origin), firing))
                     bodies = build_reply_bodies(origin, reply, REPLY_MAX_BYTES)
                     # the outbox runs on this machine's clock (the book's may be a test's)
-                    insert_reply(conn, firing.key, origin.person_id, route, bodies, time.time())
-                    fired.append(_Fired(firing, pending_parts(conn, firing.key)))
+                    parts = ReplyParts.of(route, bodies)
+                    stored = insert_reply(conn, firing.key, origin.person_id, parts, time.time())
+                    fired.append(_Fired(firing, stored))
             return fired
 
         fired = await self._db.run(work)

@@ -370,4 +370,4 @@ class Assistant:
         if kept is not None and self.summaries:
             self.summaries.fold_later(scope, message.person_id, kept)
         if self.memory:
-            self.memory.learn_later(message)
+            self.memory.learn_later(message, not_forgotten=kept is not None)  # keep checked it

@@ -48,6 +48,28 @@ def test_signed_text_message_is_acked_empty_before_it_is_answered(
     assert body["at"] == {"isAtAll": False}
 
 
+def test_a_reply_being_sent_holds_no_answer_slot(
+    make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WORKERS bounds the answers being made at once (the model's calls), not the sends: with one slot, a
+    reply whose send DingTalk holds leaves the next conversation's message free to be answered and sent
+    (before, that message waited for the held send)."""
+    monkeypatch.setattr(api.app, "SEND_TIMEOUT_SECONDS", 2 * PATIENCE)  # the held send is not given up on
+    first_send = threading.Event()
+    fake_dingtalk.holds.append(first_send)
+    with serve(make_settings(workers=1)) as app:
+        try:
+            post(app, callback(fake_dingtalk.webhook(), "第一个人的问题"))
+            fake_dingtalk.wait_for(1)  # its reply is on the wire, unanswered
+            other = callback(fake_dingtalk.webhook("s2"), "另一个人的问题", senderStaffId="staff2")
+            post(app, {**other, "conversationId": "cidAnotherPerson=="})
+            [_, second] = fake_dingtalk.wait_for(2)  # answered and sent while the first send is held
+        finally:
+            first_send.set()
+        fake_dingtalk.wait_for(2)
+    assert "另一个人的问题" in second.json()["text"]["content"]
+
+
 def test_second_message_sees_the_first_turn_as_history(
     make_settings: Callable[..., Settings], fake_dingtalk: FakeDingTalk
 ) -> None:

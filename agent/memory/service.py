@@ -359,17 +359,20 @@ class MemoryService:
         await self._changed(person_id)
         return erased
 
-    def learn_later(self, message: IncomingMessage) -> None:
+    def learn_later(self, message: IncomingMessage, *, not_forgotten: bool = False) -> None:
         """Learn from `message` in the background: the caller (a reply just sent) never waits. Its job
-        row (stored with the reply) is removed once done, whatever the outcome."""
-        task = asyncio.create_task(self._learn_job(message), name=f"memory-{message.message_id}")
+        row (stored with the reply) is removed once done, whatever the outcome. `not_forgotten`: the
+        caller's own write just found no "/forget all" of the person after the message (the history write
+        checks in its transaction), so the database is not asked again."""
+        learning = self._learn_job(message, not_forgotten)
+        task = asyncio.create_task(learning, name=f"memory-{message.message_id}")
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _learn_job(self, message: IncomingMessage) -> None:
+    async def _learn_job(self, message: IncomingMessage, not_forgotten: bool) -> None:
         on_behalf_of.set(message.person_id)  # this task's own context: the extraction's tokens are theirs
         try:
-            await self.learn(message)
+            await self.learn(message, not_forgotten=not_forgotten)
         except StorageError:
             return  # the database's health logs it; the job stays stored and is resumed at the next start
         self._finished.add(message.message_id)
@@ -385,15 +388,18 @@ class MemoryService:
             log.info("memory: resuming %d unfinished learning job(s)", len(pending))
         return len(pending)
 
-    async def learn(self, message: IncomingMessage) -> int:
+    async def learn(self, message: IncomingMessage, *, not_forgotten: bool = False) -> int:
         """Extract facts from what the person said, guard them, store the rest. Returns how many were stored.
+        `not_forgotten`: the database was just asked whether they asked to be forgotten since (no).
 
         Never raises: failures and timeouts (MEMORY_TIMEOUT) log one warning and store nothing.
         """
         if not _has_words(message) or self._store is None:
             return 0
         said_at = message.arrived_at
-        known = await self._database.run(lambda conn: forgotten_at(conn, message.person_id))
+        known = NEVER
+        if not not_forgotten:
+            known = await self._database.run(lambda conn: forgotten_at(conn, message.person_id))
         if max(known, self._forgotten_at.get(message.person_id, NEVER)) >= said_at:
             return 0  # they asked to be forgotten after saying it
         try:

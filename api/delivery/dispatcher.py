@@ -157,7 +157,7 @@ class Dispatcher:
         lane = self._lanes.setdefault(lane_key, asyncio.Lock())
         self._lane_users[lane_key] += 1
         try:
-            async with lane, self._slots:
+            async with lane:  # in order per conversation and speaker, to the history write
                 await self._process(message)
         except asyncio.CancelledError:
             # Stopped mid-answer (shutdown): resumed at the next start, or answered when redelivered.
@@ -208,7 +208,8 @@ class Dispatcher:
         card = None
         if self._cards is not None:
             card = CardStream(self._cards, route, sender_nick=message.sender_nick)
-        reply = await self._answer(message, card)
+        async with self._slots:  # WORKERS answers at once; storing and sending them wait for no slot
+            reply = await self._answer(message, card)
         bodies: list[dict[str, Any]] = build_reply_bodies(message, reply, REPLY_MAX_BYTES)
         if card is not None and card.card_id:
             # The card is finished first (through the outbox); the plain parts are its fallback.

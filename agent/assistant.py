@@ -35,6 +35,7 @@ from agent.model.usage import UsageBook, on_behalf_of
 from agent.observe import NoObserver, Observer
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import PromptSet
+from agent.remembering import Remembering
 from agent.settings.config import Settings
 from agent.tools.loop import ToolsUsedError, run_agent
 from agent.tools.toolbox import Toolbox, ToolWatcher
@@ -356,18 +357,18 @@ class Assistant:
         kinds = (ContentKind.TEXT, ContentKind.MEDIA)
         return message.kind in kinds and not reply.failed and not reply.canned
 
-    async def remember(self, message: IncomingMessage, reply: Reply) -> None:
-        """After the reply went out: keep the turn in short-term history and, in the background, learn
-        long-term facts from what the person said. Neither happens for what a later "/forget all" of
-        theirs came after."""
+    def remembering(self, message: IncomingMessage, reply: Reply) -> Remembering | None:
+        """What the reply leaves behind once sent (agent/remembering.py): None for notices and commands.
+        Neither the turn nor the learning happens for what a later "/forget all" of theirs came after."""
         if not self.learns_from(message, reply):
-            return
+            return None
         message = self._clipped(message)
         turn = Turn(reply.heard or self._human_entry(message), reply.text)
         scope = self.history_scope(message)
-        folding = self.summaries is not None and self.summaries.on  # the fold reads the turns kept here
-        kept = await self.history.keep(scope, turn, message.person_id, message.arrived_at, read_back=folding)
-        if kept is not None and self.summaries:
-            self.summaries.fold_later(scope, message.person_id, kept)
-        if self.memory:
-            self.memory.learn_later(message, not_forgotten=kept is not None)  # keep checked it
+        return Remembering(message, turn, scope, self.history, self.summaries, self.memory)
+
+    async def remember(self, message: IncomingMessage, reply: Reply) -> None:
+        """After the reply went out: keep the turn in short-term history and, in the background, learn
+        long-term facts from what the person said."""
+        if (remembering := self.remembering(message, reply)) is not None:
+            await remembering.finish()

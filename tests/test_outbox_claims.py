@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -10,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.storage.connection import Connection
 from agent.storage.database import Database
 from agent.storage.engine import Engine
 from api.delivery.courier import CLAIM_SECONDS, Courier, Delivery
@@ -131,6 +133,50 @@ def test_a_reply_claimed_as_it_is_stored_is_sent_once_by_its_own_process(
     contents = [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)]
     assert contents == ["第 1 部分", "第 2 部分"]  # each once, in order
     assert [state for _, state, _ in states(path)] == ["sent", "sent"]
+
+
+class TurnOfTheReply:
+    """An AlsoWrite as the dispatcher gives one (the reply's turn for the history): records what it saw."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.seen: list[str] = []
+
+    def write(self, conn: Connection) -> None:
+        state = conn.execute("SELECT state FROM outbox WHERE msg_id = 'm1'").fetchone()[0]
+        self.seen.append(f"write, the row {state}, in a transaction: {conn.in_transaction}")
+        if self.fail:
+            raise RuntimeError("the history write failed")
+
+    def then(self, conn: Connection) -> None:
+        self.seen.append(f"then, in a transaction: {conn.in_transaction}")
+
+
+def test_what_rides_with_marking_a_reply_sent_is_in_its_transaction(database_target: Path | Engine) -> None:
+    """Marking the last part sent carries the reply's history turn (one round trip): inside the same
+    transaction, both or neither; `then` runs after the commit."""
+
+    async def scenario(also: TurnOfTheReply) -> str:
+        db = Database(database_target)
+        await db.open()
+        try:
+            outbox = Outbox(db)
+            [row] = await outbox.store_reply(
+                "m1", "corp:u1", Route("https://x", None, "c", False, "u", "r"), parts(1)
+            )
+            with contextlib.suppress(RuntimeError):
+                await outbox.mark_sent(row.id, also)
+            return str(sql(database_target, "SELECT state FROM outbox WHERE msg_id = 'm1'")[0][0])
+        finally:
+            await db.close()
+
+    kept = TurnOfTheReply()
+    assert asyncio.run(scenario(kept)) == "sent"
+    assert kept.seen == ["write, the row sent, in a transaction: True", "then, in a transaction: False"]
+    sql(database_target, "DELETE FROM outbox")
+    failing = TurnOfTheReply(fail=True)
+    assert asyncio.run(scenario(failing)) == "pending"  # the turn failed: the mark was rolled back with it
+    assert failing.seen == ["write, the row sent, in a transaction: True"]
 
 
 OUTBOX_BEFORE_SKIPPED = """

@@ -115,32 +115,41 @@ class HistoryStore:
     async def keep(
         self, scope: str, turn: Turn, person_id: str, said_at: float, *, read_back: bool = True
     ) -> list[StoredTurn] | None:
-        """`append`, and with `read_back` the scope's stored turns after it, read in the same transaction
-        (what a summary fold needs, without a round trip of its own): None when refused, else the turns
-        ([] without `read_back`)."""
-        keep = self._kept_turns * 2
+        """`append`, and with `read_back` the scope's stored turns after it (what a summary fold needs,
+        without a round trip of its own): None when refused, else the turns ([] without `read_back`)."""
         now = time.time()
 
         def write(conn: Connection) -> list[StoredTurn] | None:
             with transaction(conn, durable=False):
-                lock_person(conn, person_id)
-                if forgotten_at(conn, person_id) >= said_at:
+                if not self.keep_in(conn, scope, turn, person_id, said_at, now):
                     return None
-                conn.executemany(
-                    "INSERT INTO history (scope, person_id, role, content, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(scope, person_id, "human", turn.human, now), (scope, person_id, "ai", turn.ai, now)],
-                )
-                conn.execute(
-                    "DELETE FROM history WHERE scope = ? AND id NOT IN "
-                    "(SELECT id FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?)",
-                    (scope, scope, keep),
-                )
-            # read after the commit (a SQLite writer holds the lock until then); the fold that uses the
-            # turns is a compare-and-set, so a write between the two is safe
-            return pair_turns(read_rows(conn, scope, self._kept_turns)) if read_back else []
+            return self.stored_in(conn, scope) if read_back else []
 
         return await self._db.run(write)
+
+    def keep_in(
+        self, conn: Connection, scope: str, turn: Turn, person_id: str, said_at: float, now: float
+    ) -> bool:
+        """Inside the caller's transaction: keep the turn (False: refused, the person asked to be forgotten
+        after saying it) and let the oldest past the kept turns go."""
+        lock_person(conn, person_id)
+        if forgotten_at(conn, person_id) >= said_at:
+            return False
+        conn.executemany(
+            "INSERT INTO history (scope, person_id, role, content, created_at) VALUES (?, ?, ?, ?, ?)",
+            [(scope, person_id, "human", turn.human, now), (scope, person_id, "ai", turn.ai, now)],
+        )
+        conn.execute(
+            "DELETE FROM history WHERE scope = ? AND id NOT IN "
+            "(SELECT id FROM history WHERE scope = ? ORDER BY id DESC LIMIT ?)",
+            (scope, scope, self._kept_turns * 2),
+        )
+        return True
+
+    def stored_in(self, conn: Connection, scope: str) -> list[StoredTurn]:
+        """The scope's stored turns, read after a write's commit (a SQLite writer holds the lock until then;
+        the fold that uses them is a compare-and-set, so a write between the two is safe)."""
+        return pair_turns(read_rows(conn, scope, self._kept_turns))
 
     async def clear(self, scope: str) -> None:
         """/reset: forget the recent turns of one scope, its summary, and the file it last sent."""

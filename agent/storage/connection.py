@@ -32,6 +32,15 @@ class Connection(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
 
 
+class AlsoWrite(Protocol):
+    """Work that rides in a transaction another store runs, on the same connection and thread: `write`
+    inside it, `then` after its commit. One round trip for both, and both or neither."""
+
+    def write(self, conn: Connection) -> None: ...
+
+    def then(self, conn: Connection) -> None: ...
+
+
 @contextlib.contextmanager
 def transaction(conn: Connection, *, durable: bool = True) -> Iterator[None]:
     """BEGIN ... COMMIT, rolled back on any error. On SQLite BEGIN IMMEDIATE: writers take turns from the
@@ -43,10 +52,10 @@ def transaction(conn: Connection, *, durable: bool = True) -> Iterator[None]:
     flush (`synchronous_commit` off for this transaction: still atomic and in order, only the last fraction
     of a second could be lost if the server itself crashes), which halves the commit on a disk that syncs.
     SQLite (WAL, synchronous=NORMAL) does not sync a commit anyway."""
-    sqlite = isinstance(conn, sqlite3.Connection)
-    conn.execute("BEGIN IMMEDIATE" if sqlite else "BEGIN")
-    if not durable and not sqlite:
-        conn.execute("SET LOCAL synchronous_commit TO OFF")
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute("BEGIN IMMEDIATE")
+    else:  # one round trip: a statement without parameters may hold two
+        conn.execute("BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit TO OFF")
     try:
         yield
         conn.execute("COMMIT")

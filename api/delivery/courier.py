@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from agent.observe import NoObserver, Observer, Problem
+from agent.storage.connection import AlsoWrite
 from api.delivery.outbox import Channel, Outbox, OutboxState, Outgoing
 from api.dingtalk.cards import CardSender
 from api.dingtalk.openapi import OpenApiSender
@@ -144,10 +145,10 @@ class Courier:
         log.info("reply %s/%d: %s; sending through the OpenAPI fallback", row.msg_id, row.part, why)
         return await self._attempt("openapi", lambda: openapi.send(fallback_route, row.body))
 
-    async def _settle(self, row: Outgoing, result: SendResult) -> Delivery:
+    async def _settle(self, row: Outgoing, result: SendResult, also: AlsoWrite | None = None) -> Delivery:
         label = f"{row.channel.value} {row.msg_id or row.id}/{row.part}"
         if result.ok:
-            await self._outbox.mark_sent(row.id)
+            await self._outbox.mark_sent(row.id, also)
             return Delivery.SENT
         if result.retryable and row.attempts + 1 < MAX_SEND_ATTEMPTS:
             if result.throttled:
@@ -164,9 +165,11 @@ class Courier:
             self.observer.report(undelivered(result.detail))
         return Delivery.FAILED
 
-    async def deliver(self, rows: Iterable[Outgoing]) -> Delivery:
-        """Send a reply's stored parts in order. A part not sent holds back the parts after it."""
-        for stale in rows:
+    async def deliver(self, rows: Iterable[Outgoing], also: AlsoWrite | None = None) -> Delivery:
+        """Send a reply's stored parts in order. A part not sent holds back the parts after it. `also`
+        rides in the transaction that marks the last part sent (when this call sends it)."""
+        rows = list(rows)
+        for index, stale in enumerate(rows):
             if stale.id in self._sending:
                 return Delivery.RETRYING  # another task of this process is sending it
             self._sending.add(stale.id)
@@ -186,7 +189,8 @@ class Courier:
                     if carried is None:
                         continue  # the card gave way: the plain parts after it carry the answer
                     return carried
-                outcome = await self._settle(row, await self._send_reply(row))
+                last = also if index == len(rows) - 1 else None
+                outcome = await self._settle(row, await self._send_reply(row), last)
             finally:
                 self._sending.discard(stale.id)
             if outcome is not Delivery.SENT:

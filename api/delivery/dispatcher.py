@@ -232,7 +232,8 @@ class Dispatcher:
                     self._assistant.prompts_for(message).model_error_reply(ModelErrorKind.UNKNOWN)
                 )
             raise
-        outcome = await self._courier.deliver(parts)
+        remembering = self._assistant.remembering(message, reply)  # its turn: kept as it is marked sent
+        outcome = await self._courier.deliver(parts, remembering)
         elapsed = (time.perf_counter() - started) * 1000
         if outcome is Delivery.SENT:
             log.info("message %s: replied in %.0f ms", message.message_id, elapsed)
@@ -245,7 +246,8 @@ class Dispatcher:
         else:
             log.warning("message %s: reply could not be delivered (%.0f ms)", message.message_id, elapsed)
             return  # the person never saw it: it does not belong in the conversation's history
-        await self._assistant.remember(message, reply)
+        if remembering is not None:
+            await remembering.finish()
 
     async def drain(self, grace_seconds: float) -> None:
         """On shutdown: let in-flight messages finish for up to `grace_seconds`, then cancel them."""

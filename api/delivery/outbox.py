@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from agent.storage.connection import Connection, transaction
+from agent.storage.connection import AlsoWrite, Connection, transaction
 from agent.storage.database import Database
 from agent.storage.records import store_learning
 from api.dingtalk.reply import Route
@@ -284,11 +284,19 @@ class Outbox:
         now = time.time()
         return await self._db.run(lambda conn: claim_row(conn, row_id, seconds, now))
 
-    async def mark_sent(self, row_id: int) -> None:
+    async def mark_sent(self, row_id: int, also: AlsoWrite | None = None) -> None:
+        """DingTalk took the row: sent, its text dropped; with `also` (the reply's turn for the history),
+        in the same transaction."""
         now = time.time()
 
         def update(conn: Connection) -> None:
-            conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
+            if also is None:
+                conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
+                return
+            with transaction(conn):
+                conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
+                also.write(conn)
+            also.then(conn)
 
         await self._db.run(update)
 

@@ -40,7 +40,8 @@ class Remembering:
         self._kept: list[StoredTurn] | None = None  # None: refused (forgotten); else the turns read back
 
     def write(self, conn: Connection) -> None:
-        """Inside the caller's transaction, on the database's thread."""
+        """Inside the caller's transaction, on the database's thread (it reads no `rowcount`: the
+        transaction may be pipelined)."""
         message = self.message
         kept = self._history.keep_in(
             conn, self.scope, self.turn, message.person_id, message.arrived_at, time.time()

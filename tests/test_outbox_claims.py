@@ -136,20 +136,24 @@ def test_a_reply_claimed_as_it_is_stored_is_sent_once_by_its_own_process(
 
 
 class TurnOfTheReply:
-    """An AlsoWrite as the dispatcher gives one (the reply's turn for the history): records what it saw."""
+    """An AlsoWrite as the dispatcher gives one (the reply's turn for the history): records what it saw,
+    on its own connection and, from outside, on another."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, where: Path | Engine, fail: bool = False) -> None:
+        self.where = where
         self.fail = fail
         self.seen: list[str] = []
 
     def write(self, conn: Connection) -> None:
-        state = conn.execute("SELECT state FROM outbox WHERE msg_id = 'm1'").fetchone()[0]
-        self.seen.append(f"write, the row {state}, in a transaction: {conn.in_transaction}")
+        inside = conn.execute("SELECT state FROM outbox WHERE msg_id = 'm1'").fetchone()[0]
+        outside = sql(self.where, "SELECT state FROM outbox WHERE msg_id = 'm1'")[0][0]
+        self.seen.append(f"write: {inside} inside, {outside} outside")
         if self.fail:
             raise RuntimeError("the history write failed")
 
     def then(self, conn: Connection) -> None:
-        self.seen.append(f"then, in a transaction: {conn.in_transaction}")
+        outside = sql(self.where, "SELECT state FROM outbox WHERE msg_id = 'm1'")[0][0]
+        self.seen.append(f"then: {outside} outside")
 
 
 def test_what_rides_with_marking_a_reply_sent_is_in_its_transaction(database_target: Path | Engine) -> None:
@@ -170,13 +174,14 @@ def test_what_rides_with_marking_a_reply_sent_is_in_its_transaction(database_tar
         finally:
             await db.close()
 
-    kept = TurnOfTheReply()
+    kept = TurnOfTheReply(database_target)
     assert asyncio.run(scenario(kept)) == "sent"
-    assert kept.seen == ["write, the row sent, in a transaction: True", "then, in a transaction: False"]
+    # marked in the same transaction (not committed while the turn is written), committed before `then`
+    assert kept.seen == ["write: sent inside, pending outside", "then: sent outside"]
     sql(database_target, "DELETE FROM outbox")
-    failing = TurnOfTheReply(fail=True)
+    failing = TurnOfTheReply(database_target, fail=True)
     assert asyncio.run(scenario(failing)) == "pending"  # the turn failed: the mark was rolled back with it
-    assert failing.seen == ["write, the row sent, in a transaction: True"]
+    assert failing.seen == ["write: sent inside, pending outside"]
 
 
 OUTBOX_BEFORE_SKIPPED = """

@@ -272,6 +272,48 @@ def test_dingbot_migrate_shows_and_applies_the_schema(
     assert "\n" not in err
 
 
+def test_a_pipelined_transaction_that_fails_leaves_nothing_and_a_usable_connection(
+    database_target: Path | Engine,
+) -> None:
+    """On PostgreSQL `pipelined` sends statements without waiting for their answers; a failed statement
+    (here a duplicate key) surfaces at the next read or at the end, the transaction is rolled back after the
+    pipeline (inside it, a ROLLBACK would be discarded), and the connection works on. Asynchronous commits
+    (`durable=False`) begin in two statements there, one query each."""
+    from agent.storage.connection import Connection, transaction
+
+    def work(conn: Connection) -> list[str]:
+        conn.execute("CREATE TABLE pipelined (id INTEGER PRIMARY KEY)")
+        outcomes = []
+        for read_between in (True, False):
+            try:
+                with transaction(conn, durable=read_between, pipelined=True):
+                    conn.execute("INSERT INTO pipelined (id) VALUES (1)")
+                    conn.execute("INSERT INTO pipelined (id) VALUES (1)")
+                    if read_between:
+                        conn.execute("SELECT COUNT(*) FROM pipelined").fetchone()
+                outcomes.append("committed")
+            except Exception as exc:  # each engine's own duplicate-key error
+                outcomes.append(f"{type(exc).__name__}, in a transaction after it: {conn.in_transaction}")
+        with transaction(conn, durable=False, pipelined=True):
+            conn.execute("INSERT INTO pipelined (id) VALUES (2)")
+        outcomes.append(str(conn.execute("SELECT id FROM pipelined").fetchall()))
+        return outcomes
+
+    async def go() -> list[str]:
+        database = Database(database_target)
+        await database.open()
+        try:
+            return await database.run(work)
+        finally:
+            await database.close()
+
+    first, second, rows = asyncio.run(go())
+    assert first.endswith("in a transaction after it: False")
+    assert second.endswith("in a transaction after it: False")
+    assert "committed" not in (first, second)
+    assert rows == "[(2,)]"  # only the good transaction's row
+
+
 @pytest.mark.postgres_only
 def test_a_write_that_is_not_a_promise_does_not_wait_for_the_wal_flush(database_target: Engine) -> None:
     """History, token counts and summaries commit asynchronously on PostgreSQL; the inbox and outbox (and

@@ -120,7 +120,7 @@ class HistoryStore:
         now = time.time()
 
         def write(conn: Connection) -> list[StoredTurn] | None:
-            with transaction(conn, durable=False):
+            with transaction(conn, durable=False, pipelined=True):
                 if not self.keep_in(conn, scope, turn, person_id, said_at, now):
                     return None
             return self.stored_in(conn, scope) if read_back else []

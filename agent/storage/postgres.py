@@ -8,6 +8,7 @@ answered message. SQLAlchemy and Alembic run the migrations at startup only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -70,6 +71,9 @@ class PgConnection:
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
         with self.raw.cursor() as cursor:
             cursor.executemany(_placeholders(sql), parameters)
+
+    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
+        return self.raw.pipeline()
 
     def close(self) -> None:
         self.raw.close()

@@ -183,7 +183,7 @@ class Outbox:
         parts = ReplyParts.of(route, bodies)
 
         def write(conn: Connection) -> list[Outgoing]:
-            with transaction(conn):
+            with transaction(conn, pipelined=True):
                 stored = insert_reply(conn, msg_id, person_id, parts, now, claim_seconds=claim_seconds)
                 conn.execute(
                     "UPDATE inbox SET state = 'done', updated_at = ?, payload = NULL WHERE msg_id = ?",
@@ -293,7 +293,7 @@ class Outbox:
             if also is None:
                 conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
                 return
-            with transaction(conn):
+            with transaction(conn, pipelined=True):
                 conn.execute(_MARK_SENT, (OutboxState.SENT.value, now, row_id))
                 also.write(conn)
             also.then(conn)

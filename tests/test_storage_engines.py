@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -31,6 +32,8 @@ from tests.fakes.tcp_proxy import TcpProxy
 from tests.postgres import SERVER
 from tests.store import sql
 from tests.waiting import PATIENCE, wait_until
+
+T = TypeVar("T")
 
 DATA = Path(__file__).parent / "data"
 
@@ -272,6 +275,20 @@ def test_dingbot_migrate_shows_and_applies_the_schema(
     assert "\n" not in err
 
 
+def on_database(target: Path | Engine, work: Callable[[Any], T]) -> T:
+    """`work(connection)` on a work lane of a Database opened on `target` for it."""
+
+    async def go() -> T:
+        database = Database(target)
+        await database.open()
+        try:
+            return await database.run(work)
+        finally:
+            await database.close()
+
+    return asyncio.run(go())
+
+
 def test_a_pipelined_transaction_that_fails_leaves_nothing_and_a_usable_connection(
     database_target: Path | Engine,
 ) -> None:
@@ -299,15 +316,7 @@ def test_a_pipelined_transaction_that_fails_leaves_nothing_and_a_usable_connecti
         outcomes.append(str(conn.execute("SELECT id FROM pipelined").fetchall()))
         return outcomes
 
-    async def go() -> list[str]:
-        database = Database(database_target)
-        await database.open()
-        try:
-            return await database.run(work)
-        finally:
-            await database.close()
-
-    first, second, rows = asyncio.run(go())
+    first, second, rows = on_database(database_target, work)
     assert first.endswith("in a transaction after it: False")
     assert second.endswith("in a transaction after it: False")
     assert "committed" not in (first, second)
@@ -327,15 +336,7 @@ def test_a_write_that_is_not_a_promise_does_not_wait_for_the_wal_flush(database_
             after = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[attr-defined]
             return str(inside), str(after)
 
-        async def go() -> tuple[str, str]:
-            database = Database(database_target)
-            await database.open()
-            try:
-                return await database.run(work)
-            finally:
-                await database.close()
-
-        return asyncio.run(go())
+        return on_database(database_target, work)
 
     assert seen(durable=False) == ("off", "on")
     assert seen(durable=True) == ("on", "on")

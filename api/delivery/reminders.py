@@ -27,7 +27,7 @@ from agent.storage.health import StorageError
 from agent.tools.reminders import CHANNEL, Firing, ReminderBook, claim_due
 from agent.tools.toolbox import RouteProblem, fired_text
 from api.delivery.courier import Courier
-from api.delivery.outbox import Outgoing, ReplyParts, insert_reply
+from api.delivery.outbox_rows import Outgoing, ReplyParts, insert_reply
 from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
 
 log = logging.getLogger(__name__)

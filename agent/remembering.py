@@ -36,32 +36,41 @@ class Remembering:
         self._summaries = summaries
         self._memory = memory
         self._folding = summaries is not None and summaries.on  # the fold reads the turns kept here
+        self._in_transaction = False  # what `write` found, until `then` says it was committed
         self._written = False
-        self._kept: list[StoredTurn] | None = None  # None: refused (forgotten); else the turns read back
+        self._refused = False  # the person asked to be forgotten after saying it
+        self._stored: list[StoredTurn] | None = None  # the scope's turns read back (None: the fold reads)
 
     def write(self, conn: Connection) -> None:
         """Inside the caller's transaction, on the database's thread (it reads no `rowcount`: the
         transaction may be pipelined)."""
         message = self.message
-        kept = self._history.keep_in(
-            conn, self.scope, self.turn, message.person_id, message.arrived_at, time.time()
+        now = time.time()
+        self._in_transaction = self._history.keep_in(
+            conn, self.scope, self.turn, message.person_id, message.arrived_at, now
         )
-        self._kept = [] if kept else None
-        self._written = True
 
     def then(self, conn: Connection) -> None:
-        """After that transaction's commit, on the same connection."""
-        if self._kept is not None and self._folding:
-            self._kept = self._history.stored_in(conn, self.scope)
+        """After that transaction's commit, on the same connection: the turn is written. Never raises (the
+        reply is marked sent already): turns that cannot be read back are read by the fold itself."""
+        self._written, self._refused = True, not self._in_transaction
+        if self._in_transaction and self._folding:
+            try:
+                self._stored = self._history.stored_in(conn, self.scope)
+            except Exception:  # the fold reads them itself
+                self._stored = None
 
     async def finish(self) -> None:
-        """On the event loop, once the reply is sent (or stored to be sent)."""
+        """On the event loop, once the reply is sent (or stored to be sent): the turn written now unless
+        the sent mark carried it, then the fold and the learning started."""
         message = self.message
         if not self._written:
-            self._kept = await self._history.keep(
+            kept = await self._history.keep(
                 self.scope, self.turn, message.person_id, message.arrived_at, read_back=self._folding
             )
-        if self._kept is not None and self._summaries is not None:
-            self._summaries.fold_later(self.scope, message.person_id, self._kept)
+            self._refused = kept is None
+            self._stored = kept if self._folding else None
+        if not self._refused and self._summaries is not None:
+            self._summaries.fold_later(self.scope, message.person_id, self._stored)
         if self._memory is not None:  # the history write checked "/forget all" when it kept the turn
-            self._memory.learn_later(message, not_forgotten=self._kept is not None)
+            self._memory.learn_later(message, not_forgotten=not self._refused)

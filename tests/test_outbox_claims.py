@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import threading
 import time
@@ -135,6 +134,34 @@ def test_a_reply_claimed_as_it_is_stored_is_sent_once_by_its_own_process(
     assert [state for _, state, _ in states(path)] == ["sent", "sent"]
 
 
+def test_a_reply_sent_late_renews_the_claim_its_own_process_made_when_storing_it(
+    database_target: Path | Engine, fake_dingtalk: FakeDingTalk
+) -> None:
+    """More than half of the store-time claim gone (a slow answer, a busy lock): the courier renews its own
+    claim (a compare-and-set on it) instead of waiting for it to lapse; before, the reply waited out the
+    whole claim (RETRYING, nothing sent)."""
+    claim = 2.0
+
+    async def scenario() -> Delivery:
+        db = Database(database_target)
+        await db.open()
+        async with SessionWebhookSender() as webhook:
+            try:
+                courier = Courier(
+                    outbox=Outbox(db), webhook=webhook, openapi=None, robot=None, claim_seconds=claim
+                )
+                rows = await Outbox(db).store_reply(
+                    "m1", "corp:u1", route(fake_dingtalk), parts(1), claim_seconds=claim
+                )
+                await asyncio.sleep(claim * 0.6)  # past half of the claim, not past all of it
+                return await courier.deliver(rows)
+            finally:
+                await db.close()
+
+    assert asyncio.run(scenario()) is Delivery.SENT
+    assert [r.json()["text"]["content"] for r in fake_dingtalk.posts(WEBHOOK)] == ["第 1 部分"]
+
+
 class TurnOfTheReply:
     """An AlsoWrite as the dispatcher gives one (the reply's turn for the history): records what it saw,
     on its own connection and, from outside, on another."""
@@ -158,7 +185,7 @@ class TurnOfTheReply:
 
 def test_what_rides_with_marking_a_reply_sent_is_in_its_transaction(database_target: Path | Engine) -> None:
     """Marking the last part sent carries the reply's history turn (one round trip): inside the same
-    transaction, both or neither; `then` runs after the commit."""
+    transaction; `then` runs after the commit. A turn that fails never takes the sent mark with it."""
 
     async def scenario(also: TurnOfTheReply) -> str:
         db = Database(database_target)
@@ -168,8 +195,7 @@ def test_what_rides_with_marking_a_reply_sent_is_in_its_transaction(database_tar
             [row] = await outbox.store_reply(
                 "m1", "corp:u1", Route("https://x", None, "c", False, "u", "r"), parts(1)
             )
-            with contextlib.suppress(RuntimeError):
-                await outbox.mark_sent(row.id, also)
+            await outbox.mark_sent(row.id, also)  # raises nothing: DingTalk has the reply
             return str(sql(database_target, "SELECT state FROM outbox WHERE msg_id = 'm1'")[0][0])
         finally:
             await db.close()
@@ -180,7 +206,9 @@ def test_what_rides_with_marking_a_reply_sent_is_in_its_transaction(database_tar
     assert kept.seen == ["write: sent inside, pending outside", "then: sent outside"]
     sql(database_target, "DELETE FROM outbox")
     failing = TurnOfTheReply(database_target, fail=True)
-    assert asyncio.run(scenario(failing)) == "pending"  # the turn failed: the mark was rolled back with it
+    # DingTalk has the reply: when the turn fails, the mark is made alone (never sent again) and `then` is
+    # not called, so the turn is written apart
+    assert asyncio.run(scenario(failing)) == "sent"
     assert failing.seen == ["write: sent inside, pending outside"]
 
 

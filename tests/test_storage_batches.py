@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from agent.storage.batches import GroupWriter
@@ -78,3 +79,29 @@ def test_a_batch_the_database_refuses_is_dropped_and_the_next_is_written(tmp_pat
 
     asyncio.run(scenario())
     assert written == [[], [2, 3]]
+
+
+def test_a_writer_that_failed_otherwise_still_writes_what_waits(tmp_path: Path) -> None:
+    """A batch that fails for another reason than the database's health (a driver error) is dropped too,
+    and what is added after it is written by the next flush."""
+    written: list[list[int]] = []
+
+    def write(conn: Connection, items: list[int]) -> None:
+        if items == [1]:
+            raise sqlite3.OperationalError("a driver error")
+        written.append(items)
+
+    async def scenario() -> None:
+        db = Database(tmp_path / "batches.db")
+        await db.open()
+        try:
+            group: GroupWriter[int] = GroupWriter(db, write, AN_HOUR)
+            group.add(1)
+            await group.flush()
+            group.add(2)
+            await group.flush()
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+    assert written == [[2]]

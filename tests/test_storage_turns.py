@@ -89,3 +89,19 @@ def test_a_waiters_mark_that_went_stale_holds_nobody_back(
     finally:
         waiter.close()
         writer.close()
+
+
+def test_the_turns_work_from_the_first_start_in_a_new_folder(tmp_path: Path) -> None:
+    """The mark's file is made before the first connection makes the database's folder."""
+    path = tmp_path / "new" / "folder" / "dingbot.db"
+
+    async def scenario() -> bool:
+        database = Database(path)
+        await database.open()
+        try:
+            return database._turns is not None
+        finally:
+            await database.close()
+
+    assert asyncio.run(scenario())
+    assert (path.parent / "dingbot.db-turn").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -12,6 +13,7 @@ from agent.storage.database import Database
 from agent.storage.health import StorageError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class GroupWriter(Generic[T]):
@@ -42,8 +44,12 @@ class GroupWriter(Generic[T]):
         while self._items:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(now.wait(), self._seconds)
-            with contextlib.suppress(StorageError):
+            try:
                 await self._db.run(self._job())
+            except StorageError:
+                pass  # the database's health logs it
+            except Exception as exc:  # a closed database, a driver error: dropped too, the writer goes on
+                log.warning("a group write was dropped (%s)", type(exc).__name__)
 
     def _job(self) -> Callable[[Connection], None]:
         """Writing what waits now (what is added meanwhile waits for the next job)."""
@@ -52,6 +58,9 @@ class GroupWriter(Generic[T]):
 
     async def flush(self) -> None:
         """Write what waits, now, and wait for that."""
+        if self._items and (self._writer is None or self._writer.done()):  # its writer ended early
+            self._now = asyncio.Event()
+            self._writer = asyncio.get_running_loop().create_task(self._write_soon(self._now))
         while self._writer is not None and not self._writer.done():
             self._now.set()
             await asyncio.gather(self._writer, return_exceptions=True)

@@ -99,6 +99,8 @@ class Database:
         self._lanes = {"work": work, "request": request}
         self._work = [work] + [_Lane(f"dingbot-db-{n}") for n in range(2, self._work_lanes + 1)]
         self._lanes.update({f"work-{n}": lane for n, lane in enumerate(self._work[1:], start=2)})
+        if self._turns is not None:  # opened again
+            self._turns.close()
         self._turns = self.engine.turns()
         try:
             await loop.run_in_executor(work.executor, self.engine.migrate)

@@ -119,7 +119,10 @@ class SqliteEngine(Engine):
         conn.execute("PRAGMA wal_autocheckpoint=0")
 
     def turns(self) -> WriterTurns | None:
+        if str(self.path) in ("", ":memory:"):  # one connection's private database: nobody to wait for
+            return None
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # before the first connection makes it
             return WriterTurns(self.path.with_name(self.path.name + "-turn"))
         except (OSError, ValueError):  # a read-only folder: the writers simply race, as before
             return None

@@ -178,7 +178,7 @@ class Courier:
                 # and re-read: attempts and route as they are now. A part claimed as it was stored (in
                 # that transaction) is sent as it is while at least half of its claim is left.
                 row = stale if self._still_claimed(stale) else None
-                row = row or await self._outbox.claim(stale.id, self._claim_seconds)
+                row = row or await self._outbox.claim(stale.id, self._claim_seconds, stale.claimed_until)
                 if row is None:
                     state = await self._outbox.state_of(stale.id)
                     if state in (OutboxState.SENT, OutboxState.SKIPPED):

@@ -26,6 +26,9 @@ from api.dingtalk.cards import CardSender, CardStream
 from api.dingtalk.reply import REPLY_MAX_BYTES, Route, build_reply_bodies
 
 log = logging.getLogger(__name__)
+# Replies sent at once. WORKERS bounds the answers being made, not the sends; the session webhook's client
+# keeps at most 100 connections and counts the wait for one against its connect timeout.
+SENDS_AT_ONCE = 64
 
 
 class Dispatcher:
@@ -51,6 +54,7 @@ class Dispatcher:
         self._cards = cards  # AI cards: answers stream into a card (DINGTALK_CARD_TEMPLATE_ID)
         self._deadline = answer_deadline_seconds  # the watchdog: an answer never takes longer
         self._slots = asyncio.Semaphore(workers)
+        self._sends = asyncio.Semaphore(SENDS_AT_ONCE)  # within the HTTP client's pool of connections
         self._lanes: dict[str, asyncio.Lock] = {}
         self._lane_users: defaultdict[str, int] = defaultdict(int)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -233,7 +237,8 @@ class Dispatcher:
                 )
             raise
         remembering = self._assistant.remembering(message, reply)  # its turn: kept as it is marked sent
-        outcome = await self._courier.deliver(parts, remembering)
+        async with self._sends:
+            outcome = await self._courier.deliver(parts, remembering)
         elapsed = (time.perf_counter() - started) * 1000
         if outcome is Delivery.SENT:
             log.info("message %s: replied in %.0f ms", message.message_id, elapsed)

@@ -8,6 +8,7 @@ stores run in their own transactions are in api/delivery/outbox_rows.py.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from typing import Any
@@ -30,6 +31,8 @@ from api.delivery.outbox_rows import (
 from api.dingtalk.reply import Route
 
 __all__ = ["Channel", "Outbox", "OutboxState", "Outgoing"]
+
+log = logging.getLogger(__name__)
 
 
 class Outbox:
@@ -148,25 +151,35 @@ class Outbox:
 
         return await self._db.run(read)
 
-    async def claim(self, row_id: int, seconds: float) -> Outgoing | None:
+    async def claim(self, row_id: int, seconds: float, held_until: float | None = None) -> Outgoing | None:
         """Take a due pending row for one send: not due anywhere else for `seconds` (a compare-and-set,
-        so two processes or two tasks never send it both). The row as it is now, or None."""
+        so two processes or two tasks never send it both). The row as it is now, or None. `held_until`:
+        the claim this process made when it stored the row, renewed while nobody else took it."""
         now = time.time()
-        return await self._db.run(lambda conn: claim_row(conn, row_id, seconds, now))
+        return await self._db.run(lambda conn: claim_row(conn, row_id, seconds, now, held_until))
 
     async def mark_sent(self, row_id: int, also: AlsoWrite | None = None) -> None:
         """DingTalk took the row: sent, its text dropped; with `also` (the reply's turn for the history),
-        in the same transaction."""
+        in the same transaction — and if that transaction fails, the row is marked alone (its `then` not
+        called: the rider is written apart), for a reply DingTalk accepted must never be sent again."""
         now = time.time()
 
         def update(conn: Connection) -> None:
-            if also is None:
-                conn.execute(MARK_SENT, (OutboxState.SENT.value, now, row_id))
-                return
-            with transaction(conn, pipelined=True):
-                conn.execute(MARK_SENT, (OutboxState.SENT.value, now, row_id))
-                also.write(conn)
-            also.then(conn)
+            if also is not None:
+                try:
+                    with transaction(conn, pipelined=True):
+                        conn.execute(MARK_SENT, (OutboxState.SENT.value, now, row_id))
+                        also.write(conn)
+                except Exception as exc:  # DingTalk has the reply: it must never be sent again
+                    log.warning(
+                        "outbox row %d: marked sent without what rode with it (%s); that is written apart",
+                        row_id,
+                        type(exc).__name__,
+                    )
+                else:
+                    also.then(conn)
+                    return
+            conn.execute(MARK_SENT, (OutboxState.SENT.value, now, row_id))
 
         await self._db.run(update)
 

@@ -132,16 +132,20 @@ def pending_parts(conn: Connection, msg_id: str) -> list[Outgoing]:
 
 _CLAIM = (  # one statement: the compare-and-set and the row as it is now
     "UPDATE outbox SET next_attempt_at = ?, claimed_until = ?, updated_at = ? "
-    "WHERE id = ? AND state = ? AND next_attempt_at <= ? "
+    "WHERE id = ? AND state = ? AND (next_attempt_at <= ? OR claimed_until = ?) "
     "RETURNING id, msg_id, part, channel, body, route, attempts"
 )
 
 
-def claim_row(conn: Connection, row_id: int, seconds: float, now: float) -> Outgoing | None:
-    """Take a due pending row for one send: not due anywhere else for `seconds`. The row as it is now."""
+def claim_row(
+    conn: Connection, row_id: int, seconds: float, now: float, held_until: float | None = None
+) -> Outgoing | None:
+    """Take a due pending row for one send: not due anywhere else for `seconds`. The row as it is now.
+    `held_until`: this process's own claim on it (made when it was stored), renewed if nobody took it."""
     until = now + seconds
-    rows = conn.execute(_CLAIM, (until, until, now, row_id, OutboxState.PENDING.value, now)).fetchall()
-    # fetched to the end: SQLite's statement (and its write) is over once its rows are read
+    rows = conn.execute(
+        _CLAIM, (until, until, now, row_id, OutboxState.PENDING.value, now, held_until)
+    ).fetchall()  # to the end: SQLite's statement (and its write) is over once its rows are read
     return replace(read_row(rows[0]), claimed_until=until) if rows else None
 
 

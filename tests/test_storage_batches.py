@@ -6,6 +6,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from agent.storage.batches import GroupWriter
 from agent.storage.connection import Connection, transaction
 from agent.storage.database import Database
@@ -55,13 +57,22 @@ def test_done_learning_jobs_leave_the_table_together_when_flushed(database_targe
     assert after == ["m4"]
 
 
-def test_a_batch_the_database_refuses_is_dropped_and_the_next_is_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [
+        StorageError(StorageFault.UNREACHABLE, "test", "gone", "wait"),
+        sqlite3.OperationalError("a driver error"),
+    ],
+    ids=["the database's health", "a driver error"],
+)
+def test_a_batch_that_fails_is_dropped_and_the_next_is_written(tmp_path: Path, failure: Exception) -> None:
+    """A count or a marker is not worth a failure: the batch is dropped, `flush` raises nothing, and what is
+    added after it is written by the next flush (a writer that ended is started again)."""
     written: list[list[int]] = []
 
     def write(conn: Connection, items: list[int]) -> None:
-        if not written and items == [1]:
-            written.append([])  # the first batch: the database fails
-            raise StorageError(StorageFault.UNREACHABLE, "test", "gone", "wait")
+        if items == [1]:
+            raise failure
         written.append(items)
 
     async def scenario() -> None:
@@ -70,7 +81,7 @@ def test_a_batch_the_database_refuses_is_dropped_and_the_next_is_written(tmp_pat
         try:
             group: GroupWriter[int] = GroupWriter(db, write, AN_HOUR)
             group.add(1)
-            await group.flush()  # raises nothing: a count or a marker is not worth a failure
+            await group.flush()
             group.add(2)
             group.add(3)
             await group.flush()
@@ -78,30 +89,4 @@ def test_a_batch_the_database_refuses_is_dropped_and_the_next_is_written(tmp_pat
             await db.close()
 
     asyncio.run(scenario())
-    assert written == [[], [2, 3]]
-
-
-def test_a_writer_that_failed_otherwise_still_writes_what_waits(tmp_path: Path) -> None:
-    """A batch that fails for another reason than the database's health (a driver error) is dropped too,
-    and what is added after it is written by the next flush."""
-    written: list[list[int]] = []
-
-    def write(conn: Connection, items: list[int]) -> None:
-        if items == [1]:
-            raise sqlite3.OperationalError("a driver error")
-        written.append(items)
-
-    async def scenario() -> None:
-        db = Database(tmp_path / "batches.db")
-        await db.open()
-        try:
-            group: GroupWriter[int] = GroupWriter(db, write, AN_HOUR)
-            group.add(1)
-            await group.flush()
-            group.add(2)
-            await group.flush()
-        finally:
-            await db.close()
-
-    asyncio.run(scenario())
-    assert written == [[2]]
+    assert written == [[2, 3]]

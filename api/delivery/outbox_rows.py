@@ -116,9 +116,9 @@ def insert_reply(
             fresh.append(Outgoing(row_id, msg_id, part, Channel.REPLY, body, parts.route, 0, claimed))
     if len(fresh) == len(parts.bodies):
         return fresh
-    if until is None:  # stored before (a message answered again): the parts as they are now
+    if claim_seconds is None:  # stored before (a message answered again): the parts as they are now
         return pending_parts(conn, msg_id)
-    return pending_parts_claimed(conn, msg_id, until - now, now)
+    return pending_parts_claimed(conn, msg_id, claim_seconds, now)
 
 
 def pending_parts(conn: Connection, msg_id: str) -> list[Outgoing]:
